@@ -1,0 +1,26 @@
+# The two quick-start commands: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+# Create the virtual environment and install the toolkit (editable, with test tools).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job: sample the built-in toy model and evaluate it on held-out ToyShapes prompts.
+demo: $(VENV)/.installed
+	$(BIN)/flowrl sample --prompt "a red circle left of a blue square" --out runs/demo/samples.png
+	$(BIN)/flowrl eval toyshapes --json runs/demo/toyshapes.json --grid runs/demo/toyshapes_grid.png
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

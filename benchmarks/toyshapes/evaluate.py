@@ -1,0 +1,75 @@
+"""GenEval-style evaluation on ToyShapes: sample held-out prompts with fixed seeds, verify, tabulate."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .prompts import CATEGORIES, eval_prompts
+from .verify import verify
+
+
+@dataclass
+class EvalReport:
+    """Accuracy per category, overall accuracy (mean over categories, as GenEval) and records."""
+
+    accuracy: dict[str, float]
+    overall: float
+    mean_score: float
+    num_images: int
+    settings: dict = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+
+    def table(self) -> str:
+        """A fixed-width table: one row per category, then the overall row."""
+        lines = [f"{'category':<15}{'accuracy':>10}{'images':>8}"]
+        counts = defaultdict(int)
+        for r in self.records:
+            counts[r["category"]] += 1
+        for c in CATEGORIES:
+            if c in self.accuracy:
+                lines.append(f"{c:<15}{100 * self.accuracy[c]:>9.1f}%{counts[c]:>8}")
+        lines.append(f"{'overall':<15}{100 * self.overall:>9.1f}%{self.num_images:>8}")
+        lines.append(f"{'mean score':<15}{self.mean_score:>10.3f}")
+        return "\n".join(lines)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2))
+        return path
+
+
+def eval_set(images_per_category: int = 32, seed: int = 0) -> tuple[list, list[int]]:
+    """The fixed (prompt, seed) pairs of the evaluation: held-out prompts, consecutive seeds."""
+    prompts = eval_prompts(images_per_category)
+    seeds = [seed * 100_000 + i for i in range(len(prompts))]
+    return prompts, seeds
+
+
+def report_from_images(images: torch.Tensor, prompts: list, settings: dict | None = None) -> EvalReport:
+    """Verify images [B, 3, H, W] against their prompts and aggregate per category."""
+    results = verify(images, prompts)
+    by_category: dict[str, list[bool]] = defaultdict(list)
+    records = []
+    for prompt, result in zip(prompts, results):
+        by_category[prompt.category].append(result.correct)
+        records.append({"prompt": prompt.text, "category": prompt.category, "correct": result.correct, "score": result.score})
+    accuracy = {c: sum(v) / len(v) for c, v in by_category.items()}
+    overall = sum(accuracy.values()) / len(accuracy)
+    mean_score = sum(r.score for r in results) / len(results)
+    return EvalReport(accuracy, overall, mean_score, len(results), settings or {}, records)
+
+
+def evaluate_toyshapes(policy, images_per_category: int = 32, steps: int = 20, guidance: float = 4.0, seed: int = 0, batch_size: int = 128, progress: bool = True) -> tuple[EvalReport, torch.Tensor]:
+    """Sample the fixed evaluation set with `policy` and verify it; returns the report and images."""
+    from flowrl.generate import generate  # the benchmark needs a policy only when sampling
+
+    prompts, seeds = eval_set(images_per_category, seed)
+    images = generate(policy, [p.text for p in prompts], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress)
+    settings = {"images_per_category": images_per_category, "steps": steps, "guidance": guidance, "seed": seed}
+    return report_from_images(images, prompts, settings), images

@@ -1,0 +1,49 @@
+"""The policy interface every backend implements: encode, velocity, decode (DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass
+class TextConditioning:
+    """Encoded prompts for an SD3-style transformer.
+
+    prompt_embeds: [B, L, D] token features; pooled: [B, P] pooled features.
+    null_embeds / null_pooled: [1, L, D] / [1, P], the empty prompt, for classifier-free guidance.
+    """
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    null_embeds: torch.Tensor
+    null_pooled: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
+
+    def repeat_interleave(self, n: int) -> "TextConditioning":
+        """Each prompt n times in a row, as a group of n samples per prompt needs."""
+        return TextConditioning(
+            self.prompt_embeds.repeat_interleave(n, 0),
+            self.pooled.repeat_interleave(n, 0),
+            self.null_embeds,
+            self.null_pooled,
+        )
+
+
+class FlowPolicy(Protocol):
+    """A text-conditioned velocity field over sample space x (pixels or latents)."""
+
+    sample_shape: tuple[int, ...]  # shape of one x, e.g. (3, 32, 32)
+    device: torch.device
+
+    def encode(self, prompts: list[str]) -> TextConditioning: ...
+
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor: ...
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]: ...

@@ -1,0 +1,149 @@
+"""Pretrain the toy text-to-image model with the rectified-flow loss on rendered ToyShapes scenes.
+
+Data are rendered on the fly from a seed per step, and checkpoints hold model, EMA and
+optimizer, so an interrupted run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
+from benchmarks.toyshapes.render import render_batch
+
+from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, save_toy
+from .policies.sd3_velocity import sd3_velocity
+from .policies.base import TextConditioning
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def training_batch(step: int, batch_size: int, seed: int, resolution: int, caption_dropout: float) -> tuple[list[str], torch.Tensor]:
+    """The prompts and images [B, 3, H, W] in [-1, 1] of one step, a function of (seed, step) only.
+
+    Categories are drawn uniformly, then a prompt of the category from the whole world (both
+    splits: the held-out split is for RL evaluation, not hidden from pretraining).
+    """
+    rng = random.Random(seed * 1_000_003 + step)
+    pools = {c: prompts_for("all", (c,)) for c in CATEGORIES}
+    prompts = [rng.choice(pools[rng.choice(CATEGORIES)]) for _ in range(batch_size)]
+    images, _ = render_batch(prompts, resolution, seed=rng.randrange(2**31))
+    texts = ["" if rng.random() < caption_dropout else p.text for p in prompts]
+    return texts, images * 2 - 1
+
+
+def flow_matching_loss(model: ToyModel, texts: list[str], x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mean squared error between predicted and true velocity (noise - x0) at logit-normal sigmas."""
+    noise = torch.randn(x0.shape, generator=generator)
+    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=generator))  # SD3's logit-normal
+    s = sigma.view(-1, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    embeds, pooled = model.text_encoder(model.text_encoder.tokenize(texts))
+    cond = TextConditioning(embeds, pooled, embeds[:1], pooled[:1])
+    v = sd3_velocity(model.transformer, x_t, sigma, cond)
+    return torch.nn.functional.mse_loss(v, noise - x0)
+
+
+def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_checkpoint(path: Path, model, ema, optimizer, step: int) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
+def pretrain(args: argparse.Namespace) -> Path:
+    """Run (or resume) pretraining; returns the directory of the final EMA weights."""
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ToyConfig(vocabulary=list(vocabulary()), num_layers=args.layers, num_heads=args.heads)
+    model = ToyModel(config)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    start = 0
+    checkpoint = out / CHECKPOINT_NAME
+    if checkpoint.exists() and not args.restart:
+        state = torch.load(checkpoint, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        print(f"resuming from {checkpoint} at step {start}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"toy model: {n_params / 1e6:.2f}M parameters; writing to {out}")
+    deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
+    log = (out / "log.jsonl").open("a")
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="pretrain")
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps)
+        texts, x0 = training_batch(step, args.batch, args.seed, config.resolution, args.caption_dropout)
+        generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
+        loss = flow_matching_loss(model, texts, x0, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))  # short EMA early, as is usual
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % 25 == 0:
+            log.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
+            log.flush()
+        done = step + 1
+        if done % args.checkpoint_every == 0 or done == args.steps or time.time() > deadline:
+            _save_checkpoint(checkpoint, model, ema, optimizer, done)
+            save_toy(ema, out / "ema")
+        if time.time() > deadline:
+            print(f"time budget of {args.minutes} min reached at step {done}; resume to continue")
+            break
+    log.close()
+    final = save_toy(ema, out / "ema")
+    if args.ship:
+        save_toy(ema, SHIPPED_DIR)
+        print(f"shipped EMA weights to {SHIPPED_DIR}")
+    return final
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Pretrain the built-in toy text-to-image model on ToyShapes renders.")
+    parser.add_argument("--out", default="runs/pretrain_toy", help="run directory (checkpoint, log, EMA weights)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps in total")
+    parser.add_argument("--batch", type=int, default=64, help="images per step")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
+    parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
+    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
+    parser.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
+    parser.add_argument("--layers", type=int, default=4, help="transformer layers")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (32 channels each)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--minutes", type=float, default=0, help="stop (resumably) after this many minutes")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--ship", action="store_true", help="also write the weights into the package")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    pretrain(build_parser().parse_args(argv))

@@ -1,0 +1,62 @@
+"""The `flowrl` command: every entry point starts, prints help, and does its job on small settings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args, ok=True):
+    result = subprocess.run([sys.executable, "-m", "flowrl", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    if ok:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.parametrize("command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"]])
+def test_help(command):
+    out = run(*command, "--help").stdout
+    assert out.startswith("usage: flowrl")
+
+
+def test_pretrain_script_help():
+    result = subprocess.run([sys.executable, "scripts/pretrain_toy.py", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "--steps" in result.stdout
+    assert "--ship" in run("pretrain-toy", "--help").stdout
+
+
+def test_sample_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    result = run("sample", "--prompt", "a blue square", "--n", "3", "--steps", "2", "--scale", "2", "--out", str(out))
+    assert "wrote 3 samples" in result.stdout
+    width, height = Image.open(out).size
+    assert height == 32 * 2 + 4 and width == 3 * (32 * 2 + 2) + 2  # one row of three, 2 px padding
+
+
+def test_eval_writes_a_report(tmp_path):
+    out = tmp_path / "report.json"
+    result = run("eval", "toyshapes", "--images-per-category", "2", "--steps", "2", "--json", str(out))
+    assert "overall" in result.stdout and "color_attr" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 12 and len(report["records"]) == 12
+    assert set(report["accuracy"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
+    assert report["settings"]["steps"] == 2
+
+
+def test_prompts_lists_a_split():
+    lines = run("prompts", "--split", "heldout", "--category", "counting").stdout.splitlines()
+    assert len(lines) == 3 and all(line.startswith("counting") for line in lines)
+
+
+def test_bad_input_fails_with_a_clear_message():
+    result = run("sample", "--prompt", "a pink star", "--steps", "1", ok=False)
+    assert result.returncode == 2 and "does not know: ['pink', 'star']" in result.stderr
+    result = run("sample", "--prompt", "a circle", "--n", "0", ok=False)
+    assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
+    result = run("sample", "--prompt", "a circle", "--checkpoint", "/nonexistent", ok=False)
+    assert result.returncode == 2 and "config.json not found" in result.stderr

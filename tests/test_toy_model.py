@@ -1,0 +1,108 @@
+"""The toy policy: tokenizer, guidance, save/load in the on-disk format, and pretraining resume."""
+
+import json
+
+import pytest
+import torch
+
+from flowrl.policies.sd3_velocity import sd3_velocity
+from flowrl.policies.toy import load_toy, save_toy
+from flowrl.toy_pretraining import build_parser, learning_rate, pretrain, training_batch
+
+
+def test_tokenizer_pads_and_rejects_unknown_words(tiny_policy):
+    encoder = tiny_policy.model.text_encoder
+    ids = encoder.tokenize(["a red circle", ""])
+    assert ids.shape == (2, 8)
+    assert ids[0, 0] == ids[1, 0] == encoder.index["<bos>"]
+    assert ids[0, 1:4].tolist() == [encoder.index[w] for w in ("a", "red", "circle")]
+    assert (ids[0, 4:] == encoder.index["<pad>"]).all() and (ids[1, 1:] == encoder.index["<pad>"]).all()
+    with pytest.raises(ValueError, match=r"does not know: \['pink'\]"):
+        encoder.tokenize(["a pink circle"])
+    with pytest.raises(ValueError, match="reads at most 7"):
+        encoder.tokenize(["a " * 8])
+
+
+def test_encode_shapes_and_null_prompt(tiny_policy):
+    cond = tiny_policy.encode(["a circle", "two squares", "a red circle left of a blue square"[:20]])
+    assert cond.prompt_embeds.shape == (3, 8, 16) and cond.pooled.shape == (3, 16)
+    assert cond.null_embeds.shape == (1, 8, 16) and cond.null_pooled.shape == (1, 16)
+    grouped = cond.repeat_interleave(2)
+    assert len(grouped) == 6 and torch.equal(grouped.pooled[2], cond.pooled[1])
+
+
+def test_guidance_is_one_batched_call_equal_to_two_separate_ones(tiny_policy):
+    cond = tiny_policy.encode(["a red circle", "three triangles"])
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.7, 0.3])
+    with torch.no_grad():
+        v_prompt = tiny_policy.velocity(x, sigma, cond, guidance=1.0)
+        null = type(cond)(cond.null_embeds.expand(2, -1, -1), cond.null_pooled.expand(2, -1), cond.null_embeds, cond.null_pooled)
+        v_null = sd3_velocity(tiny_policy.transformer, x, sigma, null)
+        guided = tiny_policy.velocity(x, sigma, cond, guidance=4.0)
+    assert not torch.allclose(v_prompt, v_null)
+    torch.testing.assert_close(guided, v_null + 4.0 * (v_prompt - v_null), atol=1e-5, rtol=1e-5)
+
+
+def test_velocity_rejects_mismatched_batch(tiny_policy):
+    cond = tiny_policy.encode(["a circle"])
+    with pytest.raises(ValueError, match="conditioning has 1 prompts but x has batch 2"):
+        tiny_policy.velocity(torch.zeros(2, 3, 32, 32), torch.tensor(0.5), cond)
+
+
+def test_save_and_load_round_trip(tiny_policy, tmp_path):
+    save_toy(tiny_policy.model, tmp_path, dtype=torch.float32)
+    assert json.loads((tmp_path / "config.json").read_text())["num_layers"] == 1
+    loaded = load_toy(tmp_path)
+    for (name, a), (_, b) in zip(tiny_policy.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    cond = loaded.encode(["a blue square"])
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.velocity(x, torch.tensor(0.5), cond), tiny_policy.velocity(x, torch.tensor(0.5), tiny_policy.encode(["a blue square"])))
+
+
+def test_half_precision_file_holds_rounded_weights(tiny_policy, tmp_path):
+    save_toy(tiny_policy.model, tmp_path)  # default float16 on disk
+    loaded = load_toy(tmp_path)
+    for (name, a), (_, b) in zip(tiny_policy.model.state_dict().items(), loaded.model.state_dict().items()):
+        assert torch.equal(a.half().float(), b), name
+
+
+def test_missing_directory_fails_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        load_toy(tmp_path)
+
+
+def test_training_batch_is_a_function_of_seed_and_step():
+    texts, x0 = training_batch(5, 16, seed=1, resolution=32, caption_dropout=0.25)
+    again_texts, again_x0 = training_batch(5, 16, seed=1, resolution=32, caption_dropout=0.25)
+    assert texts == again_texts and torch.equal(x0, again_x0)
+    assert x0.shape == (16, 3, 32, 32) and x0.min() >= -1 and x0.max() <= 1
+    assert training_batch(6, 16, seed=1, resolution=32, caption_dropout=0.25)[0] != texts
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, 1.0, 10, 100) == pytest.approx(0.1)
+    assert learning_rate(9, 1.0, 10, 100) == pytest.approx(1.0)
+    assert learning_rate(10, 1.0, 10, 100) == pytest.approx(1.0)
+    assert learning_rate(100, 1.0, 10, 100) == pytest.approx(0.1)
+    assert learning_rate(55, 1.0, 10, 100) == pytest.approx(0.55)  # half-way down the cosine
+
+
+def _pretrain(out, steps):
+    args = build_parser().parse_args(["--out", str(out), "--steps", str(steps), "--batch", "4", "--layers", "1", "--heads", "1", "--warmup", "2", "--checkpoint-every", "2"])
+    return pretrain(args)
+
+
+def test_pretraining_changes_weights_and_resumes_exactly(tmp_path):
+    torch.manual_seed(0)
+    straight = load_toy(_pretrain(tmp_path / "straight", 4)).model.state_dict()
+    _pretrain(tmp_path / "split", 2)
+    resumed = load_toy(_pretrain(tmp_path / "split", 4)).model.state_dict()
+    start = load_toy(_pretrain(tmp_path / "zero", 0)).model.state_dict()
+    assert any(not torch.equal(straight[k], start[k]) for k in straight)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    lines = (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step"] == 0
