@@ -31,12 +31,18 @@ def generate(
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    sigmas = flow_sigmas(steps, shift)
+    sigmas = flow_sigmas(steps, shift).to(policy.device)
     chunks = range(0, len(prompts), batch_size)
+    bar = tqdm(total=len(chunks) * steps, desc=f"sampling {len(prompts)} images", unit="step", disable=not progress)
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        bar.update(1)
+        return policy.velocity(x, sigma, cond, guidance)
+
     out = []
-    for start in tqdm(chunks, desc="generating", disable=not progress or len(chunks) < 2):
+    for start in chunks:
         cond = policy.encode(prompts[start : start + batch_size])
         noise = initial_noise(policy.sample_shape, seeds[start : start + batch_size]).to(policy.device)
-        x = sample_euler(lambda x, s: policy.velocity(x, s, cond, guidance), noise, sigmas.to(policy.device))
-        out.append(policy.decode(x).cpu())
+        out.append(policy.decode(sample_euler(velocity, noise, sigmas)).cpu())
+    bar.close()
     return torch.cat(out)

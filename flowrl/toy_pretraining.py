@@ -128,7 +128,7 @@ def pretrain(args: argparse.Namespace) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Pretrain the built-in toy text-to-image model on ToyShapes renders.")
     parser.add_argument("--out", default="runs/pretrain_toy", help="run directory (checkpoint, log, EMA weights)")
-    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps in total")
+    parser.add_argument("--steps", type=int, default=3400, help="optimizer steps in total")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")

@@ -174,3 +174,12 @@ def test_bad_inputs_fail_clearly():
         verify(torch.zeros(1, 1, 32, 32), ["a circle"])
     with pytest.raises(ValueError, match="not a ToyShapes prompt"):
         verify(torch.zeros(1, 3, 32, 32), ["a dog"])
+
+
+def test_render_is_deterministic_given_a_seed():
+    prompt = parse_prompt("a yellow triangle and a cyan circle")
+    a, scene_a = render(prompt, 32, seed=11)
+    b, scene_b = render(prompt, 32, seed=11)
+    c, _ = render(prompt, 32, seed=12)
+    assert np.array_equal(a, b) and scene_a == scene_b and not np.array_equal(a, c)
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
