@@ -58,6 +58,21 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from samplers.methods import METHODS
+
+    width = max(len(name) for name in METHODS)
+    for method in METHODS.values():
+        print(f"{method.name:<{width}}  {method.description} ({method.paper})")
+        if args.verbose:
+            config = method.configure()
+            plan = method.plan(config)
+            options = ", ".join(f"{key}={value!r}" for key, value in vars(config).items())
+            print(f"{'':<{width}}  defaults: {options}")
+            print(f"{'':<{width}}  plan: {plan.num_steps} steps, trained {plan.trained_steps()}, {plan.group_size} roots per prompt")
+    return 0
+
+
 def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy_pretraining import main as pretrain_main
 
@@ -95,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.add_argument("--split", default="all", choices=["train", "heldout", "all"])
     prompts.add_argument("--category", action="append", choices=CATEGORIES, help="repeatable; default all")
     prompts.set_defaults(func=cmd_prompts)
+
+    methods = sub.add_parser("methods", help="list the RL methods (plans of the solver layer) with their papers")
+    methods.add_argument("--verbose", "-v", action="store_true", help="also show each method's default options and plan")
+    methods.set_defaults(func=cmd_methods)
 
     pretrain = sub.add_parser("pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False)
     pretrain.set_defaults(func=cmd_pretrain_toy)

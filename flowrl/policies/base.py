@@ -34,6 +34,12 @@ class TextConditioning:
         )
 
 
+    def select(self, index: torch.Tensor) -> "TextConditioning":
+        """The prompts at `index` (rows may repeat), as a rollout batches nodes of many prompts."""
+        index = index.to(self.prompt_embeds.device)
+        return TextConditioning(self.prompt_embeds[index], self.pooled[index], self.null_embeds, self.null_pooled)
+
+
 class FlowPolicy(Protocol):
     """A text-conditioned velocity field over sample space x (pixels or latents)."""
 
@@ -47,3 +53,12 @@ class FlowPolicy(Protocol):
     def decode(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]: ...
+
+
+def rollout_velocity(policy: FlowPolicy, cond: TextConditioning, guidance: float = 1.0):
+    """The velocity(x, sigma, prompt_index) the solver layer's rollout calls, for encoded prompts."""
+
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
+        return policy.velocity(x, sigma, cond.select(prompt_index), guidance)
+
+    return velocity

@@ -1,0 +1,106 @@
+"""Group-relative estimators: GRPO and its variants (batch std, Dr.GRPO, RLOO, NGRPO).
+
+Defaults follow Flow-GRPO: the biased (population) std and eps = 1e-4. TRL and verl use the
+unbiased std; pass `unbiased=True` to match them. A group whose rewards are all equal gets
+advantage 0 exactly (never NaN, whatever eps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .groups import check_rewards, group_count, group_mean_std, group_sum, zero_variance_mask
+from .registry import register_advantage
+
+STD_SCOPES = ("group", "batch", "none")
+
+
+def _finish(advantages: torch.Tensor, rewards_in: torch.Tensor, constant: torch.Tensor, clip: float | None) -> torch.Tensor:
+    advantages = torch.where(constant, torch.zeros_like(advantages), advantages)
+    if clip is not None:
+        if clip <= 0:
+            raise ValueError(f"clip must be positive (a bound on |advantage|), got {clip!r}")
+        advantages = advantages.clamp(-clip, clip)
+    dtype = rewards_in.dtype if torch.is_floating_point(rewards_in) else torch.float32
+    return advantages.to(dtype)
+
+
+def _check_unbiased(rewards: torch.Tensor, dense: torch.Tensor, estimator: str) -> None:
+    count = group_count(dense)
+    if bool((count < 2).any()):
+        small = torch.nonzero(count < 2).flatten().tolist()
+        raise ValueError(f"{estimator} is undefined for groups of size 1 (groups {small[:10]} have one member); use larger groups or unbiased=False")
+
+
+@register_advantage("grpo")
+def grpo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
+    *,
+    std_scope: str = "group",
+    unbiased: bool = False,
+    eps: float = 1e-4,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """(r - group mean) / (std + eps), std over the group, the whole batch (Flow-GRPO's option) or
+    none (Dr.GRPO). `clip` clamps the result to [-clip, clip] (Flow-GRPO uses 5)."""
+    if std_scope not in STD_SCOPES:
+        raise ValueError(f"std_scope must be one of {STD_SCOPES}, got {std_scope!r}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    values, dense = check_rewards(rewards, group_ids)
+    constant = zero_variance_mask(values, dense)
+    mean, std = group_mean_std(values, dense, unbiased=False)
+    centred = values - mean
+    if std_scope == "group":
+        if unbiased:
+            _check_unbiased(values, dense, "the unbiased group std")
+            _, std = group_mean_std(values, dense, unbiased=True)
+        advantages = centred / (std + eps)
+    elif std_scope == "batch":
+        if unbiased and len(values) < 2:
+            raise ValueError("the unbiased batch std is undefined for a batch of one reward")
+        batch_std = values.std(unbiased=unbiased) if len(values) > 1 else values.new_zeros(())
+        advantages = centred / (batch_std + eps) if float(batch_std) + eps > 0 else torch.zeros_like(centred)
+    else:
+        advantages = centred
+    return _finish(advantages, torch.as_tensor(rewards), constant, clip)
+
+
+@register_advantage("dr_grpo")
+def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, clip: float | None = None) -> torch.Tensor:
+    """Dr.GRPO: r - group mean, no division by a std (arXiv 2503.20783)."""
+    return grpo(rewards, group_ids, std_scope="none", clip=clip)
+
+
+@register_advantage("rloo")
+def rloo(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, *, clip: float | None = None) -> torch.Tensor:
+    """REINFORCE leave-one-out: r_i - mean of the other members of its group = n/(n-1) (r_i - mean)."""
+    values, dense = check_rewards(rewards, group_ids)
+    _check_unbiased(values, dense, "the leave-one-out baseline")
+    count = group_count(dense)[dense]
+    others = (group_sum(values, dense)[dense] - values) / (count - 1)
+    return _finish(values - others, torch.as_tensor(rewards), zero_variance_mask(values, dense), clip)
+
+
+@register_advantage("ngrpo")
+def ngrpo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
+    *,
+    reward_max: float = 1.0,
+    eps: float = 1e-4,
+    clip: float | None = None,
+) -> torch.Tensor:
+    """NGRPO (arXiv 2509.18851): a virtual sample with the maximum reward joins each group's
+    statistics (mean and unbiased std over n + 1 values), so all-wrong groups still get a signal."""
+    values, dense = check_rewards(rewards, group_ids)
+    if bool((values > reward_max).any()):
+        raise ValueError(f"NGRPO needs rewards <= reward_max={reward_max!r}, got max {float(values.max())!r}")
+    count = group_count(dense) + 1
+    mean = (group_sum(values, dense) + reward_max) / count
+    squares = group_sum((values - mean[dense]) ** 2, dense) + (reward_max - mean) ** 2
+    std = (squares / (count - 1)).sqrt()
+    advantages = (values - mean[dense]) / (std[dense] + eps)
+    constant = (std == 0)[dense]  # every member already at the maximum
+    return _finish(advantages, torch.as_tensor(rewards), constant, clip)

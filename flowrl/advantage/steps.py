@@ -1,0 +1,53 @@
+"""Per-step credit for flow models: multi-granularity integration (G2RPO) and noise-aware step
+weights (TempFlow-GRPO)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .group import grpo
+
+
+def multi_granularity(
+    values: Mapping[str, torch.Tensor],
+    group_ids: torch.Tensor,
+    *,
+    weights: Mapping[str, float] | None = None,
+    unbiased: bool = False,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """G2RPO (arXiv 2510.01982): z-score each granularity's rewards within the group, then sum.
+
+    values: name -> [P] rewards of the P samples under one granularity (ODE tail stride) or one
+    reward model; NaN marks a sample that granularity did not score: it neither enters that
+    group's statistics nor adds to the sample's sum. weights (default 1 each) scale the z-scores.
+    """
+    if not values:
+        raise ValueError("multi_granularity needs at least one granularity")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(values))
+    if unknown:
+        raise ValueError(f"weights name unknown granularities {unknown}; known: {sorted(values)}")
+    group_ids = torch.as_tensor(group_ids).flatten()
+    total = torch.zeros(len(group_ids), dtype=torch.float64)
+    for name, rewards in values.items():
+        rewards = torch.as_tensor(rewards, dtype=torch.float64).flatten()
+        if rewards.shape[0] != group_ids.shape[0]:
+            raise ValueError(f"granularity {name!r} has {rewards.shape[0]} values for {group_ids.shape[0]} samples")
+        scored = ~torch.isnan(rewards)
+        if bool(scored.any()):
+            z = grpo(rewards[scored], group_ids[scored], unbiased=unbiased, eps=eps).double()
+            total[scored] += weights.get(name, 1.0) * z
+    return total.float()
+
+
+def noise_aware_step_weights(stds: torch.Tensor) -> torch.Tensor:
+    """TempFlow-GRPO (arXiv 2508.04324): step i's loss weight is proportional to its transition
+    std sigma_i * sqrt(-dt_i), normalised to mean 1, so that late (low-noise) steps, whose log-prob
+    gradients are largest, do not dominate."""
+    stds = torch.as_tensor(stds, dtype=torch.float64).flatten()
+    if len(stds) == 0 or not bool((torch.isfinite(stds) & (stds > 0)).all()):
+        raise ValueError(f"step stds must be positive and finite, got {stds.tolist()}")
+    return (stds / stds.mean()).float()

@@ -1,0 +1,45 @@
+"""Pieces the method modules share: config checks, windows, and the sigma grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..grid import flow_sigmas
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ValueError(message) unless condition holds (config validation)."""
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass
+class GridConfig:
+    """The sampling grid and group shared by every method."""
+
+    num_steps: int = 10  # steps of a training rollout (fewer than for evaluation: denoising reduction)
+    shift: float = 3.0  # SD3/FLUX timestep shift of the grid
+    group_size: int = 8  # roots (chains, trees or anchors) per prompt
+    share_noise: bool = False  # the roots of a prompt start from the same noise
+
+    def __post_init__(self) -> None:
+        require(int(self.num_steps) == self.num_steps and self.num_steps >= 1, f"num_steps must be a positive integer, got {self.num_steps!r}")
+        require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
+        require(int(self.group_size) == self.group_size and self.group_size >= 1, f"group_size must be a positive integer, got {self.group_size!r}")
+
+    def sigmas(self) -> torch.Tensor:
+        return flow_sigmas(self.num_steps, self.shift)
+
+
+def sliding_window_start(iteration: int, stride: int, interval: int, max_start: int) -> int:
+    """MixGRPO's window start: moves by `stride` steps every `interval` iterations, up to max_start."""
+    return min(stride * (max(iteration, 0) // interval), max_start)
+
+
+def compressed_indices(start: int, end: int, ratio: float) -> list[int]:
+    """Grid indices from start to end (both included) keeping about ratio of the steps between them."""
+    steps = max(1, round(ratio * (end - start)))
+    points = torch.linspace(start, end, steps + 1).round().long().unique().tolist()
+    return [int(p) for p in points]

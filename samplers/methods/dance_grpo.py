@@ -1,0 +1,43 @@
+"""DanceGRPO (Xue et al., arXiv 2505.07818): its constant-eta SDE, shared group noise, random steps trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..plan import Plan, StepSpec
+from .common import GridConfig, require
+from .credit import chain_credit
+from .registry import Method, register_method
+
+
+@dataclass
+class DanceGrpoConfig(GridConfig):
+    num_steps: int = 16
+    group_size: int = 12
+    share_noise: bool = True  # a group's samples start from one noise
+    eta: float = 0.3
+    timestep_fraction: float = 0.6  # a random 60% of the steps are trained each iteration
+    seed: int = 0  # of the choice of trained steps
+    advantage: str = "grpo"
+    std_scope: str = "group"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
+        require(self.eta > 0, f"eta must be positive, got {self.eta!r}")
+
+
+def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
+    count = max(1, int(config.num_steps * config.timestep_fraction))
+    chosen = set(torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + iteration))[:count].tolist())
+    steps = tuple(StepSpec("sde", sde="dance_grpo", noise_level=config.eta, trained=i in chosen) for i in range(config.num_steps))
+    return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo")
+
+
+def credit(rollout, rewards, config: DanceGrpoConfig, iteration: int = 0):
+    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+
+
+METHOD = register_method(Method("dance_grpo", "DanceGRPO's eta-SDE at every step, shared group noise, a random subset of steps trained", "DanceGRPO, arXiv 2505.07818", DanceGrpoConfig, make_plan, credit))

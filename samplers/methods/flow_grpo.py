@@ -1,0 +1,43 @@
+"""Flow-GRPO (Liu et al., arXiv 2505.05470): SDE sampling everywhere, a fraction of steps trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import Plan, StepSpec
+from .common import GridConfig, require
+from .credit import chain_credit
+from .registry import Method, register_method
+
+
+@dataclass
+class FlowGrpoConfig(GridConfig):
+    num_steps: int = 10  # training rollouts use 10 steps, evaluation 40 (denoising reduction)
+    eval_steps: int = 40
+    group_size: int = 24
+    noise_level: float = 0.7  # a in sigma_t = a sqrt(t / (1 - t))
+    timestep_fraction: float = 0.99  # train the first int(num_steps * fraction) steps (9 of 10)
+    advantage: str = "grpo"
+    std_scope: str = "batch"  # Flow-GRPO: per-prompt mean, std over the whole batch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
+        require(self.noise_level > 0, f"noise_level must be positive, got {self.noise_level!r}")
+
+
+def trained_count(num_steps: int, fraction: float) -> int:
+    return max(1, int(num_steps * fraction))
+
+
+def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
+    trained = trained_count(config.num_steps, config.timestep_fraction)
+    steps = tuple(StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=i < trained) for i in range(config.num_steps))
+    return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo")
+
+
+def credit(rollout, rewards, config: FlowGrpoConfig, iteration: int = 0):
+    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+
+
+METHOD = register_method(Method("flow_grpo", "SDE sampling at every step, the first steps trained, prompt-group advantages", "Flow-GRPO, arXiv 2505.05470", FlowGrpoConfig, make_plan, credit))

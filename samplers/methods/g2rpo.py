@@ -1,0 +1,45 @@
+"""G2RPO (arXiv 2510.01982): singular stochastic sampling and multi-granularity advantage integration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import Plan, StepSpec, Tail
+from .common import GridConfig, require
+from .credit import probe_credit
+from .registry import Method, register_method
+
+
+@dataclass
+class G2rpoConfig(GridConfig):
+    num_steps: int = 16
+    group_size: int = 1  # anchors (ODE trajectories from one noise) per prompt
+    sde_steps: tuple[int, ...] = tuple(range(8))  # steps where a group branches off the anchor
+    probes: int = 12  # group size G at each of those steps
+    tail_strides: tuple[int, ...] = (1, 2, 3)  # ODE finishes at these granularities
+    noise_level: float = 0.7
+    tail_solver: str = "euler"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.sde_steps = tuple(int(s) for s in self.sde_steps)
+        self.tail_strides = tuple(int(s) for s in self.tail_strides)
+        require(all(0 <= s < self.num_steps for s in self.sde_steps), f"sde_steps must lie in [0, {self.num_steps}), got {self.sde_steps}")
+        require(self.probes >= 2, f"probes must be at least 2, got {self.probes!r}")
+        require(len(self.tail_strides) >= 1 and all(s >= 1 for s in self.tail_strides), f"tail_strides must be positive, got {self.tail_strides}")
+
+
+def make_plan(config: G2rpoConfig, iteration: int = 0) -> Plan:
+    steps = tuple(
+        StepSpec("ode", probes=config.probes, sde="flow_grpo", noise_level=config.noise_level, trained=True) if i in config.sde_steps else StepSpec("ode")
+        for i in range(config.num_steps)
+    )
+    tails = tuple(Tail(s, config.tail_solver) for s in config.tail_strides)
+    return Plan(config.sigmas(), steps, tails=tails, group_size=config.group_size, share_noise=config.share_noise, method="g2rpo")
+
+
+def credit(rollout, rewards, config: G2rpoConfig, iteration: int = 0):
+    return probe_credit(rollout, rewards)
+
+
+METHOD = register_method(Method("g2rpo", "one SDE step per group off an ODE anchor, finished at several ODE granularities whose advantages are summed", "G2RPO, arXiv 2510.01982", G2rpoConfig, make_plan, credit))

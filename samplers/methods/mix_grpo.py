@@ -1,0 +1,79 @@
+"""MixGRPO (Li et al., arXiv 2507.21802): SDE only in a sliding window, ODE elsewhere; and its Flash variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import Plan, StepSpec
+from .common import GridConfig, compressed_indices, require, sliding_window_start
+from .credit import chain_credit
+from .registry import Method, register_method
+
+
+@dataclass
+class MixGrpoConfig(GridConfig):
+    num_steps: int = 25
+    group_size: int = 12
+    share_noise: bool = True
+    window: int = 4  # SDE (and trained) steps
+    stride: int = 1  # the window moves this many steps ...
+    interval: int = 25  # ... every this many iterations, from noisy towards clean
+    max_start: int | None = None  # last window start (default: num_steps - window)
+    noise_level: float = 0.7
+    solver: str = "euler"  # ODE solver outside the window
+    advantage: str = "grpo"
+    std_scope: str = "group"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(1 <= self.window <= self.num_steps, f"window must be in [1, num_steps={self.num_steps}], got {self.window!r}")
+        require(self.stride >= 0 and self.interval >= 1, f"stride must be >= 0 and interval >= 1, got {self.stride!r}, {self.interval!r}")
+        if self.max_start is not None:
+            require(0 <= self.max_start <= self.num_steps - self.window, f"max_start must be in [0, {self.num_steps - self.window}], got {self.max_start!r}")
+
+    def window_start(self, iteration: int) -> int:
+        limit = self.num_steps - self.window if self.max_start is None else self.max_start
+        return sliding_window_start(iteration, self.stride, self.interval, limit)
+
+
+@dataclass
+class MixGrpoFlashConfig(MixGrpoConfig):
+    compression: float = 0.4  # share of the steps after the window that DPM-Solver++ keeps
+    fixed_window: bool = False  # Flash*: the window stays at the first steps
+    after_solver: str = "dpmpp_2m"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 < self.compression <= 1, f"compression must be in (0, 1], got {self.compression!r}")
+
+
+def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
+    """SDE trained steps inside [start, start + window), ODE steps elsewhere."""
+    return [
+        StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=True) if start <= i < start + config.window else StepSpec("ode", solver=config.solver)
+        for i in range(config.num_steps)
+    ]
+
+
+def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
+    steps = window_steps(config, config.window_start(iteration))
+    return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo")
+
+
+def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
+    start = 0 if config.fixed_window else config.window_start(iteration)
+    steps = window_steps(config, start)
+    points = compressed_indices(start + config.window, config.num_steps, config.compression)
+    for here, there in zip(points, points[1:]):
+        steps[here] = StepSpec("ode", solver=config.after_solver, next_index=there)
+    return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo_flash", info={"window_start": start})
+
+
+def credit(rollout, rewards, config: MixGrpoConfig, iteration: int = 0):
+    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+
+
+METHOD = register_method(Method("mix_grpo", "SDE and training only inside a sliding window of steps, ODE elsewhere", "MixGRPO, arXiv 2507.21802", MixGrpoConfig, make_plan, credit))
+FLASH = register_method(
+    Method("mix_grpo_flash", "MixGRPO with the ODE part after the window solved by DPM-Solver++ (2M) on a compressed grid", "MixGRPO, arXiv 2507.21802", MixGrpoFlashConfig, make_flash_plan, credit)
+)

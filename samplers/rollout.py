@@ -1,0 +1,389 @@
+"""The one executor of every plan: a breadth-first walk over the sigma grid.
+
+At each grid index, every node that sits there (spine nodes, branch children, probes' ODE tails)
+is evaluated in one batched velocity call (chunked to `max_batch`), then advanced by its rule.
+Siblings share their parent's velocity. Classifier-free guidance lives inside the velocity
+function (one call per row), and NFE counts velocity evaluations, one per node per call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .ode import DpmHistory, dpmpp_2m_step, euler_step, heun_step
+from .plan import Plan
+from .sde import SDE_FORMS, SdeStep, sde_step
+
+# velocity(x [B, ...], sigma [B], prompt_index [B]) -> dx/dsigma [B, ...]
+RolloutVelocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+SPINE, PROBE, TAIL = 0, 1, 2  # node kinds
+
+
+@dataclass
+class Transitions:
+    """The SDE transitions of a rollout (M of them), with what training needs to re-score them.
+
+    x, x_next: [M, ...] states before and after; sigma, sigma_next, logp, noise_level: [M];
+    sde_form: [M] index into samplers.sde.SDE_FORMS; step: [M] grid index; parent, child: [M] node
+    ids; prompt: [M] prompt index; trained: [M] bool; weight: [M] loss weight from the plan.
+    """
+
+    x: torch.Tensor
+    x_next: torch.Tensor
+    sigma: torch.Tensor
+    sigma_next: torch.Tensor
+    logp: torch.Tensor
+    noise_level: torch.Tensor
+    sde_form: torch.Tensor
+    step: torch.Tensor
+    parent: torch.Tensor
+    child: torch.Tensor
+    prompt: torch.Tensor
+    trained: torch.Tensor
+    weight: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.logp.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Transitions":
+        """The transitions at `index` (a LongTensor or bool mask)."""
+        return Transitions(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
+
+
+@dataclass
+class Rollout:
+    """Everything a rollout produced.
+
+    samples: [N, ...] final states (at sigma 0), one per leaf. For each sample: sample_node [N],
+    prompt [N] (the group for prompt-level normalisation), root [N] (the initial noise it grew
+    from), probe [N] (node id of the probe it finishes, -1 for spine leaves), probe_step [N] (the
+    grid index where that probe left the spine, -1 for spine leaves) and tail [N]
+    (index into plan.tails, -1 for spine leaves).
+    The tree: node_parent [K] (-1 for roots), node_index [K] (grid index of the node's state),
+    node_kind [K] (SPINE, PROBE, TAIL), node_root [K], node_prompt [K].
+    nfe: velocity evaluations (one per node per call; with guidance each is one batched row pair).
+    """
+
+    samples: torch.Tensor
+    sample_node: torch.Tensor
+    prompt: torch.Tensor
+    root: torch.Tensor
+    probe: torch.Tensor
+    probe_step: torch.Tensor
+    tail: torch.Tensor
+    node_parent: torch.Tensor
+    node_index: torch.Tensor
+    node_kind: torch.Tensor
+    node_root: torch.Tensor
+    node_prompt: torch.Tensor
+    transitions: Transitions
+    nfe: int
+    plan: Plan = field(repr=False)
+
+    @property
+    def reward_mask(self) -> torch.Tensor:
+        """[N] bool: the samples credit uses (with probes, the spine's own leaves are not scored)."""
+        if bool((self.probe >= 0).any()):
+            return self.probe >= 0
+        return torch.ones_like(self.probe, dtype=torch.bool)
+
+    @property
+    def trained(self) -> Transitions:
+        """Only the transitions the plan trains."""
+        return self.transitions.select(self.transitions.trained)
+
+
+@dataclass
+class _Front:
+    """Nodes waiting at one grid index: states and per-node bookkeeping."""
+
+    x: torch.Tensor
+    node: torch.Tensor
+    tail: torch.Tensor  # -1 for spine nodes
+    history: DpmHistory | None
+
+    @staticmethod
+    def cat(parts: list["_Front"]) -> "_Front":
+        histories = [p.history for p in parts]
+        history = None
+        if any(h is not None for h in histories):
+            # A node without history yet (first step of a DPM stretch) gets sigma = 1: first order.
+            x0 = torch.cat([h.x0 if h is not None else torch.zeros_like(p.x) for h, p in zip(histories, parts)])
+            sig = torch.cat([h.sigma if h is not None else torch.ones(len(p.node), dtype=p.x.dtype, device=p.x.device) for h, p in zip(histories, parts)])
+            history = DpmHistory(x0, sig)
+        return _Front(torch.cat([p.x for p in parts]), torch.cat([p.node for p in parts]), torch.cat([p.tail for p in parts]), history)
+
+    def take(self, mask: torch.Tensor) -> "_Front":
+        history = None if self.history is None else DpmHistory(self.history.x0[mask], self.history.sigma[mask])
+        return _Front(self.x[mask], self.node[mask], self.tail[mask], history)
+
+
+class _Tree:
+    """Append-only node table."""
+
+    def __init__(self) -> None:
+        self.parent: list[torch.Tensor] = []
+        self.index: list[torch.Tensor] = []
+        self.kind: list[torch.Tensor] = []
+        self.root: list[torch.Tensor] = []
+        self.prompt: list[torch.Tensor] = []
+        self.size = 0
+        self._root_of = torch.empty(0, dtype=torch.long)
+        self._prompt_of = torch.empty(0, dtype=torch.long)
+
+    def add(self, parent: torch.Tensor, index: int, kind: int, root: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        n = parent.shape[0]
+        ids = torch.arange(self.size, self.size + n)
+        if root is None:
+            root, prompt = self._root_of[parent], self._prompt_of[parent]
+        self.parent.append(parent)
+        self.index.append(torch.full((n,), index))
+        self.kind.append(torch.full((n,), kind))
+        self.root.append(root)
+        self.prompt.append(prompt)
+        self._root_of = torch.cat([self._root_of, root])
+        self._prompt_of = torch.cat([self._prompt_of, prompt])
+        self.size += n
+        return ids
+
+    def prompt_of(self, nodes: torch.Tensor) -> torch.Tensor:
+        return self._prompt_of[nodes]
+
+
+def _chunked_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int) -> torch.Tensor:
+    return torch.cat([velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
+
+
+@torch.no_grad()
+def rollout(
+    velocity: RolloutVelocity,
+    plan: Plan,
+    num_prompts: int,
+    sample_shape: tuple[int, ...],
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    max_batch: int = 256,
+    noise: torch.Tensor | None = None,
+) -> Rollout:
+    """Execute `plan` for `num_prompts` prompts with plan.group_size roots each.
+
+    All randomness comes from one CPU generator seeded with `seed`, drawn in a fixed order, so the
+    same seed gives the same rollout bit for bit. `noise` ([num_prompts * group_size, *shape])
+    overrides the initial noise.
+    """
+    if num_prompts < 1 or max_batch < 1:
+        raise ValueError(f"num_prompts and max_batch must be positive, got {num_prompts} and {max_batch}")
+    generator = torch.Generator().manual_seed(int(seed))
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, *sample_shape, generator=generator).to(device=device, dtype=torch.float32)
+
+    sigmas = plan.sigmas.to(device=device, dtype=torch.float32)
+    last = plan.num_steps
+    roots = num_prompts * plan.group_size
+    if noise is None:
+        if plan.share_noise:
+            noise = randn(num_prompts).repeat_interleave(plan.group_size, 0)
+        else:
+            noise = randn(roots)
+    if noise.shape != (roots, *sample_shape):
+        raise ValueError(f"initial noise must have shape {(roots, *sample_shape)}, got {tuple(noise.shape)}")
+
+    tree = _Tree()
+    root_ids = torch.arange(roots)
+    nodes = tree.add(torch.full((roots,), -1), 0, SPINE, root=root_ids, prompt=root_ids // plan.group_size)
+    waiting: dict[int, list[_Front]] = {0: [_Front(noise.to(device=device, dtype=dtype), nodes, torch.full((roots,), -1), None)]}
+    finished: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, node, tail)
+    records: list[dict[str, torch.Tensor]] = []
+    probe_of_node: dict[int, int] = {}
+    nfe = 0
+
+    def arrive(index: int, front: _Front) -> None:
+        if len(front.node) == 0:
+            return
+        if index == last:
+            finished.append((front.x, front.node, front.tail))
+        else:
+            waiting.setdefault(index, []).append(front)
+
+    def record(x, step: SdeStep, j: int, spec, parent, child, trained: bool) -> None:
+        m = x.shape[0]
+        records.append(
+            dict(
+                x=x, x_next=step.sample, sigma=sigmas[j].expand(m), sigma_next=sigmas[j + 1].expand(m), logp=step.logp,
+                noise_level=torch.full((m,), spec.level(), device=device), sde_form=torch.full((m,), SDE_FORMS.index(spec.sde), device=device),
+                step=torch.full((m,), j, device=device), parent=parent.to(device), child=child.to(device),
+                prompt=tree.prompt_of(parent).to(device), trained=torch.full((m,), trained, device=device),
+                weight=torch.full((m,), spec.weight, device=device),
+            )
+        )
+
+    def sde_children(x, v, j: int, spec, k: int) -> tuple[torch.Tensor, torch.Tensor, SdeStep]:
+        """k SDE children of each of the n rows of x, sharing its velocity: ([n*k, ...] x, v, step)."""
+        n = x.shape[0]
+        if k > 1 and plan.split_noise_scale is not None:
+            # BranchGRPO's split noise: each child is still N(0, I), siblings are correlated.
+            shared, own = randn(n), randn(n, k)
+            s = plan.split_noise_scale
+            eps = (shared.unsqueeze(1) + s * own) / math.sqrt(1 + s * s)
+        else:
+            eps = randn(n, k)
+        xs, vs = x.repeat_interleave(k, 0), v.repeat_interleave(k, 0)
+        step = sde_step(vs, xs, sigmas[j], sigmas[j + 1], spec.sde, spec.level(), noise=eps.flatten(0, 1))
+        return xs, vs, step
+
+    for j in range(last):
+        if j not in waiting:
+            continue
+        front = _Front.cat(waiting.pop(j))
+        n = len(front.node)
+        sigma = sigmas[j].expand(n)
+        prompts = tree.prompt_of(front.node).to(device)
+        v = _chunked_velocity(velocity, front.x, sigma, prompts, max_batch)
+        nfe += n
+        spine = front.tail < 0
+        # ODE updates of spine ODE steps and of every tail, with their landing grid index.
+        ode_rows, ode_next, ode_solver = [], [], []
+        if bool(spine.any()):
+            spec = plan.steps[j]
+            sp = front.take(spine)
+            v_sp = v[spine.to(device)]
+            if spec.probes > 0:
+                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.probes)
+                parents = sp.node.repeat_interleave(spec.probes)
+                probes = tree.add(parents, j + 1, PROBE)
+                for p in probes.tolist():
+                    probe_of_node[p] = p
+                record(xs, step, j, spec, parents, probes, spec.trained)
+                for t in range(len(plan.tails)):
+                    # Each tail continues its own copy of the probe (multi-granularity finishes).
+                    tails = probes if len(plan.tails) == 1 else tree.add(probes, j + 1, TAIL)
+                    if len(plan.tails) > 1:
+                        for p, q in zip(probes.tolist(), tails.tolist()):
+                            probe_of_node[q] = p
+                    arrive(j + 1, _Front(step.sample, tails, torch.full((len(tails),), t), None))
+            if spec.mode == "sde":
+                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.branch)
+                parents = sp.node.repeat_interleave(spec.branch)
+                children = tree.add(parents, j + 1, SPINE)
+                record(xs, step, j, spec, parents, children, spec.trained)
+                arrive(j + 1, _Front(step.sample, children, torch.full((len(children),), -1), None))
+            else:
+                ode_rows.append(torch.nonzero(spine).flatten())
+                ode_next.append(torch.full((int(spine.sum()),), plan.next_index(j)))
+                ode_solver.append([spec.solver] * int(spine.sum()))
+        tail_rows = torch.nonzero(~spine).flatten()
+        if len(tail_rows):
+            strides = torch.tensor([plan.tails[t].stride for t in front.tail[tail_rows].tolist()])
+            ode_rows.append(tail_rows)
+            ode_next.append(torch.clamp(j + strides, max=last))
+            ode_solver.append([plan.tails[t].solver for t in front.tail[tail_rows].tolist()])
+        if not ode_rows:
+            continue
+        rows, next_index = torch.cat(ode_rows), torch.cat(ode_next)
+        solvers = [s for part in ode_solver for s in part]
+        x, vv = front.x[rows.to(device)], v[rows.to(device)]
+        s_next = sigmas[next_index.to(device)]
+        x_next = euler_step(vv, x, sigmas[j], s_next)  # Euler everywhere, refined below
+        heun = torch.tensor([s == "heun" for s in solvers], dtype=torch.bool)
+        if bool(heun.any()):
+            hd = heun.to(device)
+            v_pred = _chunked_velocity(velocity, x_next[hd], s_next[hd], tree.prompt_of(front.node[rows][heun]).to(device), max_batch)
+            nfe += int(heun.sum())
+            x_next[hd] = heun_step(vv[hd], v_pred, x[hd], sigmas[j], s_next[hd])
+        dpm = torch.tensor([s == "dpmpp_2m" for s in solvers], dtype=torch.bool)
+        new_history = None
+        if bool(dpm.any()):
+            dd = dpm.to(device)
+            history = None
+            if front.history is not None:
+                history = DpmHistory(front.history.x0[rows.to(device)][dd], front.history.sigma[rows.to(device)][dd])
+            x_dpm, hist = dpmpp_2m_step(vv[dd], x[dd], sigmas[j], s_next[dd], history)
+            x_next[dd] = x_dpm
+            new_history = DpmHistory(torch.zeros_like(x), torch.ones(len(rows), device=device, dtype=x.dtype))
+            new_history.x0[dd], new_history.sigma[dd] = hist.x0, hist.sigma
+        parents = front.node[rows]
+        tails = front.tail[rows]
+        for target in torch.unique(next_index).tolist():
+            sel = next_index == target
+            kinds_are_tail = tails[sel] >= 0
+            ids = torch.empty(int(sel.sum()), dtype=torch.long)
+            if bool((~kinds_are_tail).any()):
+                ids[~kinds_are_tail] = tree.add(parents[sel][~kinds_are_tail], target, SPINE)
+            if bool(kinds_are_tail.any()):
+                tail_parents = parents[sel][kinds_are_tail]
+                ids[kinds_are_tail] = tree.add(tail_parents, target, TAIL)
+                for p, q in zip(tail_parents.tolist(), ids[kinds_are_tail].tolist()):
+                    probe_of_node[q] = probe_of_node[p]
+            sd = sel.to(device)
+            hist = None if new_history is None else DpmHistory(new_history.x0[sd], new_history.sigma[sd])
+            arrive(target, _Front(x_next[sd], ids, tails[sel], hist))
+
+    samples = torch.cat([f[0] for f in finished])
+    sample_node = torch.cat([f[1] for f in finished])
+    sample_tail = torch.cat([f[2] for f in finished])
+    node_root = torch.cat(tree.root)
+    node_index = torch.cat(tree.index)
+    probe = torch.tensor([probe_of_node.get(int(n), -1) for n in sample_node], dtype=torch.long)
+    transitions = Transitions(**{k: torch.cat([r[k] for r in records]) for k in records[0]}) if records else _no_transitions(sample_shape, device, dtype)
+    return Rollout(
+        samples=samples,
+        sample_node=sample_node,
+        prompt=tree.prompt_of(sample_node),
+        root=node_root[sample_node],
+        probe=probe,
+        probe_step=torch.where(probe >= 0, node_index[probe.clamp_min(0)] - 1, -1),
+        tail=sample_tail,
+        node_parent=torch.cat(tree.parent),
+        node_index=node_index,
+        node_kind=torch.cat(tree.kind),
+        node_root=node_root,
+        node_prompt=torch.cat(tree.prompt),
+        transitions=transitions,
+        nfe=nfe,
+        plan=plan,
+    )
+
+
+def _no_transitions(sample_shape, device, dtype) -> Transitions:
+    empty = torch.empty(0, device=device)
+    states = torch.empty(0, *sample_shape, device=device, dtype=dtype)
+    long = empty.long()
+    return Transitions(states, states, empty, empty, empty, empty, long, long, long, long, long, empty.bool(), empty)
+
+
+def score_transitions(velocity: RolloutVelocity, transitions: Transitions, max_batch: int = 256) -> SdeStep:
+    """Re-score stored transitions under the current velocity (with grad if enabled).
+
+    Returns the SdeStep of each transition (logp, mean, std) with the stored x_next. Siblings (same
+    parent node at the same step) share one velocity evaluation, as in the rollout.
+    """
+    # A parent node sits at one grid index, so its id identifies the shared (x, sigma).
+    keys = transitions.parent
+    unique, inverse = torch.unique(keys, return_inverse=True)
+    first = torch.zeros(len(unique), dtype=torch.long, device=keys.device).scatter_(0, inverse, torch.arange(len(keys), device=keys.device))
+    v = _chunked_velocity(velocity, transitions.x[first], transitions.sigma[first], transitions.prompt[first], max_batch)[inverse]
+    logp = torch.empty(len(transitions), device=v.device)
+    mean = torch.empty_like(transitions.x_next, dtype=torch.float32)
+    std = torch.empty(len(transitions), device=v.device)
+    parts = []
+    for form_index, form in enumerate(SDE_FORMS):
+        sel = transitions.sde_form == form_index
+        if not bool(sel.any()):
+            continue
+        step = sde_step(v[sel], transitions.x[sel], transitions.sigma[sel], transitions.sigma_next[sel], form, transitions.noise_level[sel], x_next=transitions.x_next[sel])
+        parts.append((sel, step))
+    if len(parts) == 1:
+        return parts[0][1]
+    # Mixed forms: scatter back in order (differentiably through index_put on fresh tensors).
+    for sel, step in parts:
+        logp = logp.index_put((torch.nonzero(sel).flatten(),), step.logp)
+        mean = mean.index_put((torch.nonzero(sel).flatten(),), step.mean)
+        std = std.index_put((torch.nonzero(sel).flatten(),), step.std)
+    return SdeStep(transitions.x_next, logp, mean, std)
