@@ -1,4 +1,4 @@
-"""The `flowrl` command: sample, evaluate and pretrain the models of the toolkit."""
+"""The `flowrl` command: sample, evaluate, pretrain and train the models of the toolkit."""
 
 from __future__ import annotations
 
@@ -73,6 +73,40 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_recipe(name: str | None) -> Path | None:
+    """A recipe path: an existing file, or the name of a shipped recipe (flowrl/recipes/NAME.yaml)."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
+    raise ValueError(f"recipe {name!r} is neither a file nor a shipped recipe; shipped: {known}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import describe, load_config
+
+    if args.help_config:
+        print(describe())
+        return 0
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe:  # `flowrl train key=value` without a recipe
+        recipe, overrides = None, [recipe, *overrides]
+    config = load_config(resolve_recipe(recipe or "toy"), overrides)
+    from .trainer import train
+
+    summary = train(config)
+    last = summary["last"]
+    print(f"done: {summary['iterations']} iterations in {config.out}" + (" (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""))
+    if "eval/overall" in last:
+        print(f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final")
+    return 0
+
+
 def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy_pretraining import main as pretrain_main
 
@@ -114,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the RL methods (plans of the solver layer) with their papers")
     methods.add_argument("--verbose", "-v", action="store_true", help="also show each method's default options and plan")
     methods.set_defaults(func=cmd_methods)
+
+    train = sub.add_parser("train", help="RL fine-tuning (default: the toy recipe on the CPU)")
+    train.add_argument("recipe", nargs="?", default=None, help="a YAML recipe path or a shipped recipe name (default: toy)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 method.window=3")
+    train.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    train.set_defaults(func=cmd_train)
 
     pretrain = sub.add_parser("pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False)
     pretrain.set_defaults(func=cmd_pretrain_toy)

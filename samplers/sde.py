@@ -70,6 +70,8 @@ def sde_mean_std(
     level = torch.as_tensor(noise_level, dtype=x.dtype, device=x.device).expand(batch)
     if torch.any(s_next >= s) or torch.any(s > 1) or torch.any(s_next < 0):
         raise ValueError(f"an SDE step needs 1 >= sigma > sigma_next >= 0, got sigma={sigma} sigma_next={sigma_next}")
+    if torch.any(level < 0) or not bool(torch.isfinite(level).all()):
+        raise ValueError(f"the noise level of an SDE step must be finite and >= 0 (0 is the ODE step), got {noise_level}")
     g = diffusion(form, s, s_next, level)  # [B]
     d = s_next - s  # [B], negative
     gv, dv, sv = per_sample(g, x), per_sample(d, x), per_sample(s, x)

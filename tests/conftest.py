@@ -13,13 +13,22 @@ def tiny_config(**overrides) -> ToyConfig:
     return ToyConfig(**fields)
 
 
-@pytest.fixture
-def tiny_policy() -> ToyPolicy:
-    torch.manual_seed(0)
+def tiny_model(seed: int = 0) -> ToyModel:
+    torch.manual_seed(seed)
     model = ToyModel(tiny_config())
     # diffusers zero-initialises the output layers; randomise them so outputs depend on inputs.
     with torch.no_grad():
         for p in model.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
-    return ToyPolicy(model.eval())
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_policy() -> ToyPolicy:
+    return ToyPolicy(tiny_model())
+
+
+def brightness_reward(images, prompts):
+    """A plug-in reward for trainer tests: mean brightness (varies even for a random model)."""
+    return images.mean(dim=(1, 2, 3))

@@ -1,0 +1,1 @@
+"""Speed benchmarks: ratios of runs in one process, never asserted by the tests."""

@@ -1,0 +1,214 @@
+"""The training config: one flat dataclass, YAML recipes and `key=value` overrides.
+
+Everything is validated before any model loads: an unknown key or a bad value fails naming the
+key, the value and what is allowed. Method hyperparameters go under `method_options` (override
+them as `method.window=3`) and are checked by the method's own config class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def option(default: Any, help: str, choices: tuple | None = None, **kwargs) -> Any:
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=metadata)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    # run
+    out: str = option("runs/train", "run directory (config, metrics, samples, checkpoints)")
+    seed: int = option(0, "seed of prompts, noise and shuffling: the same seed reruns the same run")
+    iterations: int = option(60, "training iterations (rollout + update)")
+    minutes: float = option(0.0, "stop (resumably, with a checkpoint) after this many minutes; 0: no limit")
+    resume: bool = option(True, "continue from out/checkpoint when it exists")
+    device: str = option("auto", "auto (cuda when available), cpu or cuda")
+    mixed_precision: str = option("auto", "auto (bf16 on CUDA, none on CPU), no or bf16", choices=("auto", "no", "bf16"))
+    threads: int = option(0, "torch CPU threads (0: torch's default)")
+    # policy
+    policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/FLUX hub id or directory")
+    lora_rank: int = option(0, "LoRA rank on the transformer; 0 trains all its weights")
+    lora_alpha: float = option(0.0, "LoRA alpha (0: equal to the rank)")
+    lora_targets: list = option(["to_q", "to_k", "to_v", "to_out.0"], "transformer modules that get LoRA adapters")
+    guidance: float = option(4.0, "classifier-free guidance scale in rollouts, training and evaluation")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (CUDA memory knob)")
+    # method
+    method: str = option("flow_grpo", "the solver-layer method (flowrl methods lists them)")
+    method_options: dict = option({}, "the method's hyperparameters (flowrl methods -v shows them)")
+    # data and reward
+    prompts: str = option("toyshapes:train", "toyshapes:train, toyshapes:all, or a text file with one prompt per line")
+    prompts_per_iteration: int = option(6, "prompts per iteration; each gets the method's group of samples")
+    reward: str = option("toyshapes", "reward: toyshapes, toyshapes_binary, or package.module:object (a function of (images, prompts) or an object with score)")
+    # advantages and loss
+    advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
+    drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
+    loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
+    clip_low: float = option(1e-3, "lower clip range eps_low of the ratio (Flow-GRPO uses 1e-4 on SD3.5)")
+    clip_high: float = option(1e-3, "upper clip range eps_high (> clip_low is clip-higher)")
+    beta: float = option(0.0, "weight of the KL to the reference (adapters disabled, or the initial weights)")
+    # optimisation
+    lr: float = option(3e-5, "AdamW learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    adam_betas: list = option([0.9, 0.999], "AdamW betas")
+    max_grad_norm: float = option(1.0, "gradient clipping norm; 0: off")
+    inner_epochs: int = option(1, "passes over each iteration's transitions")
+    train_batch: int = option(0, "transitions per optimizer step (0: all of the iteration's in one step)")
+    micro_batch: int = option(64, "transitions per forward/backward (gradient accumulation inside a step)")
+    ema: float = option(0.0, "EMA decay of the trained weights used for evaluation and export; 0: off")
+    # evaluation and checkpoints
+    eval_every: int = option(0, "evaluate every this many iterations (and at the end); 0: only at the end")
+    eval_per_category: int = option(8, "held-out ToyShapes images per category at each evaluation")
+    eval_steps: int = option(20, "ODE steps of evaluation sampling")
+    checkpoint_every: int = option(10, "checkpoint every this many iterations (and at the end)")
+    max_batch: int = option(256, "rows per model call in rollouts and scoring (memory knob)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _expected(name: str) -> type:
+    hint = typing.get_type_hints(TrainConfig)[name]
+    return typing.get_origin(hint) or hint
+
+
+def check_value(name: str, value: Any) -> Any:
+    """value converted to the field's type, or a ValueError naming the key, value and type."""
+    if name not in FIELDS:
+        raise ValueError(f"unknown config key {name!r}; known keys: {', '.join(sorted(FIELDS))} (and method.<option>)")
+    expected = _expected(name)
+    if expected in (int, float) and isinstance(value, str):  # YAML reads 1e-4 as a string
+        try:
+            value = expected(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ValueError(f"config key {name}={value!r}: expected {expected.__name__} ({FIELDS[name].metadata['help']})")
+    choices = FIELDS[name].metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"config key {name}={value!r}: expected one of {choices}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'key=value' with value read as YAML ('3' -> 3, 'true' -> True, '[1, 2]' -> list)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    return key.strip(), value
+
+
+def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
+    """A validated TrainConfig from a dict (a recipe) and key=value overrides (applied after)."""
+    values = dict(values)
+    method_options = dict(values.pop("method_options", None) or {})
+    recipe_method = values.get("method", TrainConfig.method)
+    cli_options: dict[str, Any] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("method."):
+            cli_options[key[len("method."):]] = value
+        else:
+            values[key] = value
+    if values.get("method", recipe_method) != recipe_method:
+        # Another method than the recipe's: keep the recipe's options the new method also has
+        # (the grid, the group), drop the rest, and say so.
+        from samplers.methods import get_method
+
+        known = {f.name for f in dataclasses.fields(get_method(str(values["method"])).config)}
+        dropped = sorted(set(method_options) - known)
+        method_options = {k: v for k, v in method_options.items() if k in known}
+        if dropped:
+            print(f"note: method {values['method']!r} has no {dropped} (options of the recipe's {recipe_method!r}); ignoring them", file=sys.stderr)
+    method_options.update(cli_options)
+    checked = {name: check_value(name, value) for name, value in values.items()}
+    config = TrainConfig(**checked, method_options=method_options)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The config of a YAML recipe (or the defaults) with overrides; validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(values).__name__}")
+    return build_config(values, overrides)
+
+
+def validate(config: TrainConfig) -> None:
+    """Cross-field and range checks, including the method's options, before anything loads."""
+    from flowrl.losses import get_loss
+    from samplers.methods import get_method
+
+    def need(condition: bool, key: str, what: str) -> None:
+        if not condition:
+            raise ValueError(f"config key {key}={getattr(config, key)!r}: {what}")
+
+    for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every"):
+        need(getattr(config, key) >= 1, key, "must be at least 1")
+    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads"):
+        need(getattr(config, key) >= 0, key, "must not be negative")
+    need(config.lr > 0, "lr", "must be positive")
+    need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
+    need(config.clip_low < 1, "clip_low", "must be below 1")
+    need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
+    if ":" in config.reward:
+        import importlib
+
+        module_name, _, attribute = config.reward.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(f"config key reward={config.reward!r}: cannot import {module_name!r} ({error})") from None
+        need(hasattr(module, attribute), "reward", f"module {module_name!r} has no {attribute!r}")
+    else:
+        need(config.reward in ("toyshapes", "toyshapes_binary"), "reward", "expected toyshapes, toyshapes_binary or package.module:object")
+    need(len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas), "adam_betas", "expected two numbers in [0, 1)")
+    get_loss(config.loss)
+    if not (config.prompts.startswith("toyshapes:") or Path(config.prompts).is_file()):
+        raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:train, toyshapes:all or an existing text file")
+    method = get_method(config.method)
+    try:
+        method.configure(**config.method_options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"method {config.method!r}: {error}") from None
+
+
+def method_config(config: TrainConfig):
+    """The method's own config object for this run."""
+    from samplers.methods import get_method
+
+    return get_method(config.method).configure(**config.method_options)
+
+
+def describe() -> str:
+    """Every key with its default and help, for `flowrl train --help-config`."""
+    lines = []
+    for name, f in FIELDS.items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"{name:24s} {default!r:28s} {f.metadata['help']}")
+    return "\n".join(lines)

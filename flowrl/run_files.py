@@ -1,0 +1,96 @@
+"""What a training run leaves on disk: metrics.jsonl, the reward curve, and atomic checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One JSON line per iteration, flushed and fsynced so a crash loses at most the current line."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(path: Path, iterations_done: int) -> None:
+    """Keep only the records of the first `iterations_done` iterations (a resume redoes the rest)."""
+    kept = [r for r in read_metrics(path) if r.get("iteration", -1) <= iterations_done]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:
+    """A small PNG of the training reward per iteration (blue) and eval accuracy (red dots)."""
+    width, height, pad = 640, 360, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [(r["iteration"], r[key]) for r in records if key in r]
+    evals = [(r["iteration"], r[eval_key]) for r in records if eval_key in r]
+    values = [v for _, v in points + evals]
+    if points:
+        x_max = max(1, max(i for i, _ in points + evals))
+        lo, hi = min(values + [0.0]), max(values + [1.0])
+        scale = lambda i, v: (pad + (width - 2 * pad) * i / x_max, height - pad - (height - 2 * pad) * (v - lo) / (hi - lo or 1))
+        draw.line([(pad, height - pad), (width - pad, height - pad)], fill="black")
+        draw.line([(pad, pad), (pad, height - pad)], fill="black")
+        draw.line([scale(i, v) for i, v in points] if len(points) > 1 else [scale(*points[0])] * 2, fill="blue", width=2)
+        for i, v in evals:
+            x, y = scale(i, v)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="red")
+        draw.text((pad, 8), f"{key} (blue), {eval_key} (red); y in [{lo:.2f}, {hi:.2f}], x: iteration 0..{x_max}", fill="black")
+    image.save(path)
+    return path
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, state: dict) -> Path:
+    """Write weights (safetensors), EMA and the rest (optimizer, RNG, iteration) to a temporary
+    directory, then swap it in: an interrupted save never damages the previous checkpoint."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
+    if ema is not None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
+    weights = load_file(str(directory / "trainable.safetensors"))
+    ema = load_file(str(directory / "ema.safetensors")) if (directory / "ema.safetensors").is_file() else None
+    state = torch.load(directory / "state.pt", weights_only=False)
+    return weights, ema, state

@@ -1,0 +1,398 @@
+"""The flow-GRPO trainer: rollout by the method's plan, reward, credit, clipped policy update.
+
+One loop for every method of the solver layer. It reads top to bottom: setup, then per iteration
+prompts -> rollout (no grad) -> rewards -> advantages -> inner epochs of minibatch updates ->
+EMA -> metrics -> evaluation -> checkpoint. Image specifics stay in the policy and the plans.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from samplers.methods import get_method
+from samplers.rollout import Rollout, rollout, score_transitions
+
+from .adapters import Ema, Reference, add_lora, trainable_named_parameters
+from .advantage import zero_variance_mask
+from .config import TrainConfig, method_config
+from .losses import gaussian_kl, policy_loss
+from .policies.base import rollout_velocity
+from .run_files import (
+    append_metrics,
+    draw_curve,
+    load_checkpoint,
+    read_metrics,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+)
+
+
+def load_policy(config: TrainConfig, device: torch.device):
+    """The policy named by config.policy (the toy model here; SD3/FLUX backends plug in the same way)."""
+    from .policies import load_toy
+
+    if config.policy == "toy":
+        return load_toy(device=device)
+    path = Path(config.policy)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return load_toy(path, device=device)
+    raise ValueError(f"policy={config.policy!r}: expected 'toy' or a toy model directory (config.json + model.safetensors); SD3/FLUX backends are not built yet")
+
+
+class PromptSource:
+    """Prompts per iteration as a function of (seed, iteration, rank): resuming needs no data state.
+
+    ToyShapes prompts are drawn category-balanced (a category uniformly, then a prompt in it), as
+    the evaluation weighs categories equally; uniform over prompts would be dominated by the
+    combinatorially large categories (color attribution, position). Text files: uniform over lines.
+    """
+
+    def __init__(self, spec: str, seed: int) -> None:
+        self.spec, self.seed = spec, seed
+        self.toyshapes_split = None
+        if spec.startswith("toyshapes:"):
+            from benchmarks.toyshapes.prompts import prompts_for
+
+            split = spec.split(":", 1)[1]
+            if split not in ("train", "heldout", "all"):
+                raise ValueError(f"prompts={spec!r}: expected toyshapes:train, toyshapes:heldout or toyshapes:all")
+            self.toyshapes_split = split
+            self.pool = [p.text for p in prompts_for(split)]
+        else:
+            self.pool = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+        if not self.pool:
+            raise ValueError(f"prompts={spec!r} yields no prompts")
+
+    def batch(self, iteration: int, n: int, rank: int = 0) -> list[str]:
+        if self.toyshapes_split is not None:
+            from benchmarks.toyshapes.prompts import sample_prompts
+
+            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=hash((self.seed, iteration, rank)) & 0x7FFFFFFF)]
+        rng = random.Random(f"{self.seed}/{iteration}/{rank}")
+        return [rng.choice(self.pool) for _ in range(n)]
+
+
+def load_reward(name: str):
+    """A reward by name, or a user's `package.module:object`: an object with score(images, prompts)
+    or a plain function of (images [B, 3, H, W] in [0, 1], prompts) -> Tensor[B]."""
+    if ":" in name:
+        import importlib
+
+        module_name, _, attribute = name.partition(":")
+        target = getattr(importlib.import_module(module_name), attribute)
+        if isinstance(target, type):
+            target = target()
+        return target if hasattr(target, "score") else _FunctionReward(target)
+    from rewards import ToyShapesReward
+
+    return ToyShapesReward(binary=name == "toyshapes_binary")
+
+
+class _FunctionReward:
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return torch.as_tensor(self.fn(images, prompts), dtype=torch.float32).flatten()
+
+
+@dataclass
+class Batch:
+    """One iteration's experience: the rollout, its rewards and the per-transition learning signal."""
+
+    rollout: Rollout
+    prompts: list[str]
+    rewards: torch.Tensor  # [N] (0 for samples the credit does not use)
+    advantages: torch.Tensor  # [M'] for the kept transitions
+    weights: torch.Tensor  # [M']
+    keep: torch.Tensor  # [M] bool
+    stats: dict[str, float]
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
+        self.autocast = self.device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.method = get_method(config.method)
+        self.method_config = method_config(config)
+        torch.manual_seed(config.seed)
+        self.policy = load_policy(config, self.device)
+        transformer = self.policy.transformer
+        self.lora = config.lora_rank > 0
+        if self.lora:
+            add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets)
+        if config.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
+            transformer.enable_gradient_checkpointing()
+        self.params = trainable_named_parameters(transformer)
+        self.reference = Reference(transformer, self.lora) if config.beta > 0 else None
+        self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+        self.ema = Ema(self.params, config.ema) if config.ema > 0 else None
+        self.prompts = PromptSource(config.prompts, config.seed)
+        self.reward = load_reward(config.reward)
+        self.iteration = 0
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.checkpoint_dir = self.out / "checkpoint"
+        (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        state = {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "config": self.config.to_dict()}
+        save_checkpoint(self.checkpoint_dir, {n: p for n, p in self.params.items()}, self.ema.shadow if self.ema else None, state)
+
+    def try_resume(self) -> bool:
+        directory = self.checkpoint_dir
+        if not directory.is_dir() and directory.with_name(directory.name + ".old").is_dir():
+            directory = directory.with_name(directory.name + ".old")  # a crash mid-swap
+        if not (self.config.resume and directory.is_dir()):
+            return False
+        weights, ema, state = load_checkpoint(directory)
+        saved = dict(state["config"])
+        mismatched = [k for k in ("policy", "method", "method_options", "lora_rank", "lora_targets", "seed", "prompts", "reward", "prompts_per_iteration") if saved.get(k) != getattr(self.config, k)]
+        if mismatched:
+            raise ValueError(f"{self.out} holds a checkpoint of a different run ({', '.join(f'{k}: {saved.get(k)!r} there, {getattr(self.config, k)!r} now' for k in mismatched)}); use another out= or resume=false")
+        if set(weights) != set(self.params):
+            raise ValueError(f"checkpoint weights do not match the model's trainable parameters ({len(weights)} vs {len(self.params)})")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(weights[n].to(p.device, p.dtype))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and ema is not None:
+            self.ema.shadow = {n: t.to(self.device) for n, t in ema.items()}
+        set_rng_state(state["rng"])
+        self.iteration = state["iteration"]
+        truncate_metrics(self.metrics_path, self.iteration)
+        return True
+
+    # --- one iteration --------------------------------------------------------------------------
+
+    def velocity_fn(self, cond):
+        base = rollout_velocity(self.policy, cond, self.config.guidance)
+        if not self.autocast:
+            return base
+
+        def velocity(x, sigma, prompt_index):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return base(x, sigma, prompt_index).float()
+
+        return velocity
+
+    @torch.no_grad()
+    def collect(self, iteration: int) -> Batch:
+        """Rollout by the plan, rewards for the scored samples, credit per transition."""
+        config = self.config
+        timings = {}
+        start = time.perf_counter()
+        prompts = self.prompts.batch(iteration, config.prompts_per_iteration, self.rank)
+        plan = self.method.plan(self.method_config, iteration)
+        cond = self.policy.encode(prompts)
+        result = rollout(self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, seed=(config.seed * 1_000_003 + iteration) * 64 + self.rank, device=self.device, max_batch=config.max_batch)
+        timings["time/rollout"] = time.perf_counter() - start
+        start = time.perf_counter()
+        scored = torch.nonzero(result.reward_mask).flatten()
+        rewards = torch.zeros(len(result.samples))
+        images = self.policy.decode(result.samples[scored])
+        values = self.reward.score(images, [prompts[int(p)] for p in result.prompt[scored]]).float().cpu().flatten()
+        if values.shape[0] != len(scored) or not bool(torch.isfinite(values).all()):
+            bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist() if values.shape[0] == len(scored) else "shape"
+            raise ValueError(f"reward {self.config.reward!r} returned {tuple(values.shape)} values for {len(scored)} images (non-finite at {bad})")
+        rewards[scored] = values
+        timings["time/reward"] = time.perf_counter() - start
+        credit = self.method.credit(result, rewards, self.method_config, iteration)
+        keep = credit.mask.cpu().clone()
+        transitions = result.transitions
+        constant = zero_variance_mask(rewards[scored], result.prompt[scored])
+        constant_prompts = result.prompt[scored][constant].unique()
+        if config.drop_zero_variance and len(constant_prompts):
+            keep &= ~torch.isin(transitions.prompt.cpu(), constant_prompts)
+        advantages = credit.advantages.cpu()[keep]
+        if config.advantage_clip > 0:
+            advantages = advantages.clamp(-config.advantage_clip, config.advantage_clip)
+        stats = {
+            "reward/mean": float(rewards[scored].mean()),
+            "reward/std": float(rewards[scored].std(unbiased=False)),
+            "reward/max": float(rewards[scored].max()),
+            "zero_variance_prompts": float(len(constant_prompts)) / len(prompts),
+            "advantage/mean": float(advantages.mean()) if len(advantages) else 0.0,
+            "advantage/std": float(advantages.std(unbiased=False)) if len(advantages) else 0.0,
+            "nfe": float(result.nfe),
+            "samples": float(len(scored)),
+            "transitions/trained": float(keep.sum()),
+            **{k: v for k, v in credit.stats.items() if not k.startswith("reward/")},
+            **timings,
+        }
+        return Batch(result, prompts, rewards, advantages, credit.weight.cpu()[keep], keep, stats)
+
+    def update(self, batch: Batch, iteration: int) -> dict[str, float]:
+        """Inner epochs over shuffled minibatches of the kept transitions; one optimizer step per
+        minibatch, gradient accumulation over micro-batches (exact: a shared normaliser)."""
+        config = self.config
+        transitions = batch.rollout.transitions.select(batch.keep.to(batch.rollout.transitions.logp.device))
+        count = len(transitions)
+        if count == 0:
+            return {"skipped_update": 1.0}
+        cond = self.policy.encode(batch.prompts)
+        velocity = self.velocity_fn(cond)
+        step_size = config.train_batch or count
+        generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
+        sums: dict[str, float] = {}
+        steps_per_epoch = math.ceil(count / step_size)
+        optimizer_steps = steps_per_epoch * config.inner_epochs
+        start = time.perf_counter()
+        loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
+        for _ in range(config.inner_epochs):
+            order = torch.randperm(count, generator=generator)
+            for first in range(0, count, step_size):
+                indices = order[first : first + step_size]
+                self.optimizer.zero_grad(set_to_none=True)
+                for micro in indices.split(config.micro_batch):
+                    part = transitions.select(micro.to(transitions.logp.device))
+                    step = score_transitions(velocity, part, config.max_batch)
+                    kl = None
+                    if self.reference is not None:
+                        with torch.no_grad(), self.reference.active():
+                            ref = score_transitions(velocity, part, config.max_batch)
+                        kl = gaussian_kl(step.mean, ref.mean, step.std.detach())
+                    loss, stats = policy_loss(
+                        step.logp, part.logp, batch.advantages[micro].to(step.logp.device), loss=config.loss, loss_options=loss_options,
+                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(step.logp.device), normalizer=float(len(indices)),
+                    )
+                    loss.backward()
+                    for key, value in stats.items():
+                        if key.startswith("loss/"):  # partial sums of this step's loss: average the steps
+                            sums[key] = sums.get(key, 0.0) + value / optimizer_steps
+                        elif key.startswith("ratio/m") and key != "ratio/mean":
+                            pick = min if key == "ratio/min" else max
+                            sums[key] = pick(sums.get(key, value), value)
+                        else:  # per-element means: weight by the micro-batch's share
+                            sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
+                if self.world > 1:
+                    for p in self.params.values():
+                        if p.grad is not None:
+                            p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+                if config.max_grad_norm > 0:
+                    norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm)
+                    sums["grad_norm"] = max(sums.get("grad_norm", 0.0), float(norm))
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update(self.params)
+        sums["time/update"] = time.perf_counter() - start
+        return sums
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+        from .images import save_grid
+
+        start = time.perf_counter()
+        context = self.ema.swapped_in(self.params) if self.ema else _null()
+        with context:
+            report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
+        samples = self.out / "samples"
+        samples.mkdir(exist_ok=True)
+        save_grid(images, samples / f"iter_{self.iteration:05d}.png", nrow=self.config.eval_per_category)
+        report.save(samples / f"iter_{self.iteration:05d}.json")
+        stats = {"eval/overall": report.overall, "eval/mean_score": report.mean_score, **{f"eval/{k}": v for k, v in report.accuracy.items()}}
+        stats["time/eval"] = time.perf_counter() - start
+        return stats
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def train(self) -> dict[str, Any]:
+        config = self.config
+        resumed = self.try_resume()
+        started = time.perf_counter()
+        if self.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path):
+            append_metrics(self.metrics_path, {"iteration": 0, **self.evaluate()} if config.eval_every else {"iteration": 0})
+        bar = tqdm(total=config.iterations, initial=self.iteration, desc="train", unit="it", disable=self.rank != 0)
+        last: dict[str, float] = {}
+        stopped_early = False
+        while self.iteration < config.iterations:
+            iteration = self.iteration
+            batch = self.collect(iteration)
+            record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration)}
+            self.iteration = iteration + 1
+            at_end = self.iteration == config.iterations
+            out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
+            if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
+                record.update(self.evaluate())
+            if self.rank == 0:
+                append_metrics(self.metrics_path, record)
+            if self.iteration % config.checkpoint_every == 0 or at_end or out_of_time:
+                self.save()
+            last = record
+            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **({"eval": f"{record['eval/overall']:.3f}"} if "eval/overall" in record else {}))
+            bar.update(1)
+            if out_of_time and not at_end:
+                stopped_early = True
+                break
+        bar.close()
+        if self.rank == 0:
+            draw_curve(read_metrics(self.metrics_path), self.out / "reward_curve.png")
+            self.export()
+        return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last}
+
+    def export(self) -> Path:
+        """The trained toy model (EMA weights when enabled, LoRA merged) as a loadable directory."""
+        from .policies import save_toy
+
+        directory = self.out / "final"
+        context = self.ema.swapped_in(self.params) if self.ema else _null()
+        with context:
+            model = self.policy.model
+            if self.lora:
+                import copy
+
+                merged = copy.deepcopy(model)
+                _merge_peft(merged.transformer)
+                model = merged
+            save_toy(model, directory, dtype=torch.float32)
+        return directory
+
+
+def _merge_peft(module: torch.nn.Module) -> None:
+    """Fold every peft LoRA layer into its base layer in place, leaving plain nn.Linear modules."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, LoraLayer):
+            child.merge()
+            parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            setattr(parent, name.rsplit(".", 1)[-1], child.get_base_layer())
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) training as configured; returns a summary."""
+    return Trainer(config).train()

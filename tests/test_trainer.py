@@ -1,0 +1,172 @@
+"""The trainer end to end on a tiny toy model: it learns something, writes what it promises,
+resumes exactly, and its LoRA/KL machinery matches independent computations."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowrl.config import build_config
+from flowrl.policies.toy import load_toy, save_toy
+from flowrl.trainer import Trainer, train
+
+from conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(save_toy(tiny_model(), tmp_path_factory.mktemp("tiny"), dtype=torch.float32))
+
+
+def tiny_run(tiny_dir, out, *overrides):
+    base = [
+        f"policy={tiny_dir}", f"out={out}", "iterations=2", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3",
+        "method.shift=1.0", "eval_every=0", "checkpoint_every=1", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward",
+    ]
+    return build_config({}, base + list(overrides))
+
+
+def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
+    config = tiny_run(tiny_dir, tmp_path / "run", "eval_every=2", "eval_per_category=1", "eval_steps=2")
+    before = load_toy(tiny_dir).transformer.state_dict()
+    summary = train(config)
+    assert summary["iterations"] == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    for key in ("reward/mean", "reward/std", "advantage/std", "clip_fraction", "loss/policy", "nfe", "time/rollout", "time/update"):
+        assert key in records[1] and records[1][key] == records[1][key]  # present and not NaN
+    assert records[1]["nfe"] == 2 * 3 * 4  # prompts x group x steps, no guidance rows counted twice
+    assert "eval/overall" in records[0] and "eval/overall" in records[2]
+    assert records[1]["ratio/mean"] == pytest.approx(1.0, abs=1e-5)  # on-policy: re-scored logp equals the rollout's
+    after = load_toy(tmp_path / "run" / "final").transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for name in ("config.json", "reward_curve.png", "samples/iter_00002.png", "checkpoint/trainable.safetensors", "checkpoint/state.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+def test_resume_continues_exactly(tiny_dir, tmp_path):
+    straight = tiny_run(tiny_dir, tmp_path / "a", "iterations=3")
+    train(straight)
+    first = tiny_run(tiny_dir, tmp_path / "b", "iterations=2")
+    train(first)
+    train(tiny_run(tiny_dir, tmp_path / "b", "iterations=3"))  # resumes from the step-2 checkpoint
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rewards = lambda d: [json.loads(l).get("reward/mean") for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert rewards("a") == rewards("b")
+
+
+def test_resume_refuses_a_different_run(tiny_dir, tmp_path):
+    train(tiny_run(tiny_dir, tmp_path / "c", "iterations=1"))
+    with pytest.raises(ValueError, match="different run.*method"):
+        Trainer(tiny_run(tiny_dir, tmp_path / "c", "iterations=2", "method=dance_grpo")).try_resume()
+
+
+def test_lora_trains_only_adapters_and_the_reference_is_the_base_model(tiny_dir, tmp_path):
+    config = tiny_run(tiny_dir, tmp_path / "lora", "iterations=1", "lora_rank=4", "beta=0.1")
+    trainer = Trainer(config)
+    names = set(trainer.params)
+    assert names and all("lora" in n for n in names)
+    base = load_toy(tiny_dir)
+    x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.5, 0.2])
+    cond = base.encode(["a red circle", "two squares", "a blue triangle"])
+    with torch.no_grad():
+        for p in trainer.params.values():
+            p.add_(0.05 * torch.randn_like(p))  # make the adapters matter
+        with trainer.reference.active():
+            ref_v = trainer.policy.velocity(x, sigma, cond, 4.0)
+        lora_v = trainer.policy.velocity(x, sigma, cond, 4.0)
+        base_v = base.velocity(x, sigma, cond, 4.0)
+    assert torch.allclose(ref_v, base_v, atol=1e-5)
+    assert not torch.allclose(lora_v, base_v, atol=1e-3)
+    frozen = {n: p.detach().clone() for n, p in trainer.policy.transformer.named_parameters() if "lora" not in n}
+    trainer.train()
+    for n, p in trainer.policy.transformer.named_parameters():
+        if "lora" not in n:
+            assert torch.equal(p, frozen[n]), n
+    record = json.loads((tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss/kl"] > 0
+    # the exported model has the adapters merged: same velocity as the LoRA policy
+    exported = load_toy(tmp_path / "lora" / "final")
+    with torch.no_grad():
+        assert torch.allclose(exported.velocity(x, sigma, cond, 4.0), trainer.policy.velocity(x, sigma, cond, 4.0), atol=1e-4)
+
+
+def test_full_fine_tuning_reference_is_the_initial_model(tiny_dir, tmp_path):
+    trainer = Trainer(tiny_run(tiny_dir, tmp_path / "full", "beta=0.5"))
+    base = load_toy(tiny_dir)
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.7, 0.3])
+    cond = base.encode(["a red circle", "two squares"])
+    with torch.no_grad():
+        for p in trainer.params.values():
+            p.add_(0.01 * torch.randn_like(p))
+        moved = trainer.policy.velocity(x, sigma, cond, 1.0)
+        with trainer.reference.active():
+            assert torch.allclose(trainer.policy.velocity(x, sigma, cond, 1.0), base.velocity(x, sigma, cond, 1.0), atol=1e-6)
+        assert torch.equal(trainer.policy.velocity(x, sigma, cond, 1.0), moved)  # weights restored after
+
+
+@pytest.mark.parametrize("method,options", [
+    ("dance_grpo", []),
+    ("mix_grpo", ["method.window=2"]),
+    ("mix_grpo_flash", ["method.window=2", "method.num_steps=6"]),
+    ("branch_grpo", ["method.split_steps=[0, 2]", "method.group_size=1"]),
+    ("tree_rpo", ["method.window=2", "method.group_size=1"]),
+    ("tempflow_grpo", ["method.probes=2", "method.group_size=2"]),
+    ("g2rpo", ["method.sde_steps=[0, 1]", "method.probes=2", "method.tail_strides=[1, 2]", "method.group_size=1"]),
+])
+def test_every_method_trains_through_the_same_loop(tiny_dir, tmp_path, method, options):
+    config = tiny_run(tiny_dir, tmp_path / method, "iterations=1", f"method={method}", *options)
+    summary = train(config)
+    record = summary["last"]
+    assert record["transitions/trained"] > 0 and record["loss/policy"] == record["loss/policy"]
+    assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_bad_config_fails_before_any_model_loads(tmp_path):
+    cases = [
+        (["lrr=1"], "unknown config key 'lrr'"),
+        (["lr=fast"], "lr='fast': expected float"),
+        (["method.windw=3", "method=mix_grpo"], r"no option\(s\) \['windw'\]"),
+        (["method=grpo_x"], "unknown method 'grpo_x'"),
+        (["iterations=0"], "iterations=0: must be at least 1"),
+    ]
+    for overrides, message in cases:
+        result = subprocess.run([sys.executable, "-m", "flowrl", "train", f"out={tmp_path / 'x'}", *overrides], capture_output=True, text=True)
+        assert result.returncode == 2 and result.stderr.count("error") == 1, result.stderr
+        assert __import__("re").search(message, result.stderr), result.stderr
+    assert not (tmp_path / "x").exists()  # nothing written, nothing loaded
+
+
+def test_every_shipped_recipe_validates_and_covers_every_method():
+    from pathlib import Path
+
+    from flowrl.cli import resolve_recipe
+    from flowrl.config import load_config
+    from samplers.methods import METHODS
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "flowrl" / "recipes").glob("*.yaml"))
+    methods = {load_config(path).method for path in recipes}
+    assert set(METHODS) <= methods
+    assert resolve_recipe("toy").name == "toy.yaml"
+    with pytest.raises(ValueError, match="shipped"):
+        resolve_recipe("no_such_recipe")
+
+
+def test_toyshapes_prompts_are_category_balanced_and_reproducible():
+    from collections import Counter
+
+    from benchmarks.toyshapes.prompts import CATEGORIES, parse_prompt, split_of
+    from flowrl.trainer import PromptSource
+
+    source = PromptSource("toyshapes:train", seed=3)
+    drawn = [t for i in range(200) for t in source.batch(i, 6)]
+    counts = Counter(parse_prompt(t).category for t in drawn)
+    assert set(counts) == set(CATEGORIES) and min(counts.values()) > 0.12 * len(drawn)  # 1/6 each, not by prompt count
+    assert all(split_of(t) in ("train", "both") for t in drawn)
+    assert PromptSource("toyshapes:train", seed=3).batch(7, 6) == source.batch(7, 6)
+    assert source.batch(7, 6, rank=1) != source.batch(7, 6, rank=0)
