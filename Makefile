@@ -1,9 +1,9 @@
-# The two quick-start commands: `make demo` (the main job) and `make test`.
+# The two quick-start commands: `make train` (the main job) and `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean
+.PHONY: train demo test install clean
 
 # Create the virtual environment and install the toolkit (editable, with test tools).
 $(VENV)/.installed: pyproject.toml
@@ -14,7 +14,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The main job: sample the built-in toy model and evaluate it on held-out ToyShapes prompts.
+# The main job: RL fine-tuning of the built-in toy model on the CPU (the toy recipe, about 10 min).
+train: $(VENV)/.installed
+	$(BIN)/flowrl train
+
+# Sample the built-in toy model and evaluate it on held-out ToyShapes prompts (about a minute).
 demo: $(VENV)/.installed
 	$(BIN)/flowrl sample --prompt "a red circle left of a blue square" --out runs/demo/samples.png
 	$(BIN)/flowrl eval toyshapes --json runs/demo/toyshapes.json --grid runs/demo/toyshapes_grid.png
