@@ -106,3 +106,19 @@ def test_pretraining_changes_weights_and_resumes_exactly(tmp_path):
         assert torch.equal(straight[name], resumed[name]), name
     lines = (tmp_path / "split" / "log.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["step"] == 0
+
+
+def test_guided_velocity_trains_only_through_the_prompt_branch(tiny_policy):
+    # With guidance g, v = v_null + g (v_prompt - v_null); in training the unconditional branch is
+    # detached (Flow-GRPO), so the empty-prompt embedding gets no gradient and the values match.
+    cond = tiny_policy.encode(["a red circle", "two squares"])
+    cond.null_embeds = cond.null_embeds.clone().requires_grad_()
+    cond.prompt_embeds = cond.prompt_embeds.clone().requires_grad_()
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])
+    with torch.no_grad():
+        reference = tiny_policy.velocity(x, sigma, cond, 4.0)
+    v = tiny_policy.velocity(x, sigma, cond, 4.0)
+    assert torch.equal(v, reference)
+    v.square().sum().backward()
+    assert cond.null_embeds.grad is None or not bool(cond.null_embeds.grad.any())
+    assert cond.prompt_embeds.grad is not None and bool(cond.prompt_embeds.grad.any())

@@ -37,4 +37,9 @@ def sd3_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Ten
     if guidance == 1.0:
         return out
     v_prompt, v_null = out.chunk(2)
+    if torch.is_grad_enabled():
+        # Training: the policy gradient flows through the prompt branch only (as Flow-GRPO does);
+        # through v_null it would enter with weight (1 - g) and push the unconditional model the
+        # opposite way, amplifying every update g-fold. Values are unchanged, so ratios stay 1.
+        v_null = v_null.detach()
     return v_null + guidance * (v_prompt - v_null)
