@@ -61,3 +61,15 @@ def group_sizes(group_ids: torch.Tensor) -> torch.Tensor:
     """[N] the size of each member's group."""
     _, dense = torch.unique(torch.as_tensor(group_ids).flatten(), return_inverse=True)
     return group_count(dense)[dense].long()
+
+
+def named_weights(weights, names, what: str) -> dict[str, float]:
+    """weights as a dict (missing names weigh 1 when read with .get); a weight for a name not in
+    `names` is an error naming it, `what` says what the names are (rewards, granularities)."""
+    if not names:
+        raise ValueError(f"need at least one of the {what}")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise ValueError(f"weights name unknown {what} {unknown}; known: {sorted(names)}")
+    return weights

@@ -13,6 +13,7 @@ from typing import Mapping
 
 import torch
 
+from .groups import named_weights
 from .registry import get_advantage
 
 COMBINE_MODES = ("before", "after")
@@ -31,12 +32,7 @@ def combine_objectives(
     combined reward's, under `reward/<name>/mean` etc. Missing weights default to 1."""
     if mode not in COMBINE_MODES:
         raise ValueError(f"mode must be one of {COMBINE_MODES}, got {mode!r}")
-    if not rewards:
-        raise ValueError("combine_objectives needs at least one reward")
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(rewards))
-    if unknown:
-        raise ValueError(f"weights name rewards that were not computed: {unknown}; rewards: {sorted(rewards)}")
+    weights = named_weights(weights, rewards, "rewards")
     fn = get_advantage(estimator)
     stats: dict[str, float] = {}
     combined = None

@@ -8,6 +8,7 @@ from typing import Mapping
 import torch
 
 from .group import grpo
+from .groups import named_weights
 
 
 def multi_granularity(
@@ -24,12 +25,7 @@ def multi_granularity(
     reward model; NaN marks a sample that granularity did not score: it neither enters that
     group's statistics nor adds to the sample's sum. weights (default 1 each) scale the z-scores.
     """
-    if not values:
-        raise ValueError("multi_granularity needs at least one granularity")
-    weights = dict(weights or {})
-    unknown = sorted(set(weights) - set(values))
-    if unknown:
-        raise ValueError(f"weights name unknown granularities {unknown}; known: {sorted(values)}")
+    weights = named_weights(weights, values, "granularities")
     group_ids = torch.as_tensor(group_ids).flatten()
     total = torch.zeros(len(group_ids), dtype=torch.float64)
     for name, rewards in values.items():
