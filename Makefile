@@ -20,7 +20,7 @@ train: $(VENV)/.installed
 
 # Sample the built-in toy model and evaluate it on held-out ToyShapes prompts (about a minute).
 demo: $(VENV)/.installed
-	$(BIN)/flowrl sample --prompt "a red circle left of a blue square" --out runs/demo/samples.png
+	$(BIN)/flowrl sample --prompt "a red circle and a blue square" --out runs/demo/samples.png
 	$(BIN)/flowrl eval toyshapes --json runs/demo/toyshapes.json --grid runs/demo/toyshapes_grid.png
 
 test: $(VENV)/.installed

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     sample = sub.add_parser("sample", help="draw a grid of samples for one prompt")
-    sample.add_argument("--prompt", required=True, help='e.g. "a red circle left of a blue square"')
+    sample.add_argument("--prompt", required=True, help='e.g. "a red circle and a blue square"')
     sample.add_argument("--out", default="samples.png", help="PNG path of the grid (default samples.png)")
     sample.add_argument("--n", type=_positive_int, default=8, help="number of samples (default 8)")
     sample.add_argument("--scale", type=_positive_int, default=4, help="upscaling of the saved grid (default 4)")

@@ -60,3 +60,16 @@ def test_bad_input_fails_with_a_clear_message():
     assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
     result = run("sample", "--prompt", "a circle", "--checkpoint", "/nonexistent", ok=False)
     assert result.returncode == 2 and "config.json not found" in result.stderr
+
+
+def test_the_documented_example_prompts_are_valid():
+    import re
+    from pathlib import Path
+
+    from flowrl.policies import load_toy
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "Makefile").read_text() + (root / "README.md").read_text()
+    prompts = set(re.findall(r'--prompt "([^"]+)"', text))
+    assert prompts
+    load_toy().model.text_encoder.tokenize(sorted(prompts))  # raises on unknown words or too many

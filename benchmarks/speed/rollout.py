@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     policy = load_toy()
-    prompts = ["a red circle left of a blue square", "three green triangles", "a yellow square", "two circles"][: args.prompts]
+    prompts = ["a circle left of a square", "three green triangles", "a yellow square", "two circles"][: args.prompts]
     rows = [time_rollout(policy, name, prompts, args.repeats) for name in SETTINGS]
     base = rows[0]["seconds_per_sample"]
     print(f"{'method':<16}{'NFE':>7}{'scored':>8}{'trained':>9}{'NFE/sample':>12}{'s':>8}{'s/sample':>10}{'vs flow_grpo':>14}")
