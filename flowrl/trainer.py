@@ -7,6 +7,7 @@ EMA -> metrics -> evaluation -> checkpoint. Image specifics stay in the policy a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -25,7 +26,7 @@ from .adapters import Ema, Reference, add_lora, trainable_named_parameters
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config
 from .losses import gaussian_kl, policy_loss
-from .policies.base import rollout_velocity
+from .policies.base import TextConditioning, rollout_velocity
 from .run_files import (
     append_metrics,
     draw_curve,
@@ -113,6 +114,7 @@ class Batch:
 
     rollout: Rollout
     prompts: list[str]
+    cond: TextConditioning  # the encoded prompts, reused by the update
     rewards: torch.Tensor  # [N] (0 for samples the credit does not use)
     advantages: torch.Tensor  # [M'] for the kept transitions
     weights: torch.Tensor  # [M']
@@ -243,7 +245,7 @@ class Trainer:
             **{k: v for k, v in credit.stats.items() if not k.startswith("reward/")},
             **timings,
         }
-        return Batch(result, prompts, rewards, advantages, credit.weight.cpu()[keep], keep, stats)
+        return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[keep], keep, stats)
 
     def update(self, batch: Batch, iteration: int) -> dict[str, float]:
         """Inner epochs over shuffled minibatches of the kept transitions; one optimizer step per
@@ -253,8 +255,7 @@ class Trainer:
         count = len(transitions)
         if count == 0:
             return {"skipped_update": 1.0}
-        cond = self.policy.encode(batch.prompts)
-        velocity = self.velocity_fn(cond)
+        velocity = self.velocity_fn(batch.cond)
         step_size = config.train_batch or count
         generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
         sums: dict[str, float] = {}
@@ -283,7 +284,7 @@ class Trainer:
                     for key, value in stats.items():
                         if key.startswith("loss/"):  # partial sums of this step's loss: average the steps
                             sums[key] = sums.get(key, 0.0) + value / optimizer_steps
-                        elif key.startswith("ratio/m") and key != "ratio/mean":
+                        elif key in ("ratio/min", "ratio/max"):
                             pick = min if key == "ratio/min" else max
                             sums[key] = pick(sums.get(key, value), value)
                         else:  # per-element means: weight by the micro-batch's share
@@ -309,7 +310,7 @@ class Trainer:
         from .images import save_grid
 
         start = time.perf_counter()
-        context = self.ema.swapped_in(self.params) if self.ema else _null()
+        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
         with context:
             report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
         samples = self.out / "samples"
@@ -361,7 +362,7 @@ class Trainer:
         from .policies import save_toy
 
         directory = self.out / "final"
-        context = self.ema.swapped_in(self.params) if self.ema else _null()
+        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
         with context:
             model = self.policy.model
             if self.lora:
@@ -383,14 +384,6 @@ def _merge_peft(module: torch.nn.Module) -> None:
             child.merge()
             parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
             setattr(parent, name.rsplit(".", 1)[-1], child.get_base_layer())
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

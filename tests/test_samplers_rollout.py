@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
+from references import dpmpp_2m_reference
 from samplers.plan import Plan, StepSpec, Tail
 from samplers.rollout import PROBE, SPINE, TAIL, rollout, score_transitions
 from samplers.sde import SDE_FORMS
@@ -445,23 +446,9 @@ def test_with_steps_revalidates():
 
 
 def dpmpp_2m_by_hand(x, sigmas, prompt):
-    """DPM-Solver++(2M) in log-SNR (Lu et al. 2022, Alg. 2), alpha = 1 - sigma, first order where a
-    log-SNR step is infinite and on the first step; float64, with the counting field's velocity."""
-    lam = lambda s: math.log((1 - s) / s) if 0 < s < 1 else (math.inf if s == 0 else -math.inf)  # noqa: E731
-    x = x.double()
-    prev_x0 = prev_h = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        x0 = x - s * (0.1 * x + 0.01 * prompt + 0.05 * s)
-        h = lam(s_next) - lam(s)
-        if prev_x0 is None or math.isinf(h) or math.isinf(prev_h):
-            data = x0
-        else:
-            r = prev_h / h
-            data = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * prev_x0
-        x = data if s_next == 0 else (s_next / s) * x - (1 - s_next) * (math.exp(-h) - 1) * data
-        prev_x0, prev_h = x0, h
-    return x
+    """DPM-Solver++(2M) by the paper's algorithm (tests/references.py), float64, with the counting
+    field's velocity."""
+    return dpmpp_2m_reference(lambda x, s: 0.1 * x + 0.01 * prompt + 0.05 * s.view(-1, *[1] * (x.ndim - 1)), x.double(), sigmas)
 
 
 def test_dpmpp_2m_spine_on_a_coarse_sub_grid_matches_the_algorithm():
