@@ -1,7 +1,5 @@
-"""`python -m flowrl` is the `flowrl` command."""
-
-import sys
+"""`python -m flowrl ...` (and `accelerate launch -m flowrl train ...`): the flowrl CLI."""
 
 from .cli import main
 
-sys.exit(main())
+raise SystemExit(main())

@@ -36,7 +36,9 @@ class TrainConfig:
     mixed_precision: str = option("auto", "auto (bf16 on CUDA, none on CPU), no or bf16", choices=("auto", "no", "bf16"))
     threads: int = option(0, "torch CPU threads (0: torch's default)")
     # policy
-    policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/FLUX hub id or directory")
+    policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/SD3.5/FLUX.1 diffusers hub id or folder")
+    resolution: int = option(512, "image resolution of SD3/FLUX policies (the toy model is fixed at 32)")
+    weights_dtype: str = option("auto", "dtype of SD3/FLUX weights: auto (bf16 on CUDA with LoRA, else fp32), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
     lora_rank: int = option(0, "LoRA rank on the transformer; 0 trains all its weights")
     lora_alpha: float = option(0.0, "LoRA alpha (0: equal to the rank)")
     lora_targets: list = option(["to_q", "to_k", "to_v", "to_out.0"], "transformer modules that get LoRA adapters")
@@ -67,6 +69,7 @@ class TrainConfig:
     ema: float = option(0.0, "EMA decay of the trained weights used for evaluation and export; 0: off")
     # evaluation and checkpoints
     eval_every: int = option(0, "evaluate every this many iterations (and at the end); 0: only at the end")
+    eval_prompts: str = option("", "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts")
     eval_per_category: int = option(8, "held-out ToyShapes images per category at each evaluation")
     eval_steps: int = option(20, "ODE steps of evaluation sampling")
     checkpoint_every: int = option(10, "checkpoint every this many iterations (and at the end)")
@@ -189,6 +192,17 @@ def validate(config: TrainConfig) -> None:
         need(config.reward in ("toyshapes", "toyshapes_binary"), "reward", "expected toyshapes, toyshapes_binary or package.module:object")
     need(len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas), "adam_betas", "expected two numbers in [0, 1)")
     get_loss(config.loss)
+    need(config.resolution >= 8, "resolution", "must be at least 8")
+    policy_path = Path(config.policy).expanduser()
+    if config.policy != "toy" and policy_path.exists():
+        from flowrl.policies.loading import is_toy_source
+
+        need(is_toy_source(config.policy) or (policy_path / "model_index.json").is_file(), "policy",
+             "this path is neither a toy model directory (config.json + model.safetensors) nor a diffusers pipeline folder (model_index.json)")
+    elif config.policy != "toy":
+        need(config.policy.count("/") == 1 and not config.policy.startswith((".", "/", "~")), "policy", "no such directory, and not a hub id of the form org/name")
+    if config.eval_prompts:
+        need(Path(config.eval_prompts).is_file(), "eval_prompts", "expected an existing text file with one prompt per line")
     if not (config.prompts.startswith("toyshapes:") or Path(config.prompts).is_file()):
         raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:train, toyshapes:all or an existing text file")
     method = get_method(config.method)

@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 
 from samplers.methods import get_method
 from samplers.rollout import Rollout, rollout, score_transitions
+from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
 
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config
 from .losses import gaussian_kl, policy_loss
 from .policies.base import TextConditioning, rollout_velocity
+from .policies.toy import ToyPolicy
 from .run_files import (
     append_metrics,
     draw_curve,
@@ -40,15 +42,18 @@ from .run_files import (
 
 
 def load_policy(config: TrainConfig, device: torch.device):
-    """The policy named by config.policy (the toy model here; SD3/FLUX backends plug in the same way)."""
-    from .policies import load_toy
+    """The policy named by config.policy: the toy model, or an SD3/FLUX pipeline (hub id or folder).
 
-    if config.policy == "toy":
-        return load_toy(device=device)
-    path = Path(config.policy)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return load_toy(path, device=device)
-    raise ValueError(f"policy={config.policy!r}: expected 'toy' or a toy model directory (config.json + model.safetensors); SD3/FLUX backends are not built yet")
+    Diffusers weights load in bf16 on CUDA when only LoRA adapters train (weights_dtype=auto), and
+    in float32 otherwise: full fine-tuning keeps float32 master weights for AdamW.
+    """
+    from .policies.loading import load_policy as load
+
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dtype = dtypes.get(config.weights_dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" and config.lora_rank > 0 else torch.float32
+    return load(config.policy, device=device, dtype=dtype, resolution=config.resolution)
 
 
 class PromptSource:
@@ -75,12 +80,13 @@ class PromptSource:
         if not self.pool:
             raise ValueError(f"prompts={spec!r} yields no prompts")
 
-    def batch(self, iteration: int, n: int, rank: int = 0) -> list[str]:
+    def batch(self, iteration: int, n: int) -> list[str]:
+        """The iteration's global prompt list (the same on every process; each runs a shard)."""
         if self.toyshapes_split is not None:
             from benchmarks.toyshapes.prompts import sample_prompts
 
-            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=hash((self.seed, iteration, rank)) & 0x7FFFFFFF)]
-        rng = random.Random(f"{self.seed}/{iteration}/{rank}")
+            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=hash((self.seed, iteration)) & 0x7FFFFFFF)]
+        rng = random.Random(f"{self.seed}/{iteration}")
         return [rng.choice(self.pool) for _ in range(n)]
 
 
@@ -139,6 +145,7 @@ class Trainer:
         self.method_config = method_config(config)
         torch.manual_seed(config.seed)
         self.policy = load_policy(config, self.device)
+        self.toy = isinstance(self.policy, ToyPolicy)
         transformer = self.policy.transformer
         self.lora = config.lora_rank > 0
         if self.lora:
@@ -201,16 +208,41 @@ class Trainer:
 
         return velocity
 
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's `value` (picklable), in rank order; [value] in a single process."""
+        if self.world == 1:
+            return [value]
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def root_seeds(self, iteration: int, roots: torch.Tensor) -> list[int]:
+        """A seed per global root of this iteration: the same sample whichever process runs it."""
+        base = (self.config.seed * 1_000_003 + iteration) * 65_537
+        return [(base + int(g)) % (2**62) for g in roots]
+
     @torch.no_grad()
     def collect(self, iteration: int) -> Batch:
-        """Rollout by the plan, rewards for the scored samples, credit per transition."""
+        """Rollout of this process's shard of the global batch, rewards, then credit over the whole
+        batch (every process's rewards and rollout structure gathered, so a group split across
+        processes is normalised as one)."""
         config = self.config
         timings = {}
         start = time.perf_counter()
-        prompts = self.prompts.batch(iteration, config.prompts_per_iteration, self.rank)
         plan = self.method.plan(self.method_config, iteration)
+        global_prompts = self.prompts.batch(iteration, config.prompts_per_iteration)
+        shard = shard_roots(len(global_prompts), plan.group_size, self.world, self.rank)
+        prompts = [global_prompts[int(p)] for p in shard.prompts]
+        noise = None
+        if plan.share_noise:  # one initial noise per prompt, whichever process holds its roots
+            noise = seeded_noise(self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape)
         cond = self.policy.encode(prompts)
-        result = rollout(self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, seed=(config.seed * 1_000_003 + iteration) * 64 + self.rank, device=self.device, max_batch=config.max_batch)
+        result = rollout(
+            self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
+            root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
+        )
         timings["time/rollout"] = time.perf_counter() - start
         start = time.perf_counter()
         scored = torch.nonzero(result.reward_mask).flatten()
@@ -222,51 +254,91 @@ class Trainer:
             raise ValueError(f"reward {self.config.reward!r} returned {tuple(values.shape)} values for {len(scored)} images (non-finite at {bad})")
         rewards[scored] = values
         timings["time/reward"] = time.perf_counter() - start
-        credit = self.method.credit(result, rewards, self.method_config, iteration)
-        keep = credit.mask.cpu().clone()
-        transitions = result.transitions
-        constant = zero_variance_mask(rewards[scored], result.prompt[scored])
-        constant_prompts = result.prompt[scored][constant].unique()
+
+        # Credit over the global batch; this process's transitions are one contiguous block of it.
+        gathered = self.gather((rollout_metadata(result), rewards, shard.prompts, shard.roots))
+        whole = merge_rollouts([g[0] for g in gathered], [g[2] for g in gathered], [g[3] for g in gathered])
+        all_rewards = torch.cat([g[1] for g in gathered])
+        first = sum(len(g[0].transitions) for g in gathered[: self.rank])
+        local = slice(first, first + len(result.transitions))
+        credit = self.method.credit(whole, all_rewards, self.method_config, iteration)
+        all_scored = torch.nonzero(whole.reward_mask).flatten()
+        constant = zero_variance_mask(all_rewards[all_scored], whole.prompt[all_scored])
+        constant_prompts = whole.prompt[all_scored][constant].unique()
+        keep = credit.mask.cpu()[local].clone()
         if config.drop_zero_variance and len(constant_prompts):
-            keep &= ~torch.isin(transitions.prompt.cpu(), constant_prompts)
-        advantages = credit.advantages.cpu()[keep]
+            keep &= ~torch.isin(whole.transitions.prompt[local], constant_prompts)
+        advantages = credit.advantages.cpu()[local][keep]
         if config.advantage_clip > 0:
             advantages = advantages.clamp(-config.advantage_clip, config.advantage_clip)
+        kept_advantages = torch.cat([a for a in self.gather(advantages)])
+        scored_rewards = all_rewards[all_scored]
         stats = {
-            "reward/mean": float(rewards[scored].mean()),
-            "reward/std": float(rewards[scored].std(unbiased=False)),
-            "reward/max": float(rewards[scored].max()),
-            "zero_variance_prompts": float(len(constant_prompts)) / len(prompts),
-            "advantage/mean": float(advantages.mean()) if len(advantages) else 0.0,
-            "advantage/std": float(advantages.std(unbiased=False)) if len(advantages) else 0.0,
-            "nfe": float(result.nfe),
-            "samples": float(len(scored)),
-            "transitions/trained": float(keep.sum()),
+            "reward/mean": float(scored_rewards.mean()),
+            "reward/std": float(scored_rewards.std(unbiased=False)),
+            "reward/max": float(scored_rewards.max()),
+            "zero_variance_prompts": float(len(constant_prompts)) / len(global_prompts),
+            "advantage/mean": float(kept_advantages.mean()) if len(kept_advantages) else 0.0,
+            "advantage/std": float(kept_advantages.std(unbiased=False)) if len(kept_advantages) else 0.0,
+            "nfe": float(whole.nfe),
+            "samples": float(len(all_scored)),
+            "transitions/trained": float(len(kept_advantages)),
             **{k: v for k, v in credit.stats.items() if not k.startswith("reward/")},
             **timings,
         }
-        return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[keep], keep, stats)
+        return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[local][keep], keep, stats)
+
+    def total(self, value: float) -> float:
+        """The sum of `value` over processes."""
+        if self.world == 1:
+            return value
+        return float(self.accelerator.reduce(torch.tensor([float(value)], device=self.device), reduction="sum")[0])
+
+    def average_gradients(self) -> None:
+        """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
+        a gradient on some process counts as zero there, so every process joins the same call."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        params = list(self.params.values())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
 
     def update(self, batch: Batch, iteration: int) -> dict[str, float]:
         """Inner epochs over shuffled minibatches of the kept transitions; one optimizer step per
-        minibatch, gradient accumulation over micro-batches (exact: a shared normaliser)."""
+        minibatch, gradient accumulation over micro-batches (exact: a shared normaliser).
+
+        With several processes each shuffles its own transitions; an optimizer step takes a
+        minibatch from every process (train_batch is per process) and the loss is normalised by
+        the step's global transition count, so the mean-reduced gradient is that of one process
+        holding the whole batch.
+        """
         config = self.config
         transitions = batch.rollout.transitions.select(batch.keep.to(batch.rollout.transitions.logp.device))
         count = len(transitions)
-        if count == 0:
+        most = int(max(self.gather(count)))
+        if most == 0:
             return {"skipped_update": 1.0}
         velocity = self.velocity_fn(batch.cond)
-        step_size = config.train_batch or count
-        generator = torch.Generator().manual_seed(config.seed * 7919 + iteration)
+        step_size = config.train_batch or most
+        generator = torch.Generator().manual_seed(config.seed * 7919 + iteration * 131 + self.rank)
         sums: dict[str, float] = {}
-        steps_per_epoch = math.ceil(count / step_size)
+        steps_per_epoch = math.ceil(most / step_size)
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
+        total_count = self.total(count)
         for _ in range(config.inner_epochs):
             order = torch.randperm(count, generator=generator)
-            for first in range(0, count, step_size):
+            for first in range(0, steps_per_epoch * step_size, step_size):
                 indices = order[first : first + step_size]
+                step_total = self.total(len(indices))
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in indices.split(config.micro_batch):
                     part = transitions.select(micro.to(transitions.logp.device))
@@ -278,10 +350,12 @@ class Trainer:
                         kl = gaussian_kl(step.mean, ref.mean, step.std.detach())
                     loss, stats = policy_loss(
                         step.logp, part.logp, batch.advantages[micro].to(step.logp.device), loss=config.loss, loss_options=loss_options,
-                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(step.logp.device), normalizer=float(len(indices)),
+                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(step.logp.device), normalizer=step_total / self.world,
                     )
                     loss.backward()
                     for key, value in stats.items():
+                        if key.startswith("advantage/"):
+                            continue  # collect() reports them exactly, over the global batch
                         if key.startswith("loss/"):  # partial sums of this step's loss: average the steps
                             sums[key] = sums.get(key, 0.0) + value / optimizer_steps
                         elif key in ("ratio/min", "ratio/max"):
@@ -289,35 +363,83 @@ class Trainer:
                             sums[key] = pick(sums.get(key, value), value)
                         else:  # per-element means: weight by the micro-batch's share
                             sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
-                if self.world > 1:
-                    for p in self.params.values():
-                        if p.grad is not None:
-                            p.grad = self.accelerator.reduce(p.grad, reduction="mean")
+                self.average_gradients()
                 if config.max_grad_norm > 0:
                     norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm)
                     sums["grad_norm"] = max(sums.get("grad_norm", 0.0), float(norm))
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.params)
+        if self.world > 1:
+            sums = self.combine_update_stats(self.gather((sums, count)))
+        sums["transitions/global"] = total_count
         sums["time/update"] = time.perf_counter() - start
         return sums
 
+    @staticmethod
+    def combine_update_stats(parts: list[tuple[dict[str, float], int]]) -> dict[str, float]:
+        """One process's update statistics from every process's: loss terms average (each process
+        holds its share of the global loss), ratio extremes take the extreme, per-transition means
+        weigh by transition counts, the rest (grad_norm) are the same everywhere."""
+        total = sum(count for _, count in parts) or 1
+        combined: dict[str, float] = {}
+        for key in dict.fromkeys(k for stats, _ in parts for k in stats):
+            values = [stats.get(key, 0.0) for stats, _ in parts]
+            if key.startswith("loss/"):
+                combined[key] = sum(values) / len(parts)
+            elif key == "ratio/min":
+                combined[key] = min(stats[key] for stats, _ in parts if key in stats)
+            elif key == "ratio/max":
+                combined[key] = max(stats[key] for stats, _ in parts if key in stats)
+            elif key == "grad_norm":
+                combined[key] = values[0]
+            else:
+                combined[key] = sum(v * count for v, (_, count) in zip(values, parts)) / total
+        return combined
+
     # --- evaluation ---------------------------------------------------------------------------
+
+    def evaluation_prompts(self) -> list[str] | None:
+        """The fixed prompts of periodic evaluation; None means the ToyShapes benchmark."""
+        if self.config.eval_prompts:
+            return [line.strip() for line in Path(self.config.eval_prompts).read_text().splitlines() if line.strip()]
+        if self.prompts.toyshapes_split is not None and self.toy:
+            return None
+        return list(dict.fromkeys(self.prompts.pool))[:16]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+        """Deterministic samples of fixed prompts and seeds (EMA weights when enabled): the ToyShapes
+        benchmark for the toy model on ToyShapes prompts, else the reward on the evaluation prompts.
+        Writes a sample grid and a JSON report under out/samples."""
         from .images import save_grid
 
         start = time.perf_counter()
-        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
-        with context:
-            report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
         samples = self.out / "samples"
         samples.mkdir(exist_ok=True)
-        save_grid(images, samples / f"iter_{self.iteration:05d}.png", nrow=self.config.eval_per_category)
-        report.save(samples / f"iter_{self.iteration:05d}.json")
-        stats = {"eval/overall": report.overall, "eval/mean_score": report.mean_score, **{f"eval/{k}": v for k, v in report.accuracy.items()}}
+        name = f"iter_{self.iteration:05d}"
+        prompts = self.evaluation_prompts()
+        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
+        with context:
+            if prompts is None:
+                from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+
+                report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
+                report.save(samples / f"{name}.json")
+                stats = {"eval/overall": report.overall, "eval/mean_score": report.mean_score, **{f"eval/{k}": v for k, v in report.accuracy.items()}}
+                nrow = self.config.eval_per_category
+            else:
+                from .generate import generate
+
+                seeds = list(range(len(prompts)))  # fixed: the same noise for a prompt at every evaluation
+                shift = float(getattr(self.method_config, "shift", 1.0))
+                images = generate(self.policy, prompts, seeds, steps=self.config.eval_steps, guidance=self.config.guidance, shift=shift, batch_size=self.config.max_batch)
+                scores = self.reward.score(images, prompts).float().cpu().flatten()
+                records = [{"prompt": p, "seed": s, "reward": float(r)} for p, s, r in zip(prompts, seeds, scores)]
+                (samples / f"{name}.json").write_text(json.dumps({"iteration": self.iteration, "reward": float(scores.mean()), "records": records}, indent=2))
+                stats = {"eval/reward": float(scores.mean())}
+                nrow = min(8, len(prompts))
+        save_grid(images, samples / f"{name}.png", nrow=nrow, scale=max(1, 128 // images.shape[-1]))
         stats["time/eval"] = time.perf_counter() - start
         return stats
 
@@ -339,31 +461,39 @@ class Trainer:
             self.iteration = iteration + 1
             at_end = self.iteration == config.iterations
             out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
-            if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
+            out_of_time = any(self.gather(out_of_time))  # every process stops at the same iteration
+            if config.eval_every and self.rank == 0 and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
                 record.update(self.evaluate())
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
             if self.iteration % config.checkpoint_every == 0 or at_end or out_of_time:
                 self.save()
             last = record
-            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **({"eval": f"{record['eval/overall']:.3f}"} if "eval/overall" in record else {}))
+            evaluation = {"eval": f"{record[k]:.3f}" for k in ("eval/overall", "eval/reward") if k in record}
+            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **evaluation)
             bar.update(1)
             if out_of_time and not at_end:
                 stopped_early = True
                 break
         bar.close()
         if self.rank == 0:
-            draw_curve(read_metrics(self.metrics_path), self.out / "reward_curve.png")
+            records = read_metrics(self.metrics_path)
+            eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
+            draw_curve(records, self.out / "reward_curve.png", eval_key=eval_key)
             self.export()
         return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last}
 
     def export(self) -> Path:
-        """The trained toy model (EMA weights when enabled, LoRA merged) as a loadable directory."""
-        from .policies import save_toy
-
+        """The trained weights (EMA when enabled) in out/final: for the toy model a loadable model
+        directory with LoRA merged; for SD3/FLUX the LoRA adapter in diffusers' format
+        (pipeline.load_lora_weights) or, for full fine-tuning, the transformer folder."""
         directory = self.out / "final"
         context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
         with context:
+            if not self.toy:
+                return self.policy.export(directory, lora=self.lora)
+            from .policies import save_toy
+
             model = self.policy.model
             if self.lora:
                 import copy

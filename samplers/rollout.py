@@ -154,6 +154,9 @@ class _Tree:
     def prompt_of(self, nodes: torch.Tensor) -> torch.Tensor:
         return self._prompt_of[nodes]
 
+    def root_of(self, nodes: torch.Tensor) -> torch.Tensor:
+        return self._root_of[nodes]
+
 
 def _chunked_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int) -> torch.Tensor:
     return torch.cat([velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
@@ -170,34 +173,59 @@ def rollout(
     dtype: torch.dtype = torch.float32,
     max_batch: int = 256,
     noise: torch.Tensor | None = None,
+    root_prompt: torch.Tensor | None = None,
+    root_seeds: list[int] | None = None,
 ) -> Rollout:
     """Execute `plan` for `num_prompts` prompts with plan.group_size roots each.
 
     All randomness comes from one CPU generator seeded with `seed`, drawn in a fixed order, so the
-    same seed gives the same rollout bit for bit. `noise` ([num_prompts * group_size, *shape])
-    overrides the initial noise.
+    same seed gives the same rollout bit for bit. `noise` ([roots, *shape]) overrides the initial
+    noise. For sharding a batch over processes: `root_prompt` ([R], prompt index of each root)
+    replaces the num_prompts x group_size layout, so a process may hold part of a group, and
+    `root_seeds` ([R]) gives each root its own generator, so a root's noise (initial and SDE) does
+    not depend on which other roots share the call (share_noise then needs `noise`).
     """
     if num_prompts < 1 or max_batch < 1:
         raise ValueError(f"num_prompts and max_batch must be positive, got {num_prompts} and {max_batch}")
+    if root_prompt is None:
+        root_prompt = torch.arange(num_prompts).repeat_interleave(plan.group_size)
+    root_prompt = torch.as_tensor(root_prompt, dtype=torch.long).cpu()
+    roots = len(root_prompt)
+    if roots == 0 or int(root_prompt.min()) < 0 or int(root_prompt.max()) >= num_prompts:
+        raise ValueError(f"root_prompt must be non-empty prompt indices in [0, {num_prompts}), got {root_prompt.tolist()[:16]}")
     generator = torch.Generator().manual_seed(int(seed))
+    generators = None
+    if root_seeds is not None:
+        if len(root_seeds) != roots:
+            raise ValueError(f"root_seeds has {len(root_seeds)} seeds for {roots} roots")
+        if plan.share_noise and noise is None:
+            raise ValueError("share_noise with root_seeds needs the shared initial noise passed as `noise`")
+        generators = [torch.Generator().manual_seed(int(s)) for s in root_seeds]
 
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, *sample_shape, generator=generator).to(device=device, dtype=torch.float32)
 
+    def randn_rows(root_of_row: torch.Tensor, *shape: int) -> torch.Tensor:
+        """[n, *shape, *sample_shape] noise; with per-root generators each row draws from its root's."""
+        if generators is None:
+            return randn(len(root_of_row), *shape)
+        draws = [torch.randn(*shape, *sample_shape, generator=generators[r]) for r in root_of_row.tolist()]
+        return torch.stack(draws).to(device=device, dtype=torch.float32)
+
     sigmas = plan.sigmas.to(device=device, dtype=torch.float32)
     last = plan.num_steps
-    roots = num_prompts * plan.group_size
+    root_ids = torch.arange(roots)
     if noise is None:
         if plan.share_noise:
-            noise = randn(num_prompts).repeat_interleave(plan.group_size, 0)
+            first = torch.unique(root_prompt)
+            noise = randn(len(first))[torch.searchsorted(first, root_prompt)]
         else:
-            noise = randn(roots)
+            noise = randn_rows(root_ids)
     if noise.shape != (roots, *sample_shape):
         raise ValueError(f"initial noise must have shape {(roots, *sample_shape)}, got {tuple(noise.shape)}")
 
     tree = _Tree()
-    root_ids = torch.arange(roots)
-    nodes = tree.add(torch.full((roots,), -1), 0, SPINE, root=root_ids, prompt=root_ids // plan.group_size)
+    nodes = tree.add(torch.full((roots,), -1), 0, SPINE, root=root_ids, prompt=root_prompt)
     waiting: dict[int, list[_Front]] = {0: [_Front(noise.to(device=device, dtype=dtype), nodes, torch.full((roots,), -1), None)]}
     finished: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, node, tail)
     records: list[dict[str, torch.Tensor]] = []
@@ -224,16 +252,17 @@ def rollout(
             )
         )
 
-    def sde_children(x, v, j: int, spec, k: int) -> tuple[torch.Tensor, torch.Tensor, SdeStep]:
-        """k SDE children of each of the n rows of x, sharing its velocity: ([n*k, ...] x, v, step)."""
-        n = x.shape[0]
+    def sde_children(x, v, j: int, spec, k: int, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, SdeStep]:
+        """k SDE children of each of the n rows of x (at tree `nodes`), sharing its velocity:
+        ([n*k, ...] x, v, step)."""
+        roots_of_rows = tree.root_of(nodes)
         if k > 1 and plan.split_noise_scale is not None:
             # BranchGRPO's split noise: each child is still N(0, I), siblings are correlated.
-            shared, own = randn(n), randn(n, k)
+            shared, own = randn_rows(roots_of_rows), randn_rows(roots_of_rows, k)
             s = plan.split_noise_scale
             eps = (shared.unsqueeze(1) + s * own) / math.sqrt(1 + s * s)
         else:
-            eps = randn(n, k)
+            eps = randn_rows(roots_of_rows, k)
         xs, vs = x.repeat_interleave(k, 0), v.repeat_interleave(k, 0)
         step = sde_step(vs, xs, sigmas[j], sigmas[j + 1], spec.sde, spec.level(), noise=eps.flatten(0, 1))
         return xs, vs, step
@@ -255,7 +284,7 @@ def rollout(
             sp = front.take(spine)
             v_sp = v[spine.to(device)]
             if spec.probes > 0:
-                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.probes)
+                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.probes, sp.node)
                 parents = sp.node.repeat_interleave(spec.probes)
                 probes = tree.add(parents, j + 1, PROBE)
                 for p in probes.tolist():
@@ -269,7 +298,7 @@ def rollout(
                             probe_of_node[q] = p
                     arrive(j + 1, _Front(step.sample, tails, torch.full((len(tails),), t), None))
             if spec.mode == "sde":
-                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.branch)
+                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.branch, sp.node)
                 parents = sp.node.repeat_interleave(spec.branch)
                 children = tree.add(parents, j + 1, SPINE)
                 record(xs, step, j, spec, parents, children, spec.trained)

@@ -169,4 +169,19 @@ def test_toyshapes_prompts_are_category_balanced_and_reproducible():
     assert set(counts) == set(CATEGORIES) and min(counts.values()) > 0.12 * len(drawn)  # 1/6 each, not by prompt count
     assert all(split_of(t) in ("train", "both") for t in drawn)
     assert PromptSource("toyshapes:train", seed=3).batch(7, 6) == source.batch(7, 6)
-    assert source.batch(7, 6, rank=1) != source.batch(7, 6, rank=0)
+    assert source.batch(8, 6) != source.batch(7, 6)
+
+
+def test_update_statistics_of_several_processes_combine_like_one():
+    parts = [
+        ({"loss/policy": 0.25, "ratio/min": 0.9, "ratio/max": 1.1, "clip_fraction": 0.5, "grad_norm": 2.0}, 1),
+        ({"loss/policy": 0.75, "ratio/min": 0.8, "ratio/max": 1.05, "clip_fraction": 0.2, "grad_norm": 2.0}, 4),
+    ]
+    combined = Trainer.combine_update_stats(parts)
+    # Each process holds its share of the global loss; their mean is the loss of the whole batch.
+    assert combined["loss/policy"] == pytest.approx(0.5)
+    assert combined["ratio/min"] == 0.8 and combined["ratio/max"] == 1.1
+    assert combined["clip_fraction"] == pytest.approx((0.5 * 1 + 0.2 * 4) / 5)  # a mean over 5 transitions
+    assert combined["grad_norm"] == 2.0
+    # A process without transitions contributes no keys and no weight.
+    assert Trainer.combine_update_stats([({}, 0), parts[1]])["clip_fraction"] == pytest.approx(0.2)
