@@ -101,9 +101,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = train(config)
     last = summary["last"]
+    if summary["rank"] != 0:  # one report per launch, from process 0
+        return 0
     print(f"done: {summary['iterations']} iterations in {config.out}" + (" (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""))
     if "eval/overall" in last:
         print(f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final")
+    elif "eval/reward" in last:
+        print(f"evaluation reward {last['eval/reward']:.4f}; trained weights in {config.out}/final")
     return 0
 
 

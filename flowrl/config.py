@@ -8,6 +8,8 @@ them as `method.window=3`) and are checked by the method's own config class.
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import importlib.util
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -72,6 +74,7 @@ class TrainConfig:
     eval_prompts: str = option("", "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts")
     eval_per_category: int = option(8, "held-out ToyShapes images per category at each evaluation")
     eval_steps: int = option(20, "ODE steps of evaluation sampling")
+    log_with: str = option("", "also log metrics to tensorboard, wandb or both (comma-separated); metrics.jsonl is always written")
     checkpoint_every: int = option(10, "checkpoint every this many iterations (and at the end)")
     max_batch: int = option(256, "rows per model call in rollouts and scoring (memory knob)")
 
@@ -180,8 +183,6 @@ def validate(config: TrainConfig) -> None:
     need(config.clip_low < 1, "clip_low", "must be below 1")
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
     if ":" in config.reward:
-        import importlib
-
         module_name, _, attribute = config.reward.partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -201,6 +202,9 @@ def validate(config: TrainConfig) -> None:
              "this path is neither a toy model directory (config.json + model.safetensors) nor a diffusers pipeline folder (model_index.json)")
     elif config.policy != "toy":
         need(config.policy.count("/") == 1 and not config.policy.startswith((".", "/", "~")), "policy", "no such directory, and not a hub id of the form org/name")
+    for tracker in filter(None, config.log_with.split(",")):
+        need(tracker in ("tensorboard", "wandb"), "log_with", f"unknown tracker {tracker!r}; expected tensorboard, wandb or tensorboard,wandb")
+        need(importlib.util.find_spec(tracker) is not None, "log_with", f"{tracker} is not installed (pip install 'flowrl-toolkit[tracking]')")
     if config.eval_prompts:
         need(Path(config.eval_prompts).is_file(), "eval_prompts", "expected an existing text file with one prompt per line")
     if not (config.prompts.startswith("toyshapes:") or Path(config.prompts).is_file()):

@@ -139,7 +139,12 @@ class Trainer:
         self.autocast = self.device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator(cpu=self.device.type == "cpu")
+        trackers = [t for t in config.log_with.split(",") if t]
+        self.accelerator = Accelerator(cpu=self.device.type == "cpu", log_with=trackers or None, project_dir=str(self.out / "logs"))
+        if trackers:
+            # Flat scalars only: trackers take numbers and strings, not nested dicts.
+            flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
+            self.accelerator.init_trackers("flowrl", config=flat)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.method = get_method(config.method)
         self.method_config = method_config(config)
@@ -466,6 +471,7 @@ class Trainer:
                 record.update(self.evaluate())
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
+            self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)
             if self.iteration % config.checkpoint_every == 0 or at_end or out_of_time:
                 self.save()
             last = record
@@ -476,12 +482,13 @@ class Trainer:
                 stopped_early = True
                 break
         bar.close()
+        self.accelerator.end_training()
         if self.rank == 0:
             records = read_metrics(self.metrics_path)
             eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
             draw_curve(records, self.out / "reward_curve.png", eval_key=eval_key)
             self.export()
-        return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last}
+        return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last, "rank": self.rank}
 
     def export(self) -> Path:
         """The trained weights (EMA when enabled) in out/final: for the toy model a loadable model

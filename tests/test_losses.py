@@ -1,6 +1,5 @@
 """Policy losses against hand computations, exact references and gradient checks."""
 
-import math
 
 import pytest
 import torch

@@ -185,3 +185,21 @@ def test_update_statistics_of_several_processes_combine_like_one():
     assert combined["grad_norm"] == 2.0
     # A process without transitions contributes no keys and no weight.
     assert Trainer.combine_update_stats([({}, 0), parts[1]])["clip_fraction"] == pytest.approx(0.2)
+
+
+def test_tensorboard_logging_writes_event_files_with_the_metrics(tiny_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(tiny_run(tiny_dir, tmp_path / "run", "log_with=tensorboard"))
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events
+    accumulator = EventAccumulator(str(events[0].parent)).Reload()
+    rewards = [json.loads(l)["reward/mean"] for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1:]]
+    logged = [e.value for e in accumulator.Scalars("reward/mean")]
+    assert logged == pytest.approx(rewards)  # the same values metrics.jsonl holds, per iteration
+
+
+def test_unknown_tracker_fails_by_name():
+    with pytest.raises(ValueError, match="unknown tracker 'tensorbord'"):
+        build_config({}, ["log_with=tensorbord"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -136,3 +136,46 @@ def export_transformer(transformer: torch.nn.Module, lora: bool, directory: str 
         directory, transformer_lora_layers=state, weight_name=LORA_WEIGHTS_NAME, transformer_lora_adapter_metadata=metadata
     )
     return directory
+
+
+def load_policy_pipeline(pipeline_class: type, source: str | Path, device: str | torch.device, dtype: torch.dtype):
+    """The pipeline on `device` with every text encoder and the VAE frozen and quiet progress bars."""
+    pipeline = load_pipeline(pipeline_class, source, dtype).to(device)
+    freeze(*(getattr(pipeline, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+class DiffusersPolicy:
+    """What the SD3 and FLUX policies share: the pipeline's transformer and VAE, the prompt cache,
+    decoding, trainable parameters and export. Backends add _encode_batch, velocity, sample_shape."""
+
+    pipeline_class: type  # the diffusers pipeline class of the backend (for LoRA export)
+
+    def __init__(self, pipeline, max_sequence_length: int) -> None:
+        self.pipeline = pipeline
+        self.transformer = pipeline.transformer
+        self.vae = pipeline.vae
+        self.device = pipeline.transformer.device
+        self.dtype = pipeline.transformer.dtype
+        self.max_sequence_length = max_sequence_length
+        self.cache = PromptCache(self._encode_batch, self.device)
+
+    def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, prompts: list[str]) -> TextConditioning:
+        """Encode prompts and the empty prompt (the null conditioning), cached per prompt."""
+        return self.cache.conditioning(list(prompts))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] to images [B, 3, H, W] in [0, 1], float32."""
+        return decode_latents(self.vae, x)
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        """The transformer's parameters that require grad (LoRA adapters, or all weights)."""
+        return (p for p in self.transformer.parameters() if p.requires_grad)
+
+    def export(self, directory: str | Path, lora: bool) -> Path:
+        """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`."""
+        return export_transformer(self.transformer, lora, directory, self.pipeline_class)

@@ -8,13 +8,12 @@ FLUX.1-dev is guidance-distilled: the guidance scale enters through an embedding
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from diffusers import FluxPipeline
 
 from .base import TextConditioning
-from .diffusers_common import PromptCache, decode_latents, export_transformer, freeze, load_pipeline, vae_scale_factor
+from .diffusers_common import DiffusersPolicy, load_policy_pipeline, vae_scale_factor
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -47,33 +46,25 @@ def text_ids(length: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.zeros(length, 3, device=device)
 
 
-class FluxPolicy:
+class FluxPolicy(DiffusersPolicy):
     """A FLUX.1 transformer, its VAE and cached prompt encodings (T5 tokens, CLIP pooled)."""
 
+    pipeline_class = FluxPipeline
+
     def __init__(self, pipeline: FluxPipeline, resolution: int = 512, max_sequence_length: int = 512) -> None:
-        self.pipeline = pipeline
-        self.transformer = pipeline.transformer
-        self.vae = pipeline.vae
-        self.device = pipeline.transformer.device
-        self.dtype = pipeline.transformer.dtype
-        self.max_sequence_length = max_sequence_length
+        super().__init__(pipeline, max_sequence_length)
         scale = vae_scale_factor(self.vae)
         if resolution % (2 * scale):
             raise ValueError(f"resolution {resolution} must be a multiple of {2 * scale} (VAE scale {scale} x 2x2 packing)")
         self.resolution = resolution
         channels = self.transformer.config.in_channels // 4
         self.sample_shape = (channels, resolution // scale, resolution // scale)
-        self.cache = PromptCache(self._encode_batch, self.device)
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, pooled, _ = self.pipeline.encode_prompt(
             prompt=prompts, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
         )
         return embeds, pooled  # T5 [N, max_sequence_length, D], CLIP pooled [N, P]
-
-    def encode(self, prompts: list[str]) -> TextConditioning:
-        """Encode prompts (and the empty prompt, unused by FLUX's velocity), cached per prompt."""
-        return self.cache.conditioning(list(prompts))
 
     def guidance_embedding(self, guidance: float, batch: int) -> torch.Tensor | None:
         """The guidance input [B] for a guidance-distilled transformer, None for one without."""
@@ -104,18 +95,6 @@ class FluxPolicy:
         )[0]  # [B, N, 4C]
         return unpack_latents(out, height, width).to(x.dtype)
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h, w] to images [B, 3, H, W] in [0, 1], float32."""
-        return decode_latents(self.vae, x)
-
-    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
-        """The transformer's parameters that require grad (LoRA adapters, or all weights)."""
-        return (p for p in self.transformer.parameters() if p.requires_grad)
-
-    def export(self, directory: str | Path, lora: bool) -> Path:
-        """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`."""
-        return export_transformer(self.transformer, lora, directory, FluxPipeline)
-
 
 def load_flux(
     source: str | Path,
@@ -125,7 +104,5 @@ def load_flux(
     max_sequence_length: int = 512,
 ) -> FluxPolicy:
     """A FluxPolicy from a hub id or a local pipeline folder."""
-    pipeline = load_pipeline(FluxPipeline, source, dtype).to(device)
-    freeze(pipeline.text_encoder, pipeline.text_encoder_2, pipeline.vae)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = load_policy_pipeline(FluxPipeline, source, device, dtype)
     return FluxPolicy(pipeline, resolution, max_sequence_length)

@@ -7,33 +7,28 @@ at timestep 1000 * sigma, with classifier-free guidance batched into one call (s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from diffusers import StableDiffusion3Pipeline
 
 from .base import TextConditioning
-from .diffusers_common import PromptCache, decode_latents, export_transformer, freeze, load_pipeline, vae_scale_factor
+from .diffusers_common import DiffusersPolicy, load_policy_pipeline, vae_scale_factor
 from .sd3_velocity import sd3_velocity
 
 
-class SD3Policy:
+class SD3Policy(DiffusersPolicy):
     """An SD3 transformer, its VAE and cached prompt encodings (CLIP-L + CLIP-G + optional T5)."""
 
+    pipeline_class = StableDiffusion3Pipeline
+
     def __init__(self, pipeline: StableDiffusion3Pipeline, resolution: int = 512, max_sequence_length: int = 256) -> None:
-        self.pipeline = pipeline
-        self.transformer = pipeline.transformer
-        self.vae = pipeline.vae
-        self.device = pipeline.transformer.device
-        self.dtype = pipeline.transformer.dtype
-        self.max_sequence_length = max_sequence_length
+        super().__init__(pipeline, max_sequence_length)
         scale = vae_scale_factor(self.vae)
         cell = scale * self.transformer.config.patch_size
         if resolution % cell:
             raise ValueError(f"resolution {resolution} must be a multiple of {cell} (VAE scale {scale} x patch size {cell // scale})")
         self.resolution = resolution
         self.sample_shape = (self.transformer.config.in_channels, resolution // scale, resolution // scale)
-        self.cache = PromptCache(self._encode_batch, self.device)
 
     def _encode_batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         # The pipeline's own encoder: CLIP-L and CLIP-G hidden states side by side, padded to T5's
@@ -48,25 +43,9 @@ class SD3Policy:
         )
         return embeds, pooled  # [N, 77 + max_sequence_length, D], [N, P]
 
-    def encode(self, prompts: list[str]) -> TextConditioning:
-        """Encode prompts and the empty prompt (null conditioning for guidance), cached per prompt."""
-        return self.cache.conditioning(list(prompts))
-
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor:
         """dx/dsigma [B, C, h, w] at latents x [B, C, h, w], sigma [B] or scalar."""
         return sd3_velocity(self.transformer, x.to(self.dtype), sigma, cond, guidance).to(x.dtype)
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h, w] to images [B, 3, H, W] in [0, 1], float32."""
-        return decode_latents(self.vae, x)
-
-    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
-        """The transformer's parameters that require grad (LoRA adapters, or all weights)."""
-        return (p for p in self.transformer.parameters() if p.requires_grad)
-
-    def export(self, directory: str | Path, lora: bool) -> Path:
-        """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`."""
-        return export_transformer(self.transformer, lora, directory, StableDiffusion3Pipeline)
 
 
 def load_sd3(
@@ -77,7 +56,5 @@ def load_sd3(
     max_sequence_length: int = 256,
 ) -> SD3Policy:
     """An SD3Policy from a hub id or a local pipeline folder (T5 may be absent)."""
-    pipeline = load_pipeline(StableDiffusion3Pipeline, source, dtype).to(device)
-    freeze(pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3, pipeline.vae)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = load_policy_pipeline(StableDiffusion3Pipeline, source, device, dtype)
     return SD3Policy(pipeline, resolution, max_sequence_length)
