@@ -62,6 +62,8 @@ class TrainConfig:
     beta: float = option(0.0, "weight of the KL to the reference (adapters disabled, or the initial weights)")
     # optimisation
     lr: float = option(3e-5, "AdamW learning rate")
+    lr_warmup: int = option(0, "iterations of linear learning-rate warm-up")
+    lr_schedule: str = option("constant", "after warm-up: constant, or cosine decay to 10% of lr at the last iteration", choices=("constant", "cosine"))
     weight_decay: float = option(0.0, "AdamW weight decay")
     adam_betas: list = option([0.9, 0.999], "AdamW betas")
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0: off")
@@ -176,7 +178,7 @@ def validate(config: TrainConfig) -> None:
 
     for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every"):
         need(getattr(config, key) >= 1, key, "must be at least 1")
-    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads"):
+    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads", "lr_warmup"):
         need(getattr(config, key) >= 0, key, "must not be negative")
     need(config.lr > 0, "lr", "must be positive")
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")

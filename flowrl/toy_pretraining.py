@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
 from benchmarks.toyshapes.render import render_batch
 
+from .schedules import learning_rate
 from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, save_toy
 from .policies.sd3_velocity import sd3_velocity
 from .policies.base import TextConditioning
@@ -51,14 +52,6 @@ def flow_matching_loss(model: ToyModel, texts: list[str], x0: torch.Tensor, gene
     cond = TextConditioning(embeds, pooled, embeds[:1], pooled[:1])
     v = sd3_velocity(model.transformer, x_t, sigma, cond)
     return torch.nn.functional.mse_loss(v, noise - x0)
-
-
-def learning_rate(step: int, base: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the base rate."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _save_checkpoint(path: Path, model, ema, optimizer, step: int) -> None:
@@ -94,7 +87,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="pretrain")
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps)
+            group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps, "cosine")
         texts, x0 = training_batch(step, args.batch, args.seed, config.resolution, args.caption_dropout)
         generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
         loss = flow_matching_loss(model, texts, x0, generator)

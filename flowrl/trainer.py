@@ -29,6 +29,7 @@ from .config import TrainConfig, method_config
 from .losses import gaussian_kl, policy_loss
 from .policies.base import TextConditioning, rollout_velocity
 from .policies.toy import ToyPolicy
+from .schedules import learning_rate
 from .run_files import (
     append_metrics,
     draw_curve,
@@ -325,6 +326,9 @@ class Trainer:
         holding the whole batch.
         """
         config = self.config
+        lr = learning_rate(iteration, config.lr, config.lr_warmup, config.iterations - 1, config.lr_schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         transitions = batch.rollout.transitions.select(batch.keep.to(batch.rollout.transitions.logp.device))
         count = len(transitions)
         most = int(max(self.gather(count)))
@@ -377,6 +381,7 @@ class Trainer:
                     self.ema.update(self.params)
         if self.world > 1:
             sums = self.combine_update_stats(self.gather((sums, count)))
+        sums["lr"] = lr
         sums["transitions/global"] = total_count
         sums["time/update"] = time.perf_counter() - start
         return sums

@@ -7,7 +7,8 @@ import torch
 
 from flowrl.policies.sd3_velocity import sd3_velocity
 from flowrl.policies.toy import load_toy, save_toy
-from flowrl.toy_pretraining import build_parser, learning_rate, pretrain, training_batch
+from flowrl.schedules import learning_rate
+from flowrl.toy_pretraining import build_parser, pretrain, training_batch
 
 
 def test_tokenizer_pads_and_rejects_unknown_words(tiny_policy):
@@ -83,11 +84,15 @@ def test_training_batch_is_a_function_of_seed_and_step():
 
 
 def test_learning_rate_schedule():
-    assert learning_rate(0, 1.0, 10, 100) == pytest.approx(0.1)
-    assert learning_rate(9, 1.0, 10, 100) == pytest.approx(1.0)
-    assert learning_rate(10, 1.0, 10, 100) == pytest.approx(1.0)
-    assert learning_rate(100, 1.0, 10, 100) == pytest.approx(0.1)
-    assert learning_rate(55, 1.0, 10, 100) == pytest.approx(0.55)  # half-way down the cosine
+    assert learning_rate(0, 1.0, 10, 100, "cosine") == pytest.approx(0.1)
+    assert learning_rate(9, 1.0, 10, 100, "cosine") == pytest.approx(1.0)
+    assert learning_rate(10, 1.0, 10, 100, "cosine") == pytest.approx(1.0)
+    assert learning_rate(100, 1.0, 10, 100, "cosine") == pytest.approx(0.1)
+    assert learning_rate(55, 1.0, 10, 100, "cosine") == pytest.approx(0.55)  # half-way down the cosine
+    assert learning_rate(4, 2.0, 10, 100) == pytest.approx(1.0) and learning_rate(70, 2.0, 10, 100) == 2.0  # constant
+    assert learning_rate(3, 2.0, 0, 100) == 2.0  # no warm-up
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        learning_rate(0, 1.0, 0, 10, "linear")
 
 
 def _pretrain(out, steps):

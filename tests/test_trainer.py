@@ -2,6 +2,7 @@
 resumes exactly, and its LoRA/KL machinery matches independent computations."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -203,3 +204,25 @@ def test_tensorboard_logging_writes_event_files_with_the_metrics(tiny_dir, tmp_p
 def test_unknown_tracker_fails_by_name():
     with pytest.raises(ValueError, match="unknown tracker 'tensorbord'"):
         build_config({}, ["log_with=tensorbord"])
+
+
+def test_learning_rate_warm_up_and_cosine_are_applied_per_iteration(tiny_dir, tmp_path):
+    train(tiny_run(tiny_dir, tmp_path / "run", "iterations=4", "lr_warmup=2", "lr_schedule=cosine"))
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[1:]]
+    # warm-up 1/2, 2/2 of 1e-3, then the cosine from its start to its end point (10%) at the last iteration
+    assert [r["lr"] for r in records] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi)))])
+
+
+def test_the_loop_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
+    """The sign and plumbing of the whole loop: with the same prompts and noise, training raises
+    mean brightness well above a run whose updates are negligible (lr 1e-12)."""
+
+    def rewards(name, lr):
+        config = tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100")
+        train(config)
+        return [json.loads(l)["reward/mean"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+
+    control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
+    assert control[0] == pytest.approx(trained[0])  # the same first rollout: the difference is learning
+    assert max(control) - min(control) < 0.03  # without learning the reward only wanders
+    assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
