@@ -6,13 +6,9 @@ import torch
 from tqdm.auto import tqdm
 
 from samplers import flow_sigmas, sample_euler
+from samplers.shard import seeded_noise
 
 from .policies.base import FlowPolicy
-
-
-def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
-    """[len(seeds), *shape] standard normal noise; image i depends on seeds[i] only."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 @torch.no_grad()
@@ -42,7 +38,7 @@ def generate(
     out = []
     for start in chunks:
         cond = policy.encode(prompts[start : start + batch_size])
-        noise = initial_noise(policy.sample_shape, seeds[start : start + batch_size]).to(policy.device)
+        noise = seeded_noise(seeds[start : start + batch_size], policy.sample_shape).to(policy.device)  # image i depends on seeds[i] only
         out.append(policy.decode(sample_euler(velocity, noise, sigmas)).cpu())
     bar.close()
     return torch.cat(out)

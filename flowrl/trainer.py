@@ -277,7 +277,7 @@ class Trainer:
         advantages = credit.advantages.cpu()[local][keep]
         if config.advantage_clip > 0:
             advantages = advantages.clamp(-config.advantage_clip, config.advantage_clip)
-        kept_advantages = torch.cat([a for a in self.gather(advantages)])
+        kept_advantages = torch.cat(self.gather(advantages))
         scored_rewards = all_rewards[all_scored]
         stats = {
             "reward/mean": float(scored_rewards.mean()),
@@ -293,12 +293,6 @@ class Trainer:
             **timings,
         }
         return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[local][keep], keep, stats)
-
-    def total(self, value: float) -> float:
-        """The sum of `value` over processes."""
-        if self.world == 1:
-            return value
-        return float(self.accelerator.reduce(torch.tensor([float(value)], device=self.device), reduction="sum")[0])
 
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
@@ -331,7 +325,8 @@ class Trainer:
             group["lr"] = lr
         transitions = batch.rollout.transitions.select(batch.keep.to(batch.rollout.transitions.logp.device))
         count = len(transitions)
-        most = int(max(self.gather(count)))
+        counts = self.gather(count)
+        most, total_count = max(counts), sum(counts)
         if most == 0:
             return {"skipped_update": 1.0}
         velocity = self.velocity_fn(batch.cond)
@@ -342,12 +337,11 @@ class Trainer:
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
-        total_count = self.total(count)
         for _ in range(config.inner_epochs):
             order = torch.randperm(count, generator=generator)
             for first in range(0, steps_per_epoch * step_size, step_size):
                 indices = order[first : first + step_size]
-                step_total = self.total(len(indices))
+                step_total = sum(self.gather(len(indices)))
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in indices.split(config.micro_batch):
                     part = transitions.select(micro.to(transitions.logp.device))

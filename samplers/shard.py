@@ -43,8 +43,9 @@ def shard_roots(num_prompts: int, group_size: int, world: int, rank: int) -> Sha
 
 
 def seeded_noise(seeds: list[int], sample_shape: tuple[int, ...]) -> torch.Tensor:
-    """[len(seeds), *sample_shape] standard normal rows, row i from a generator seeded seeds[i]
-    (shared initial noise across a group split over processes: give its roots one seed)."""
+    """[len(seeds), *sample_shape] standard normal rows, row i from a generator seeded seeds[i], so
+    row i depends on seeds[i] only: evaluation images, and the shared initial noise of a group
+    split over processes (give its roots one seed)."""
     return torch.stack([torch.randn(*sample_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from flowrl.generate import generate, initial_noise
+from flowrl.generate import generate
+from samplers.shard import seeded_noise
 from flowrl.policies.toy import SHIPPED_DIR, WEIGHTS_NAME, load_toy
 
 
@@ -23,6 +24,6 @@ def test_shipped_model_samples_images_deterministically():
 
 
 def test_initial_noise_depends_only_on_each_seed():
-    a = initial_noise((3, 4, 4), [7, 8])
-    b = initial_noise((3, 4, 4), [8])
+    a = seeded_noise([7, 8], (3, 4, 4))
+    b = seeded_noise([8], (3, 4, 4))
     assert torch.equal(a[1], b[0]) and not torch.equal(a[0], a[1])

@@ -33,8 +33,9 @@ def resolve_source(name_or_path: str | Path) -> str:
     return str(name_or_path)
 
 
-def load_pipeline(pipeline_class: type, source: str | Path, dtype: torch.dtype):
-    """pipeline_class.from_pretrained(source), also for folders saved without an optional text encoder.
+def load_policy_pipeline(pipeline_class: type, source: str | Path, device: str | torch.device, dtype: torch.dtype):
+    """pipeline_class.from_pretrained(source) on `device`, text encoders and VAE frozen, progress
+    bars off; also for folders saved without an optional text encoder.
 
     diffusers writes a component set to None (e.g. SD3 without T5) as [null, null] in
     model_index.json but then refuses to load it unless that component is passed as None.
@@ -42,7 +43,10 @@ def load_pipeline(pipeline_class: type, source: str | Path, dtype: torch.dtype):
     source = resolve_source(source)
     config = pipeline_class.load_config(source)
     absent = {name: None for name, entry in config.items() if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry[0] is None}
-    return pipeline_class.from_pretrained(source, **{dtype_keyword(): dtype}, **absent)
+    pipeline = pipeline_class.from_pretrained(source, **{dtype_keyword(): dtype}, **absent).to(device)
+    freeze(*(getattr(pipeline, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def dtype_keyword() -> str:
@@ -136,14 +140,6 @@ def export_transformer(transformer: torch.nn.Module, lora: bool, directory: str 
         directory, transformer_lora_layers=state, weight_name=LORA_WEIGHTS_NAME, transformer_lora_adapter_metadata=metadata
     )
     return directory
-
-
-def load_policy_pipeline(pipeline_class: type, source: str | Path, device: str | torch.device, dtype: torch.dtype):
-    """The pipeline on `device` with every text encoder and the VAE frozen and quiet progress bars."""
-    pipeline = load_pipeline(pipeline_class, source, dtype).to(device)
-    freeze(*(getattr(pipeline, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")))
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 class DiffusersPolicy:
