@@ -73,6 +73,24 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rewards(args: argparse.Namespace) -> int:
+    from rewards.registry import available
+
+    names = available()
+    width = max(len(name) for name in names)
+    for name, description in sorted(names.items()):
+        print(f"{name:<{width}}  {description}")
+    print(f"{'':<{width}}  also: remote:http://host:port (a served reward), pairwise:NAME (Bradley-Terry from a pointwise reward),")
+    print(f"{'':<{width}}  package.module:object, and weighted sums such as '0.7*pickscore+0.3*ocr'")
+    return 0
+
+
+def cmd_serve_reward(args: argparse.Namespace, rest: list[str]) -> int:
+    from rewards.serve import main as serve_main
+
+    return serve_main(rest)
+
+
 def resolve_recipe(name: str | None) -> Path | None:
     """A recipe path: an existing file, or the name of a shipped recipe (flowrl/recipes/NAME.yaml)."""
     if name is None:
@@ -159,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     train.set_defaults(func=cmd_train)
 
+    rewards = sub.add_parser("rewards", help="list the reward models (built-in, registered and installed plug-ins)")
+    rewards.set_defaults(func=cmd_rewards)
+
+    serve = sub.add_parser("serve-reward", help="serve a reward over HTTP (see flowrl serve-reward --help)", add_help=False)
+    serve.set_defaults(func=cmd_serve_reward)
+
     pretrain = sub.add_parser("pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False)
     pretrain.set_defaults(func=cmd_pretrain_toy)
     return parser
@@ -168,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command == "pretrain-toy":
+    if args.command in ("pretrain-toy", "serve-reward"):
         return args.func(args, rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")

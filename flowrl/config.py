@@ -52,7 +52,9 @@ class TrainConfig:
     # data and reward
     prompts: str = option("toyshapes:train", "toyshapes:train, toyshapes:all, or a text file with one prompt per line")
     prompts_per_iteration: int = option(6, "prompts per iteration; each gets the method's group of samples")
-    reward: str = option("toyshapes", "reward: toyshapes, toyshapes_binary, or package.module:object (a function of (images, prompts) or an object with score)")
+    reward: str = option("toyshapes", "a reward name (flowrl rewards lists them), remote:http://host:port, pairwise:NAME, package.module:object, or a weighted sum like '0.7*pickscore+0.3*ocr'")
+    reward_options: dict = option({}, "keyword options per reward name, e.g. {hpsv2: {checkpoint: /path/HPS_v2_compressed.pt}}")
+    reward_invalid: str = option("error", "a NaN/inf reward: error (stop, naming the samples) or drop (leave those samples' prompts out of the update)", choices=("error", "drop"))
     # advantages and loss
     advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
     drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
@@ -164,6 +166,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(values).__name__}")
+        for key in ("prompts", "eval_prompts"):  # a recipe's own prompt files live beside it
+            value = values.get(key)
+            if isinstance(value, str) and value and not Path(value).is_absolute() and (path.parent / value).is_file():
+                values[key] = str((path.parent / value).resolve())
     return build_config(values, overrides)
 
 
@@ -184,15 +190,7 @@ def validate(config: TrainConfig) -> None:
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
     need(config.clip_low < 1, "clip_low", "must be below 1")
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
-    if ":" in config.reward:
-        module_name, _, attribute = config.reward.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise ValueError(f"config key reward={config.reward!r}: cannot import {module_name!r} ({error})") from None
-        need(hasattr(module, attribute), "reward", f"module {module_name!r} has no {attribute!r}")
-    else:
-        need(config.reward in ("toyshapes", "toyshapes_binary"), "reward", "expected toyshapes, toyshapes_binary or package.module:object")
+    check_reward_spec(config)
     need(len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas), "adam_betas", "expected two numbers in [0, 1)")
     get_loss(config.loss)
     need(config.resolution >= 8, "resolution", "must be at least 8")
@@ -216,6 +214,30 @@ def validate(config: TrainConfig) -> None:
         method.configure(**config.method_options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"method {config.method!r}: {error}") from None
+
+
+def check_reward_spec(config: TrainConfig) -> None:
+    """The reward spec parses and every name resolves (nothing is built or downloaded)."""
+    from rewards.combine import parse_reward_spec
+    from rewards.registry import resolve
+
+    try:
+        terms = parse_reward_spec(config.reward)
+        for name, _ in terms:
+            if not name.startswith(("remote:", "pairwise:")):
+                resolve(name)
+            elif name.startswith("pairwise:"):
+                resolve(name[len("pairwise:"):])
+            elif not name[len("remote:"):].startswith(("http://", "https://")):
+                raise ValueError(f"reward {name!r}: expected remote:http://host:port")
+    except ValueError as error:
+        raise ValueError(f"config key reward={config.reward!r}: {error}") from None
+    unknown = sorted(set(config.reward_options) - {name for name, _ in terms})
+    if unknown:
+        raise ValueError(f"config key reward_options={config.reward_options!r}: options for {unknown}, which reward={config.reward!r} does not name")
+    bad = [name for name, value in config.reward_options.items() if not isinstance(value, dict)]
+    if bad:
+        raise ValueError(f"config key reward_options={config.reward_options!r}: the options of {bad} must be mappings of keyword to value")
 
 
 def method_config(config: TrainConfig):

@@ -23,6 +23,8 @@ from samplers.methods import get_method
 from samplers.rollout import Rollout, rollout, score_transitions
 from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
 
+from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pairs
+
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config
@@ -91,28 +93,21 @@ class PromptSource:
         return [rng.choice(self.pool) for _ in range(n)]
 
 
-def load_reward(name: str):
-    """A reward by name, or a user's `package.module:object`: an object with score(images, prompts)
-    or a plain function of (images [B, 3, H, W] in [0, 1], prompts) -> Tensor[B]."""
-    if ":" in name:
-        import importlib
-
-        module_name, _, attribute = name.partition(":")
-        target = getattr(importlib.import_module(module_name), attribute)
-        if isinstance(target, type):
-            target = target()
-        return target if hasattr(target, "score") else _FunctionReward(target)
-    from rewards import ToyShapesReward
-
-    return ToyShapesReward(binary=name == "toyshapes_binary")
+def impute_group_means(rewards: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """rewards with each invalid value replaced by the mean of its group's valid values (0 when
+    none is valid), so a failed score neither rewards nor punishes its group's other samples."""
+    rewards = rewards.clone()
+    for group in groups[~valid].unique():
+        members = groups == group
+        good = members & valid
+        rewards[members & ~valid] = rewards[good].mean() if bool(good.any()) else 0.0
+    return rewards
 
 
-class _FunctionReward:
-    def __init__(self, fn) -> None:
-        self.fn = fn
-
-    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return torch.as_tensor(self.fn(images, prompts), dtype=torch.float32).flatten()
+def component_stats(components: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """reward/<name>/mean over every process's scored samples (NaN marks an invalid score)."""
+    names = components[0] if components else {}
+    return {f"reward/{name}/mean": float(torch.cat([c[name] for c in components]).nanmean()) for name in names}
 
 
 @dataclass
@@ -163,7 +158,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
         self.ema = Ema(self.params, config.ema) if config.ema > 0 else None
         self.prompts = PromptSource(config.prompts, config.seed)
-        self.reward = load_reward(config.reward)
+        self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
         self.iteration = 0
         self.metrics_path = self.out / "metrics.jsonl"
         self.checkpoint_dir = self.out / "checkpoint"
@@ -185,7 +180,7 @@ class Trainer:
             return False
         weights, ema, state = load_checkpoint(directory)
         saved = dict(state["config"])
-        mismatched = [k for k in ("policy", "method", "method_options", "lora_rank", "lora_targets", "seed", "prompts", "reward", "prompts_per_iteration") if saved.get(k) != getattr(self.config, k)]
+        mismatched = [k for k in ("policy", "method", "method_options", "lora_rank", "lora_targets", "seed", "prompts", "reward", "reward_options", "prompts_per_iteration") if k in saved and saved[k] != getattr(self.config, k)]
         if mismatched:
             raise ValueError(f"{self.out} holds a checkpoint of a different run ({', '.join(f'{k}: {saved.get(k)!r} there, {getattr(self.config, k)!r} now' for k in mismatched)}); use another out= or resume=false")
         if set(weights) != set(self.params):
@@ -229,6 +224,32 @@ class Trainer:
         base = (self.config.seed * 1_000_003 + iteration) * 65_537
         return [(base + int(g)) % (2**62) for g in roots]
 
+    def score(self, images: torch.Tensor, prompts: list[str], groups: torch.Tensor) -> RewardScores:
+        """This process's samples scored by the reward set. Pairwise terms judge every pair within
+        a group (global prompt id) over the whole batch: images are gathered, each process judges
+        every world-th pair, and the judgments are gathered back, so no pair is judged twice."""
+        components = self.reward.score_pointwise(images, prompts)
+        if self.reward.pairwise:
+            count, offset = images.shape[0], 0
+            all_images, all_prompts, all_groups = images, prompts, groups
+            if self.world > 1:
+                parts = self.gather((images.cpu(), prompts, groups))
+                offset = sum(len(part[1]) for part in parts[: self.rank])
+                all_images = torch.cat([part[0] for part in parts]).to(images.device)
+                all_prompts = [p for part in parts for p in part[1]]
+                all_groups = torch.cat([part[2] for part in parts])
+            index_a, index_b = within_group_pairs(all_groups)
+            mine = torch.arange(len(index_a))[self.rank :: self.world]
+            for term in self.reward.terms:
+                if term.pairwise:
+                    probs = torch.empty(len(index_a))
+                    judged = self.reward.judge_pairs(term, all_images, all_prompts, index_a[mine], index_b[mine])
+                    for rank, part in enumerate(self.gather(judged)):
+                        probs[rank :: self.world] = part
+                    rates = win_rates(index_a, index_b, probs, len(all_groups))
+                    components[term.name] = (rates[offset : offset + count], torch.ones(count, dtype=torch.bool))
+        return self.reward.combine(components)
+
     @torch.no_grad()
     def collect(self, iteration: int) -> Batch:
         """Rollout of this process's shard of the global batch, rewards, then credit over the whole
@@ -252,19 +273,22 @@ class Trainer:
         timings["time/rollout"] = time.perf_counter() - start
         start = time.perf_counter()
         scored = torch.nonzero(result.reward_mask).flatten()
-        rewards = torch.zeros(len(result.samples))
         images = self.policy.decode(result.samples[scored])
-        values = self.reward.score(images, [prompts[int(p)] for p in result.prompt[scored]]).float().cpu().flatten()
-        if values.shape[0] != len(scored) or not bool(torch.isfinite(values).all()):
-            bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist() if values.shape[0] == len(scored) else "shape"
-            raise ValueError(f"reward {self.config.reward!r} returned {tuple(values.shape)} values for {len(scored)} images (non-finite at {bad})")
-        rewards[scored] = values
+        scores = self.score(images, [prompts[int(p)] for p in result.prompt[scored]], shard.prompts[result.prompt[scored]])
+        rewards = torch.zeros(len(result.samples))
+        valid = torch.ones(len(result.samples), dtype=torch.bool)
+        rewards[scored], valid[scored] = scores.total, scores.valid
+        components = {name: torch.where(scores.valid, values, torch.nan) for name, values in scores.components.items()}
         timings["time/reward"] = time.perf_counter() - start
 
         # Credit over the global batch; this process's transitions are one contiguous block of it.
-        gathered = self.gather((rollout_metadata(result), rewards, shard.prompts, shard.roots))
+        gathered = self.gather((rollout_metadata(result), rewards, shard.prompts, shard.roots, valid, components))
         whole = merge_rollouts([g[0] for g in gathered], [g[2] for g in gathered], [g[3] for g in gathered])
         all_rewards = torch.cat([g[1] for g in gathered])
+        all_valid = torch.cat([g[4] for g in gathered])
+        invalid_prompts = whole.prompt[~all_valid].unique()
+        if len(invalid_prompts):  # reward_invalid=drop: neutral values in, the whole group out of the update
+            all_rewards = impute_group_means(all_rewards, all_valid, whole.prompt)
         first = sum(len(g[0].transitions) for g in gathered[: self.rank])
         local = slice(first, first + len(result.transitions))
         credit = self.method.credit(whole, all_rewards, self.method_config, iteration)
@@ -274,6 +298,7 @@ class Trainer:
         keep = credit.mask.cpu()[local].clone()
         if config.drop_zero_variance and len(constant_prompts):
             keep &= ~torch.isin(whole.transitions.prompt[local], constant_prompts)
+        keep &= ~torch.isin(whole.transitions.prompt[local], invalid_prompts)
         advantages = credit.advantages.cpu()[local][keep]
         if config.advantage_clip > 0:
             advantages = advantages.clamp(-config.advantage_clip, config.advantage_clip)
@@ -283,6 +308,8 @@ class Trainer:
             "reward/mean": float(scored_rewards.mean()),
             "reward/std": float(scored_rewards.std(unbiased=False)),
             "reward/max": float(scored_rewards.max()),
+            **component_stats([g[5] for g in gathered]),
+            "reward/invalid": float((~all_valid[all_scored]).sum()),
             "zero_variance_prompts": float(len(constant_prompts)) / len(global_prompts),
             "advantage/mean": float(kept_advantages.mean()) if len(kept_advantages) else 0.0,
             "advantage/std": float(kept_advantages.std(unbiased=False)) if len(kept_advantages) else 0.0,
@@ -438,10 +465,15 @@ class Trainer:
                 seeds = list(range(len(prompts)))  # fixed: the same noise for a prompt at every evaluation
                 shift = float(getattr(self.method_config, "shift", 1.0))
                 images = generate(self.policy, prompts, seeds, steps=self.config.eval_steps, guidance=self.config.guidance, shift=shift, batch_size=self.config.max_batch)
-                scores = self.reward.score(images, prompts).float().cpu().flatten()
-                records = [{"prompt": p, "seed": s, "reward": float(r)} for p, s, r in zip(prompts, seeds, scores)]
-                (samples / f"{name}.json").write_text(json.dumps({"iteration": self.iteration, "reward": float(scores.mean()), "records": records}, indent=2))
-                stats = {"eval/reward": float(scores.mean())}
+                stats = {}
+                records = [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)]
+                pointwise = self.reward.pointwise_only()
+                if pointwise is not None:  # pairwise judges need a group to compare within; evaluation has one image per prompt
+                    scores = pointwise.evaluate(images, prompts)
+                    for i, record in enumerate(records):
+                        record.update(reward=float(scores.total[i]), **{k: float(v[i]) for k, v in scores.components.items()})
+                    stats = {"eval/reward": float(scores.total[scores.valid].mean()) if bool(scores.valid.any()) else float("nan")}
+                (samples / f"{name}.json").write_text(json.dumps({"iteration": self.iteration, **stats, "records": records}, indent=2))
                 nrow = min(8, len(prompts))
         save_grid(images, samples / f"{name}.png", nrow=nrow, scale=max(1, 128 // images.shape[-1]))
         stats["time/eval"] = time.perf_counter() - start

@@ -32,3 +32,10 @@ def tiny_policy() -> ToyPolicy:
 def brightness_reward(images, prompts):
     """A plug-in reward for trainer tests: mean brightness (varies even for a random model)."""
     return images.mean(dim=(1, 2, 3))
+
+
+def brightness_nan_for_dark(images, prompts):
+    """Mean brightness, NaN where it is below the batch median (a reward that fails on some samples)."""
+    values = images.mean(dim=(1, 2, 3)).clone()
+    values[values < values.median()] = float("nan")
+    return values

@@ -73,3 +73,12 @@ def test_the_documented_example_prompts_are_valid():
     prompts = set(re.findall(r'--prompt "([^"]+)"', text))
     assert prompts
     load_toy().model.text_encoder.tokenize(sorted(prompts))  # raises on unknown words or too many
+
+
+def test_rewards_lists_every_builtin_with_a_description():
+    from rewards.registry import BUILTIN
+
+    out = run("rewards").stdout
+    for name, (_, _, description) in BUILTIN.items():
+        assert f"{name} " in out and description in out
+    assert "remote:http://host:port" in out and "pairwise:NAME" in out

@@ -27,7 +27,9 @@ def overrides(tiny_dir, out, *extra):
     return [
         f"policy={tiny_dir}", f"out={out}", "iterations=3", "prompts_per_iteration=3", "method=flow_grpo", "method.num_steps=3",
         "method.group_size=2", "method.shift=1.0", "method.std_scope=group", "eval_every=0", "checkpoint_every=10", "lr=1e-3",
-        "threads=1", "reward=conftest:brightness_reward", "drop_zero_variance=false", *extra,
+        # A pointwise and a pairwise term: the split group's pair is judged across processes.
+        "threads=1", "reward=conftest:brightness_reward+0.5*pairwise:conftest:brightness_reward", "reward_options={pairwise:conftest:brightness_reward: {temperature: 0.01}}",
+        "drop_zero_variance=false", *extra,
     ]
 
 
@@ -74,7 +76,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     for a, b in zip(one[1:], two[1:]):
         # Rewards and advantages are statistics of the global batch, gathered from both processes.
         assert b["samples"] == a["samples"] == 6 and b["transitions/global"] == a["transitions/global"]
-        for key in ("reward/mean", "reward/std", "advantage/mean", "advantage/std"):
+        assert b["reward/pairwise:conftest:brightness_reward/mean"] == a["reward/pairwise:conftest:brightness_reward/mean"] == pytest.approx(0.5)
+        for key in ("reward/mean", "reward/std", "reward/conftest:brightness_reward/mean", "advantage/mean", "advantage/std"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 

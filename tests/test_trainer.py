@@ -128,6 +128,28 @@ def test_every_method_trains_through_the_same_loop(tiny_dir, tmp_path, method, o
     assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
 
 
+def test_a_nan_reward_stops_naming_the_samples_or_drops_their_prompts(tiny_dir, tmp_path):
+    from rewards import InvalidRewardError
+
+    with pytest.raises(InvalidRewardError, match=r"reward 'conftest:brightness_nan_for_dark' returned NaN or inf for samples \d"):
+        train(tiny_run(tiny_dir, tmp_path / "error", "reward=conftest:brightness_nan_for_dark"))
+    summary = train(tiny_run(tiny_dir, tmp_path / "drop", "reward=conftest:brightness_nan_for_dark", "reward_invalid=drop", "prompts_per_iteration=3"))
+    record = summary["last"]
+    assert 0 < record["reward/invalid"] < record["samples"]
+    # every prompt with a failed sample is out of the update; the others are trained
+    clean = train(tiny_run(tiny_dir, tmp_path / "clean", "prompts_per_iteration=3"))["last"]
+    assert record["transitions/trained"] < clean["transitions/trained"]
+    assert record["reward/conftest:brightness_nan_for_dark/mean"] == record["reward/conftest:brightness_nan_for_dark/mean"]  # NaNs left out
+
+
+def test_a_weighted_sum_with_a_pairwise_term_is_logged_per_term(tiny_dir, tmp_path):
+    spec = "2*conftest:brightness_reward+pairwise:conftest:brightness_reward"
+    record = train(tiny_run(tiny_dir, tmp_path / "sum", f"reward={spec}", "iterations=1"))["last"]
+    bright, wins = record["reward/conftest:brightness_reward/mean"], record["reward/pairwise:conftest:brightness_reward/mean"]
+    assert wins == pytest.approx(0.5)  # every pair of a group judged once: win rates average 1/2
+    assert record["reward/mean"] == pytest.approx(2 * bright + wins, rel=1e-5)
+
+
 def test_bad_config_fails_before_any_model_loads(tmp_path):
     cases = [
         (["lrr=1"], "unknown config key 'lrr'"),
@@ -135,10 +157,15 @@ def test_bad_config_fails_before_any_model_loads(tmp_path):
         (["method.windw=3", "method=mix_grpo"], r"no option\(s\) \['windw'\]"),
         (["method=grpo_x"], "unknown method 'grpo_x'"),
         (["iterations=0"], "iterations=0: must be at least 1"),
+        (["reward=pikscore"], r"reward='pikscore': unknown reward 'pikscore'; known: \["),
+        (["reward=0.5*"], r"reward='0.5\*': reward spec '0.5\*': cannot read the term"),
+        (["reward=ocr", "reward_options={hps: {}}"], r"options for \['hps'\], which reward='ocr' does not name"),
+        (["reward=remote:localhost:80"], r"expected remote:http://host:port"),
+        (["reward_invalid=skip"], r"reward_invalid='skip': expected one of \('error', 'drop'\)"),
     ]
     for overrides, message in cases:
         result = subprocess.run([sys.executable, "-m", "flowrl", "train", f"out={tmp_path / 'x'}", *overrides], capture_output=True, text=True)
-        assert result.returncode == 2 and result.stderr.count("error") == 1, result.stderr
+        assert result.returncode == 2 and result.stderr.count("flowrl train: error") == 1 and "Traceback" not in result.stderr, result.stderr
         assert __import__("re").search(message, result.stderr), result.stderr
     assert not (tmp_path / "x").exists()  # nothing written, nothing loaded
 
@@ -154,6 +181,11 @@ def test_every_shipped_recipe_validates_and_covers_every_method():
     methods = {load_config(path).method for path in recipes}
     assert set(METHODS) <= methods
     assert resolve_recipe("toy").name == "toy.yaml"
+    # The SD3.5/FLUX recipes name their shipped prompt files relative to the recipe.
+    for name in ("sd35m_pickscore", "sd35m_ocr", "flux_dev_pickscore", "flux_dev_pref_grpo"):
+        config = load_config(resolve_recipe(name))
+        assert Path(config.prompts).is_file() and Path(config.eval_prompts).is_file() and config.policy.count("/") == 1
+    assert load_config(resolve_recipe("sd35m_ocr"), ["prompts=flowrl/recipes/prompts/ocr_eval.txt"]).prompts == "flowrl/recipes/prompts/ocr_eval.txt"
     with pytest.raises(ValueError, match="shipped"):
         resolve_recipe("no_such_recipe")
 

@@ -1,0 +1,182 @@
+"""Weighted combinations of rewards, pointwise and pairwise, each term kept for logging.
+
+A spec is one reward name or a sum of weighted names, `"0.7*pickscore + 0.3*ocr"`. A pairwise
+term (a judge that compares two images) becomes a per-sample value through win rates: every
+pair of samples within a group (one prompt) is judged once, and a sample's value is the share
+of its comparisons it won (Pref-GRPO). The total is the weighted sum of the terms' values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from .base import INVALID_POLICIES, InvalidRewardError, check_scores, is_pairwise, reward_name
+from .registry import load
+
+_TERM = re.compile(r"^\s*(?:(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[^\s*]+)\s*$")
+
+
+def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
+    """[(name, weight)] from "name" or "w1*name1 + w2*name2" (a weight defaults to 1)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"reward spec {spec!r}: expected a reward name or a sum like '0.7*pickscore + 0.3*ocr'")
+    terms = []
+    for part in spec.split("+"):
+        match = _TERM.match(part)
+        if match is None:
+            raise ValueError(f"reward spec {spec!r}: cannot read the term {part.strip()!r}; expected NAME or WEIGHT*NAME")
+        weight = float(match["weight"]) if match["weight"] else 1.0
+        terms.append((match["name"], weight))
+    names = [name for name, _ in terms]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"reward spec {spec!r} names {repeated} more than once; give each reward once with its total weight")
+    return terms
+
+
+def within_group_pairs(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index_a, index_b) of every unordered pair i < j with the same group id."""
+    group_ids = torch.as_tensor(group_ids).flatten()
+    same = (group_ids[:, None] == group_ids[None, :]).triu(diagonal=1)
+    index_a, index_b = torch.nonzero(same, as_tuple=True)
+    return index_a, index_b
+
+
+def win_rates(index_a: torch.Tensor, index_b: torch.Tensor, prob_a: torch.Tensor, count: int) -> torch.Tensor:
+    """[count] share of its comparisons each sample won (a gains p, b gains 1 - p); a sample in
+    no pair (a group of one) gets the neutral 0.5."""
+    wins = torch.zeros(count, dtype=torch.float64)
+    comparisons = torch.zeros(count, dtype=torch.float64)
+    prob_a = prob_a.double()
+    wins.index_add_(0, index_a, prob_a).index_add_(0, index_b, 1 - prob_a)
+    comparisons.index_add_(0, index_a, torch.ones_like(prob_a)).index_add_(0, index_b, torch.ones_like(prob_a))
+    rates = torch.where(comparisons > 0, wins / comparisons.clamp(min=1), torch.full_like(wins, 0.5))
+    return rates.float()
+
+
+@dataclass
+class RewardTerm:
+    name: str
+    weight: float
+    reward: object
+
+    @property
+    def pairwise(self) -> bool:
+        return is_pairwise(self.reward)
+
+
+@dataclass
+class RewardScores:
+    """Per-sample rewards: the weighted total, each term's own values (win rates for pairwise
+    terms), and which samples every term scored validly."""
+
+    total: torch.Tensor  # [B] float32
+    components: dict[str, torch.Tensor]  # name -> [B] float32
+    valid: torch.Tensor  # [B] bool
+
+
+class RewardSet:
+    """Several weighted rewards scored together; see the module docstring."""
+
+    def __init__(self, terms: Sequence[RewardTerm], on_invalid: str = "error", batch_size: int = 64) -> None:
+        if on_invalid not in INVALID_POLICIES:
+            raise ValueError(f"on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+        if not terms:
+            raise ValueError("a RewardSet needs at least one reward")
+        self.terms = list(terms)
+        self.on_invalid = on_invalid
+        self.batch_size = batch_size
+
+    @classmethod
+    def load(cls, spec: str, options: dict | None = None, device=None, dtype=None, on_invalid: str = "error", batch_size: int = 64) -> "RewardSet":
+        """Build every reward of a spec; `options` maps a reward name to its keyword options."""
+        options = dict(options or {})
+        parsed = parse_reward_spec(spec)
+        unknown = sorted(set(options) - {name for name, _ in parsed})
+        if unknown:
+            raise ValueError(f"reward options given for {unknown}, which the reward spec {spec!r} does not name")
+        terms = []
+        for name, weight in parsed:
+            kwargs = dict(options.get(name) or {})
+            if name.startswith("remote:"):
+                kwargs.setdefault("on_invalid", "drop")  # NaN comes back as NaN; this set applies its own policy
+            terms.append(RewardTerm(name, weight, load(name, device=device, dtype=dtype, **kwargs)))
+        return cls(terms, on_invalid=on_invalid, batch_size=batch_size)
+
+    @classmethod
+    def of(cls, reward: object, name: str | None = None, **kwargs) -> "RewardSet":
+        """A set of one already-built reward (weight 1)."""
+        return cls([RewardTerm(name or reward_name(reward), 1.0, reward)], **kwargs)
+
+    @property
+    def pairwise(self) -> bool:
+        return any(term.pairwise for term in self.terms)
+
+    def pointwise_only(self) -> "RewardSet | None":
+        """The set of this set's pointwise terms (same weights), or None when all are pairwise."""
+        terms = [term for term in self.terms if not term.pairwise]
+        return RewardSet(terms, self.on_invalid, self.batch_size) if terms else None
+
+    def score_pointwise(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """name -> (values [B], valid [B]) for every pointwise term, batch_size images at a time."""
+        out = {}
+        for term in self.terms:
+            if not term.pairwise:
+                chunks = [(term.reward.score(images[s:s + self.batch_size], list(prompts[s:s + self.batch_size])), min(self.batch_size, images.shape[0] - s))
+                          for s in range(0, images.shape[0], self.batch_size)]
+                out[term.name] = self._checked(term.name, chunks, "samples")
+        return out
+
+    def judge_pairs(self, term: RewardTerm, images: torch.Tensor, prompts: Sequence[str], index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+        """[P] probability that images[index_a[k]] beats images[index_b[k]], batch_size pairs at
+        a time. A failed judgment (NaN or inf) is an error naming the pairs, or a tie (0.5) under
+        on_invalid="drop"; a probability outside [0, 1] is always an error."""
+        chunks = []
+        for start in range(0, len(index_a), self.batch_size):
+            a, b = index_a[start:start + self.batch_size], index_b[start:start + self.batch_size]
+            chunks.append((term.reward.compare(images[a], images[b], [prompts[int(i)] for i in a]), len(a)))
+        probs, valid = self._checked(term.name, chunks, "pairs")
+        outside = valid & ((probs < 0) | (probs > 1))
+        if bool(outside.any()):
+            raise ValueError(f"reward {term.name!r} returned probabilities outside [0, 1] for pairs {torch.nonzero(outside).flatten().tolist()[:20]}")
+        return torch.where(valid, probs, torch.full_like(probs, 0.5))
+
+    def _checked(self, name: str, chunks: list, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, valid) of chunked raw outputs; NaN/inf named by index in the whole batch."""
+        checked = [check_scores(raw, count, name, on_invalid="drop") for raw, count in chunks]
+        values = torch.cat([v for v, _ in checked]) if checked else torch.zeros(0)
+        valid = torch.cat([ok for _, ok in checked]) if checked else torch.zeros(0, dtype=torch.bool)
+        if self.on_invalid == "error" and not bool(valid.all()):
+            bad = torch.nonzero(~valid).flatten().tolist()
+            shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
+            raise InvalidRewardError(f"reward {name!r} returned NaN or inf for {what} {shown} of {len(valid)} (set reward_invalid=drop to leave them out of the update)")
+        return values, valid
+
+    def combine(self, components: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> RewardScores:
+        """The weighted total of the terms' (values, valid)."""
+        first = next(iter(components.values()))[0]
+        total = torch.zeros_like(first)
+        valid = torch.ones_like(first, dtype=torch.bool)
+        for term in self.terms:
+            values, ok = components[term.name]
+            total = total + term.weight * values
+            valid &= ok
+        return RewardScores(total, {name: values for name, (values, _) in components.items()}, valid)
+
+    def evaluate(self, images: torch.Tensor, prompts: Sequence[str], group_ids: torch.Tensor | None = None) -> RewardScores:
+        """Score a batch in one process: pointwise terms per image, pairwise terms by win rates
+        within groups (all images one group when `group_ids` is None)."""
+        components = self.score_pointwise(images, prompts)
+        if self.pairwise:
+            count = images.shape[0]
+            group_ids = torch.zeros(count, dtype=torch.long) if group_ids is None else torch.as_tensor(group_ids).flatten().cpu()
+            index_a, index_b = within_group_pairs(group_ids)
+            for term in self.terms:
+                if term.pairwise:
+                    probs = self.judge_pairs(term, images, prompts, index_a, index_b)
+                    components[term.name] = (win_rates(index_a, index_b, probs, count), torch.ones(count, dtype=torch.bool))
+        return self.combine(components)

@@ -1,0 +1,62 @@
+"""HTTP calls shared by the rewards served elsewhere (remote rewards, VLM judges): one POST with
+a timeout and retries with exponential backoff, and a thread pool that keeps results in order."""
+
+from __future__ import annotations
+
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+import requests
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class RewardServiceError(RuntimeError):
+    """A served reward or judge could not be reached, or refused the request."""
+
+
+def post_with_retries(
+    session: requests.Session,
+    url: str,
+    *,
+    what: str,
+    timeout: float,
+    retries: int,
+    backoff: float,
+    headers: dict | None = None,
+    json: object = None,
+    data: bytes | None = None,
+) -> requests.Response:
+    """POST and return the 2xx response. Connection errors, timeouts, 429 and 5xx are retried
+    `retries` times, waiting backoff * 2^k (with jitter) between tries; other 4xx fail at once
+    with the server's message. `what` names the reward in errors."""
+    last = "no attempt"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0) * (0.5 + random.random()))
+        try:
+            response = session.post(url, json=json, data=data, headers=headers, timeout=timeout)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            last = f"{type(error).__name__}: {error}"
+            continue
+        if response.status_code in RETRY_STATUS:
+            last = f"HTTP {response.status_code}: {response.text[:300]}"
+            continue
+        if not response.ok:
+            raise RewardServiceError(f"{what}: {url} refused the request with HTTP {response.status_code}: {response.text[:500]}")
+        return response
+    raise RewardServiceError(f"{what}: {url} failed after {retries + 1} attempts; last error: {last}")
+
+
+def map_in_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
+    """[fn(item) for item in items], `workers` at a time, in order; the first error is raised."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))

@@ -1,0 +1,184 @@
+"""Rewards by name: the built-ins, user registrations, installed plug-ins and `module:object`.
+
+`load("pickscore", device="cuda")` builds a reward. A name resolves, in order, to a reward
+registered in this process (`register_reward`), a built-in, an entry point of the
+`flowrl.rewards` group of an installed package, `remote:http://host:port` (a served reward),
+`pairwise:NAME` (Bradley-Terry comparisons from a pointwise reward), or `package.module:object`.
+Built-ins are imported only when loaded, so listing them costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from importlib.metadata import entry_points
+from typing import Callable, Sequence
+
+import torch
+
+from .base import check_scores, is_pairwise
+
+ENTRY_POINT_GROUP = "flowrl.rewards"
+
+# name -> (target "module:object", fixed options, one-line description)
+BUILTIN: dict[str, tuple[str, dict, str]] = {
+    "toyshapes": ("rewards.toyshapes:ToyShapesReward", {}, "ToyShapes verifier, partial credit per object and attribute"),
+    "toyshapes_binary": ("rewards.toyshapes:ToyShapesReward", {"binary": True}, "ToyShapes verifier, 1 only when the image is exactly right"),
+    "hpsv2": ("rewards.hps:HPSReward", {"version": "v2.0"}, "HPSv2 human preference score (open_clip ViT-H-14)"),
+    "hpsv2.1": ("rewards.hps:HPSReward", {"version": "v2.1"}, "HPSv2.1 human preference score (open_clip ViT-H-14)"),
+    "pickscore": ("rewards.pickscore:PickScoreReward", {}, "PickScore (transformers CLIPModel)"),
+    "imagereward": ("rewards.image_reward:ImageRewardReward", {}, "ImageReward (needs the image-reward extra)"),
+    "clip": ("rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
+    "aesthetic": ("rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
+    "ocr": ("rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
+    "jpeg_compressibility": ("rewards.jpeg:JPEGReward", {"sign": -1.0}, "minus the JPEG size in kB (DDPO)"),
+    "jpeg_incompressibility": ("rewards.jpeg:JPEGReward", {"sign": 1.0}, "the JPEG size in kB (DDPO)"),
+    "vlm_judge": ("rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),
+}
+
+_registered: dict[str, Callable] = {}
+
+
+def register_reward(name: str) -> Callable:
+    """Decorator: make a reward class, factory or function loadable by `name` in this process."""
+    def add(target: Callable) -> Callable:
+        if name in _registered or name in BUILTIN:
+            raise ValueError(f"a reward named {name!r} is already registered")
+        _registered[name] = target
+        return target
+
+    return add
+
+
+def _plugins() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> dict[str, str]:
+    """Every loadable reward name with a one-line description (built-ins, registered, plug-ins)."""
+    names = {name: description for name, (_, _, description) in BUILTIN.items()}
+    for name, target in _registered.items():
+        names[name] = (inspect.getdoc(target) or "registered in this process").splitlines()[0]
+    for name, ep in _plugins().items():
+        names.setdefault(name, f"plug-in {ep.value} (package {ep.dist.name if ep.dist else '?'})")
+    return names
+
+
+class FunctionReward:
+    """A plain function of (images, prompts) -> scores, seen as a pointwise reward."""
+
+    def __init__(self, fn: Callable, name: str | None = None) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "function")
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.as_tensor(self.fn(images, list(prompts)), dtype=torch.float32).flatten()
+
+
+def _accepts(target: Callable, key: str) -> bool:
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return key in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def instantiate(target: object, name: str, device=None, dtype=None, **options):
+    """A reward object from what a name resolved to: an object with score/compare is used as
+    is, a class or factory is called with the options (and device/dtype where it takes them), a
+    plain function becomes a FunctionReward."""
+    if callable(getattr(target, "score", None)) or callable(getattr(target, "compare", None)):
+        if isinstance(target, type):
+            pass  # a class with score/compare methods: build it below
+        else:
+            if options:
+                raise ValueError(f"reward {name!r} is an object; it takes no options, got {sorted(options)}")
+            return target
+    if isinstance(target, type) or (callable(target) and _is_factory(target)):
+        extra = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None and _accepts(target, k)}
+        try:
+            reward = target(**options, **extra)
+        except TypeError as error:
+            raise ValueError(f"reward {name!r}: bad options {sorted(options)} ({error})") from None
+        if not (callable(getattr(reward, "score", None)) or callable(getattr(reward, "compare", None))):
+            raise ValueError(f"reward {name!r}: {target!r} built {type(reward).__name__}, which has neither score(images, prompts) nor compare(images_a, images_b, prompts)")
+        if not getattr(reward, "name", None):
+            try:
+                reward.name = name
+            except AttributeError:
+                pass
+        return reward
+    if callable(target):
+        if options:
+            raise ValueError(f"reward {name!r} is a plain function; it takes no options, got {sorted(options)}")
+        return FunctionReward(target, name)
+    raise ValueError(f"reward {name!r} resolved to {type(target).__name__}, which is neither a reward, a class, nor a function")
+
+
+def _is_factory(target: Callable) -> bool:
+    """A function that builds a reward takes no required positional arguments; a reward function
+    takes (images, prompts)."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    required = [p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return not required
+
+
+def import_object(spec: str) -> object:
+    """`package.module:object` (dotted attributes allowed after the colon)."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"reward {spec!r}: cannot import {module_name!r} ({error})") from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"reward {spec!r}: module {module_name!r} has no {attribute!r}")
+        target = getattr(target, part)
+    return target
+
+
+def resolve(name: str) -> tuple[object, dict]:
+    """(target, fixed options) for a reward name, without building it; unknown names fail
+    listing what is known."""
+    if name in _registered:
+        return _registered[name], {}
+    if name in BUILTIN:
+        target, fixed, _ = BUILTIN[name]
+        return import_object(target), dict(fixed)
+    plugins = _plugins()
+    if name in plugins:
+        try:
+            return plugins[name].load(), {}
+        except Exception as error:  # a broken plug-in must say which one
+            raise ValueError(f"reward plug-in {name!r} ({plugins[name].value}) failed to load: {error}") from error
+    if name.startswith(("remote:", "pairwise:")):
+        raise ValueError(f"reward {name!r}: use load() for remote: and pairwise: rewards")
+    if ":" in name:
+        return import_object(name), {}
+    raise ValueError(f"unknown reward {name!r}; known: {sorted(available())}, or remote:http://host:port, pairwise:NAME, package.module:object")
+
+
+def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, **options):
+    """A ready reward object by name (see the module docstring for what a name may be)."""
+    if name.startswith("remote:"):
+        from .remote import RemoteReward
+
+        return RemoteReward(name[len("remote:"):], **options)
+    if name.startswith("pairwise:"):
+        from .pairwise import BradleyTerry
+
+        temperature = options.pop("temperature", 1.0)  # the comparison's own option; the rest build the inner reward
+        inner = load(name[len("pairwise:"):], device=device, dtype=dtype, **options)
+        if is_pairwise(inner):
+            raise ValueError(f"reward {name!r}: {inner.name!r} is already pairwise")
+        return BradleyTerry(inner, temperature=temperature)
+    target, fixed = resolve(name)
+    return instantiate(target, name, device=device, dtype=dtype, **{**fixed, **options})
+
+
+def score_checked(reward, images: torch.Tensor, prompts: Sequence[str], on_invalid: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
+    """A pointwise reward's (scores, valid) with its output checked (check_scores)."""
+    return check_scores(reward.score(images, list(prompts)), images.shape[0], getattr(reward, "name", "?"), on_invalid)

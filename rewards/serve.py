@@ -1,0 +1,405 @@
+"""Serve any registered reward over HTTP, so a trainer can score images on another process or host.
+
+    serve-reward pickscore --port 8731 --device cuda            # python -m rewards.serve ... too
+
+Endpoints: `GET /info` -> {"name", "kind": "pointwise" | "pairwise", "max_request_bytes",
+"max_batch"} (POST /info answers the same, so clients need only one retrying verb);
+`POST /score` for a pointwise reward, `POST /compare` for a pairwise one.
+
+Wire format. The request body is a safetensors blob (exact floats, no pickle, safe to parse)
+holding `images` (or `images_a` and `images_b`) as float16 or float32 [B, 3, H, W] tensors in
+[0, 1]; the prompts are a JSON list under the key "prompts" of the safetensors metadata. The
+response is JSON {"scores": [B floats]}, with null for a NaN or infinite score. Clients never
+send file paths or URLs, only pixels and prompts.
+
+Security. The server listens on loopback unless told otherwise. With a token (the environment
+variable named by --token-env, FLOWRL_REWARD_TOKEN when set) every request must carry
+`Authorization: Bearer <token>`. A body over the size limit is refused (413) before it is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Sequence
+from urllib.parse import urlsplit
+
+import torch
+
+from .base import check_scores, is_pairwise, reward_name
+
+TOKEN_ENV = "FLOWRL_REWARD_TOKEN"
+MAX_REQUEST_BYTES = 64 * 2**20
+MAX_BATCH = 256
+WIRE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+IMAGE_KEYS = {"pointwise": ("images",), "pairwise": ("images_a", "images_b")}
+ENDPOINTS = {"pointwise": "/score", "pairwise": "/compare"}
+
+
+class BadRequest(ValueError):
+    """A request body that is not a valid batch; the message goes back to the client (HTTP 400)."""
+
+
+class BatchTooLarge(BadRequest):
+    """More images in one request than the server's max_batch (HTTP 413)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format, shared with rewards.remote
+
+
+def encode_batch(images: Sequence[torch.Tensor], prompts: Sequence[str], kind: str, dtype: str = "float32") -> bytes:
+    """A request body: the image tensors of `kind` as `dtype`, the prompts in the metadata."""
+    import safetensors.torch
+
+    if dtype not in WIRE_DTYPES:
+        raise ValueError(f"wire dtype must be one of {sorted(WIRE_DTYPES)}, got {dtype!r}")
+    tensors = {key: image.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous() for key, image in zip(IMAGE_KEYS[kind], images)}
+    return safetensors.torch.save(tensors, metadata={"prompts": json.dumps(list(prompts))})
+
+
+def _metadata(body: bytes) -> dict:
+    """The `__metadata__` of a safetensors blob (its header is an 8-byte length then JSON)."""
+    length = int.from_bytes(body[:8], "little")
+    header = json.loads(body[8:8 + length])
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        raise BadRequest("the safetensors metadata is not a JSON object")
+    return metadata
+
+
+def decode_batch(body: bytes, kind: str, max_batch: int) -> tuple[list[torch.Tensor], list[str]]:
+    """(float32 image tensors, prompts) from a request body, or BadRequest saying what is wrong."""
+    import safetensors.torch
+
+    try:
+        tensors = safetensors.torch.load(body)
+        metadata = _metadata(body)
+    except BadRequest:
+        raise
+    except Exception as error:  # the parser's errors have no common base class
+        raise BadRequest(f"the body is not a safetensors blob ({type(error).__name__}: {str(error)[:200]})") from None
+    expected = IMAGE_KEYS[kind]
+    if sorted(tensors) != sorted(expected):
+        raise BadRequest(f"expected the tensors {list(expected)} for a {kind} reward, got {sorted(tensors)}")
+    prompts = _prompts(metadata)
+    images = [_image_batch(key, tensors[key], len(prompts), max_batch) for key in expected]
+    if len({tuple(image.shape) for image in images}) > 1:
+        raise BadRequest(f"images_a and images_b differ in shape: {[tuple(image.shape) for image in images]}")
+    return images, prompts
+
+
+def _prompts(metadata: dict) -> list[str]:
+    if "prompts" not in metadata:
+        raise BadRequest('the safetensors metadata has no "prompts" (a JSON list of strings)')
+    try:
+        prompts = json.loads(metadata["prompts"])
+    except (TypeError, ValueError):
+        raise BadRequest('the metadata "prompts" is not JSON; expected a JSON list of strings') from None
+    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
+        raise BadRequest(f'the metadata "prompts" must be a JSON list of strings, got {type(prompts).__name__}')
+    return prompts
+
+
+def _image_batch(key: str, images: torch.Tensor, count: int, max_batch: int) -> torch.Tensor:
+    """A float32 [B, 3, H, W] batch in [0, 1] with one prompt per image, or BadRequest."""
+    if images.dtype not in WIRE_DTYPES.values():
+        raise BadRequest(f"{key} has dtype {images.dtype}; expected float16 or float32")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise BadRequest(f"{key} has shape {tuple(images.shape)}; expected [B, 3, H, W]")
+    if images.shape[0] > max_batch:
+        raise BatchTooLarge(f"{key} holds {images.shape[0]} images; this server takes at most {max_batch} per request")
+    images = images.float()  # rewards get float32 whatever the wire dtype; float16 -> float32 is exact
+    if not bool(torch.isfinite(images).all()):
+        raise BadRequest(f"{key} holds NaN or inf pixels; expected values in [0, 1]")
+    if images.shape[0] != count:
+        raise BadRequest(f"{key} holds {images.shape[0]} images but the metadata has {count} prompts; expected one prompt per image")
+    if images.numel() and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3):  # the tolerance of base.check_images
+        raise BadRequest(f"{key} has values in [{float(images.min()):.3g}, {float(images.max()):.3g}]; expected [0, 1]")
+    return images
+
+
+def encode_scores(scores: torch.Tensor, valid: torch.Tensor) -> bytes:
+    """The response body: {"scores": [...]} with null where a score is NaN or inf."""
+    values = [float(s) if ok else None for s, ok in zip(scores.tolist(), valid.tolist())]
+    return json.dumps({"scores": values}).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+
+
+class RewardServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer holding one reward; the lock lets one forward pass run at a time
+    (a model on one device gains nothing from interleaved calls and may run out of memory)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple, reward: object, token: str | None, max_request_bytes: int, max_batch: int) -> None:
+        self.reward = reward
+        self.reward_name = reward_name(reward)
+        self.kind = "pairwise" if is_pairwise(reward) else "pointwise"
+        self.token = token
+        self.max_request_bytes = max_request_bytes
+        self.max_batch = max_batch
+        self.lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        """http://host:port of the bound socket (port 0 resolved)."""
+        host, port = self.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def info(self) -> dict:
+        return {"name": self.reward_name, "kind": self.kind, "max_request_bytes": self.max_request_bytes, "max_batch": self.max_batch}
+
+    def run_reward(self, images: list[torch.Tensor], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, valid) of one batch; a wrong output shape raises InvalidRewardError."""
+        with self.lock, torch.no_grad():
+            if self.kind == "pairwise":
+                raw = self.reward.compare(images[0], images[1], prompts)
+            else:
+                raw = self.reward.score(images[0], prompts)
+        return check_scores(raw, len(prompts), self.reward_name, on_invalid="drop")
+
+
+class _RewardServer6(RewardServer):
+    address_family = socket.AF_INET6
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, so a client's batches reuse one connection
+    timeout = 120  # seconds a connection may sit idle or trickle its body
+    server: RewardServer
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def _route(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        endpoint = ENDPOINTS[self.server.kind]
+        if path not in ("/info", endpoint):
+            other = "/compare" if endpoint == "/score" else "/score"
+            why = f"reward {self.server.reward_name!r} is {self.server.kind}; use POST {endpoint}" if path == other else f"no endpoint {path!r}; use GET /info or POST {endpoint}"
+            return self._error(404, why)
+        if not self._authorized():
+            return self._error(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>'; the token is the server's --token-env variable)")
+        if path == "/info":
+            if method == "POST" and self._read_body() is None:
+                return
+            return self._send(200, json.dumps(self.server.info()).encode())
+        if method != "POST":
+            return self._error(405, f"use POST {endpoint}", Allow="POST")
+        body = self._read_body()
+        if body is not None:
+            self._score(body)
+
+    def _authorized(self) -> bool:
+        if self.server.token is None:
+            return True
+        given = (self.headers.get("Authorization") or "").encode("latin-1")  # http.server decodes headers as latin-1
+        return hmac.compare_digest(given, f"Bearer {self.server.token}".encode("ascii"))
+
+    def _read_body(self) -> bytes | None:
+        """The request body, or None after answering 411/413/400 (the body left unread)."""
+        if self.headers.get("Transfer-Encoding"):
+            return self._error(411, "send the body with a Content-Length, not Transfer-Encoding")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            return self._error(411, "a Content-Length header is required")
+        try:
+            length = int(length)
+        except ValueError:
+            length = -1
+        if length < 0:
+            return self._error(400, f"Content-Length {self.headers.get('Content-Length')!r} is not a non-negative integer")
+        if length > self.server.max_request_bytes:
+            return self._too_large(length)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True  # the client hung up mid-body; nobody to answer
+            return None
+        return body
+
+    def _too_large(self, length: int) -> None:
+        self._error(413, f"request body of {length} bytes is over this server's limit of {self.server.max_request_bytes} bytes; send fewer images per request")
+
+    def handle_expect_100(self) -> bool:
+        """Refuse an announced oversized body (curl sends `Expect: 100-continue`) before it comes."""
+        length = self.headers.get("Content-Length", "")
+        if length.isdecimal() and int(length) > self.server.max_request_bytes:
+            self._too_large(int(length))
+            return False
+        return super().handle_expect_100()
+
+    def _score(self, body: bytes) -> None:
+        try:
+            images, prompts = decode_batch(body, self.server.kind, self.server.max_batch)
+        except BatchTooLarge as error:
+            return self._error(413, str(error))
+        except BadRequest as error:
+            return self._error(400, str(error))
+        try:
+            scores, valid = self.server.run_reward(images, prompts)
+        except Exception as error:  # any failure of the model goes back to the client, named
+            self.log_message("reward %r failed: %s: %s", self.server.reward_name, type(error).__name__, error)
+            return self._error(500, f"reward {self.server.reward_name!r} failed: {type(error).__name__}: {error}")
+        self._send(200, encode_scores(scores, valid))
+
+    def _error(self, status: int, message: str, **headers: str) -> None:
+        """Answer with {"error": message}; the connection is closed after a POST whose body may
+        be unread, so leftover bytes are never taken for the next request."""
+        self._send(status, json.dumps({"error": message}).encode(), close=self.command == "POST", **headers)
+
+    def _send(self, status: int, body: bytes, close: bool = False, **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_request(self, code: object = "-", size: object = "-") -> None:
+        if isinstance(code, int) and code >= 400:  # successes are not logged: a line per batch is noise
+            super().log_request(code, size)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def make_server(reward: object, host: str = "127.0.0.1", port: int = 0, token: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES, max_batch: int = MAX_BATCH) -> RewardServer:
+    """A bound (not yet serving) RewardServer for `reward`; see the module docstring."""
+    if not (callable(getattr(reward, "score", None)) or callable(getattr(reward, "compare", None))):
+        raise ValueError(f"serve needs a reward with score(images, prompts) or compare(images_a, images_b, prompts), got {type(reward).__name__}")
+    if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
+        raise ValueError("the token must be non-empty printable ASCII without spaces")
+    if max_request_bytes < 1 or max_batch < 1:
+        raise ValueError(f"max_request_bytes and max_batch must be positive, got {max_request_bytes} and {max_batch}")
+    if token is None and not is_loopback(host):
+        print(f"WARNING: serving reward {reward_name(reward)!r} on {host}, which is not loopback, WITHOUT A TOKEN: anyone who can reach "
+              f"this port can use the model. Set {TOKEN_ENV} (or --token-env VAR) on the server and the clients.", file=sys.stderr, flush=True)
+    server_class = _RewardServer6 if ":" in host else RewardServer
+    return server_class((host.strip("[]"), port), reward, token, int(max_request_bytes), int(max_batch))
+
+
+def serve(reward: object, host: str = "127.0.0.1", port: int = 0, token: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES,
+          max_batch: int = MAX_BATCH, ready: Callable[[str], None] | None = None) -> None:
+    """Serve `reward` until interrupted; `ready(url)` is called once the socket is listening."""
+    server = make_server(reward, host, port, token, max_request_bytes, max_batch)
+    try:
+        if ready is not None:
+            ready(server.url)
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def parse_options(pairs: Sequence[str]) -> dict:
+    """{key: value} from ["key=value", ...], each value read as a YAML scalar (1, 0.5, true, text)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option {pair!r}: expected key=value with a Python identifier as key")
+        if key in options:
+            raise ValueError(f"--option {key!r} given twice")
+        options[key] = yaml.safe_load(value) if value.strip() else ""
+    return options
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="serve-reward", description="Serve a reward over HTTP (GET /info, POST /score or /compare).")
+    parser.add_argument("name", help="reward name: a built-in, a registered or plug-in reward, pairwise:NAME or package.module:object")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
+    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed on start)")
+    parser.add_argument("--token-env", default=None, help=f"environment variable holding the shared bearer token (default {TOKEN_ENV} when set)")
+    parser.add_argument("--device", default=None, help="device for the reward model, e.g. cuda:0 (default: the reward's own)")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reward option, value read as YAML (repeatable)")
+    parser.add_argument("--max-request-mb", type=float, default=MAX_REQUEST_BYTES / 2**20, help="largest request body in MiB (default 64)")
+    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"most images per request (default {MAX_BATCH})")
+    return parser
+
+
+def _token(token_env: str | None) -> str | None:
+    """The token from `token_env` (which must then be set), else from FLOWRL_REWARD_TOKEN if set."""
+    if token_env is None:
+        return os.environ.get(TOKEN_ENV) or None
+    token = os.environ.get(token_env)
+    if not token:
+        raise ValueError(f"--token-env {token_env}: the environment variable {token_env} is not set or empty")
+    return token
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM end serve_forever the way Ctrl-C does (main thread only); a second SIGTERM
+    during the shutdown ends the process at once."""
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`serve-reward NAME [...]`: load a reward and serve it until SIGINT or SIGTERM."""
+    from .registry import load
+
+    args = _parser().parse_args(argv)
+    try:
+        token = _token(args.token_env)
+        options = parse_options(args.option)
+        reward = load(args.name, device=args.device, **options)
+    except ValueError as error:
+        print(f"serve-reward: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    if threading.current_thread() is threading.main_thread():
+        _stop_on_sigterm()
+    announce = lambda url: print(f"serving {reward_name(reward)} at {url}", flush=True)  # noqa: E731
+    try:
+        serve(reward, args.host, args.port, token, int(args.max_request_mb * 2**20), args.max_batch, ready=announce)
+    except KeyboardInterrupt:
+        return 0
+    except ValueError as error:  # bad limits or token
+        print(f"serve-reward: error: {error}", file=sys.stderr, flush=True)
+        return 2
+    except OSError as error:  # the port is taken, or the host is not an address of this machine
+        print(f"serve-reward: error: cannot listen on {args.host} port {args.port}: {error}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
