@@ -341,7 +341,7 @@ def parse_options(pairs: Sequence[str]) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="serve-reward", description="Serve a reward over HTTP (GET /info, POST /score or /compare).")
+    parser = argparse.ArgumentParser(prog="flowrl serve-reward", description="Serve a reward over HTTP (GET /info, POST /score or /compare).")
     parser.add_argument("name", help="reward name: a built-in, a registered or plug-in reward, pairwise:NAME or package.module:object")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
     parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed on start)")

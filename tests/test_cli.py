@@ -18,7 +18,7 @@ def run(*args, ok=True):
     return result
 
 
-@pytest.mark.parametrize("command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"]])
+@pytest.mark.parametrize("command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"], ["rewards"], ["serve-reward"]])
 def test_help(command):
     out = run(*command, "--help").stdout
     assert out.startswith("usage: flowrl")
