@@ -47,6 +47,63 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
         print(f"wrote {report.save(args.json)}")
     if args.grid:
         print(f"wrote {save_grid(images, args.grid, nrow=16, scale=2)}")
+    if args.report:
+        from benchmarks.toyshapes.report import write_toyshapes_reports
+
+        paths = write_toyshapes_reports(report, args.report, images=images)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
+    import yaml
+
+    from benchmarks.unigenbench.run import UniGenBenchRun, run_unigenbench
+
+    judge = {"concurrency": args.judge_concurrency, "timeout": args.judge_timeout}
+    if args.judge_url:
+        judge["base_url"] = args.judge_url
+    if args.judge_model:
+        judge["model"] = args.judge_model
+    for text in args.judge_option:
+        key, _, value = text.partition("=")
+        judge[key] = yaml.safe_load(value)
+    run = UniGenBenchRun(
+        prompts=args.prompts, policy=args.checkpoint, out=args.out, images_per_prompt=args.images_per_prompt, seed=args.seed,
+        steps=args.steps, guidance=args.guidance, shift=args.shift, resolution=args.resolution, batch_size=args.batch_size,
+        device=args.device, limit=args.limit, on_bad_row=args.on_bad_row, judge=judge, judge_only=args.judge_only,
+    )
+    summary = run_unigenbench(run)
+    print(Path(summary["reports"]["markdown"]).read_text())
+    print(f"{summary['prompts']} prompts: {summary['generated']} images drawn ({summary['existing']} already there), "
+          f"{summary['judged']} judged ({summary['already_judged']} already judged); reports in {args.out}")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} images failed to be judged (rerun the same command to judge only those); first: "
+              f"{next(iter(summary['failed'].items()))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval_compare(args: argparse.Namespace) -> int:
+    import json
+
+    kinds = []
+    for path in (args.a, args.b):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a readable results file ({error})") from None
+        kinds.append("unigenbench" if "primary_dimensions" in data else "toyshapes")
+    if kinds[0] != kinds[1]:
+        raise ValueError(f"{args.a} is a {kinds[0]} result and {args.b} a {kinds[1]} one; compare results of one benchmark")
+    if kinds[0] == "unigenbench":
+        from benchmarks.unigenbench.report import compare_results
+
+        print(compare_results(args.a, args.b, out_dir=args.out))
+    else:
+        from benchmarks.toyshapes.report import compare_toyshapes
+
+        print(compare_toyshapes(args.a, args.b, out_dir=args.out))
     return 0
 
 
@@ -160,7 +217,36 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its held-out prompts (default 32)")
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
     _add_sampling_args(toy)
+    toy.add_argument("--report", default=None, help="write results.md, results.csv, results.json and report.html (with grids) into this folder")
     toy.set_defaults(func=cmd_eval_toyshapes)
+
+    unigen = benches.add_parser("unigenbench", help="UniGenBench: generate, judge with a VLM over an OpenAI-compatible API, report")
+    unigen.add_argument("prompts", help="a UniGenBench prompt file (data/test_prompts_en.csv of the release), or en, en_long, zh, zh_long to download the official one (cached)")
+    unigen.add_argument("--checkpoint", default="toy", help="what to evaluate: toy, a toy model folder, an SD3/FLUX hub id or folder, or a flowrl train run directory (default toy)")
+    unigen.add_argument("--out", required=True, help="run folder: images/, judgments.sqlite, results.*, report.html; a rerun continues it")
+    unigen.add_argument("--images-per-prompt", type=_positive_int, default=4, help="images per prompt (default 4, the official protocol)")
+    unigen.add_argument("--seed", type=int, default=0, help="base seed of the images (default 0)")
+    unigen.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: toy 20, SD3 40, FLUX 28)")
+    unigen.add_argument("--guidance", type=float, default=None, help="guidance (default: toy 4, SD3 4.5, FLUX 3.5)")
+    unigen.add_argument("--shift", type=float, default=None, help="timestep shift (default: toy 1, SD3/FLUX 3)")
+    unigen.add_argument("--resolution", type=_positive_int, default=None, help="SD3/FLUX image size (default: the run's, else 512)")
+    unigen.add_argument("--batch-size", type=_positive_int, default=4, help="images per model call (default 4)")
+    unigen.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    unigen.add_argument("--limit", type=int, default=0, help="only the first N prompts (default: all)")
+    unigen.add_argument("--on-bad-row", choices=["stop", "skip"], default="stop", help="a malformed prompt row: stop, or skip it with a warning")
+    unigen.add_argument("--judge-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (default $FLOWRL_JUDGE_URL)")
+    unigen.add_argument("--judge-model", default=None, help="the served judge model name")
+    unigen.add_argument("--judge-concurrency", type=_positive_int, default=8, help="images judged at once (default 8)")
+    unigen.add_argument("--judge-timeout", type=float, default=300.0, help="seconds per judge request (default 300)")
+    unigen.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE", help="more Judge options (retries, max_tokens, language, ...)")
+    unigen.add_argument("--judge-only", action="store_true", help="judge and report the images already in OUT/images; load no model")
+    unigen.set_defaults(func=cmd_eval_unigenbench)
+
+    compare = benches.add_parser("compare", help="two results.json files (UniGenBench or ToyShapes) side by side with differences")
+    compare.add_argument("a", help="the base results (e.g. the pretrained model's)")
+    compare.add_argument("b", help="the results to compare (e.g. the fine-tuned model's)")
+    compare.add_argument("--out", default=None, help="also write comparison.md/.csv/.html into this folder")
+    compare.set_defaults(func=cmd_eval_compare)
 
     prompts = sub.add_parser("prompts", help="list ToyShapes prompts")
     prompts.add_argument("--split", default="all", choices=["train", "heldout", "all"])

@@ -3,6 +3,7 @@ a timeout and retries with exponential backoff, and a thread pool that keeps res
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +42,7 @@ def post_with_retries(
             time.sleep(min(backoff * 2 ** (attempt - 1), 30.0) * (0.5 + random.random()))
         try:
             response = session.post(url, json=json, data=data, headers=headers, timeout=timeout)
-        except (requests.ConnectionError, requests.Timeout) as error:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:  # a reply cut off mid-body too
             last = f"{type(error).__name__}: {error}"
             continue
         if response.status_code in RETRY_STATUS:
@@ -51,6 +52,41 @@ def post_with_retries(
             raise RewardServiceError(f"{what}: {url} refused the request with HTTP {response.status_code}: {response.text[:500]}")
         return response
     raise RewardServiceError(f"{what}: {url} failed after {retries + 1} attempts; last error: {last}")
+
+
+def pooled_session(concurrency: int) -> requests.Session:
+    """One Session for all worker threads (urllib3's pool is thread-safe; these calls use no
+    cookies), with a connection per worker."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(concurrency, 10))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def request_headers(content_type: str, token_env: str | None) -> dict:
+    """Content-Type, plus `Authorization: Bearer <token>` when the environment variable
+    `token_env` holds one (no header otherwise)."""
+    token = os.environ.get(token_env) if token_env else None
+    return {"Content-Type": content_type, **({"Authorization": f"Bearer {token}"} if token else {})}
+
+
+def check_url(url: object, what: str, example: str) -> str:
+    """`url` without a trailing slash, or a ValueError naming `what` and an example."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len("https://"):
+        raise ValueError(f"{what} {url!r}: expected an http(s) address such as {example}")
+    return url.rstrip("/")
+
+
+def check_client_numbers(what: str, integers: dict[str, tuple[object, int]], reals: dict[str, tuple[object, bool]]) -> None:
+    """Client options: integers[name] = (value, lowest allowed), reals[name] = (value, must be
+    positive rather than non-negative); the first bad one fails naming `what`, the key and the value."""
+    for key, (value, low) in integers.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{what} {key} must be an integer >= {low}, got {value!r}")
+    for key, (value, positive) in reals.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
+            raise ValueError(f"{what} {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
 def map_in_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:

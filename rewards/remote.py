@@ -9,14 +9,13 @@ rewards.serve.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import requests
 import torch
 
 from .base import INVALID_POLICIES, check_images, check_scores
-from .http import RewardServiceError, map_in_threads, post_with_retries
+from .http import RewardServiceError, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
 from .serve import ENDPOINTS, TOKEN_ENV, WIRE_DTYPES, encode_batch
 
 
@@ -116,22 +115,14 @@ def RemoteReward(url: str, token_env: str | None = TOKEN_ENV, timeout: float = 6
     is not `dtype`, which registry.load keeps for itself). `on_invalid`:
     "error" fails on NaN/inf scores naming the samples; "drop" returns them as NaN so the
     caller's reward_invalid=drop can leave them out."""
-    url = _check_url(url)
+    url = check_url(url, "remote reward URL", "http://127.0.0.1:8731 (as printed by serve-reward)")
     _check_options(timeout, retries, backoff, batch_size, concurrency, wire_dtype, on_invalid)
-    token = os.environ.get(token_env) if token_env else None
-    headers = {"Content-Type": "application/octet-stream", **({"Authorization": f"Bearer {token}"} if token else {})}
-    session = requests.Session()
-    session.mount(url, requests.adapters.HTTPAdapter(pool_maxsize=max(concurrency, 10)))
+    headers = request_headers("application/octet-stream", token_env)
+    session = pooled_session(concurrency)
     response = post_with_retries(session, url + "/info", what=f"remote:{url}", timeout=timeout, retries=retries, backoff=backoff, headers=headers, data=b"")
     info = _info_from(response, url)
     return KINDS[info["kind"]](url, info, session, headers, timeout=timeout, retries=retries, backoff=backoff, batch_size=batch_size,
                               concurrency=concurrency, wire_dtype=wire_dtype, on_invalid=on_invalid)
-
-
-def _check_url(url: str) -> str:
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len("https://"):
-        raise ValueError(f"remote reward URL {url!r}: expected http://host:port (as printed by serve-reward)")
-    return url.rstrip("/")
 
 
 def _check_options(timeout: float, retries: int, backoff: float, batch_size: int, concurrency: int, wire_dtype: str, on_invalid: str) -> None:

@@ -33,7 +33,7 @@ import requests
 import torch
 
 from .base import InvalidRewardError, check_images, to_uint8
-from .http import map_in_threads, post_with_retries
+from .http import check_client_numbers, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
 
 URL_ENV = "FLOWRL_JUDGE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -187,7 +187,7 @@ class VLMJudge:
         (max_tokens=None leaves it to the server); on_unparseable: "tie" records an unreadable
         answer as 0.5 and counts it in `failures`, "error" raises; image_format: png, jpeg or
         webp; instruction: the judging prompt, with {prompt} where the image prompt goes."""
-        self.base_url = _check_url(base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL)
+        self.base_url = check_url(base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL, "vlm_judge base_url", DEFAULT_URL)
         self.endpoint = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
         _check_options(model=model, concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff, temperature=temperature,
                        max_tokens=max_tokens, on_unparseable=on_unparseable, image_format=image_format, instruction=instruction)
@@ -199,12 +199,8 @@ class VLMJudge:
         self.image_format = image_format.lower()
         self.instruction = instruction
         self.api_key_env = api_key_env
-        key = os.environ.get(api_key_env) if api_key_env else None
-        self.headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
-        self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(concurrency, 10))  # one pooled connection per worker
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self.headers = request_headers("application/json", api_key_env)
+        self.session = pooled_session(concurrency)
         self.failures = 0  # answers with no readable verdict (recorded as ties), over this object's life
         self.judged = 0  # answers received (one per pair, two with both_orders), over this object's life
         self._lock = threading.Lock()
@@ -295,12 +291,6 @@ def _answer_text(response: requests.Response) -> tuple[str, object, str | None]:
     return content, choice.get("finish_reason"), None
 
 
-def _check_url(url: object) -> str:
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len("https://"):
-        raise ValueError(f"vlm_judge base_url {url!r}: expected the API root of an OpenAI-compatible server, such as {DEFAULT_URL}")
-    return url.rstrip("/")
-
-
 def _check_options(*, model: object, concurrency: object, timeout: object, retries: object, backoff: object, temperature: object,
                    max_tokens: object, on_unparseable: object, image_format: object, instruction: object) -> None:
     if not isinstance(model, str) or not model:
@@ -309,12 +299,8 @@ def _check_options(*, model: object, concurrency: object, timeout: object, retri
         raise ValueError(f"vlm_judge on_unparseable must be one of {UNPARSEABLE_POLICIES}, got {on_unparseable!r}")
     if not isinstance(image_format, str) or image_format.lower() not in IMAGE_FORMATS:
         raise ValueError(f"vlm_judge image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
-    for key, value, low in (("concurrency", concurrency, 1), ("retries", retries, 0), ("max_tokens", 1 if max_tokens is None else max_tokens, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"vlm_judge {key} must be an integer >= {low}, got {value!r}")
-    for key, value, positive in (("timeout", timeout, True), ("backoff", backoff, False), ("temperature", temperature, False)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
-            raise ValueError(f"vlm_judge {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    check_client_numbers("vlm_judge", {"concurrency": (concurrency, 1), "retries": (retries, 0), "max_tokens": (1 if max_tokens is None else max_tokens, 1)},
+                         {"timeout": (timeout, True), "backoff": (backoff, False), "temperature": (temperature, False)})
     try:
         if not isinstance(instruction, str) or "{prompt}" not in instruction:
             raise ValueError

@@ -7,16 +7,10 @@ client is used as shipped: nothing is patched.
 
 from __future__ import annotations
 
-import os
-import queue
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import requests
 import torch
 
 from rewards.base import InvalidRewardError, is_pairwise
@@ -24,52 +18,13 @@ from rewards.http import RewardServiceError
 from rewards.registry import load
 from rewards.vlm_judge import DEFAULT_URL, UnparseableVerdictError, VLMJudge, parse_verdict
 
+from openai_stub import server_fixture
+
 SERVER = Path(__file__).resolve().parent / "judge_server.py"
 KEY_ENV = "FLOWRL_TEST_JUDGE_KEY"
 
 
-class JudgeServer:
-    """A `python tests/judge_server.py` subprocess; `url` is its API root (…/v1)."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(SERVER), "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
-        try:
-            port = lines.get(timeout=30).strip()
-        except queue.Empty:
-            port = ""
-        if not port.isdigit():
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(f"judge server did not start ({args}); stderr:\n{self.proc.stderr.read()}")
-        self.root = f"http://127.0.0.1:{port}"
-        self.url = self.root + "/v1"
-
-    def stats(self) -> dict:
-        return requests.get(self.root + "/stats", timeout=5).json()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for pipe in (self.proc.stdout, self.proc.stderr):
-            pipe.close()
-
-
-@pytest.fixture
-def start_server():
-    """start_server(*args) -> a running JudgeServer; every one started is killed afterwards."""
-    started: list[JudgeServer] = []
-
-    def start(*args: str) -> JudgeServer:
-        started.append(JudgeServer(*args))
-        return started[-1]
-
-    yield start
-    for server in started:
-        server.kill()
+start_server = server_fixture(SERVER)  # start_server(*args) -> a running StubServer, stopped afterwards
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
 from flowrl.config import build_config
+from flowrl.policies.loading import load_trained_policy
 from flowrl.trainer import Trainer, train
 from tiny_diffusers import save_tiny_flux, save_tiny_sd3
 
@@ -66,7 +67,11 @@ def test_lora_run_with_kl_trains_adapters_only_and_exports_a_loadable_lora(saved
         trained = trainer.policy.velocity(x, sigma, cond, float(PIPELINES[backend][2]))
         trainer.policy.transformer = pipeline.transformer
         reloaded = trainer.policy.velocity(x, sigma, cond, float(PIPELINES[backend][2]))
+        # load_trained_policy finds the base model in the run's config and applies the LoRA.
+        evaluated = load_trained_policy(str(tmp_path / "run"))
+        from_run = evaluated.velocity(x, sigma, evaluated.encode(["a red cat", "a green car"]), float(PIPELINES[backend][2]))
     torch.testing.assert_close(reloaded, trained, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(from_run, trained, rtol=1e-4, atol=1e-5)
 
 
 def test_full_fine_tuning_exports_the_transformer(saved, tmp_path):
@@ -78,6 +83,8 @@ def test_full_fine_tuning_exports_the_transformer(saved, tmp_path):
     original = SD3Transformer2DModel.from_pretrained(saved[0]["sd3"], subfolder="transformer")
     changed = [n for n, p in exported.named_parameters() if not torch.equal(p, original.get_parameter(n))]
     assert changed  # the trained weights, not the original ones
+    evaluated = load_trained_policy(str(tmp_path / "run" / "final"))
+    assert all(torch.equal(p, exported.get_parameter(n)) for n, p in evaluated.transformer.named_parameters())
 
 
 def test_lora_resume_continues_exactly(saved, tmp_path):

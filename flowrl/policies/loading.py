@@ -45,3 +45,31 @@ def load_policy(name: str, device: torch.device | str = "cpu", dtype: torch.dtyp
 
         return load_flux(name, device=device, dtype=dtype, resolution=resolution)
     raise ValueError(f"policy={name!r} is a {class_name}; supported pipelines: {', '.join(BACKENDS)} (or the toy model)")
+
+
+def load_trained_policy(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int | None = None):
+    """A policy to sample or evaluate, from anything a user points at: what `load_policy` takes,
+    a training run directory (`out=` of flowrl train: its final/ and config.json), or a run's
+    final/ folder: a toy model, a diffusers LoRA (applied to the run's base pipeline) or a
+    fully fine-tuned transformer (swapped into it). `resolution` defaults to the run's."""
+    import json
+
+    path = Path(source).expanduser()
+    if (path / "final").is_dir() and (path / "config.json").is_file():
+        path = path / "final"
+    run_config = path.parent / "config.json"
+    lora_file = path / "pytorch_lora_weights.safetensors"
+    trained_transformer = path / "transformer"
+    if not (lora_file.is_file() or (trained_transformer.is_dir() and not (path / "model_index.json").is_file())):
+        return load_policy(source if not path.is_dir() else str(path), device=device, dtype=dtype, resolution=resolution or 512)
+    if not run_config.is_file():
+        raise ValueError(f"{path} holds trained weights but no ../config.json names their base model; pass the run directory flowrl train wrote")
+    config = json.loads(run_config.read_text())
+    policy = load_policy(config["policy"], device=device, dtype=dtype, resolution=resolution or int(config.get("resolution", 512)))
+    if lora_file.is_file():
+        policy.pipeline.load_lora_weights(str(path), weight_name=lora_file.name)
+    else:
+        model = type(policy.transformer).from_pretrained(str(trained_transformer), torch_dtype=dtype).to(device)
+        policy.pipeline.transformer = model
+    policy.transformer = policy.pipeline.transformer.eval()
+    return policy

@@ -1,0 +1,114 @@
+"""ToyShapes report files (results.json, .md, .csv, report.html with a grid per category) and
+comparisons of two saved reports, built on the shared machinery in benchmarks/report.py."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
+from .evaluate import EvalReport
+from .prompts import CATEGORIES
+
+TITLE = "ToyShapes"
+
+
+def _category_counts(report: EvalReport) -> dict[str, tuple[int, int]]:
+    """(correct, total) per category from the per-image records."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for record in report.records:
+        counts[record["category"]][0] += int(bool(record["correct"]))
+        counts[record["category"]][1] += 1
+    return {c: (n, t) for c, (n, t) in counts.items()}
+
+
+def _ordered(categories) -> list[str]:
+    """Known categories in the benchmark's order, then any others alphabetically."""
+    known = [c for c in CATEGORIES if c in categories]
+    return known + sorted(set(categories) - set(known))
+
+
+def toyshapes_tables(report: EvalReport) -> list[Table]:
+    """Summary (Overall = mean over categories, as GenEval; and all images pooled), then per category.
+    Counts come from the records; a report saved without records shows accuracies only."""
+    counts = _category_counts(report)
+    rows = tuple(Row(c, *counts.get(c, (None, None)), report.accuracy[c]) for c in _ordered(report.accuracy))
+    correct = sum(n for n, _ in counts.values())
+    pooled = Row("All images", correct, len(report.records), correct / len(report.records)) if report.records else None
+    summary = (Row("Overall", None, None, report.overall),) + ((pooled,) if pooled else ())
+    return [Table("Summary", summary), Table("Categories", rows)]
+
+
+def load_report(path: str | Path) -> EvalReport:
+    """Read a report written by EvalReport.save."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    missing = [k for k in ("accuracy", "overall", "mean_score", "num_images") if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not a ToyShapes report, missing {missing}; has keys {sorted(data)}")
+    return EvalReport(**data)
+
+
+def save_images(images: torch.Tensor, folder: str | Path) -> list[Path]:
+    """Write images [B, 3, H, W] in [0, 1] as folder/0000.png, 0001.png, ... (8-bit PNG)."""
+    from PIL import Image
+
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(images.shape)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    paths = []
+    for i, array in enumerate(arrays):
+        path = folder / f"{i:04d}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def _entries(report: EvalReport, srcs: list[str]) -> list[Entry]:
+    """One card per category: its images, each judged by the verifier on its prompt."""
+    by_category: dict[str, list[ImageRecord]] = defaultdict(list)
+    for i, record in enumerate(report.records):
+        judgment = Judgment(record["prompt"], bool(record["correct"]), f"score {record['score']:.3f}")
+        by_category[record["category"]].append(ImageRecord(srcs[i] if srcs else "", f"#{i}", (judgment,)))
+    counts = _category_counts(report)
+    return [
+        Entry(key=c, title=c, subtitle=f"{counts[c][0]} of {counts[c][1]} correct", tags=(c,), images=tuple(by_category[c]))
+        for c in _ordered(by_category)
+    ]
+
+
+def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: torch.Tensor | None = None) -> dict[str, Path]:
+    """Write results.json, results.md, results.csv and report.html into out_dir; with images
+    (aligned with report.records) also images/NNNN.png, shown per category in the HTML."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    srcs: list[str] = []
+    if images is not None:
+        if len(images) != len(report.records):
+            raise ValueError(f"expected one image per record ({len(report.records)}), got {len(images)} images")
+        srcs = [image_src(p, out_dir) for p in save_images(images, out_dir / "images")]
+    tables = toyshapes_tables(report)
+    notes = [f"Overall = mean of the per-category accuracies (GenEval); mean verifier score {report.mean_score:.3f}.",
+             f"{report.num_images} images."]
+    meta = {k: str(v) for k, v in report.settings.items()}
+    return {
+        "json": report.save(out_dir / "results.json"),
+        "markdown": write_markdown(out_dir / "results.md", TITLE, tables, notes),
+        "csv": write_csv(out_dir / "results.csv", tables),
+        "html": write_html(out_dir / "report.html", TITLE, tables, _entries(report, srcs), meta, notes, thumb_px=96, pixelated=True),
+    }
+
+
+def compare_toyshapes(path_a: str | Path, path_b: str | Path, out_dir: str | Path | None = None) -> str:
+    """Markdown comparing two saved ToyShapes reports per category (differences are B - A); with
+    out_dir, also writes comparison.md, comparison.csv and comparison.html there."""
+    path_a, path_b = Path(path_a), Path(path_b)
+    label_a, label_b = str(path_a), str(path_b)
+    comparison = compare_tables(toyshapes_tables(load_report(path_a)), toyshapes_tables(load_report(path_b)), label_a, label_b)
+    if out_dir is not None:
+        comparison.write(out_dir)
+    return comparison.markdown()
