@@ -93,13 +93,13 @@ class PromptSource:
         return [rng.choice(self.pool) for _ in range(n)]
 
 
-def impute_group_means(rewards: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """rewards with each invalid value replaced by the mean of its group's valid values (0 when
-    none is valid), so a failed score neither rewards nor punishes its group's other samples."""
+def impute_group_means(rewards: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """rewards with each invalid value replaced by the mean of its group's valid scored values (0
+    when none is valid), so a failed score neither rewards nor punishes its group's other samples."""
     rewards = rewards.clone()
     for group in groups[~valid].unique():
         members = groups == group
-        good = members & valid
+        good = members & valid & scored
         rewards[members & ~valid] = rewards[good].mean() if bool(good.any()) else 0.0
     return rewards
 
@@ -288,7 +288,7 @@ class Trainer:
         all_valid = torch.cat([g[4] for g in gathered])
         invalid_prompts = whole.prompt[~all_valid].unique()
         if len(invalid_prompts):  # reward_invalid=drop: neutral values in, the whole group out of the update
-            all_rewards = impute_group_means(all_rewards, all_valid, whole.prompt)
+            all_rewards = impute_group_means(all_rewards, all_valid, whole.prompt, whole.reward_mask.cpu().bool())
         first = sum(len(g[0].transitions) for g in gathered[: self.rank])
         local = slice(first, first + len(result.transitions))
         credit = self.method.credit(whole, all_rewards, self.method_config, iteration)

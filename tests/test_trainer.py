@@ -258,3 +258,14 @@ def test_the_loop_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, 
     assert control[0] == pytest.approx(trained[0])  # the same first rollout: the difference is learning
     assert max(control) - min(control) < 0.03  # without learning the reward only wanders
     assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
+
+
+def test_invalid_rewards_are_imputed_from_their_groups_valid_scored_members():
+    from flowrl.trainer import impute_group_means
+
+    rewards = torch.tensor([1.0, 3.0, 0.0, 5.0, 0.0, 9.0])
+    valid = torch.tensor([True, True, False, True, False, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])
+    scored = torch.tensor([True, True, True, False, True, True])  # sample 3 is an unscored tree node
+    # group 0: mean(1, 3) = 2; group 1: its only valid member is unscored, so 0; others unchanged
+    assert impute_group_means(rewards, valid, groups, scored).tolist() == [1.0, 3.0, 2.0, 5.0, 0.0, 9.0]
