@@ -345,7 +345,9 @@ def _browser() -> str | None:
 def test_report_renders_in_headless_chromium(written, tmp_path):
     _, _, _, paths = written
     shot = tmp_path / "shot.png"
-    command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    # Flags for a root, display-less machine with a closed network and a small /dev/shm (containers).
+    command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
                "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2000", paths["html"].resolve().as_uri()]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     pixels = Image.open(shot).convert("RGB")
