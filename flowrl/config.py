@@ -219,17 +219,12 @@ def validate(config: TrainConfig) -> None:
 def check_reward_spec(config: TrainConfig) -> None:
     """The reward spec parses and every name resolves (nothing is built or downloaded)."""
     from rewards.combine import parse_reward_spec
-    from rewards.registry import resolve
+    from rewards.registry import check
 
     try:
         terms = parse_reward_spec(config.reward)
         for name, _ in terms:
-            if not name.startswith(("remote:", "pairwise:")):
-                resolve(name)
-            elif name.startswith("pairwise:"):
-                resolve(name[len("pairwise:"):])
-            elif not name[len("remote:"):].startswith(("http://", "https://")):
-                raise ValueError(f"reward {name!r}: expected remote:http://host:port")
+            check(name)
     except ValueError as error:
         raise ValueError(f"config key reward={config.reward!r}: {error}") from None
     unknown = sorted(set(config.reward_options) - {name for name, _ in terms})

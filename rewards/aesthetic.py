@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .base import check_images
-from .clip_common import batches, check_batch_size, checkpoint_file, empty_scores, load_open_clip, normalized_features, quick_gelu_for
+from .clip_common import check_batch_size, checkpoint_file, load_open_clip, normalized_features, quick_gelu_for, score_in_batches
 
 # The authors publish the head in their GitHub repository; this hub repo mirrors the same file.
 HEAD_REPO = "camenduru/improved-aesthetic-predictor"
@@ -93,13 +93,9 @@ class AestheticReward:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Predicted aesthetic rating of each image: float32 [B] on the CPU."""
         check_images(images, prompts, self.name)
-        if images.shape[0] == 0:
-            return empty_scores()
-        with torch.no_grad():
-            parts = [self._score_batch(images[part]) for part in batches(images.shape[0], self.batch_size)]
-        return torch.cat(parts).cpu()
+        return score_in_batches(self._score_batch, images, prompts, self.batch_size)
 
-    def _score_batch(self, images: torch.Tensor) -> torch.Tensor:
+    def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:  # the rating ignores the prompt
         embedding, _ = normalized_features(self.clip, images, None)  # [b, 768] float32, unit norm
         return self.head(embedding).squeeze(-1)  # [b]
 

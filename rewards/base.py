@@ -76,13 +76,17 @@ def check_scores(values: object, count: int, name: str, on_invalid: str = "error
     if scores.ndim != 1 or scores.shape[0] != count:
         raise InvalidRewardError(f"reward {name!r} returned shape {tuple(scores.shape)}; expected [{count}] (one value per image)")
     valid = torch.isfinite(scores)
+    if on_invalid == "error":
+        raise_if_invalid(valid, name)
+    return torch.where(valid, scores, torch.zeros_like(scores)), valid
+
+
+def raise_if_invalid(valid: torch.Tensor, name: str, what: str = "samples") -> None:
+    """InvalidRewardError naming the reward and the indices (of `what`) where `valid` is False."""
     if not bool(valid.all()):
         bad = torch.nonzero(~valid).flatten().tolist()
-        if on_invalid == "error":
-            shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
-            raise InvalidRewardError(f"reward {name!r} returned NaN or inf for samples {shown} of {count} (set reward_invalid=drop to leave them out of the update)")
-        scores = torch.where(valid, scores, torch.zeros_like(scores))
-    return scores, valid
+        shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
+        raise InvalidRewardError(f"reward {name!r} returned NaN or inf for {what} {shown} of {len(valid)} (set reward_invalid=drop to leave them out of the update)")
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -316,3 +316,14 @@ def normalized_features(clip: OpenClipModel, images: torch.Tensor, prompts: list
 def empty_scores() -> torch.Tensor:
     """The scores of an empty batch."""
     return torch.zeros(0, dtype=torch.float32)
+
+
+def score_in_batches(score_batch: Callable[[torch.Tensor, list[str]], torch.Tensor], images: torch.Tensor, prompts: Sequence[str],
+                     batch_size: int) -> torch.Tensor:
+    """score_batch(images, prompts) over `batch_size` images at a time, without gradients:
+    float32 [B] on the CPU (empty for an empty batch)."""
+    if images.shape[0] == 0:
+        return empty_scores()
+    with torch.no_grad():
+        parts = [score_batch(images[part], list(prompts[part])) for part in batches(images.shape[0], batch_size)]
+    return torch.cat(parts).float().cpu()

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from .base import check_images
-from .clip_common import batches, check_batch_size, empty_scores, load_open_clip, normalized_features
+from .clip_common import check_batch_size, load_open_clip, normalized_features, score_in_batches
 
 
 class CLIPScoreReward:
@@ -31,11 +31,7 @@ class CLIPScoreReward:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Cosine similarity of each image with its prompt: float32 [B] on the CPU."""
         check_images(images, prompts, self.name)
-        if images.shape[0] == 0:
-            return empty_scores()
-        with torch.no_grad():
-            parts = [self._score_batch(images[part], list(prompts[part])) for part in batches(len(prompts), self.batch_size)]
-        return torch.cat(parts).cpu()
+        return score_in_batches(self._score_batch, images, prompts, self.batch_size)
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         image, text = normalized_features(self.clip, images, prompts)  # [b, D] each, unit norm

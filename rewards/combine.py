@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from .base import INVALID_POLICIES, InvalidRewardError, check_scores, is_pairwise, reward_name
+from .base import INVALID_POLICIES, check_scores, is_pairwise, raise_if_invalid, reward_name
 from .registry import load
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[^\s*]+)\s*$")
@@ -150,10 +150,8 @@ class RewardSet:
         checked = [check_scores(raw, count, name, on_invalid="drop") for raw, count in chunks]
         values = torch.cat([v for v, _ in checked]) if checked else torch.zeros(0)
         valid = torch.cat([ok for _, ok in checked]) if checked else torch.zeros(0, dtype=torch.bool)
-        if self.on_invalid == "error" and not bool(valid.all()):
-            bad = torch.nonzero(~valid).flatten().tolist()
-            shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
-            raise InvalidRewardError(f"reward {name!r} returned NaN or inf for {what} {shown} of {len(valid)} (set reward_invalid=drop to leave them out of the update)")
+        if self.on_invalid == "error":
+            raise_if_invalid(valid, name, what)
         return values, valid
 
     def combine(self, components: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> RewardScores:

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from .base import check_images, to_pil
-from .clip_common import batches, check_batch_size, checkpoint_file, empty_scores, load_open_clip, normalized_features
+from .clip_common import check_batch_size, checkpoint_file, empty_scores, load_open_clip, normalized_features, score_in_batches
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -67,9 +67,7 @@ class HPSReward:
             return empty_scores()
         if self.backend == "hpsv2":
             return self._score_hpsv2_package(images, list(prompts))
-        with torch.no_grad():
-            parts = [self._score_batch(images[part], list(prompts[part])) for part in batches(len(prompts), self.batch_size)]
-        return torch.cat(parts).cpu()
+        return score_in_batches(self._score_batch, images, prompts, self.batch_size)
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         image, text = normalized_features(self.clip, images, prompts)  # [b, D] each, unit norm

@@ -89,6 +89,21 @@ def check_client_numbers(what: str, integers: dict[str, tuple[object, int]], rea
             raise ValueError(f"{what} {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
 
 
+def chat_answer_text(response: requests.Response) -> tuple[str, object, str | None]:
+    """(the first choice's message text, its finish_reason, None) of an OpenAI-style chat
+    completion, or ("", None, what is wrong) for a body that is not one with text."""
+    try:
+        choice = response.json()["choices"][0]
+        content = choice["message"].get("content")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return "", None, f"expected a chat completion (JSON with choices[0].message.content), got {response.text[:200]!r}"
+    if isinstance(content, list):  # some servers return content parts
+        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    if not isinstance(content, str):
+        return "", None, f"the answer has no text content (content {content!r}, finish_reason {choice.get('finish_reason')!r})"
+    return content, choice.get("finish_reason"), None
+
+
 def map_in_threads(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list[R]:
     """[fn(item) for item in items], `workers` at a time, in order; the first error is raised."""
     items = list(items)

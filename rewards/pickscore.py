@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import check_images
-from .clip_common import (batches, check_batch_size, empty_scores, looks_like_path, preprocess, resolve_device,
-                          resolve_dtype, transform_from_hf_processor)
+from .clip_common import (check_batch_size, looks_like_path, preprocess, resolve_device,
+                          resolve_dtype, score_in_batches, transform_from_hf_processor)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -59,11 +59,7 @@ class PickScoreReward:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """PickScore of each image with its prompt: float32 [B] on the CPU."""
         check_images(images, prompts, self.name)
-        if images.shape[0] == 0:
-            return empty_scores()
-        with torch.no_grad():
-            parts = [self._score_batch(images[part], list(prompts[part])) for part in batches(len(prompts), self.batch_size)]
-        return torch.cat(parts).cpu()
+        return score_in_batches(self._score_batch, images, prompts, self.batch_size)
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         pixels = preprocess(images, self.transform, self.device, self.dtype)  # [b, 3, 224, 224]

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .base import check_scores, is_pairwise
+from .base import is_pairwise
 
 ENTRY_POINT_GROUP = "flowrl.rewards"
 
@@ -87,20 +87,17 @@ def instantiate(target: object, name: str, device=None, dtype=None, **options):
     """A reward object from what a name resolved to: an object with score/compare is used as
     is, a class or factory is called with the options (and device/dtype where it takes them), a
     plain function becomes a FunctionReward."""
-    if callable(getattr(target, "score", None)) or callable(getattr(target, "compare", None)):
-        if isinstance(target, type):
-            pass  # a class with score/compare methods: build it below
-        else:
-            if options:
-                raise ValueError(f"reward {name!r} is an object; it takes no options, got {sorted(options)}")
-            return target
+    if not isinstance(target, type) and _is_reward(target):  # a ready object
+        if options:
+            raise ValueError(f"reward {name!r} is an object; it takes no options, got {sorted(options)}")
+        return target
     if isinstance(target, type) or (callable(target) and _is_factory(target)):
         extra = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None and _accepts(target, k)}
         try:
             reward = target(**options, **extra)
         except TypeError as error:
             raise ValueError(f"reward {name!r}: bad options {sorted(options)} ({error})") from None
-        if not (callable(getattr(reward, "score", None)) or callable(getattr(reward, "compare", None))):
+        if not _is_reward(reward):
             raise ValueError(f"reward {name!r}: {target!r} built {type(reward).__name__}, which has neither score(images, prompts) nor compare(images_a, images_b, prompts)")
         if not getattr(reward, "name", None):
             try:
@@ -113,6 +110,10 @@ def instantiate(target: object, name: str, device=None, dtype=None, **options):
             raise ValueError(f"reward {name!r} is a plain function; it takes no options, got {sorted(options)}")
         return FunctionReward(target, name)
     raise ValueError(f"reward {name!r} resolved to {type(target).__name__}, which is neither a reward, a class, nor a function")
+
+
+def _is_reward(target: object) -> bool:
+    return callable(getattr(target, "score", None)) or callable(getattr(target, "compare", None))
 
 
 def _is_factory(target: Callable) -> bool:
@@ -161,6 +162,17 @@ def resolve(name: str) -> tuple[object, dict]:
     raise ValueError(f"unknown reward {name!r}; known: {sorted(available())}, or remote:http://host:port, pairwise:NAME, package.module:object")
 
 
+def check(name: str) -> None:
+    """Fail as load() would on a bad name, without building anything (no weights, no requests)."""
+    if name.startswith("remote:"):
+        if not name[len("remote:"):].startswith(("http://", "https://")):
+            raise ValueError(f"reward {name!r}: expected remote:http://host:port")
+    elif name.startswith("pairwise:"):
+        check(name[len("pairwise:"):])
+    else:
+        resolve(name)
+
+
 def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None, **options):
     """A ready reward object by name (see the module docstring for what a name may be)."""
     if name.startswith("remote:"):
@@ -177,8 +189,3 @@ def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype
         return BradleyTerry(inner, temperature=temperature)
     target, fixed = resolve(name)
     return instantiate(target, name, device=device, dtype=dtype, **{**fixed, **options})
-
-
-def score_checked(reward, images: torch.Tensor, prompts: Sequence[str], on_invalid: str = "error") -> tuple[torch.Tensor, torch.Tensor]:
-    """A pointwise reward's (scores, valid) with its output checked (check_scores)."""
-    return check_scores(reward.score(images, list(prompts)), images.shape[0], getattr(reward, "name", "?"), on_invalid)

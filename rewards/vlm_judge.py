@@ -29,11 +29,10 @@ import threading
 import warnings
 from typing import Sequence
 
-import requests
 import torch
 
 from .base import InvalidRewardError, check_images, to_uint8
-from .http import check_client_numbers, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
+from .http import chat_answer_text, check_client_numbers, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
 
 URL_ENV = "FLOWRL_JUDGE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -265,7 +264,7 @@ class VLMJudge:
         first, second = (url_b, url_a) if swapped else (url_a, url_b)
         response = post_with_retries(self.session, self.endpoint, what=f"reward {self.name!r}", timeout=self.timeout, retries=self.retries,
                                      backoff=self.backoff, headers=self.headers, json=self.request_body(first, second, prompt))
-        text, finish, problem = _answer_text(response)
+        text, finish, problem = chat_answer_text(response)
         verdict = parse_verdict(text) if problem is None else None
         if verdict is not None:
             return verdict, None
@@ -274,21 +273,6 @@ class VLMJudge:
             if finish == "length":
                 problem += f" (cut off at max_tokens={self.max_tokens}; raise it)"
         return 0.5, problem
-
-
-def _answer_text(response: requests.Response) -> tuple[str, object, str | None]:
-    """(the first choice's message text, its finish_reason, None), or ("", None, what is wrong)
-    for a body that is not a chat completion."""
-    try:
-        choice = response.json()["choices"][0]
-        content = choice["message"].get("content")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return "", None, f"expected a chat completion (JSON with choices[0].message.content), got {response.text[:200]!r}"
-    if isinstance(content, list):  # some servers return content parts
-        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    if not isinstance(content, str):
-        return "", None, f"the answer has no text content (content {content!r}, finish_reason {choice.get('finish_reason')!r})"
-    return content, choice.get("finish_reason"), None
 
 
 def _check_options(*, model: object, concurrency: object, timeout: object, retries: object, backoff: object, temperature: object,

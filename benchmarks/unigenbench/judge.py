@@ -40,7 +40,7 @@ from typing import Iterable
 import requests
 from tqdm.auto import tqdm
 
-from rewards.http import check_client_numbers, check_url, pooled_session, post_with_retries, request_headers
+from rewards.http import chat_answer_text, check_client_numbers, check_url, pooled_session, post_with_retries, request_headers
 
 from .store import JudgmentStore
 from .types import BenchPrompt, Verdict
@@ -359,7 +359,7 @@ class Judge:
         text, missing = "", list(range(len(names)))
         for _ in range(1 + self.parse_retries):
             response = self._post(body, name)
-            text, problem = _answer_text(response)
+            text, _, problem = chat_answer_text(response)
             found = parse_answer(text, names) if problem is None else {}
             missing = [i for i in range(len(names)) if i not in found]
             if not missing:
@@ -435,21 +435,6 @@ def image_data_url(path: str | os.PathLike) -> str:
     if mime is None:
         raise ValueError(f"UniGenBench judge: {os.fspath(path)} is not a PNG, JPEG or WEBP image (starts with {data[:8]!r})")
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _answer_text(response: requests.Response) -> tuple[str, str | None]:
-    """(the first choice's message text, None), or ("", what is wrong) for a body that is not a
-    chat completion with text."""
-    try:
-        choice = response.json()["choices"][0]
-        content = choice["message"].get("content")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return "", f"expected a chat completion (JSON with choices[0].message.content), got {response.text[:200]!r}"
-    if isinstance(content, list):  # some servers return content parts
-        content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    if not isinstance(content, str):
-        return "", f"the answer has no text content (finish_reason {choice.get('finish_reason')!r})"
-    return content, None
 
 
 def _check_items(items: list[tuple[Path, BenchPrompt]]) -> None:

@@ -48,24 +48,20 @@ class UniGenBenchRun:
 
 
 def backend_of(policy) -> str:
+    from flowrl.policies.flux import FluxPolicy
     from flowrl.policies.toy import ToyPolicy
 
-    if isinstance(policy, ToyPolicy):
-        return "toy"
-    return "flux" if "Flux" in type(policy).__name__ else "sd3"
+    return "toy" if isinstance(policy, ToyPolicy) else ("flux" if isinstance(policy, FluxPolicy) else "sd3")
 
 
 def generate_step(run: UniGenBenchRun, prompts: list, image_dir: Path, progress: bool) -> dict:
-    """Load the policy (unless every image exists) and draw the missing images."""
-    missing = [p for p in prompts if any(not (image_dir / image_name(p.index, k)).is_file() for k in range(run.images_per_prompt))]
-    if not missing:
-        return {"generated": 0, "existing": len(prompts) * run.images_per_prompt}
+    """Load the policy and draw the missing images (generate_images skips those on disk)."""
     from flowrl.policies.loading import load_trained_policy
 
     device = "cuda" if run.device == "auto" and torch.cuda.is_available() else ("cpu" if run.device == "auto" else run.device)
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     policy = load_trained_policy(run.policy, device=device, dtype=dtype, resolution=run.resolution)
-    sampling = {k: v for k, v in SAMPLING[backend_of(policy)].items()}
+    sampling = dict(SAMPLING[backend_of(policy)])
     sampling.update({k: getattr(run, k) for k in sampling if getattr(run, k) is not None})
     return generate_images(policy, prompts, image_dir, run.images_per_prompt, run.seed, batch_size=run.batch_size, progress=progress, **sampling)
 
@@ -80,14 +76,15 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
     if not prompts:
         raise ValueError(f"{run.prompts}: no prompts to evaluate")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "run.json").write_text(json.dumps({k: v for k, v in vars(run).items()}, indent=2))
+    (out / "run.json").write_text(json.dumps(vars(run), indent=2))
     started = time.time()
-    if run.judge_only:
-        generated = {"generated": 0, "existing": sum((image_dir / image_name(p.index, k)).is_file() for p in prompts for k in range(run.images_per_prompt))}
+    expected = [(image_dir / image_name(p.index, k), p) for p in prompts for k in range(run.images_per_prompt)]
+    present = sum(path.is_file() for path, _ in expected)
+    if run.judge_only or present == len(expected):  # nothing to draw: load no model
+        generated = {"generated": 0, "existing": present}
     else:
         generated = generate_step(run, prompts, image_dir, progress)
-    items = [(image_dir / image_name(p.index, k), p) for p in prompts for k in range(run.images_per_prompt)
-             if (image_dir / image_name(p.index, k)).is_file()]
+    items = [(path, prompt) for path, prompt in expected if path.is_file()]
     judge = Judge(**{"language": loaded.language, **run.judge})  # judge in the prompt file's language
     with JudgmentStore(out / "judgments.sqlite") as store:
         judged = judge.judge_all(items, store, progress=progress)
@@ -95,7 +92,7 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
         verdicts = [v for v in store.verdicts() if v.image in wanted]
     meta = {"policy": run.policy, "prompts": str(run.prompts), "judge_model": judge.model, "judge_url": judge.base_url,
             "images_per_prompt": run.images_per_prompt, "seed": run.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "skipped_rows": [f"row {s.line}: {s.reason}" for s in getattr(loaded, "skipped", [])]}
+            "skipped_rows": [f"row {s.line}: {s.reason}" for s in loaded.skipped]}
     results = aggregate(prompts, verdicts, images_per_prompt=run.images_per_prompt, meta=meta)
     paths = write_reports(results, prompts, verdicts, image_dir, out)
     return {"prompts": len(prompts), **generated, "judged": judged["judged"], "already_judged": judged["skipped"],
