@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -396,11 +395,9 @@ def test_judge_all_runs_concurrently_and_skips_done_images(start_server, tmp_pat
     server = start_server("--mode", "slow", "--delay", "0.3")
     items, levels = make_images(tmp_path / "img", PROMPTS[:2], per_prompt=4)  # 8 images
     store = JudgmentStore(tmp_path / "j.sqlite")
-    started = time.monotonic()
     report = Judge(base_url=server.url, model="m", concurrency=4).judge_all(items, store, progress=False)
-    elapsed = time.monotonic() - started
     assert report == {"total": 8, "judged": 8, "skipped": 0, "failed": {}}
-    assert server.stats()["max_in_flight"] == 4 and elapsed < 8 * 0.3 * 0.75  # serial would take 2.4 s
+    assert server.stats()["max_in_flight"] == 4  # four images judged at once
     assert as_tuples(store.verdicts()) == expected_verdicts(items, levels)
     again = Judge(base_url=server.url, model="m").judge_all(items, store, progress=False)
     assert again == {"total": 8, "judged": 0, "skipped": 8, "failed": {}} and server.stats()["requests"] == 8
