@@ -58,6 +58,8 @@ class TrainConfig:
     # advantages and loss
     advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
     drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
+    objective: str = option("sde", "what the ratio compares: sde (log-probs of the rollout's SDE transitions; Flow-GRPO and the rest) "
+                            "or matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only)", choices=("sde", "matching"))
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
     clip_low: float = option(1e-3, "lower clip range eps_low of the ratio (Flow-GRPO uses 1e-4 on SD3.5)")
     clip_high: float = option(1e-3, "upper clip range eps_high (> clip_low is clip-higher)")
@@ -211,9 +213,14 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:train, toyshapes:all or an existing text file")
     method = get_method(config.method)
     try:
-        method.configure(**config.method_options)
+        options = method.configure(**config.method_options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"method {config.method!r}: {error}") from None
+    if config.objective == "matching":
+        plan = method.plan(options, 0)
+        need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",
+             f"needs one final sample per chain, but method {config.method!r} branches (trees or probes); "
+             "use a chain method: flow_grpo, dance_grpo, mix_grpo or mix_grpo_flash")
 
 
 def check_reward_spec(config: TrainConfig) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from samplers.matching import MatchingPoints, matching_points, score_matching
 from samplers.methods import get_method
 from samplers.rollout import Rollout, rollout, score_transitions
 from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
@@ -122,10 +124,31 @@ class Batch:
     weights: torch.Tensor  # [M']
     keep: torch.Tensor  # [M] bool
     stats: dict[str, float]
+    points: MatchingPoints | None = None  # objective=matching: one flow-matching point per kept transition
+
+
+# accelerate's launcher sets these for its sharding engines; the trainer does not shard.
+SHARDED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def refuse_sharded_backends(environ: dict[str, str]) -> None:
+    """Fail before any model loads when accelerate was launched with DeepSpeed, FSDP or Megatron:
+    the trainer keeps a full replica per process and averages gradients itself, so it would
+    silently run unsharded, with none of the memory savings the launch asked for."""
+    asked = [name for key, name in SHARDED_BACKENDS.items() if environ.get(key, "false").lower() == "true"]
+    if asked:
+        raise ValueError(
+            f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support yet: the trainer keeps "
+            "a full replica of the trainable weights on every process and all-reduces their gradients (data parallel). "
+            "Launch with a data-parallel config instead (`accelerate launch --multi_gpu --num_processes N -m flowrl train ...`, "
+            "or `accelerate config` answering no to DeepSpeed and FSDP); LoRA (lora_rank > 0) and gradient_checkpointing=true "
+            "keep the memory per process small."
+        )
 
 
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
+        refuse_sharded_backends(dict(os.environ))
         self.config = config
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -319,7 +342,45 @@ class Trainer:
             **{k: v for k, v in credit.stats.items() if not k.startswith("reward/")},
             **timings,
         }
-        return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[local][keep], keep, stats)
+        points = None
+        if config.objective == "matching":
+            kept = result.transitions.select(keep.to(result.transitions.logp.device))
+            seeds = self.matching_seeds(iteration, shard.roots[result.node_root[kept.child].cpu()], kept.step.cpu())
+            points = matching_points(result, kept, seeded_noise(seeds, self.policy.sample_shape))
+        return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[local][keep], keep, stats, points)
+
+    def matching_seeds(self, iteration: int, roots: torch.Tensor, steps: torch.Tensor) -> list[int]:
+        """A seed per (global root, grid step) for the fresh noise of a matching point: the same
+        point whichever process trains it."""
+        return [(seed * 1_000_033 + int(step) + 1) % (2**62) for seed, step in zip(self.root_seeds(iteration, roots), steps)]
+
+    def score_part(self, velocity, batch: Batch, transitions, micro: torch.Tensor, logp_old_all: torch.Tensor | None):
+        """(logp with grad, logp_old, KL values or None) of the micro-batch `micro` of kept transitions."""
+        if batch.points is None:
+            part = transitions.select(micro.to(transitions.logp.device))
+            step = score_transitions(velocity, part, self.config.max_batch)
+            kl = None
+            if self.reference is not None:
+                with torch.no_grad(), self.reference.active():
+                    ref = score_transitions(velocity, part, self.config.max_batch)
+                kl = gaussian_kl(step.mean, ref.mean, step.std.detach())
+            return step.logp, part.logp, kl
+        part = batch.points.select(micro)
+        scored = score_matching(velocity, part, self.config.max_batch)
+        # One optimizer step per iteration: the weights have not moved, so old = new exactly.
+        logp_old = scored.logp.detach() if logp_old_all is None else logp_old_all[micro].to(scored.logp.device)
+        kl = None
+        if self.reference is not None:  # AWM's KL: squared velocity difference to the reference
+            with torch.no_grad(), self.reference.active():
+                ref = score_matching(velocity, part, self.config.max_batch)
+            kl = (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
+        return scored.logp, logp_old, kl
+
+    @torch.no_grad()
+    def matching_logp_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
+        """[M] the matching log-likelihood proxy of every point before this iteration's update."""
+        indices = torch.arange(len(points))
+        return torch.cat([score_matching(velocity, points.select(i), self.config.max_batch).logp.cpu() for i in indices.split(self.config.micro_batch)])
 
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
@@ -363,6 +424,9 @@ class Trainer:
         steps_per_epoch = math.ceil(most / step_size)
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
+        logp_old_all = None
+        if batch.points is not None and optimizer_steps > 1:  # later steps see moved weights: score them all first
+            logp_old_all = self.matching_logp_old(velocity, batch.points)
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
         for _ in range(config.inner_epochs):
             order = torch.randperm(count, generator=generator)
@@ -371,16 +435,10 @@ class Trainer:
                 step_total = sum(self.gather(len(indices)))
                 self.optimizer.zero_grad(set_to_none=True)
                 for micro in indices.split(config.micro_batch):
-                    part = transitions.select(micro.to(transitions.logp.device))
-                    step = score_transitions(velocity, part, config.max_batch)
-                    kl = None
-                    if self.reference is not None:
-                        with torch.no_grad(), self.reference.active():
-                            ref = score_transitions(velocity, part, config.max_batch)
-                        kl = gaussian_kl(step.mean, ref.mean, step.std.detach())
+                    logp, logp_old, kl = self.score_part(velocity, batch, transitions, micro, logp_old_all)
                     loss, stats = policy_loss(
-                        step.logp, part.logp, batch.advantages[micro].to(step.logp.device), loss=config.loss, loss_options=loss_options,
-                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(step.logp.device), normalizer=step_total / self.world,
+                        logp, logp_old, batch.advantages[micro].to(logp.device), loss=config.loss, loss_options=loss_options,
+                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(logp.device), normalizer=step_total / self.world,
                     )
                     loss.backward()
                     for key, value in stats.items():

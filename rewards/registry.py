@@ -31,6 +31,7 @@ BUILTIN: dict[str, tuple[str, dict, str]] = {
     "clip": ("rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
     "aesthetic": ("rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
     "ocr": ("rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
+    "geneval": ("rewards.geneval:GenEvalReward", {}, "GenEval-style compositional check: OWLv2 detector + CLIP colours (partial or strict)"),
     "jpeg_compressibility": ("rewards.jpeg:JPEGReward", {"sign": -1.0}, "minus the JPEG size in kB (DDPO)"),
     "jpeg_incompressibility": ("rewards.jpeg:JPEGReward", {"sign": 1.0}, "the JPEG size in kB (DDPO)"),
     "vlm_judge": ("rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),

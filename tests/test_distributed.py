@@ -86,3 +86,24 @@ def test_a_batch_that_does_not_split_evenly_fails_by_name():
 
     with pytest.raises(ValueError, match="multiple of 2"):
         shard_roots(3, 3, 2, 0)
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_a_sharded_launch_is_refused_before_any_model_loads(tmp_path):
+    # accelerate's own FSDP launch; the trainer would otherwise run unsharded without saying so.
+    out = tmp_path / "run"
+    command = [ACCELERATE, "launch", "--use_fsdp", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "flowrl", "train", "toy", f"out={out}", "iterations=1", "threads=1"]
+    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "launched with FSDP, which flowrl does not support yet" in done.stderr
+    assert "--multi_gpu" in done.stderr  # says what to launch instead
+    assert not out.exists()  # failed before the run directory or any model
+
+
+def test_deepspeed_and_fsdp_flags_are_named_in_the_refusal():
+    from flowrl.trainer import refuse_sharded_backends
+
+    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "False"})  # data parallel: fine
+    with pytest.raises(ValueError, match="launched with DeepSpeed and FSDP, which"):
+        refuse_sharded_backends({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_FSDP": "TRUE"})

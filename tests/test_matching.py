@@ -1,0 +1,123 @@
+"""objective=matching (Advantage Weighted Matching): flow-matching points from chain rollouts,
+their log-likelihood proxy against closed forms, and the trainer running on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl.config import build_config
+from flowrl.trainer import train
+from samplers.matching import MatchingPoints, matching_points, score_matching, transition_samples
+from samplers.methods import get_method
+from samplers.plan import Plan, StepSpec
+from samplers.rollout import rollout
+
+from conftest import tiny_model
+from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)
+
+SHAPE = (2, 3)
+
+
+def linear_velocity(x, sigma, prompt):
+    view = (-1,) + (1,) * (x.ndim - 1)
+    return 0.3 * x - 0.2 * sigma.to(x).view(view) + 0.1 * prompt.to(x).view(view)
+
+
+def test_score_matching_is_minus_the_mean_squared_flow_matching_error():
+    g = torch.Generator().manual_seed(0)
+    points = MatchingPoints(torch.randn(5, *SHAPE, generator=g), torch.randn(5, *SHAPE, generator=g),
+                            torch.tensor([0.9, 0.5, 0.3, 0.1, 0.7]), torch.tensor([0, 1, 1, 0, 2]))
+    scored = score_matching(linear_velocity, points, max_batch=2)  # chunked calls: same values
+    # by hand in float64: x_t = (1 - s) x0 + s eps, target eps - x0
+    x0, eps, s, p = (points.x0.double().numpy(), points.noise.double().numpy(), points.sigma.double().numpy(), points.prompt.double().numpy())
+    expected = []
+    for i in range(5):
+        x_t = (1 - s[i]) * x0[i] + s[i] * eps[i]
+        v = 0.3 * x_t - 0.2 * s[i] + 0.1 * p[i]
+        expected.append(-np.mean((v - (eps[i] - x0[i])) ** 2))
+    assert scored.logp.double().numpy() == pytest.approx(np.array(expected), rel=1e-5)
+    assert scored.velocity.shape == (5, *SHAPE)
+
+
+def test_the_exact_velocity_of_a_point_mass_scores_zero():
+    # Data = one point c: the flow-matching velocity is (x_t - c) / sigma = eps - c exactly.
+    c = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]])
+    velocity = lambda x, sigma, prompt: (x - c) / sigma.view(-1, 1, 1)
+    noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    points = MatchingPoints(c.expand(4, *SHAPE), noise, torch.tensor([1.0, 0.6, 0.25, 0.05]), torch.zeros(4, dtype=torch.long))
+    assert score_matching(velocity, points).logp.abs().max() < 1e-10
+    # ...and any other sample scores below it, by its squared distance to c over sigma
+    moved = MatchingPoints(points.x0 + 0.1, noise, points.sigma, points.prompt)
+    expected = -((0.1 * (1 - points.sigma) / points.sigma + 0.1) ** 2)
+    assert score_matching(velocity, moved).logp == pytest.approx(expected, rel=1e-5)
+
+
+def test_each_transition_of_a_chain_leads_to_its_own_chains_sample():
+    steps = 5
+    plan = Plan(torch.linspace(1, 0, steps + 1), tuple(StepSpec(mode="sde", trained=True) for _ in range(steps)), group_size=3)
+    result = rollout(linear_velocity, plan, 2, SHAPE, seed=2)
+    t = result.transitions
+    samples = transition_samples(result, t)
+    assert len(t) == 2 * 3 * steps
+    last = t.step == steps - 1  # the last SDE step lands on the chain's final sample
+    assert torch.equal(t.x_next[last], result.samples[samples[last]])
+    # every transition of a chain points at the same sample as that chain's last transition
+    for child in range(len(t)):
+        same_chain = result.node_root[t.child] == result.node_root[t.child[child]]
+        assert set(samples[same_chain].tolist()) == {int(samples[child])}
+    assert torch.equal(result.prompt[samples], t.prompt)
+
+    noise = torch.randn(len(t), *SHAPE)
+    points = matching_points(result, t, noise)
+    assert torch.equal(points.x0, result.samples[samples]) and torch.equal(points.sigma, t.sigma) and torch.equal(points.noise, noise)
+
+
+@pytest.mark.parametrize("method", ["branch_grpo", "tempflow_grpo"])
+def test_branching_methods_are_refused_by_name(method):
+    plan = get_method(method).plan()
+    result = rollout(linear_velocity, plan, 1, SHAPE, seed=3)
+    with pytest.raises(ValueError, match=f"method '{method}' branches"):
+        transition_samples(result, result.transitions)
+    with pytest.raises(ValueError, match="config key objective='matching'.*branches.*use a chain method"):
+        build_config({}, [f"method={method}", "objective=matching"])
+
+
+def test_a_matching_run_trains_resumes_exactly_and_scores_each_point_once(tiny_dir, tmp_path):
+    def run(name, iterations, *extra):
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=matching", *extra))
+        return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+
+    straight = run("a", 3)
+    run("b", 2)
+    resumed = run("b", 3)
+    a = torch.load(tmp_path / "a" / "checkpoint" / "state.pt", weights_only=False)
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(tmp_path / d / "checkpoint" / "trainable.safetensors")) for d in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa) and a["iteration"] == 3
+    assert [r["reward/mean"] for r in straight] == [r["reward/mean"] for r in resumed]
+    assert all(r["ratio/mean"] == pytest.approx(1.0, abs=1e-6) for r in straight)  # one step: old = new
+    before = tiny_model().transformer.state_dict()
+    from flowrl.policies.toy import load_toy
+
+    after = load_toy(tmp_path / "a" / "final").transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    # Several optimizer steps: later steps see moved weights, so their ratios leave 1 and clip.
+    several = run("c", 1, "train_batch=4", "inner_epochs=2", "clip_low=1e-4", "clip_high=1e-4")
+    assert several[0]["ratio/max"] > 1 + 1e-4 or several[0]["ratio/min"] < 1 - 1e-4
+    assert several[0]["clip_fraction"] > 0
+
+
+def test_matching_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
+    def rewards(name, lr):
+        config = tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=matching")
+        train(config)
+        return [json.loads(l)["reward/mean"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+
+    control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
+    assert control[0] == pytest.approx(trained[0])
+    assert max(control) - min(control) < 0.03
+    assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
