@@ -46,6 +46,8 @@ def seeded_noise(seeds: list[int], sample_shape: tuple[int, ...]) -> torch.Tenso
     """[len(seeds), *sample_shape] standard normal rows, row i from a generator seeded seeds[i], so
     row i depends on seeds[i] only: evaluation images, and the shared initial noise of a group
     split over processes (give its roots one seed)."""
+    if not seeds:  # e.g. no kept transitions when every group's rewards tie
+        return torch.empty(0, *sample_shape)
     return torch.stack([torch.randn(*sample_shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 

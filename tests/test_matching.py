@@ -121,3 +121,20 @@ def test_matching_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, 
     assert control[0] == pytest.approx(trained[0])
     assert max(control) - min(control) < 0.03
     assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
+
+
+def constant_reward(images, prompts):
+    """Every sample ties: each group has zero variance, so nothing is kept for the update."""
+    return torch.full((len(images),), 0.5)
+
+
+def test_an_iteration_whose_groups_all_tie_skips_the_update(tiny_dir, tmp_path):
+    # A collapsed model gives every sample the same reward; the matching points are then empty.
+    train(tiny_run(tiny_dir, tmp_path / "tie", "objective=matching", "reward=test_matching:constant_reward"))
+    records = [json.loads(l) for l in (tmp_path / "tie" / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert len(records) == 2
+    assert all(r["transitions/trained"] == 0 and r.get("skipped_update") == 1.0 for r in records)
+    from flowrl.policies.toy import load_toy
+
+    before, after = (load_toy(d).transformer.state_dict() for d in (tiny_dir, tmp_path / "tie" / "final"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
