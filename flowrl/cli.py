@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -14,9 +15,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="toy model directory (config.json + model.safetensors); default: the shipped weights")
-    parser.add_argument("--steps", type=_positive_int, default=20, help="Euler steps (default 20)")
+    parser.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default 20)")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none; default 4)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed + i")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -41,7 +49,9 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     from .policies.toy import load_toy
 
     policy = load_toy(args.checkpoint, args.device)
-    report, images = evaluate_toyshapes(policy, args.images_per_category, args.steps, args.guidance, args.seed, args.batch_size)
+    report, images = evaluate_toyshapes(
+        policy, args.images_per_category, args.steps, args.guidance, args.seed, args.batch_size, split=args.split, eta=args.eta
+    )
     print(report.table())
     if args.json:
         print(f"wrote {report.save(args.json)}")
@@ -216,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--grid", default=None, help="write a PNG grid of all evaluated samples here")
     toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its held-out prompts (default 32)")
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
+    toy.add_argument("--split", choices=("heldout", "train"), default="heldout", help="prompts to evaluate: held-out (the standard figure) or the RL training split")
+    toy.add_argument("--eta", type=_non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as the toy RL rollouts; default 0: deterministic Euler)")
     _add_sampling_args(toy)
     toy.add_argument("--report", default=None, help="write results.md, results.csv, results.json and report.html (with grids) into this folder")
     toy.set_defaults(func=cmd_eval_toyshapes)

@@ -1,11 +1,17 @@
-"""Draw images from a flow policy with the deterministic sampler, one seed per image."""
+"""Draw images from a flow policy, one seed per image: the deterministic Euler sampler, or with
+eta > 0 the SDE that DanceGRPO-style rollouts use (to tell a sampler-specific RL gain from one
+that holds for the deterministic sampler)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from tqdm.auto import tqdm
 
 from samplers import flow_sigmas, sample_euler
+from samplers.ode import VelocityFn
+from samplers.sde import sde_step
 from samplers.shard import seeded_noise
 
 from .policies.base import FlowPolicy
@@ -21,12 +27,19 @@ def generate(
     shift: float = 1.0,
     batch_size: int = 64,
     progress: bool = False,
+    eta: float = 0.0,
 ) -> torch.Tensor:
-    """Images [B, 3, H, W] in [0, 1] for B (prompt, seed) pairs, in batches of `batch_size`."""
+    """Images [B, 3, H, W] in [0, 1] for B (prompt, seed) pairs, in batches of `batch_size`.
+
+    eta > 0 samples every step with the dance_grpo SDE at noise level eta (the toy default
+    trains with 0.3); its step noise, like the initial noise, depends on each image's seed only.
+    """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta (the SDE noise level) must be finite and >= 0 (0: deterministic Euler), got {eta}")
     sigmas = flow_sigmas(steps, shift).to(policy.device)
     chunks = range(0, len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * steps, desc=f"sampling {len(prompts)} images", unit="step", disable=not progress)
@@ -38,7 +51,24 @@ def generate(
     out = []
     for start in chunks:
         cond = policy.encode(prompts[start : start + batch_size])
-        noise = seeded_noise(seeds[start : start + batch_size], policy.sample_shape).to(policy.device)  # image i depends on seeds[i] only
-        out.append(policy.decode(sample_euler(velocity, noise, sigmas)).cpu())
+        chunk_seeds = seeds[start : start + batch_size]
+        noise = seeded_noise(chunk_seeds, policy.sample_shape).to(policy.device)  # image i depends on seeds[i] only
+        x = sample_euler(velocity, noise, sigmas) if eta == 0 else sample_sde(velocity, noise, sigmas, eta, chunk_seeds)
+        out.append(policy.decode(x).cpu())
     bar.close()
     return torch.cat(out)
+
+
+def sample_sde(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, eta: float, seeds: list[int]) -> torch.Tensor:
+    """Integrate from noise along `sigmas` with dance_grpo SDE steps at noise level eta; step k of
+    image i draws its noise from seed (seeds[i], k) alone."""
+    x = noise
+    for k in range(len(sigmas) - 1):
+        step_noise = seeded_noise([_step_seed(s, k) for s in seeds], tuple(x.shape[1:])).to(x)
+        v = velocity_fn(x, sigmas[k].expand(x.shape[0]))
+        x = sde_step(v, x, sigmas[k], sigmas[k + 1], form="dance_grpo", noise_level=eta, noise=step_noise).sample
+    return x
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (int(seed) * 1_000_003 + 7_919 * (step + 1)) % (2**62)

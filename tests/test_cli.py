@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks.toyshapes.prompts import split_of
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,6 +48,17 @@ def test_eval_writes_a_report(tmp_path):
     assert report["num_images"] == 12 and len(report["records"]) == 12
     assert set(report["accuracy"]) == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     assert report["settings"]["steps"] == 2
+    assert report["settings"]["split"] == "heldout" and report["settings"]["eta"] == 0.0
+
+
+def test_eval_on_the_train_split_with_the_sde_sampler(tmp_path):
+    out = tmp_path / "report.json"
+    run("eval", "toyshapes", "--images-per-category", "1", "--steps", "2", "--split", "train", "--eta", "0.3", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["settings"]["split"] == "train" and report["settings"]["eta"] == 0.3
+    assert len(report["records"]) == 6 and all(split_of(r["prompt"]) in ("train", "both") for r in report["records"])
+    result = run("eval", "toyshapes", "--eta", "-0.1", ok=False)
+    assert result.returncode == 2 and "expected a finite number >= 0, got -0.1" in result.stderr
 
 
 def test_prompts_lists_a_split():

@@ -85,3 +85,14 @@ def test_eval_prompts_are_balanced_heldout():
     assert all(sum(p.category == c for p in prompts) == 10 for c in CATEGORIES)
     assert all(split_of(p.text) in ("heldout", "both") for p in prompts)
     assert eval_prompts(10) == prompts
+
+
+def test_eval_prompts_of_the_train_split_are_balanced_and_disjoint_from_heldout_where_split():
+    train, heldout = eval_prompts(10, "train"), eval_prompts(10)
+    assert all(sum(p.category == c for p in train) == 10 for c in CATEGORIES)
+    assert all(split_of(p.text) in ("train", "both") for p in train)
+    # the split categories share no prompt; the two unsplit ones are the same in both lists
+    assert not {p.text for p in train if split_of(p.text) == "train"} & {p.text for p in heldout}
+    assert {p.text for p in train if p.category == "single_object"} == {p.text for p in heldout if p.category == "single_object"}
+    with pytest.raises(ValueError, match="must be one of \\['train', 'heldout'\\], got 'all'"):
+        eval_prompts(10, "all")

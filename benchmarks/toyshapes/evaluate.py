@@ -44,9 +44,9 @@ class EvalReport:
         return path
 
 
-def eval_set(images_per_category: int = 32, seed: int = 0) -> tuple[list, list[int]]:
-    """The fixed (prompt, seed) pairs of the evaluation: held-out prompts, consecutive seeds."""
-    prompts = eval_prompts(images_per_category)
+def eval_set(images_per_category: int = 32, seed: int = 0, split: str = "heldout") -> tuple[list, list[int]]:
+    """The fixed (prompt, seed) pairs of the evaluation: held-out (or train) prompts, consecutive seeds."""
+    prompts = eval_prompts(images_per_category, split)
     seeds = [seed * 100_000 + i for i in range(len(prompts))]
     return prompts, seeds
 
@@ -65,11 +65,15 @@ def report_from_images(images: torch.Tensor, prompts: list, settings: dict | Non
     return EvalReport(accuracy, overall, mean_score, len(results), settings or {}, records)
 
 
-def evaluate_toyshapes(policy, images_per_category: int = 32, steps: int = 20, guidance: float = 4.0, seed: int = 0, batch_size: int = 128, progress: bool = True) -> tuple[EvalReport, torch.Tensor]:
-    """Sample the fixed evaluation set with `policy` and verify it; returns the report and images."""
+def evaluate_toyshapes(
+    policy, images_per_category: int = 32, steps: int = 20, guidance: float = 4.0, seed: int = 0, batch_size: int = 128,
+    progress: bool = True, split: str = "heldout", eta: float = 0.0,
+) -> tuple[EvalReport, torch.Tensor]:
+    """Sample the fixed evaluation set with `policy` and verify it; returns the report and images.
+    The standard figure is the held-out split with the deterministic sampler (eta 0)."""
     from flowrl.generate import generate  # the benchmark needs a policy only when sampling
 
-    prompts, seeds = eval_set(images_per_category, seed)
-    images = generate(policy, [p.text for p in prompts], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress)
-    settings = {"images_per_category": images_per_category, "steps": steps, "guidance": guidance, "seed": seed}
+    prompts, seeds = eval_set(images_per_category, seed, split)
+    images = generate(policy, [p.text for p in prompts], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
+    settings = {"images_per_category": images_per_category, "steps": steps, "guidance": guidance, "seed": seed, "split": split, "eta": eta}
     return report_from_images(images, prompts, settings), images

@@ -165,11 +165,14 @@ def sample_prompts(n: int, split: str = "train", seed: int = 0) -> list[Prompt]:
     return [rng.choice(pool[rng.choice(CATEGORIES)]) for _ in range(n)]
 
 
-def eval_prompts(images_per_category: int = 32) -> list[Prompt]:
-    """The fixed, category-balanced held-out evaluation list: each category's held-out prompts
-    in a fixed order, repeated until the category has `images_per_category` entries."""
+def eval_prompts(images_per_category: int = 32, split: str = "heldout") -> list[Prompt]:
+    """The fixed, category-balanced evaluation list: each category's prompts of `split` (held-out
+    by default; "train" tells a gain on the RL prompts from one that generalises) in a fixed
+    order, repeated until the category has `images_per_category` entries."""
+    if split not in SPLITS:
+        raise ValueError(f"the evaluation split must be one of {list(SPLITS)}, got {split!r}")
     chosen: list[Prompt] = []
     for category in CATEGORIES:
-        pool = sorted(prompts_for("heldout", (category,)), key=lambda p: _hash(p.text))
+        pool = sorted(prompts_for(split, (category,)), key=lambda p: _hash(p.text))
         chosen.extend(pool[i % len(pool)] for i in range(images_per_category))
     return chosen
