@@ -21,7 +21,7 @@ from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
 from benchmarks.toyshapes.render import render_batch
 
 from .schedules import learning_rate
-from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, save_toy
+from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
 from .policies.sd3_velocity import sd3_velocity
 from .policies.base import TextConditioning
 
@@ -60,6 +60,21 @@ def _save_checkpoint(path: Path, model, ema, optimizer, step: int) -> None:
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
 
+def _initial_model(args: argparse.Namespace) -> ToyModel:
+    """A fresh model of the requested size, or with --init the weights (and architecture) of a
+    toy model directory, to train an existing model further on fresh renders."""
+    if not args.init:
+        return ToyModel(ToyConfig(vocabulary=list(vocabulary()), num_layers=4 if args.layers is None else args.layers, num_heads=4 if args.heads is None else args.heads))
+    model = load_toy(args.init).model.float().train()
+    asked = {"layers": (args.layers, model.config.num_layers), "heads": (args.heads, model.config.num_heads)}
+    conflicts = [f"--{name} {given} but the model has {has}" for name, (given, has) in asked.items() if given is not None and given != has]
+    if conflicts:
+        raise ValueError(f"--init {args.init}: the architecture comes from its config.json ({', '.join(conflicts)}); drop --layers/--heads")
+    if set(model.config.vocabulary) != set(vocabulary()):
+        raise ValueError(f"--init {args.init}: its vocabulary {model.config.vocabulary} is not the ToyShapes vocabulary")
+    return model
+
+
 def pretrain(args: argparse.Namespace) -> Path:
     """Run (or resume) pretraining; returns the directory of the final EMA weights."""
     torch.manual_seed(args.seed)
@@ -67,8 +82,8 @@ def pretrain(args: argparse.Namespace) -> Path:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = ToyConfig(vocabulary=list(vocabulary()), num_layers=args.layers, num_heads=args.heads)
-    model = ToyModel(config)
+    model = _initial_model(args)
+    config = model.config
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     start = 0
@@ -127,8 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
-    parser.add_argument("--layers", type=int, default=4, help="transformer layers")
-    parser.add_argument("--heads", type=int, default=4, help="attention heads (32 channels each)")
+    parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 4; with --init, the model's)")
+    parser.add_argument("--heads", type=int, default=None, help="attention heads of 32 channels (default 4; with --init, the model's)")
+    parser.add_argument("--init", default=None, help="start from this toy model directory (e.g. flowrl/assets/toy_t2i) instead of random "
+                        "weights; give a --seed other than its run's to draw fresh renders")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--minutes", type=float, default=0, help="stop (resumably) after this many minutes")
@@ -139,4 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    pretrain(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        pretrain(args)
+    except (ValueError, FileNotFoundError) as error:  # a bad --init: a message, not a traceback
+        parser.error(str(error))

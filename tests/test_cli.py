@@ -26,6 +26,11 @@ def test_help(command):
     assert out.startswith("usage: flowrl")
 
 
+def test_pretrain_from_a_missing_model_fails_with_a_message(tmp_path):
+    result = run("pretrain-toy", "--init", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--steps", "1", ok=False)
+    assert result.returncode == 2 and "none/config.json not found" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_pretrain_script_help():
     result = subprocess.run([sys.executable, "scripts/pretrain_toy.py", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "--steps" in result.stdout

@@ -113,6 +113,21 @@ def test_pretraining_changes_weights_and_resumes_exactly(tmp_path):
     assert json.loads(lines[0])["step"] == 0
 
 
+def test_pretraining_from_init_weights_continues_that_model(tmp_path):
+    torch.manual_seed(0)
+    first = _pretrain(tmp_path / "first", 2)
+    init = load_toy(first).model.state_dict()
+    common = ["--batch", "4", "--warmup", "2", "--init", str(first), "--seed", "1"]
+    unchanged = load_toy(pretrain(build_parser().parse_args(["--out", str(tmp_path / "zero"), "--steps", "0", *common]))).model
+    assert unchanged.config.num_layers == 1  # the architecture of --init, not the default 4
+    for name, value in unchanged.state_dict().items():
+        assert torch.equal(value, init[name]), name
+    moved = load_toy(pretrain(build_parser().parse_args(["--out", str(tmp_path / "more"), "--steps", "2", *common]))).model.state_dict()
+    assert any(not torch.equal(moved[k], init[k]) for k in init)
+    with pytest.raises(ValueError, match="--layers 4 but the model has 1"):
+        pretrain(build_parser().parse_args(["--out", str(tmp_path / "bad"), "--steps", "1", "--layers", "4", *common]))
+
+
 def test_guided_velocity_trains_only_through_the_prompt_branch(tiny_policy):
     # With guidance g, v = v_null + g (v_prompt - v_null); in training the unconditional branch is
     # detached (Flow-GRPO), so the empty-prompt embedding gets no gradient and the values match.
