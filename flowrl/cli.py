@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy = benches.add_parser("toyshapes", help="GenEval-style accuracy on held-out ToyShapes prompts")
     toy.add_argument("--json", default=None, help="write the report (table and per-image records) here")
     toy.add_argument("--grid", default=None, help="write a PNG grid of all evaluated samples here")
-    toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its held-out prompts (default 32)")
+    toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its prompts of --split (default 32)")
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
     toy.add_argument("--split", choices=("heldout", "train"), default="heldout", help="prompts to evaluate: held-out (the standard figure) or the RL training split")
     toy.add_argument("--eta", type=_non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as the toy RL rollouts; default 0: deterministic Euler)")

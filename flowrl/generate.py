@@ -10,8 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from samplers import flow_sigmas, sample_euler
-from samplers.ode import VelocityFn
-from samplers.sde import sde_step
+from samplers.plan import Plan, StepSpec
+from samplers.rollout import RolloutVelocity, rollout
 from samplers.shard import seeded_noise
 
 from .policies.base import FlowPolicy
@@ -44,31 +44,30 @@ def generate(
     chunks = range(0, len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * steps, desc=f"sampling {len(prompts)} images", unit="step", disable=not progress)
 
-    def velocity(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def velocity(x: torch.Tensor, sigma: torch.Tensor, prompt_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The chunk's guided velocity (ODE solvers call it with x, sigma; the rollout also passes
+        the rows' prompt indices), counted on the progress bar."""
         bar.update(1)
-        return policy.velocity(x, sigma, cond, guidance)
+        return policy.velocity(x, sigma, cond if prompt_index is None else cond.select(prompt_index), guidance)
 
     out = []
     for start in chunks:
         cond = policy.encode(prompts[start : start + batch_size])
         chunk_seeds = seeds[start : start + batch_size]
-        noise = seeded_noise(chunk_seeds, policy.sample_shape).to(policy.device)  # image i depends on seeds[i] only
-        x = sample_euler(velocity, noise, sigmas) if eta == 0 else sample_sde(velocity, noise, sigmas, eta, chunk_seeds)
+        if eta == 0:
+            noise = seeded_noise(chunk_seeds, policy.sample_shape).to(policy.device)  # image i depends on seeds[i] only
+            x = sample_euler(velocity, noise, sigmas)
+        else:
+            x = _sde_samples(policy, velocity, sigmas, eta, chunk_seeds)
         out.append(policy.decode(x).cpu())
     bar.close()
     return torch.cat(out)
 
 
-def sample_sde(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, eta: float, seeds: list[int]) -> torch.Tensor:
-    """Integrate from noise along `sigmas` with dance_grpo SDE steps at noise level eta; step k of
-    image i draws its noise from seed (seeds[i], k) alone."""
-    x = noise
-    for k in range(len(sigmas) - 1):
-        step_noise = seeded_noise([_step_seed(s, k) for s in seeds], tuple(x.shape[1:])).to(x)
-        v = velocity_fn(x, sigmas[k].expand(x.shape[0]))
-        x = sde_step(v, x, sigmas[k], sigmas[k + 1], form="dance_grpo", noise_level=eta, noise=step_noise).sample
-    return x
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return (int(seed) * 1_000_003 + 7_919 * (step + 1)) % (2**62)
+def _sde_samples(policy: FlowPolicy, velocity: RolloutVelocity, sigmas: torch.Tensor, eta: float, seeds: list[int]) -> torch.Tensor:
+    """The final states of the solver layer's rollout of one chain per image with dance_grpo SDE
+    steps at noise level eta; image i's noise (initial, then per step) comes from seed i alone."""
+    steps = tuple(StepSpec("sde", sde="dance_grpo", noise_level=eta) for _ in range(len(sigmas) - 1))
+    result = rollout(velocity, Plan(sigmas.cpu(), steps, method="generate"), len(seeds), policy.sample_shape, device=policy.device,
+                     max_batch=len(seeds), root_seeds=list(seeds))
+    return result.samples[torch.argsort(result.root.to(result.samples.device))]

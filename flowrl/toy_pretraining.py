@@ -64,8 +64,9 @@ def _initial_model(args: argparse.Namespace) -> ToyModel:
     """A fresh model of the requested size, or with --init the weights (and architecture) of a
     toy model directory, to train an existing model further on fresh renders."""
     if not args.init:
-        return ToyModel(ToyConfig(vocabulary=list(vocabulary()), num_layers=4 if args.layers is None else args.layers, num_heads=4 if args.heads is None else args.heads))
-    model = load_toy(args.init).model.float().train()
+        layers, heads = (4 if n is None else n for n in (args.layers, args.heads))
+        return ToyModel(ToyConfig(vocabulary=list(vocabulary()), num_layers=layers, num_heads=heads))
+    model = load_toy(args.init).model.train()  # float32 weights; load_toy leaves it in eval mode
     asked = {"layers": (args.layers, model.config.num_layers), "heads": (args.heads, model.config.num_heads)}
     conflicts = [f"--{name} {given} but the model has {has}" for name, (given, has) in asked.items() if given is not None and given != has]
     if conflicts:
@@ -83,7 +84,6 @@ def pretrain(args: argparse.Namespace) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = _initial_model(args)
-    config = model.config
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     start = 0
@@ -103,7 +103,7 @@ def pretrain(args: argparse.Namespace) -> Path:
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps, "cosine")
-        texts, x0 = training_batch(step, args.batch, args.seed, config.resolution, args.caption_dropout)
+        texts, x0 = training_batch(step, args.batch, args.seed, model.config.resolution, args.caption_dropout)
         generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
         loss = flow_matching_loss(model, texts, x0, generator)
         optimizer.zero_grad(set_to_none=True)
