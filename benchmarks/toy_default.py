@@ -3,6 +3,8 @@ and every trained model on held-out ToyShapes; prints a per-category before/afte
 
     python benchmarks/toy_default.py --seeds 0 1 2 --per-category 32      # trains 3 runs
     python benchmarks/toy_default.py --seeds 0 --skip-train --runs runs/bench   # reuse runs
+    python benchmarks/toy_default.py --base runs/pretrain_toy/ema --split train --eta 0.3   # another base,
+                                              # judged on the training prompts with the rollouts' SDE
 
 Seeds change prompts, noise and shuffling, so their spread is the honest error bar of one run.
 """
@@ -16,18 +18,24 @@ from pathlib import Path
 import torch
 
 
-def evaluate(directory: str | None, per_category: int) -> dict:
+def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> dict:
+    """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
+    the shipped model)."""
     from benchmarks.toyshapes.evaluate import evaluate_toyshapes
     from flowrl.policies import load_toy
 
-    report, _ = evaluate_toyshapes(load_toy(directory), per_category, steps=20, guidance=4.0, progress=False)
-    return {"overall": report.overall, **report.accuracy}
+    steps = 20 if eta == 0 else 10  # the SDE evaluation uses the rollouts' 10-step grid
+    report, _ = evaluate_toyshapes(load_toy(directory), per_category, steps=steps, guidance=4.0, progress=False, split=split, eta=eta)
+    return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--per-category", type=int, default=32, help="held-out images per category")
+    parser.add_argument("--per-category", type=int, default=32, help="evaluation images per category")
+    parser.add_argument("--base", default=None, help="toy model directory to train from and compare against (default: the shipped model)")
+    parser.add_argument("--split", choices=("heldout", "train"), default="heldout", help="evaluation prompts (held-out: the standard figure)")
+    parser.add_argument("--eta", type=float, default=0.0, help="evaluate with the rollouts' SDE at this noise level (10 steps); 0: 20 Euler steps")
     parser.add_argument("--runs", default="runs/toy_default_bench", help="where the runs go")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -39,24 +47,33 @@ def main(argv: list[str] | None = None) -> int:
     from flowrl.cli import resolve_recipe
     from flowrl.trainer import train
 
-    results = {"shipped": evaluate(None, args.per_category)}
+    if args.base is not None and not (Path(args.base) / "config.json").is_file():
+        parser.error(f"--base {args.base}: not a toy model directory (no config.json)")
+    if not args.eta >= 0:
+        parser.error(f"--eta {args.eta}: expected a number >= 0")
+    judged = {"per_category": args.per_category, "split": args.split, "eta": args.eta}
+    base = "shipped" if args.base is None else "base"
+    results = {base: evaluate(args.base, **judged)}
+    policy = [] if args.base is None else [f"policy={args.base}"]
     for seed in args.seeds:
         out = Path(args.runs) / f"seed{seed}"
         if not args.skip_train:
-            train(load_config(resolve_recipe("toy"), [f"out={out}", f"seed={seed}", *args.overrides]))
-        results[f"seed {seed}"] = evaluate(str(out / "final"), args.per_category)
+            train(load_config(resolve_recipe("toy"), [f"out={out}", f"seed={seed}", *policy, *args.overrides]))
+        results[f"seed {seed}"] = evaluate(str(out / "final"), **judged)
     columns = list(results)
-    rows = [k for k in results["shipped"] if k != "overall"] + ["overall"]
+    rows = [k for k in results[base] if k not in ("overall", "mean_score")] + ["overall"]
     print("| category | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for row in rows:
         print(f"| {row} | " + " | ".join(f"{100 * results[c][row]:.1f}%" for c in columns) + " |")
+    print("| mean dense score | " + " | ".join(f"{results[c]['mean_score']:.3f}" for c in columns) + " |")
     trained = [results[c]["overall"] for c in columns[1:]]
     if trained:
         mean = sum(trained) / len(trained)
-        print(f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% (shipped {100 * results['shipped']['overall']:.1f}%)")
+        print(f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% ({base} {100 * results[base]['overall']:.1f}%)")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    (Path(args.runs) / "results.json").write_text(json.dumps(results, indent=2))
+    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results}
+    (Path(args.runs) / "results.json").write_text(json.dumps(record, indent=2))
     return 0
 
 

@@ -1,0 +1,42 @@
+"""benchmarks/toy_default.py: its table and results.json hold the evaluation of the base and of
+each run's final model, judged on the requested split and sampler."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import toy_default
+from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+from flowrl.policies.toy import load_toy, save_toy
+
+from conftest import tiny_model
+
+
+def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def recorded(policy, per_category, **options):
+        calls.append(options)
+        return evaluate_toyshapes(policy, per_category, **options)
+
+    monkeypatch.setattr("benchmarks.toyshapes.evaluate.evaluate_toyshapes", recorded)
+    base = save_toy(tiny_model(0), tmp_path / "base", dtype=torch.float32)
+    save_toy(tiny_model(1), tmp_path / "runs" / "seed0" / "final", dtype=torch.float32)
+    args = ["--seeds", "0", "--skip-train", "--runs", str(tmp_path / "runs"), "--per-category", "1",
+            "--base", str(base), "--split", "train", "--eta", "0.3"]
+    assert toy_default.main(args) == 0
+    record = json.loads((tmp_path / "runs" / "results.json").read_text())
+    assert record["settings"] == {"per_category": 1, "split": "train", "eta": 0.3, "base": str(base), "overrides": []}
+    for name, directory in (("base", base), ("seed 0", tmp_path / "runs" / "seed0" / "final")):
+        direct, _ = evaluate_toyshapes(load_toy(directory), 1, steps=10, progress=False, split="train", eta=0.3)
+        assert record["results"][name] == {"overall": direct.overall, **direct.accuracy, "mean_score": direct.mean_score}
+    assert [(c["split"], c["eta"], c["steps"]) for c in calls] == [("train", 0.3, 10)] * 2  # base, then the run
+    table = capsys.readouterr().out
+    assert "| category | base | seed 0 |" in table and "mean overall of 1 run(s)" in table and "| mean dense score |" in table
+
+
+def test_benchmark_rejects_a_base_that_is_not_a_model(tmp_path):
+    with pytest.raises(SystemExit) as failure:
+        toy_default.main(["--skip-train", "--base", str(tmp_path / "nothing"), "--runs", str(tmp_path)])
+    assert failure.value.code == 2
