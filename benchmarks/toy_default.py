@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.toyshapes.prompts import SPLITS
+from flowrl.cli import non_negative_float
+
 
 def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> dict:
     """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
@@ -34,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--per-category", type=int, default=32, help="evaluation images per category")
     parser.add_argument("--base", default=None, help="toy model directory to train from and compare against (default: the shipped model)")
-    parser.add_argument("--split", choices=("heldout", "train"), default="heldout", help="evaluation prompts (held-out: the standard figure)")
-    parser.add_argument("--eta", type=float, default=0.0, help="evaluate with the rollouts' SDE at this noise level (10 steps); 0: 20 Euler steps")
+    parser.add_argument("--split", choices=SPLITS, default="heldout", help="evaluation prompts (held-out: the standard figure)")
+    parser.add_argument("--eta", type=non_negative_float, default=0.0, help="evaluate with the rollouts' SDE at this noise level (10 steps); 0: 20 Euler steps")
     parser.add_argument("--runs", default="runs/toy_default_bench", help="where the runs go")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -49,8 +52,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.base is not None and not (Path(args.base) / "config.json").is_file():
         parser.error(f"--base {args.base}: not a toy model directory (no config.json)")
-    if not args.eta >= 0:
-        parser.error(f"--eta {args.eta}: expected a number >= 0")
     judged = {"per_category": args.per_category, "split": args.split, "eta": args.eta}
     base = "shipped" if args.base is None else "base"
     results = {base: evaluate(args.base, **judged)}

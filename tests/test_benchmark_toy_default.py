@@ -36,7 +36,8 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     assert "| category | base | seed 0 |" in table and "mean overall of 1 run(s)" in table and "| mean dense score |" in table
 
 
-def test_benchmark_rejects_a_base_that_is_not_a_model(tmp_path):
+@pytest.mark.parametrize("bad", [["--base", "no_such_model_dir"], ["--eta", "-0.1"], ["--eta", "nan"]])
+def test_benchmark_rejects_bad_input_before_any_work(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as failure:
-        toy_default.main(["--skip-train", "--base", str(tmp_path / "nothing"), "--runs", str(tmp_path)])
-    assert failure.value.code == 2
+        toy_default.main(["--skip-train", "--runs", str(tmp_path), *bad])
+    assert failure.value.code == 2 and bad[1] in capsys.readouterr().err
