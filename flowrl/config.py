@@ -35,8 +35,10 @@ class TrainConfig:
     minutes: float = option(0.0, "stop (resumably, with a checkpoint) after this many minutes; 0: no limit")
     resume: bool = option(True, "continue from out/checkpoint when it exists")
     device: str = option("auto", "auto (cuda when available), cpu or cuda")
-    mixed_precision: str = option("auto", "auto (bf16 on CUDA, none on CPU), no or bf16", choices=("auto", "no", "bf16"))
+    mixed_precision: str = option("auto", "bf16 autocast of the model calls: auto (on CUDA only), no, or bf16 (also on the CPU, where AMX makes it fast)", choices=("auto", "no", "bf16"))
     threads: int = option(0, "torch CPU threads (0: torch's default)")
+    fsdp: bool = option(False, "shard the transformer's weights, gradients and optimizer state across processes (PyTorch FSDP2, one unit per block); "
+                        "also on when accelerate is launched with --use_fsdp")
     # policy
     policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/SD3.5/FLUX.1 diffusers hub id or folder")
     resolution: int = option(512, "image resolution of SD3/FLUX policies (the toy model is fixed at 32)")
@@ -106,12 +108,14 @@ def check_value(name: str, value: Any) -> Any:
             value = expected(value)
         except ValueError:
             pass
+    choices = FIELDS[name].metadata.get("choices")
+    if expected is str and isinstance(value, bool) and choices and ("yes" if value else "no") in choices:
+        value = "yes" if value else "no"  # YAML 1.1 reads a bare no / yes as a boolean
     ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
         raise ValueError(f"config key {name}={value!r}: expected {expected.__name__} ({FIELDS[name].metadata['help']})")
-    choices = FIELDS[name].metadata.get("choices")
     if choices and value not in choices:
         raise ValueError(f"config key {name}={value!r}: expected one of {choices}")
     return value
@@ -216,6 +220,9 @@ def validate(config: TrainConfig) -> None:
         options = method.configure(**config.method_options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"method {config.method!r}: {error}") from None
+    if config.fsdp:
+        need(config.objective == "sde", "objective", "fsdp=true supports objective=sde only")
+        need(config.micro_batch <= config.max_batch, "micro_batch", f"with fsdp=true must not exceed max_batch={config.max_batch}, so that every process makes one model call per micro-batch")
     if config.objective == "matching":
         plan = method.plan(options, 0)
         need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",

@@ -8,6 +8,7 @@ EMA -> metrics -> evaluation -> checkpoint. Image specifics stay in the policy a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -32,8 +33,21 @@ from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config
 from .losses import gaussian_kl, policy_loss
 from .policies.base import TextConditioning, rollout_velocity
+from .policies.diffusers_common import export_transformer
 from .policies.toy import ToyPolicy
 from .schedules import learning_rate
+from .sharding import (
+    check_fsdp_world,
+    full_optimizer_state,
+    full_tensors,
+    launched_with_fsdp,
+    load_full,
+    plain_replica,
+    shard_optimizer_state,
+    shard_transformer,
+    total_norm,
+    unsharded,
+)
 from .run_files import (
     append_metrics,
     draw_curve,
@@ -127,44 +141,50 @@ class Batch:
     points: MatchingPoints | None = None  # objective=matching: one flow-matching point per kept transition
 
 
-# accelerate's launcher sets these for its sharding engines; the trainer does not shard.
-SHARDED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+# accelerate's launcher sets these for engines the trainer does not drive (FSDP it does: sharding.py).
+UNSUPPORTED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 def refuse_sharded_backends(environ: dict[str, str]) -> None:
-    """Fail before any model loads when accelerate was launched with DeepSpeed, FSDP or Megatron:
-    the trainer keeps a full replica per process and averages gradients itself, so it would
-    silently run unsharded, with none of the memory savings the launch asked for."""
-    asked = [name for key, name in SHARDED_BACKENDS.items() if environ.get(key, "false").lower() == "true"]
+    """Fail before any model loads when accelerate was launched with DeepSpeed or Megatron: the
+    trainer would silently run without them, with none of the memory savings the launch asked for."""
+    asked = [name for key, name in UNSUPPORTED_BACKENDS.items() if environ.get(key, "false").lower() == "true"]
     if asked:
         raise ValueError(
-            f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support yet: the trainer keeps "
-            "a full replica of the trainable weights on every process and all-reduces their gradients (data parallel). "
-            "Launch with a data-parallel config instead (`accelerate launch --multi_gpu --num_processes N -m flowrl train ...`, "
-            "or `accelerate config` answering no to DeepSpeed and FSDP); LoRA (lora_rank > 0) and gradient_checkpointing=true "
-            "keep the memory per process small."
+            f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support yet. For sharded training "
+            "use FSDP (`accelerate launch --use_fsdp --num_processes N -m flowrl train ...`, or fsdp=true in any multi-process "
+            "launch); for data parallel `accelerate launch --multi_gpu --num_processes N -m flowrl train ...`. LoRA "
+            "(lora_rank > 0) and gradient_checkpointing=true keep the memory per process small."
         )
 
 
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         refuse_sharded_backends(dict(os.environ))
+        if launched_with_fsdp(os.environ) and not config.fsdp:
+            from .config import validate
+
+            config = dataclasses.replace(config, fsdp=True)
+            validate(config)
         self.config = config
         self.out = Path(config.out)
-        self.out.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(config.threads)
         self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device))
-        self.autocast = self.device.type == "cuda" and config.mixed_precision in ("auto", "bf16")
+        # bf16 autocast of the model calls: on CUDA by default, on the CPU when asked (fast with AMX).
+        self.autocast = config.mixed_precision == "bf16" or (config.mixed_precision == "auto" and self.device.type == "cuda")
         from accelerate import Accelerator
 
         trackers = [t for t in config.log_with.split(",") if t]
         self.accelerator = Accelerator(cpu=self.device.type == "cpu", log_with=trackers or None, project_dir=str(self.out / "logs"))
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if config.fsdp:
+            check_fsdp_world(self.world, os.environ)
+        self.out.mkdir(parents=True, exist_ok=True)
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
             self.accelerator.init_trackers("flowrl", config=flat)
-        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.method = get_method(config.method)
         self.method_config = method_config(config)
         torch.manual_seed(config.seed)
@@ -176,6 +196,8 @@ class Trainer:
             add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets)
         if config.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
             transformer.enable_gradient_checkpointing()
+        # FSDP units (blocks, then the root) when sharding; None for replicated data parallel.
+        self.fsdp_units = shard_transformer(transformer, self.device, self.world, os.environ) if config.fsdp else None
         self.params = trainable_named_parameters(transformer)
         self.reference = Reference(transformer, self.lora) if config.beta > 0 else None
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
@@ -190,10 +212,14 @@ class Trainer:
     # --- checkpoints --------------------------------------------------------------------------
 
     def save(self) -> None:
+        """Checkpoint on rank 0; every process calls it (sharded tensors are gathered first), and a
+        sharded run writes the same full tensors as an unsharded one, so either resumes the other."""
+        weights, ema = full_tensors(self.params), full_tensors(self.ema.shadow) if self.ema else None
+        optimizer = full_optimizer_state(self.optimizer)
         if self.rank != 0:
             return
-        state = {"iteration": self.iteration, "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "config": self.config.to_dict()}
-        save_checkpoint(self.checkpoint_dir, {n: p for n, p in self.params.items()}, self.ema.shadow if self.ema else None, state)
+        state = {"iteration": self.iteration, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
+        save_checkpoint(self.checkpoint_dir, weights, ema, state)
 
     def try_resume(self) -> bool:
         directory = self.checkpoint_dir
@@ -208,12 +234,10 @@ class Trainer:
             raise ValueError(f"{self.out} holds a checkpoint of a different run ({', '.join(f'{k}: {saved.get(k)!r} there, {getattr(self.config, k)!r} now' for k in mismatched)}); use another out= or resume=false")
         if set(weights) != set(self.params):
             raise ValueError(f"checkpoint weights do not match the model's trainable parameters ({len(weights)} vs {len(self.params)})")
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(weights[n].to(p.device, p.dtype))
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_full(self.params, weights)
+        self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], list(self.params.values())))
         if self.ema is not None and ema is not None:
-            self.ema.shadow = {n: t.to(self.device) for n, t in ema.items()}
+            load_full(self.ema.shadow, ema)
         set_rng_state(state["rng"])
         self.iteration = state["iteration"]
         truncate_metrics(self.metrics_path, self.iteration)
@@ -227,7 +251,7 @@ class Trainer:
             return base
 
         def velocity(x, sigma, prompt_index):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return base(x, sigma, prompt_index).float()
 
         return velocity
@@ -289,10 +313,11 @@ class Trainer:
         if plan.share_noise:  # one initial noise per prompt, whichever process holds its roots
             noise = seeded_noise(self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape)
         cond = self.policy.encode(prompts)
-        result = rollout(
-            self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
-            root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
-        )
+        with unsharded(self.fsdp_units):  # sharded: one all-gather, then local forwards of any number
+            result = rollout(
+                self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
+                root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
+            )
         timings["time/rollout"] = time.perf_counter() - start
         start = time.perf_counter()
         scored = torch.nonzero(result.reward_mask).flatten()
@@ -376,6 +401,13 @@ class Trainer:
             kl = (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
         return scored.logp, logp_old, kl
 
+    def idle_pass(self, velocity, batch: Batch) -> None:
+        """A forward and backward with zero gradient (any one transition, loss times 0): keeps a
+        process with fewer micro-batches in step with the others' FSDP collectives."""
+        transitions = batch.rollout.transitions
+        logp, _, _ = self.score_part(velocity, batch, transitions, torch.zeros(1, dtype=torch.long), None)
+        (logp.sum() * 0).backward()
+
     @torch.no_grad()
     def matching_logp_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
         """[M] the matching log-likelihood proxy of every point before this iteration's update."""
@@ -385,7 +417,7 @@ class Trainer:
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
         a gradient on some process counts as zero there, so every process joins the same call."""
-        if self.world == 1:
+        if self.world == 1 or self.fsdp_units:  # FSDP's backward reduce-scatters (averages) them itself
             return
         import torch.distributed as dist
 
@@ -432,9 +464,14 @@ class Trainer:
             order = torch.randperm(count, generator=generator)
             for first in range(0, steps_per_epoch * step_size, step_size):
                 indices = order[first : first + step_size]
-                step_total = sum(self.gather(len(indices)))
+                sizes = self.gather(len(indices))
+                step_total = sum(sizes)
                 self.optimizer.zero_grad(set_to_none=True)
-                for micro in indices.split(config.micro_batch):
+                micros = [m for m in indices.split(config.micro_batch) if len(m)]  # none when this process kept nothing
+                if self.fsdp_units:  # collectives in every forward and backward: the same number of passes everywhere
+                    for _ in range(math.ceil(max(sizes) / config.micro_batch) - len(micros)):
+                        self.idle_pass(velocity, batch)
+                for micro in micros:
                     logp, logp_old, kl = self.score_part(velocity, batch, transitions, micro, logp_old_all)
                     loss, stats = policy_loss(
                         logp, logp_old, batch.advantages[micro].to(logp.device), loss=config.loss, loss_options=loss_options,
@@ -453,8 +490,8 @@ class Trainer:
                             sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
                 self.average_gradients()
                 if config.max_grad_norm > 0:
-                    norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm)
-                    sums["grad_norm"] = max(sums.get("grad_norm", 0.0), float(norm))
+                    norm = total_norm(torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm))
+                    sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
                 self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.params)
@@ -496,11 +533,24 @@ class Trainer:
             return None
         return list(dict.fromkeys(self.prompts.pool))[:16]
 
+    @contextlib.contextmanager
+    def final_weights(self):
+        """The weights to evaluate and export, whole on every process: EMA swapped in when enabled,
+        and all-gathered when sharded. Every process must enter it together."""
+        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
+        with context, unsharded(self.fsdp_units):
+            yield
+
+    def evaluate_on_rank0(self) -> dict[str, float]:
+        """evaluate() with the final weights; every process calls it, rank 0 evaluates ({} elsewhere)."""
+        with self.final_weights():
+            return self.evaluate() if self.rank == 0 else {}
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Deterministic samples of fixed prompts and seeds (EMA weights when enabled): the ToyShapes
-        benchmark for the toy model on ToyShapes prompts, else the reward on the evaluation prompts.
-        Writes a sample grid and a JSON report under out/samples."""
+        """Deterministic samples of fixed prompts and seeds with the current weights (see
+        evaluate_on_rank0): the ToyShapes benchmark for the toy model on ToyShapes prompts, else
+        the reward on the evaluation prompts. Writes a sample grid and a JSON report under out/samples."""
         from .images import save_grid
 
         start = time.perf_counter()
@@ -508,31 +558,29 @@ class Trainer:
         samples.mkdir(exist_ok=True)
         name = f"iter_{self.iteration:05d}"
         prompts = self.evaluation_prompts()
-        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
-        with context:
-            if prompts is None:
-                from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+        if prompts is None:
+            from benchmarks.toyshapes.evaluate import evaluate_toyshapes
 
-                report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
-                report.save(samples / f"{name}.json")
-                stats = {"eval/overall": report.overall, "eval/mean_score": report.mean_score, **{f"eval/{k}": v for k, v in report.accuracy.items()}}
-                nrow = self.config.eval_per_category
-            else:
-                from .generate import generate
+            report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
+            report.save(samples / f"{name}.json")
+            stats = {"eval/overall": report.overall, "eval/mean_score": report.mean_score, **{f"eval/{k}": v for k, v in report.accuracy.items()}}
+            nrow = self.config.eval_per_category
+        else:
+            from .generate import generate
 
-                seeds = list(range(len(prompts)))  # fixed: the same noise for a prompt at every evaluation
-                shift = float(getattr(self.method_config, "shift", 1.0))
-                images = generate(self.policy, prompts, seeds, steps=self.config.eval_steps, guidance=self.config.guidance, shift=shift, batch_size=self.config.max_batch)
-                stats = {}
-                records = [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)]
-                pointwise = self.reward.pointwise_only()
-                if pointwise is not None:  # pairwise judges need a group to compare within; evaluation has one image per prompt
-                    scores = pointwise.evaluate(images, prompts)
-                    for i, record in enumerate(records):
-                        record.update(reward=float(scores.total[i]), **{k: float(v[i]) for k, v in scores.components.items()})
-                    stats = {"eval/reward": float(scores.total[scores.valid].mean()) if bool(scores.valid.any()) else float("nan")}
-                (samples / f"{name}.json").write_text(json.dumps({"iteration": self.iteration, **stats, "records": records}, indent=2))
-                nrow = min(8, len(prompts))
+            seeds = list(range(len(prompts)))  # fixed: the same noise for a prompt at every evaluation
+            shift = float(getattr(self.method_config, "shift", 1.0))
+            images = generate(self.policy, prompts, seeds, steps=self.config.eval_steps, guidance=self.config.guidance, shift=shift, batch_size=self.config.max_batch)
+            stats = {}
+            records = [{"prompt": p, "seed": s} for p, s in zip(prompts, seeds)]
+            pointwise = self.reward.pointwise_only()
+            if pointwise is not None:  # pairwise judges need a group to compare within; evaluation has one image per prompt
+                scores = pointwise.evaluate(images, prompts)
+                for i, record in enumerate(records):
+                    record.update(reward=float(scores.total[i]), **{k: float(v[i]) for k, v in scores.components.items()})
+                stats = {"eval/reward": float(scores.total[scores.valid].mean()) if bool(scores.valid.any()) else float("nan")}
+            (samples / f"{name}.json").write_text(json.dumps({"iteration": self.iteration, **stats, "records": records}, indent=2))
+            nrow = min(8, len(prompts))
         save_grid(images, samples / f"{name}.png", nrow=nrow, scale=max(1, 128 // images.shape[-1]))
         stats["time/eval"] = time.perf_counter() - start
         return stats
@@ -543,8 +591,11 @@ class Trainer:
         config = self.config
         resumed = self.try_resume()
         started = time.perf_counter()
-        if self.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path):
-            append_metrics(self.metrics_path, {"iteration": 0, **self.evaluate()} if config.eval_every else {"iteration": 0})
+        fresh = self.gather(self.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path))[0]
+        if fresh:
+            record = {"iteration": 0, **(self.evaluate_on_rank0() if config.eval_every else {})}
+            if self.rank == 0:
+                append_metrics(self.metrics_path, record)
         bar = tqdm(total=config.iterations, initial=self.iteration, desc="train", unit="it", disable=self.rank != 0)
         last: dict[str, float] = {}
         stopped_early = False
@@ -556,8 +607,8 @@ class Trainer:
             at_end = self.iteration == config.iterations
             out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
             out_of_time = any(self.gather(out_of_time))  # every process stops at the same iteration
-            if config.eval_every and self.rank == 0 and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
-                record.update(self.evaluate())
+            if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
+                record.update(self.evaluate_on_rank0())
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
             self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)
@@ -571,31 +622,39 @@ class Trainer:
                 stopped_early = True
                 break
         bar.close()
-        self.accelerator.end_training()
         if self.rank == 0:
             records = read_metrics(self.metrics_path)
             eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
             draw_curve(records, self.out / "reward_curve.png", eval_key=eval_key)
-            self.export()
+        self.export()  # before end_training, which may take down the process group a sharded export needs
+        self.accelerator.end_training()
         return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last, "rank": self.rank}
 
     def export(self) -> Path:
         """The trained weights (EMA when enabled) in out/final: for the toy model a loadable model
         directory with LoRA merged; for SD3/FLUX the LoRA adapter in diffusers' format
-        (pipeline.load_lora_weights) or, for full fine-tuning, the transformer folder."""
+        (pipeline.load_lora_weights) or, for full fine-tuning, the transformer folder. Every process
+        calls it (a sharded model is gathered); rank 0 writes."""
         directory = self.out / "final"
-        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
-        with context:
+        with self.final_weights():
+            if self.rank != 0:
+                return directory
+            # A sharded transformer is exported from a plain copy of its gathered weights.
+            transformer = plain_replica(self.policy.transformer) if self.fsdp_units else self.policy.transformer
             if not self.toy:
-                return self.policy.export(directory, lora=self.lora)
+                return export_transformer(transformer, self.lora, directory, self.policy.pipeline_class)
             from .policies import save_toy
+            from .policies.toy import ToyModel
 
             model = self.policy.model
-            if self.lora:
+            if self.lora or self.fsdp_units:
                 import copy
 
-                merged = copy.deepcopy(model)
-                _merge_peft(merged.transformer)
+                merged = ToyModel(model.config)
+                merged.text_encoder = copy.deepcopy(model.text_encoder)
+                merged.transformer = copy.deepcopy(transformer) if transformer is model.transformer else transformer
+                if self.lora:
+                    _merge_peft(merged.transformer)
                 model = merged
             save_toy(model, directory, dtype=torch.float32)
         return directory

@@ -89,21 +89,112 @@ def test_a_batch_that_does_not_split_evenly_fails_by_name():
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-def test_a_sharded_launch_is_refused_before_any_model_loads(tmp_path):
-    # accelerate's own FSDP launch; the trainer would otherwise run unsharded without saying so.
+def test_accelerates_fsdp_launch_without_cuda_fails_before_any_model_loads(tmp_path):
+    # Without CUDA accelerate's --use_fsdp does not shard; the launch must stop, not train N unsharded copies.
     out = tmp_path / "run"
-    command = [ACCELERATE, "launch", "--use_fsdp", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "-m", "flowrl", "train", "toy", f"out={out}", "iterations=1", "threads=1"]
+    command = [ACCELERATE, "launch", "--use_fsdp", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "flowrl", "train", "toy", f"out={out}", "iterations=1", "threads=1"]
     done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode != 0
-    assert "launched with FSDP, which flowrl does not support yet" in done.stderr
-    assert "--multi_gpu" in done.stderr  # says what to launch instead
+    assert "not supported on cpu" in done.stderr  # accelerate's own refusal, before our trainer starts
     assert not out.exists()  # failed before the run directory or any model
 
 
-def test_deepspeed_and_fsdp_flags_are_named_in_the_refusal():
+def test_deepspeed_and_megatron_are_named_in_the_refusal():
     from flowrl.trainer import refuse_sharded_backends
 
-    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "false", "ACCELERATE_USE_DEEPSPEED": "False"})  # data parallel: fine
-    with pytest.raises(ValueError, match="launched with DeepSpeed and FSDP, which"):
-        refuse_sharded_backends({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_FSDP": "TRUE"})
+    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "False"})  # FSDP and data parallel: fine
+    with pytest.raises(ValueError, match="launched with DeepSpeed and Megatron-LM, which .*use FSDP"):
+        refuse_sharded_backends({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_MEGATRON_LM": "TRUE"})
+
+
+def test_fsdp_options_are_checked_before_any_model_loads(tmp_path):
+    from flowrl.config import build_config
+    from flowrl.sharding import check_fsdp_world
+
+    with pytest.raises(ValueError, match="objective=.matching.: fsdp=true supports objective=sde only"):
+        build_config({}, ["fsdp=true", "objective=matching"])
+    with pytest.raises(ValueError, match="micro_batch=512: with fsdp=true must not exceed max_batch=256"):
+        build_config({}, ["fsdp=true", "micro_batch=512"])
+    with pytest.raises(ValueError, match="this run has 1; launch 2 or more"):
+        check_fsdp_world(1, {})
+    with pytest.raises(ValueError, match="2 processes were launched but they did not join.*--multi_gpu and fsdp=true"):
+        check_fsdp_world(1, {"WORLD_SIZE": "2"})
+    check_fsdp_world(2, {"WORLD_SIZE": "2"})
+
+
+def fsdp_overrides(tiny_dir, out, tmp_path, *extra):
+    """Two prompts, one of whose groups always ties and leaves the update: the processes hold
+    different numbers of transitions, and one micro-batch per transition makes that show."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    return overrides(tiny_dir, out, f"prompts={prompts}", "reward=conftest:brightness_tied_for_squares", "reward_options={}",
+                     "drop_zero_variance=true", "micro_batch=1", "ema=0.5", "seed=3", *extra)  # seed 3: uneven in iteration 1
+
+
+def local(out, rank):
+    return json.loads((out / f"local_rank{rank}.json").read_text())
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_fsdp_shards_the_weights_and_trains_like_one_process(tmp_path):
+    tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
+    launch(1, fsdp_overrides(tiny_dir, tmp_path / "one", tmp_path), tmp_path)
+    launch(2, fsdp_overrides(tiny_dir, tmp_path / "two", tmp_path, "fsdp=true"), tmp_path)
+
+    single = load_file(str(tmp_path / "one" / "params_rank0.safetensors"))
+    rank0 = load_file(str(tmp_path / "two" / "params_rank0.safetensors"))
+    initial = tiny_model().transformer.state_dict()
+    assert any(not torch.equal(single[k], initial[k]) for k in single)
+    for k in single:
+        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+    # Each process held about half of every weight matrix, and no process held all of it.
+    held = [local(tmp_path / "two", r)["numel"] for r in (0, 1)]
+    for name, tensor in single.items():
+        assert held[0][name] + held[1][name] == tensor.numel()
+        if tensor.shape[0] > 1:
+            assert max(held[0][name], held[1][name]) < tensor.numel(), name
+    # The tied groups left the processes uneven, and the one with fewer micro-batches kept in step.
+    assert local(tmp_path / "two", 0)["idle_passes"] + local(tmp_path / "two", 1)["idle_passes"]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert any(r["zero_variance_prompts"] > 0 for r in one[1:])
+    for a, b in zip(one[1:], two[1:]):
+        for key in ("reward/mean", "advantage/std", "transitions/global", "loss/policy"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    # The exported model (EMA weights, gathered from the shards) equals the one-process export.
+    exported = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    reference = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    assert exported.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(exported[k], reference[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path):
+    # LoRA with a KL to the reference (adapters disabled: one more forward per micro-batch).
+    tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
+    lora = ("lora_rank=4", "beta=0.5", "checkpoint_every=1")
+    a, b = tmp_path / "a", tmp_path / "b"
+    launch(2, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=2", "fsdp=true"), tmp_path)
+    launch(1, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=2"), tmp_path)
+    first_a, first_b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    for k in first_b:  # the LoRA-merged export of the sharded run
+        torch.testing.assert_close(first_a[k], first_b[k], rtol=1e-4, atol=1e-6)
+    # Swap: the sharded run's checkpoint continues unsharded, and the other way round.
+    launch(1, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=3"), tmp_path)
+    launch(2, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=3", "fsdp=true"), tmp_path)
+    # Both equal a run that was never interrupted (weights, optimizer and EMA state all carried over).
+    c = tmp_path / "c"
+    launch(1, fsdp_overrides(tiny_dir, c, tmp_path, *lora, "iterations=3"), tmp_path)
+    params_c = load_file(str(c / "params_rank0.safetensors"))
+    for run in (a, b):
+        params = load_file(str(run / "params_rank0.safetensors"))
+        assert params.keys() == params_c.keys()
+        for k in params_c:
+            torch.testing.assert_close(params[k], params_c[k], rtol=1e-4, atol=1e-6)
+        final = load_file(str(run / "final" / "model.safetensors"))
+        for k in final:
+            torch.testing.assert_close(final[k], load_file(str(c / "final" / "model.safetensors"))[k], rtol=1e-4, atol=1e-6)
+    assert [r["iteration"] for r in metrics(a)] == [r["iteration"] for r in metrics(b)] == [0, 1, 2, 3]
+    kl = metrics(a)[3]["loss/kl"]
+    assert kl > 0 and kl == pytest.approx(metrics(c)[3]["loss/kl"], rel=1e-3, abs=1e-9)

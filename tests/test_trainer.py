@@ -269,3 +269,27 @@ def test_invalid_rewards_are_imputed_from_their_groups_valid_scored_members():
     scored = torch.tensor([True, True, True, False, True, True])  # sample 3 is an unscored tree node
     # group 0: mean(1, 3) = 2; group 1: its only valid member is unscored, so 0; others unchanged
     assert impute_group_means(rewards, valid, groups, scored).tolist() == [1.0, 3.0, 2.0, 5.0, 0.0, 9.0]
+
+
+@pytest.mark.parametrize("precision,expected", [("bf16", torch.bfloat16), ("auto", torch.float32), ("no", torch.float32)])
+def test_mixed_precision_bf16_runs_the_model_in_bf16_on_the_cpu_too(tiny_dir, tmp_path, precision, expected):
+    trainer = Trainer(tiny_run(tiny_dir, tmp_path / precision, f"mixed_precision={precision}"))
+    seen = []
+    first_linear = next(m for m in trainer.policy.transformer.modules() if isinstance(m, torch.nn.Linear))
+    first_linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    cond = trainer.policy.encode(["a red circle", "a blue square"])
+    x, sigma = torch.randn(2, *trainer.policy.sample_shape), torch.full((2,), 0.5)
+    v = trainer.velocity_fn(cond)(x, sigma, torch.tensor([0, 1]))
+    assert seen and set(seen) == {expected}
+    assert v.dtype == torch.float32  # the solver layer always gets float32 velocities
+    plain = trainer.policy.velocity(x, sigma, cond, trainer.config.guidance)
+    tolerance = 0.1 if expected == torch.bfloat16 else 1e-6
+    assert (v - plain).norm() / plain.norm() < tolerance
+
+
+def test_a_bf16_run_on_the_cpu_trains_with_on_policy_ratios(tiny_dir, tmp_path):
+    train(tiny_run(tiny_dir, tmp_path / "run", "mixed_precision=bf16", "iterations=1"))
+    record = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][1]
+    assert math.isfinite(record["loss/policy"])
+    # rollout and re-scoring both run in bf16, in different batches: equal up to bf16 rounding
+    assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-2)

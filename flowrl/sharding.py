@@ -1,0 +1,144 @@
+"""Sharded data parallel training (PyTorch FSDP2, `fully_shard`) of the policy's transformer.
+
+Each process keeps 1/world of the trained weights, their gradients and the optimizer state; a
+forward all-gathers one transformer block at a time and a backward reduce-scatters (averages) the
+gradients. Collectives need every process to make the same calls, so the trainer keeps its update
+in lockstep and runs rollouts and rank-0 evaluation inside `unsharded`, where the weights are
+all-gathered once and the forwards are local.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Mapping
+
+import torch
+
+# Block lists of the transformers we shard, one FSDP unit each (SD3 and the toy model; FLUX adds
+# its single-stream blocks). The root unit holds what is left (embeddings, final norm and proj).
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def env_flag(environ: Mapping[str, str], key: str, default: bool = False) -> bool:
+    return environ.get(key, str(default)).lower() in ("1", "true", "yes")
+
+
+def launched_with_fsdp(environ: Mapping[str, str]) -> bool:
+    """Whether accelerate was launched with `--use_fsdp` (or a config that enables FSDP)."""
+    return env_flag(environ, "ACCELERATE_USE_FSDP")
+
+
+def check_fsdp_world(world: int, environ: Mapping[str, str]) -> None:
+    """Fail unless this process is one of 2 or more joined processes (before any model loads)."""
+    if world >= 2:
+        return
+    launched = int(environ.get("WORLD_SIZE", "1"))
+    if launched > world:  # accelerate's --use_fsdp forms no process group without CUDA
+        raise ValueError(f"fsdp: {launched} processes were launched but they did not join (this one sees {world}); accelerate's --use_fsdp "
+                         "joins processes on CUDA only; on the CPU launch with --multi_gpu and fsdp=true (they join over gloo)")
+    raise ValueError(f"fsdp shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
+
+
+def shard_transformer(transformer: torch.nn.Module, device: torch.device, world: int, environ: Mapping[str, str]) -> list[torch.nn.Module]:
+    """Shard `transformer` in place across the `world` processes of the default process group;
+    returns its FSDP units (blocks first, root last). Honours accelerate's FSDP launch settings
+    FSDP_RESHARD_AFTER_FORWARD (default true) and FSDP_OFFLOAD_PARAMS (default false)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    options = {
+        "mesh": mesh,
+        "reshard_after_forward": env_flag(environ, "FSDP_RESHARD_AFTER_FORWARD", True),
+        "offload_policy": CPUOffloadPolicy() if env_flag(environ, "FSDP_OFFLOAD_PARAMS") else OffloadPolicy(),
+    }
+    units = []
+    for attribute in BLOCK_LISTS:
+        for block in getattr(transformer, attribute, None) or []:
+            fully_shard(block, **options)
+            units.append(block)
+    fully_shard(transformer, **options)
+    return [*units, transformer]
+
+
+@contextlib.contextmanager
+def unsharded(units: list[torch.nn.Module] | None) -> Iterator[None]:
+    """Hold every unit's full weights (one all-gather on every process) so that the forwards inside
+    need no collectives: rollouts of uneven size, or an evaluation on rank 0 only. No gradients."""
+    if not units:
+        yield
+        return
+    for unit in units:
+        unit.set_reshard_after_forward(False)
+        unit.unshard()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(True)
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def full_tensors(values: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Plain CPU copies of `values`, sharded ones all-gathered (every process must call this)."""
+    return {n: (t.full_tensor() if is_sharded(t) else t).detach().cpu().contiguous() for n, t in values.items()}
+
+
+@torch.no_grad()
+def load_full(targets: Mapping[str, torch.Tensor], values: Mapping[str, torch.Tensor]) -> None:
+    """Copy full tensors `values` into `targets` in place, each process keeping its own shard."""
+    from torch.distributed.tensor import distribute_tensor
+
+    for n, target in targets.items():
+        value = values[n].to(target.device, target.dtype)
+        if is_sharded(target):
+            value = distribute_tensor(value, target.device_mesh, target.placements)
+        target.copy_(value)
+
+
+def total_norm(norm: torch.Tensor) -> float:
+    """The float of a gradient norm from clip_grad_norm_, which is a DTensor for sharded grads."""
+    return float(norm.full_tensor() if is_sharded(norm) else norm)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() with every sharded state tensor all-gathered to a plain CPU tensor,
+    so sharded and unsharded runs write the same checkpoint (every process must call this)."""
+    state = optimizer.state_dict()
+    return {**state, "state": {i: full_tensors(s) for i, s in state["state"].items()}}
+
+
+def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
+    """A full optimizer state (as written by full_optimizer_state) cut to this process's shards of
+    `params` (the optimizer's parameters, in order), ready for optimizer.load_state_dict."""
+    from torch.distributed.tensor import distribute_tensor
+
+    def cut(value, param):
+        if is_sharded(param) and isinstance(value, torch.Tensor) and value.shape == param.shape:
+            return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+        return value
+
+    return {**state, "state": {i: {k: cut(v, params[int(i)]) for k, v in s.items()} for i, s in state["state"].items()}}
+
+
+def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
+    """An unsharded copy of a sharded `transformer` inside `unsharded` (same class, config, LoRA
+    adapters and weights), for the diffusers and toy exporters, which expect plain modules."""
+    from torch.distributed.fsdp import FSDPModule
+
+    original = next(c for c in type(transformer).__mro__ if not issubclass(c, FSDPModule))
+    tensors = {n: t.detach() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
+    if any(is_sharded(t) for t in tensors.values()):
+        raise RuntimeError("plain_replica needs the transformer's weights gathered (call it inside sharding.unsharded)")
+    replica = original.from_config(transformer.config)
+    for name, adapter in getattr(transformer, "peft_config", {}).items():
+        replica.add_adapter(adapter, adapter_name=name)
+    replica.load_state_dict(tensors, strict=True)
+    return replica.to(next(iter(tensors.values())).device).requires_grad_(False)
