@@ -10,6 +10,7 @@ all-gathered once and the forwards are local.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
@@ -39,17 +40,34 @@ def check_fsdp_world(world: int, environ: Mapping[str, str]) -> None:
     raise ValueError(f"fsdp shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
 
 
-def shard_transformer(transformer: torch.nn.Module, device: torch.device, world: int, environ: Mapping[str, str]) -> list[torch.nn.Module]:
-    """Shard `transformer` in place across the `world` processes of the default process group;
-    returns its FSDP units (blocks first, root last). Honours accelerate's FSDP launch settings
+@dataclass
+class Sharded:
+    """A transformer sharded in place: its FSDP units (blocks first, root last) and the setting
+    they return to after `unsharded`."""
+
+    units: list[torch.nn.Module]
+    reshard_after_forward: bool
+
+
+def reshard_after_forward(environ: Mapping[str, str]) -> bool:
+    """accelerate's FSDP_RESHARD_AFTER_FORWARD: true/false (FSDP2) or an FSDP-1 sharding strategy
+    (FULL_SHARD and HYBRID_SHARD free the weights after forward; SHARD_GRAD_OP and NO_SHARD keep them)."""
+    value = environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower()
+    return value not in ("false", "0", "no", "shard_grad_op", "no_shard", "2", "3")
+
+
+def shard_transformer(transformer: torch.nn.Module, device: torch.device, environ: Mapping[str, str]) -> Sharded:
+    """Shard `transformer` in place across the processes of the default process group, one FSDP
+    unit per block plus the root. Honours accelerate's FSDP launch settings
     FSDP_RESHARD_AFTER_FORWARD (default true) and FSDP_OFFLOAD_PARAMS (default false)."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    mesh = init_device_mesh(device.type, (world,))
+    reshard = reshard_after_forward(environ)
     options = {
-        "mesh": mesh,
-        "reshard_after_forward": env_flag(environ, "FSDP_RESHARD_AFTER_FORWARD", True),
+        "mesh": init_device_mesh(device.type, (dist.get_world_size(),)),
+        "reshard_after_forward": reshard,
         "offload_policy": CPUOffloadPolicy() if env_flag(environ, "FSDP_OFFLOAD_PARAMS") else OffloadPolicy(),
     }
     units = []
@@ -58,26 +76,26 @@ def shard_transformer(transformer: torch.nn.Module, device: torch.device, world:
             fully_shard(block, **options)
             units.append(block)
     fully_shard(transformer, **options)
-    return [*units, transformer]
+    return Sharded([*units, transformer], reshard)
 
 
 @contextlib.contextmanager
-def unsharded(units: list[torch.nn.Module] | None) -> Iterator[None]:
+def unsharded(sharded: Sharded | None) -> Iterator[None]:
     """Hold every unit's full weights (one all-gather on every process) so that the forwards inside
     need no collectives: rollouts of uneven size, or an evaluation on rank 0 only. No gradients."""
-    if not units:
+    if sharded is None:
         yield
         return
-    for unit in units:
+    for unit in sharded.units:
         unit.set_reshard_after_forward(False)
         unit.unshard()
     try:
         with torch.no_grad():
             yield
     finally:
-        for unit in units:
+        for unit in sharded.units:
             unit.reshard()
-            unit.set_reshard_after_forward(True)
+            unit.set_reshard_after_forward(sharded.reshard_after_forward)
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
@@ -99,7 +117,8 @@ def load_full(targets: Mapping[str, torch.Tensor], values: Mapping[str, torch.Te
     for n, target in targets.items():
         value = values[n].to(target.device, target.dtype)
         if is_sharded(target):
-            value = distribute_tensor(value, target.device_mesh, target.placements)
+            # Every process holds the whole value (read from the same checkpoint): slice, no broadcast.
+            value = distribute_tensor(value, target.device_mesh, target.placements, src_data_rank=None)
         target.copy_(value)
 
 
@@ -122,7 +141,7 @@ def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
 
     def cut(value, param):
         if is_sharded(param) and isinstance(value, torch.Tensor) and value.shape == param.shape:
-            return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements)
+            return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None)
         return value
 
     return {**state, "state": {i: {k: cut(v, params[int(i)]) for k, v in s.items()} for i, s in state["state"].items()}}
@@ -130,15 +149,27 @@ def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
 
 def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
     """An unsharded copy of a sharded `transformer` inside `unsharded` (same class, config, LoRA
-    adapters and weights), for the diffusers and toy exporters, which expect plain modules."""
+    adapters, weights and dtypes), for the diffusers and toy exporters, which expect plain modules.
+    Built on the meta device and then given copies of the gathered tensors: no second random init."""
     from torch.distributed.fsdp import FSDPModule
 
     original = next(c for c in type(transformer).__mro__ if not issubclass(c, FSDPModule))
     tensors = {n: t.detach() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
     if any(is_sharded(t) for t in tensors.values()):
         raise RuntimeError("plain_replica needs the transformer's weights gathered (call it inside sharding.unsharded)")
-    replica = original.from_config(transformer.config)
-    for name, adapter in getattr(transformer, "peft_config", {}).items():
-        replica.add_adapter(adapter, adapter_name=name)
-    replica.load_state_dict(tensors, strict=True)
-    return replica.to(next(iter(tensors.values())).device).requires_grad_(False)
+    with torch.device("meta"):
+        replica = original.from_config(transformer.config)
+        for name, adapter in getattr(transformer, "peft_config", {}).items():
+            replica.add_adapter(adapter, adapter_name=name)
+    names = [n for n, _ in replica.named_parameters()] + [n for n, _ in replica.named_buffers()]
+    if sorted(names) != sorted(tensors):
+        raise RuntimeError(f"the replica's tensors differ from the transformer's: {sorted(set(names) ^ set(tensors))[:5]}")
+    for name in names:
+        module_name, _, leaf = name.rpartition(".")
+        module = replica.get_submodule(module_name)
+        value = tensors[name].clone()
+        if leaf in module._parameters:
+            module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+        else:
+            module._buffers[leaf] = value
+    return replica

@@ -196,8 +196,8 @@ class Trainer:
             add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets)
         if config.gradient_checkpointing and hasattr(transformer, "enable_gradient_checkpointing"):
             transformer.enable_gradient_checkpointing()
-        # FSDP units (blocks, then the root) when sharding; None for replicated data parallel.
-        self.fsdp_units = shard_transformer(transformer, self.device, self.world, os.environ) if config.fsdp else None
+        # The FSDP units when sharding; None for replicated data parallel.
+        self.sharded = shard_transformer(transformer, self.device, os.environ) if config.fsdp else None
         self.params = trainable_named_parameters(transformer)
         self.reference = Reference(transformer, self.lora) if config.beta > 0 else None
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
@@ -313,7 +313,7 @@ class Trainer:
         if plan.share_noise:  # one initial noise per prompt, whichever process holds its roots
             noise = seeded_noise(self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape)
         cond = self.policy.encode(prompts)
-        with unsharded(self.fsdp_units):  # sharded: one all-gather, then local forwards of any number
+        with unsharded(self.sharded):  # sharded: one all-gather, then local forwards of any number
             result = rollout(
                 self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
                 root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
@@ -417,7 +417,7 @@ class Trainer:
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
         a gradient on some process counts as zero there, so every process joins the same call."""
-        if self.world == 1 or self.fsdp_units:  # FSDP's backward reduce-scatters (averages) them itself
+        if self.world == 1 or self.sharded is not None:  # FSDP's backward reduce-scatters (averages) them itself
             return
         import torch.distributed as dist
 
@@ -468,7 +468,7 @@ class Trainer:
                 step_total = sum(sizes)
                 self.optimizer.zero_grad(set_to_none=True)
                 micros = [m for m in indices.split(config.micro_batch) if len(m)]  # none when this process kept nothing
-                if self.fsdp_units:  # collectives in every forward and backward: the same number of passes everywhere
+                if self.sharded is not None:  # collectives in every forward and backward: the same number of passes everywhere
                     for _ in range(math.ceil(max(sizes) / config.micro_batch) - len(micros)):
                         self.idle_pass(velocity, batch)
                 for micro in micros:
@@ -538,7 +538,7 @@ class Trainer:
         """The weights to evaluate and export, whole on every process: EMA swapped in when enabled,
         and all-gathered when sharded. Every process must enter it together."""
         context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
-        with context, unsharded(self.fsdp_units):
+        with context, unsharded(self.sharded):
             yield
 
     def evaluate_on_rank0(self) -> dict[str, float]:
@@ -640,14 +640,14 @@ class Trainer:
             if self.rank != 0:
                 return directory
             # A sharded transformer is exported from a plain copy of its gathered weights.
-            transformer = plain_replica(self.policy.transformer) if self.fsdp_units else self.policy.transformer
+            transformer = plain_replica(self.policy.transformer) if self.sharded is not None else self.policy.transformer
             if not self.toy:
                 return export_transformer(transformer, self.lora, directory, self.policy.pipeline_class)
             from .policies import save_toy
             from .policies.toy import ToyModel
 
             model = self.policy.model
-            if self.lora or self.fsdp_units:
+            if self.lora or self.sharded is not None:
                 import copy
 
                 merged = ToyModel(model.config)

@@ -123,6 +123,14 @@ def test_fsdp_options_are_checked_before_any_model_loads(tmp_path):
     check_fsdp_world(2, {"WORLD_SIZE": "2"})
 
 
+def test_accelerates_reshard_setting_is_read_in_both_of_its_spellings():
+    from flowrl.sharding import reshard_after_forward
+
+    assert reshard_after_forward({}) is True  # FSDP2's default
+    assert [reshard_after_forward({"FSDP_RESHARD_AFTER_FORWARD": v}) for v in ("true", "false", "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")] == [
+        True, False, True, False, False, True]
+
+
 def fsdp_overrides(tiny_dir, out, tmp_path, *extra):
     """Two prompts, one of whose groups always ties and leaves the update: the processes hold
     different numbers of transitions, and one micro-batch per transition makes that show."""
