@@ -131,7 +131,11 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """optimizer.state_dict() with every sharded state tensor all-gathered to a plain CPU tensor,
     so sharded and unsharded runs write the same checkpoint (every process must call this)."""
     state = optimizer.state_dict()
-    return {**state, "state": {i: full_tensors(s) for i, s in state["state"].items()}}
+
+    def gathered(entry: dict) -> dict:
+        return {**entry, **full_tensors({k: v for k, v in entry.items() if isinstance(v, torch.Tensor)})}
+
+    return {**state, "state": {i: gathered(s) for i, s in state["state"].items()}}
 
 
 def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
