@@ -21,6 +21,7 @@ BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 
 
 def env_flag(environ: Mapping[str, str], key: str, default: bool = False) -> bool:
+    """A boolean setting of accelerate's launcher ("true"/"false") in `environ`."""
     return environ.get(key, str(default)).lower() in ("1", "true", "yes")
 
 

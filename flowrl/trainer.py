@@ -38,6 +38,7 @@ from .policies.toy import ToyPolicy
 from .schedules import learning_rate
 from .sharding import (
     check_fsdp_world,
+    env_flag,
     full_optimizer_state,
     full_tensors,
     launched_with_fsdp,
@@ -148,7 +149,7 @@ UNSUPPORTED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE
 def refuse_sharded_backends(environ: dict[str, str]) -> None:
     """Fail before any model loads when accelerate was launched with DeepSpeed or Megatron: the
     trainer would silently run without them, with none of the memory savings the launch asked for."""
-    asked = [name for key, name in UNSUPPORTED_BACKENDS.items() if environ.get(key, "false").lower() == "true"]
+    asked = [name for key, name in UNSUPPORTED_BACKENDS.items() if env_flag(environ, key)]
     if asked:
         raise ValueError(
             f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support yet. For sharded training "
@@ -214,6 +215,8 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint on rank 0; every process calls it (sharded tensors are gathered first), and a
         sharded run writes the same full tensors as an unsharded one, so either resumes the other."""
+        if self.sharded is None and self.rank != 0:  # replicas: rank 0 has it all
+            return
         weights, ema = full_tensors(self.params), full_tensors(self.ema.shadow) if self.ema else None
         optimizer = full_optimizer_state(self.optimizer)
         if self.rank != 0:
@@ -537,7 +540,9 @@ class Trainer:
     def final_weights(self):
         """The weights to evaluate and export, whole on every process: EMA swapped in when enabled,
         and all-gathered when sharded. Every process must enter it together."""
-        context = self.ema.swapped_in(self.params) if self.ema else contextlib.nullcontext()
+        # Unsharded, only rank 0 uses them; sharded, every process holds a part of the EMA.
+        swap = self.ema is not None and (self.sharded is not None or self.rank == 0)
+        context = self.ema.swapped_in(self.params) if swap else contextlib.nullcontext()
         with context, unsharded(self.sharded):
             yield
 
@@ -650,11 +655,13 @@ class Trainer:
             if self.lora or self.sharded is not None:
                 import copy
 
-                merged = ToyModel(model.config)
-                merged.text_encoder = copy.deepcopy(model.text_encoder)
-                merged.transformer = copy.deepcopy(transformer) if transformer is model.transformer else transformer
+                if self.sharded is None:  # the replica is ours to merge into; the live transformer is not
+                    transformer = copy.deepcopy(transformer)
                 if self.lora:
-                    _merge_peft(merged.transformer)
+                    _merge_peft(transformer)
+                with torch.device("meta"):  # a shell for the two modules, no random init
+                    merged = ToyModel(model.config)
+                merged.text_encoder, merged.transformer = model.text_encoder, transformer
                 model = merged
             save_toy(model, directory, dtype=torch.float32)
         return directory
