@@ -655,7 +655,7 @@ class Trainer:
             if self.lora or self.sharded is not None:
                 import copy
 
-                if self.sharded is None:  # the replica is ours to merge into; the live transformer is not
+                if self.sharded is None:  # merge into a copy, not the live transformer (a sharded run's replica is one already)
                     transformer = copy.deepcopy(transformer)
                 if self.lora:
                     _merge_peft(transformer)
