@@ -4,7 +4,7 @@ and every trained model on held-out ToyShapes; prints a per-category before/afte
     python benchmarks/toy_default.py --seeds 0 1 2 --per-category 32      # trains 3 runs
     python benchmarks/toy_default.py --seeds 0 --skip-train --runs runs/bench   # reuse runs
     python benchmarks/toy_default.py --base runs/pretrain_toy/ema --split train --eta 0.3   # another base,
-                                              # judged on the training prompts with the rollouts' SDE
+                                              # judged on the training prompts with DanceGRPO's SDE
 
 Seeds change prompts, noise and shuffling, so their spread is the honest error bar of one run.
 """
@@ -27,7 +27,7 @@ def evaluate(directory: str | None, per_category: int, split: str = "heldout", e
     from benchmarks.toyshapes.evaluate import evaluate_toyshapes
     from flowrl.policies import load_toy
 
-    steps = 20 if eta == 0 else 10  # the SDE evaluation uses the rollouts' 10-step grid
+    steps = 20 if eta == 0 else 10  # the SDE evaluation uses the toy recipes' 10-step grid
     report, _ = evaluate_toyshapes(load_toy(directory), per_category, steps=steps, guidance=4.0, progress=False, split=split, eta=eta)
     return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-category", type=int, default=32, help="evaluation images per category")
     parser.add_argument("--base", default=None, help="toy model directory to train from and compare against (default: the shipped model)")
     parser.add_argument("--split", choices=SPLITS, default="heldout", help="evaluation prompts (held-out: the standard figure)")
-    parser.add_argument("--eta", type=non_negative_float, default=0.0, help="evaluate with the rollouts' SDE at this noise level (10 steps); 0: 20 Euler steps")
+    parser.add_argument("--eta", type=non_negative_float, default=0.0, help="evaluate with DanceGRPO's SDE at this noise level (10 steps); 0: 20 Euler steps")
     parser.add_argument("--runs", default="runs/toy_default_bench", help="where the runs go")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")

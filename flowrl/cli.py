@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its prompts of --split (default 32)")
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
     toy.add_argument("--split", choices=("heldout", "train"), default="heldout", help="prompts to evaluate: held-out (the standard figure) or the RL training split")
-    toy.add_argument("--eta", type=non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as the toy RL rollouts; default 0: deterministic Euler)")
+    toy.add_argument("--eta", type=non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as DanceGRPO rollouts; default 0: deterministic Euler)")
     _add_sampling_args(toy)
     toy.add_argument("--report", default=None, help="write results.md, results.csv, results.json and report.html (with grids) into this folder")
     toy.set_defaults(func=cmd_eval_toyshapes)
