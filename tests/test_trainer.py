@@ -293,3 +293,20 @@ def test_a_bf16_run_on_the_cpu_trains_with_on_policy_ratios(tiny_dir, tmp_path):
     assert math.isfinite(record["loss/policy"])
     # rollout and re-scoring both run in bf16, in different batches: equal up to bf16 rounding
     assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-2)
+
+
+def test_raw_weights_export_equals_a_run_without_ema(tiny_dir, tmp_path):
+    # The EMA does not change training, so a run with ema=0 is an independent reference for the raw weights.
+    from benchmarks.raw_weights import export_raw_weights
+
+    train(tiny_run(tiny_dir, tmp_path / "ema", "lora_rank=4", "ema=0.5"))
+    train(tiny_run(tiny_dir, tmp_path / "plain", "lora_rank=4", "ema=0"))
+    raw = load_file(str(export_raw_weights(tmp_path / "ema", tmp_path / "raw") / "model.safetensors"))
+    plain = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    averaged = load_file(str(tmp_path / "ema" / "final" / "model.safetensors"))
+    assert raw.keys() == plain.keys()
+    for name in raw:
+        torch.testing.assert_close(raw[name], plain[name])
+    assert any(not torch.equal(raw[n], averaged[n]) for n in raw)  # the EMA export is a different model
+    with pytest.raises(ValueError, match="is not a run directory"):
+        export_raw_weights(tmp_path / "nothing", tmp_path / "raw2")
