@@ -154,8 +154,7 @@ def test_fsdp_shards_the_weights_and_trains_like_one_process(tmp_path):
     rank0 = load_file(str(tmp_path / "two" / "params_rank0.safetensors"))
     initial = tiny_model().transformer.state_dict()
     assert any(not torch.equal(single[k], initial[k]) for k in single)
-    for k in single:
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+    assert_equal_up_to_roundoff(rank0, single, initial)
     # Each process held about half of every weight matrix, and no process held all of it.
     held = [local(tmp_path / "two", r)["numel"] for r in (0, 1)]
     for name, tensor in single.items():
@@ -173,8 +172,20 @@ def test_fsdp_shards_the_weights_and_trains_like_one_process(tmp_path):
     exported = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
     reference = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
     assert exported.keys() == reference.keys()
-    for k in reference:
-        torch.testing.assert_close(exported[k], reference[k], rtol=1e-4, atol=1e-6)
+    assert_equal_up_to_roundoff(exported, reference, tiny_model().state_dict())
+
+
+def assert_equal_up_to_roundoff(weights: dict, reference: dict, initial: dict) -> None:
+    """Each tensor of `weights` equals `reference` within 3% of how far training moved it.
+
+    Each process samples 3 of the 6 rollouts, and a CPU linear layer rounds a row differently in
+    a batch of fewer than 4 rows (the timestep embedder's), so the two runs differ by roundoff
+    that Adam's steps carry into the weights; a wrong average or a lost micro-batch moves them
+    by the size of the update itself.
+    """
+    for k, ref in reference.items():
+        update = float((ref.float() - initial[k].float()).abs().max())
+        assert float((weights[k].float() - ref.float()).abs().max()) <= 3e-2 * update + 1e-7, k
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")

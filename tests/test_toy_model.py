@@ -142,3 +142,42 @@ def test_guided_velocity_trains_only_through_the_prompt_branch(tiny_policy):
     v.square().sum().backward()
     assert cond.null_embeds.grad is None or not bool(cond.null_embeds.grad.any())
     assert cond.prompt_embeds.grad is not None and bool(cond.prompt_embeds.grad.any())
+def test_guided_velocity_builds_a_graph_over_the_prompt_half_only(tiny_policy):
+    # Training with guidance: the transformer sees the unconditional half without a graph and the
+    # prompt half with one, so the backward pass covers half the batch.
+    cond = tiny_policy.encode(["a red circle", "two squares", "a circle"])
+    x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.5, 0.2])
+    calls = []
+    hook = tiny_policy.transformer.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append((kwargs["hidden_states"].shape[0], out[0].requires_grad)), with_kwargs=True
+    )
+    try:
+        tiny_policy.velocity(x, sigma, cond, 4.0)
+        with torch.no_grad():
+            tiny_policy.velocity(x, sigma, cond, 4.0)
+        tiny_policy.velocity(x, sigma, cond, 1.0)
+    finally:
+        hook.remove()
+    assert calls == [(3, False), (3, True), (3, False), (3, False), (3, True)]
+
+
+def test_guided_velocity_matches_the_batched_one_call_form(tiny_policy):
+    # benchmarks/speed/guidance.py times sd3_velocity against the one-call form it replaced
+    # (both halves in one batch of 2B); both must compute the same guided velocity and gradient.
+    from benchmarks.speed.guidance import batched_velocity
+
+    cond = tiny_policy.encode(["a red circle", "two squares"])
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])
+    grads = []
+    for form in (batched_velocity, sd3_velocity):
+        tiny_policy.transformer.zero_grad(set_to_none=True)
+        v = form(tiny_policy.transformer, x, sigma, cond, 4.0)
+        v.square().sum().backward()
+        grads.append((v.detach(), [p.grad.clone() for p in tiny_policy.transformer.parameters() if p.grad is not None]))
+    (v_batched, g_batched), (v_split, g_split) = grads
+    torch.testing.assert_close(v_split, v_batched, rtol=1e-5, atol=1e-5)
+    assert len(g_split) == len(g_batched) > 0
+    for a, b in zip(g_split, g_batched):  # float32 summation order differs between batch layouts
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+

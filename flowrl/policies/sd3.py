@@ -1,7 +1,7 @@
 """Stable Diffusion 3 / 3.5 behind the FlowPolicy interface, from a diffusers pipeline folder.
 
 x is the VAE latent [B, 16, H/8, W/8]; the velocity is the transformer's raw output (noise - x0)
-at timestep 1000 * sigma, with classifier-free guidance batched into one call (sd3_velocity).
+at timestep 1000 * sigma, with classifier-free guidance as two calls (sd3_velocity).
 """
 
 from __future__ import annotations
