@@ -129,6 +129,25 @@ def test_hand_built_scenes():
     assert not verify([three], ["four triangles"])[0].correct
 
 
+def test_dense_score_charges_an_extra_object_like_a_missing_one():
+    # "three circles": two circles and four circles are both one object off. Each term by hand:
+    # count 1 - 1/3; match 2/3 (two of three found) and (3 - 1 left over) / 3.
+    prompt = "three circles"
+    circle = [SceneObject("circle", "red", 4.0 + 8 * i, 16.0) for i in range(4)]
+    two, four = assess(circle[:2], parse_prompt(prompt), 32), assess(circle, parse_prompt(prompt), 32)
+    assert two.count_term == four.count_term == pytest.approx(2 / 3)
+    assert two.match_term == four.match_term == pytest.approx(2 / 3)
+    assert two.score == four.score == pytest.approx(2 / 3)
+    # "a circle and a square": a stray triangle beside both costs what a missing square does.
+    pair = parse_prompt("a circle and a square")
+    circle_square_triangle = [SceneObject("circle", "red", 4, 4), SceneObject("square", "blue", 20, 4), SceneObject("triangle", "green", 12, 20)]
+    assert assess(circle_square_triangle, pair, 32).match_term == pytest.approx((2 - 1) / 2)
+    assert assess(circle_square_triangle[:1], pair, 32).match_term == pytest.approx(1 / 2)
+    # Two circles: the square's slot takes the second circle at half credit (an unasked colour
+    # matches, the shape does not), nothing is left over.
+    assert assess([SceneObject("circle", "red", 4, 4), SceneObject("circle", "red", 20, 4)], pair, 32).match_term == pytest.approx(0.75)
+
+
 def test_detected_centroids_match_the_renderer():
     image, scene = render(parse_prompt("a square above a triangle"), 32, seed=3)
     found = sorted(detect_objects(image), key=lambda o: o.shape)

@@ -35,7 +35,11 @@ class Assessment:
     """How well a scene satisfies a prompt.
 
     correct: every requirement holds exactly (count, shapes, colours, relation).
-    score: dense reward in [0, 1]; equals 1 exactly when `correct`.
+    score: dense reward in [0, 1], the mean of the terms; equals 1 exactly when `correct`.
+    count_term: 1 - |found - required| / required, at least 0.
+    match_term: the best one-to-one assignment of found to required objects (half for the shape,
+        half for the colour), less one per found object left over, over the number required.
+    relation_term: 1 when some subject-reference pair satisfies the relation (None if unasked).
     """
 
     correct: bool
@@ -79,7 +83,10 @@ def assess(objects: list[SceneObject], prompt: Prompt, size: int) -> Assessment:
     if n_found:
         sim = _similarity(objects, prompt)
         rows, cols = linear_sum_assignment(-sim)
-        match_term = float(sim[rows, cols].sum()) / n_req
+        # A found object left unassigned costs as much as a required object never found, so the
+        # dense score does not pay for drawing too many objects.
+        unassigned = n_found - len(cols)
+        match_term = max(0.0, float(sim[rows, cols].sum()) - unassigned) / n_req
     relation_term = None
     if prompt.relation is not None:
         subject_spec, reference_spec = prompt.objects[0], prompt.objects[1]
