@@ -18,7 +18,7 @@ import time
 import torch
 
 from flowrl.policies.base import TextConditioning
-from flowrl.policies.sd3_velocity import _transformer_velocity, sd3_velocity
+from flowrl.policies.sd3_velocity import transformer_velocity, sd3_velocity
 
 GUIDANCE = 4.0
 
@@ -26,7 +26,7 @@ GUIDANCE = 4.0
 def batched_velocity(transformer, x, sigma, cond: TextConditioning, guidance: float) -> torch.Tensor:
     """The one-call reference form: both halves in one batch, the unconditional half detached."""
     null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
-    out = _transformer_velocity(
+    out = transformer_velocity(
         transformer, torch.cat([x, x]), torch.cat([sigma, sigma]),
         torch.cat([cond.prompt_embeds, null_embeds]), torch.cat([cond.pooled, null_pooled]),
     )

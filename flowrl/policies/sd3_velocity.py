@@ -21,21 +21,21 @@ def sd3_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Ten
         raise ValueError(f"conditioning has {len(cond)} prompts but x has batch {batch}")
     sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(batch)
     if guidance == 1.0:
-        return _transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
-    # The prompt and unconditional halves run as two calls, in training and sampling alike, so a
-    # recomputed log-probability equals the rollout's bit for bit. In training the unconditional
+        return transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
+    # The prompt and unconditional halves run as two calls, in training and sampling alike, so an
+    # update recomputes a rollout's velocity with the same calls. In training the unconditional
     # half runs without a graph: the policy gradient flows through the prompt branch only (as
     # Flow-GRPO does); through v_null it would enter with weight (1 - g) and push the
     # unconditional model the opposite way, amplifying every update g-fold. Its backward pass then
     # covers half the batch: an update costs about 0.6 of one batched call's (toy model, CPU).
     null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
     with torch.no_grad():
-        v_null = _transformer_velocity(transformer, x, sigma, null_embeds, null_pooled)
-    v_prompt = _transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
+        v_null = transformer_velocity(transformer, x, sigma, null_embeds, null_pooled)
+    v_prompt = transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
     return v_null + guidance * (v_prompt - v_null)
 
 
-def _transformer_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+def transformer_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
     """One call of the transformer at timestep 1000 * sigma."""
     return transformer(
         hidden_states=x,
