@@ -142,6 +142,8 @@ def test_guided_velocity_trains_only_through_the_prompt_branch(tiny_policy):
     v.square().sum().backward()
     assert cond.null_embeds.grad is None or not bool(cond.null_embeds.grad.any())
     assert cond.prompt_embeds.grad is not None and bool(cond.prompt_embeds.grad.any())
+
+
 def test_guided_velocity_builds_a_graph_over_the_prompt_half_only(tiny_policy):
     # Training with guidance: the transformer sees the unconditional half without a graph and the
     # prompt half with one, so the backward pass covers half the batch.
@@ -179,5 +181,3 @@ def test_guided_velocity_matches_the_batched_one_call_form(tiny_policy):
     assert len(g_split) == len(g_batched) > 0
     for a, b in zip(g_split, g_batched):  # float32 summation order differs between batch layouts
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
-
-
