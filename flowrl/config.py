@@ -39,6 +39,8 @@ class TrainConfig:
     threads: int = option(0, "torch CPU threads (0: torch's default)")
     fsdp: bool = option(False, "shard the transformer's weights, gradients and optimizer state across processes (PyTorch FSDP2, one unit per block); "
                         "also on when accelerate is launched with --use_fsdp")
+    zero_stage: int = option(0, "DeepSpeed ZeRO across processes: 1 partitions the optimizer state, 2 also the gradients (weights stay whole; "
+                             "fsdp=true shards those); 0: off. Set from accelerate's --use_deepspeed launch")
     # policy
     policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/SD3.5/FLUX.1 diffusers hub id or folder")
     resolution: int = option(512, "image resolution of SD3/FLUX policies (the toy model is fixed at 32)")
@@ -223,6 +225,11 @@ def validate(config: TrainConfig) -> None:
     if config.fsdp:
         need(config.objective == "sde", "objective", "fsdp=true supports objective=sde only")
         need(config.micro_batch <= config.max_batch, "micro_batch", f"with fsdp=true must not exceed max_batch={config.max_batch}, so that every process makes one model call per micro-batch")
+    if config.zero_stage:
+        need(config.zero_stage in (1, 2), "zero_stage", "expected 0 (off), 1 or 2; stage 3 partitions the weights, which fsdp=true does")
+        need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
+        need(config.objective == "sde", "objective", "zero_stage supports objective=sde only")
+        need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
     if config.objective == "matching":
         plan = method.plan(options, 0)
         need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",

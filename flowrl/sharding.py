@@ -30,15 +30,17 @@ def launched_with_fsdp(environ: Mapping[str, str]) -> bool:
     return env_flag(environ, "ACCELERATE_USE_FSDP")
 
 
-def check_fsdp_world(world: int, environ: Mapping[str, str]) -> None:
-    """Fail unless this process is one of 2 or more joined processes (before any model loads)."""
+def check_fsdp_world(world: int, environ: Mapping[str, str], key: str = "fsdp") -> None:
+    """Fail unless this process is one of 2 or more joined processes (before any model loads);
+    `key` names the sharding setting (fsdp or zero_stage) in the message."""
     if world >= 2:
         return
     launched = int(environ.get("WORLD_SIZE", "1"))
-    if launched > world:  # accelerate's --use_fsdp forms no process group without CUDA
-        raise ValueError(f"fsdp: {launched} processes were launched but they did not join (this one sees {world}); accelerate's --use_fsdp "
-                         "joins processes on CUDA only; on the CPU launch with --multi_gpu and fsdp=true (they join over gloo)")
-    raise ValueError(f"fsdp shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
+    flag, setting = ("--use_fsdp", "fsdp=true") if key == "fsdp" else ("--use_deepspeed", "zero_stage=N")
+    if launched > world:  # accelerate's --use_fsdp / --use_deepspeed form no process group without CUDA
+        raise ValueError(f"{key}: {launched} processes were launched but they did not join (this one sees {world}); accelerate's {flag} "
+                         f"joins processes on CUDA only; on the CPU launch with --multi_gpu and {setting} (they join over gloo)")
+    raise ValueError(f"{key} shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
 
 
 @dataclass

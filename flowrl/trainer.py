@@ -59,6 +59,7 @@ from .run_files import (
     set_rng_state,
     truncate_metrics,
 )
+from . import zero as deepspeed_zero
 
 
 def load_policy(config: TrainConfig, device: torch.device):
@@ -142,31 +143,58 @@ class Batch:
     points: MatchingPoints | None = None  # objective=matching: one flow-matching point per kept transition
 
 
-# accelerate's launcher sets these for engines the trainer does not drive (FSDP it does: sharding.py).
-UNSUPPORTED_BACKENDS = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+# accelerate's launcher sets these for engines the trainer does not drive (FSDP and DeepSpeed ZeRO
+# 1-2 it does: sharding.py, zero.py).
+UNSUPPORTED_BACKENDS = {"ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 def refuse_sharded_backends(environ: dict[str, str]) -> None:
-    """Fail before any model loads when accelerate was launched with DeepSpeed or Megatron: the
-    trainer would silently run without them, with none of the memory savings the launch asked for."""
+    """Fail before any model loads when accelerate was launched with Megatron-LM: the trainer
+    would silently run without it, with none of the memory savings the launch asked for."""
     asked = [name for key, name in UNSUPPORTED_BACKENDS.items() if env_flag(environ, key)]
     if asked:
         raise ValueError(
-            f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support yet. For sharded training "
+            f"accelerate was launched with {' and '.join(asked)}, which flowrl does not support. For sharded training "
             "use FSDP (`accelerate launch --use_fsdp --num_processes N -m flowrl train ...`, or fsdp=true in any multi-process "
-            "launch); for data parallel `accelerate launch --multi_gpu --num_processes N -m flowrl train ...`. LoRA "
-            "(lora_rank > 0) and gradient_checkpointing=true keep the memory per process small."
+            "launch) or DeepSpeed ZeRO 1-2 (`--use_deepspeed --zero_stage 2`, or zero_stage=2); for data parallel "
+            "`accelerate launch --multi_gpu --num_processes N -m flowrl train ...`. LoRA (lora_rank > 0) and "
+            "gradient_checkpointing=true keep the memory per process small."
         )
+
+
+def adopt_launch(config: TrainConfig, environ: dict[str, str]) -> tuple[TrainConfig, str | None]:
+    """The config with the sharding an accelerate launch asked for (--use_fsdp: fsdp=true;
+    --use_deepspeed: its ZeRO stage, 2 when not given), and the DeepSpeed optimizer offload device."""
+    from .config import validate
+
+    changes: dict[str, Any] = {}
+    offload = None
+    if launched_with_fsdp(environ) and not config.fsdp:
+        changes["fsdp"] = True
+    if deepspeed_zero.launched_with_deepspeed(environ):
+        settings = deepspeed_zero.launch_settings(environ)
+        stage = 2 if settings["stage"] is None else int(settings["stage"])
+        if config.zero_stage and config.zero_stage != stage:
+            raise ValueError(f"config key zero_stage={config.zero_stage}, but accelerate was launched with DeepSpeed ZeRO stage {stage}; make them agree")
+        if stage not in (1, 2):
+            raise ValueError(f"accelerate was launched with DeepSpeed ZeRO stage {stage}; flowrl drives stages 1 and 2 "
+                             "(stage 3 partitions the weights: use --use_fsdp, or fsdp=true)")
+        if settings["clipping"] is not None and settings["clipping"] != config.max_grad_norm:
+            raise ValueError(f"accelerate was launched with DeepSpeed gradient clipping {settings['clipping']}, but config key "
+                             f"max_grad_norm={config.max_grad_norm}; flowrl clips by max_grad_norm: set it, or drop the launch's value")
+        changes["zero_stage"] = stage
+        offload = settings["offload"]
+    if not changes:
+        return config, offload
+    config = dataclasses.replace(config, **changes)
+    validate(config)
+    return config, offload
 
 
 class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         refuse_sharded_backends(dict(os.environ))
-        if launched_with_fsdp(os.environ) and not config.fsdp:
-            from .config import validate
-
-            config = dataclasses.replace(config, fsdp=True)
-            validate(config)
+        config, offload = adopt_launch(config, dict(os.environ))
         self.config = config
         self.out = Path(config.out)
         if config.threads:
@@ -179,8 +207,8 @@ class Trainer:
         trackers = [t for t in config.log_with.split(",") if t]
         self.accelerator = Accelerator(cpu=self.device.type == "cpu", log_with=trackers or None, project_dir=str(self.out / "logs"))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
-        if config.fsdp:
-            check_fsdp_world(self.world, os.environ)
+        if config.fsdp or config.zero_stage:
+            check_fsdp_world(self.world, os.environ, "fsdp" if config.fsdp else "zero_stage")
         self.out.mkdir(parents=True, exist_ok=True)
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.
@@ -202,6 +230,10 @@ class Trainer:
         self.params = trainable_named_parameters(transformer)
         self.reference = Reference(transformer, self.lora) if config.beta > 0 else None
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+        # DeepSpeed ZeRO: the engine partitions this optimizer's state (and the gradients), None otherwise.
+        self.zero = deepspeed_zero.wrap(transformer, self.optimizer, config.zero_stage, config.max_grad_norm, offload, config.micro_batch) if config.zero_stage else None
+        # Whether backward passes hold collectives, so every process must make the same number.
+        self.lockstep = self.sharded is not None or self.zero is not None
         self.ema = Ema(self.params, config.ema) if config.ema > 0 else None
         self.prompts = PromptSource(config.prompts, config.seed)
         self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
@@ -215,10 +247,13 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint on rank 0; every process calls it (sharded tensors are gathered first), and a
         sharded run writes the same full tensors as an unsharded one, so either resumes the other."""
-        if self.sharded is None and self.rank != 0:  # replicas: rank 0 has it all
+        if not self.lockstep and self.rank != 0:  # replicas: rank 0 has it all
             return
         weights, ema = full_tensors(self.params), full_tensors(self.ema.shadow) if self.ema else None
-        optimizer = full_optimizer_state(self.optimizer)
+        if self.zero is not None:  # each process holds a partition of the optimizer state
+            optimizer = deepspeed_zero.full_optimizer_state(self.zero, list(self.params.values()))
+        else:
+            optimizer = full_optimizer_state(self.optimizer)
         if self.rank != 0:
             return
         state = {"iteration": self.iteration, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
@@ -238,7 +273,10 @@ class Trainer:
         if set(weights) != set(self.params):
             raise ValueError(f"checkpoint weights do not match the model's trainable parameters ({len(weights)} vs {len(self.params)})")
         load_full(self.params, weights)
-        self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], list(self.params.values())))
+        if self.zero is not None:
+            deepspeed_zero.load_state(self.zero, list(self.params.values()), state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], list(self.params.values())))
         if self.ema is not None and ema is not None:
             load_full(self.ema.shadow, ema)
         set_rng_state(state["rng"])
@@ -404,12 +442,19 @@ class Trainer:
             kl = (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
         return scored.logp, logp_old, kl
 
-    def idle_pass(self, velocity, batch: Batch) -> None:
+    def idle_pass(self, velocity, batch: Batch, last: bool = False) -> None:
         """A forward and backward with zero gradient (any one transition, loss times 0): keeps a
-        process with fewer micro-batches in step with the others' FSDP collectives."""
+        process with fewer micro-batches in step with the others' FSDP or ZeRO collectives."""
         transitions = batch.rollout.transitions
         logp, _, _ = self.score_part(velocity, batch, transitions, torch.zeros(1, dtype=torch.long), None)
-        (logp.sum() * 0).backward()
+        self.backward(logp.sum() * 0, last=last)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        """loss.backward(), through the DeepSpeed engine under ZeRO (`last`: the step's final pass)."""
+        if self.zero is not None:
+            deepspeed_zero.backward(self.zero, loss, last)
+        else:
+            loss.backward()
 
     @torch.no_grad()
     def matching_logp_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
@@ -420,7 +465,7 @@ class Trainer:
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
         a gradient on some process counts as zero there, so every process joins the same call."""
-        if self.world == 1 or self.sharded is not None:  # FSDP's backward reduce-scatters (averages) them itself
+        if self.world == 1 or self.lockstep:  # FSDP's and ZeRO's backward passes reduce (average) them themselves
             return
         import torch.distributed as dist
 
@@ -469,18 +514,20 @@ class Trainer:
                 indices = order[first : first + step_size]
                 sizes = self.gather(len(indices))
                 step_total = sum(sizes)
-                self.optimizer.zero_grad(set_to_none=True)
+                if self.zero is None:  # the engine zeroes its own (its offloaded partitions keep their buffers)
+                    self.optimizer.zero_grad(set_to_none=True)
                 micros = [m for m in indices.split(config.micro_batch) if len(m)]  # none when this process kept nothing
-                if self.sharded is not None:  # collectives in every forward and backward: the same number of passes everywhere
-                    for _ in range(math.ceil(max(sizes) / config.micro_batch) - len(micros)):
-                        self.idle_pass(velocity, batch)
-                for micro in micros:
+                # Collectives in backward passes (and FSDP's forwards): the same number of passes everywhere.
+                idle = math.ceil(max(sizes) / config.micro_batch) - len(micros) if self.lockstep else 0
+                for i in range(idle):
+                    self.idle_pass(velocity, batch, last=not micros and i == idle - 1)
+                for position, micro in enumerate(micros):
                     logp, logp_old, kl = self.score_part(velocity, batch, transitions, micro, logp_old_all)
                     loss, stats = policy_loss(
                         logp, logp_old, batch.advantages[micro].to(logp.device), loss=config.loss, loss_options=loss_options,
                         kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(logp.device), normalizer=step_total / self.world,
                     )
-                    loss.backward()
+                    self.backward(loss, last=position == len(micros) - 1)
                     for key, value in stats.items():
                         if key.startswith("advantage/"):
                             continue  # collect() reports them exactly, over the global batch
@@ -491,11 +538,16 @@ class Trainer:
                             sums[key] = pick(sums.get(key, value), value)
                         else:  # per-element means: weight by the micro-batch's share
                             sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
-                self.average_gradients()
-                if config.max_grad_norm > 0:
-                    norm = total_norm(torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm))
-                    sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
-                self.optimizer.step()
+                if self.zero is not None:  # the engine clips by max_grad_norm and steps
+                    norm = deepspeed_zero.step(self.zero)
+                    if config.max_grad_norm > 0:
+                        sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
+                else:
+                    self.average_gradients()
+                    if config.max_grad_norm > 0:
+                        norm = total_norm(torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm))
+                        sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
+                    self.optimizer.step()
                 if self.ema is not None:
                     self.ema.update(self.params)
         if self.world > 1:

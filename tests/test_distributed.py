@@ -1,6 +1,7 @@
 """Two CPU processes (gloo, through `accelerate launch`) train like one process holding the whole
 batch, and their replicas stay identical."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from conftest import tiny_model
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "workers" / "train_and_dump.py"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 
 
 def overrides(tiny_dir, out, *extra):
@@ -39,13 +41,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes, args, tmp_path):
+def launch(processes, args, tmp_path, launcher=("--multi_gpu",)):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
     if processes == 1:
         command = [sys.executable, str(WORKER), *args]
     else:
         # --multi_gpu picks accelerate's torchrun launcher; without a GPU the processes join over gloo.
-        command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+        command = [ACCELERATE, "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
                    "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(WORKER), *args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -100,12 +102,48 @@ def test_accelerates_fsdp_launch_without_cuda_fails_before_any_model_loads(tmp_p
     assert not out.exists()  # failed before the run directory or any model
 
 
-def test_deepspeed_and_megatron_are_named_in_the_refusal():
+def test_megatron_is_named_in_the_refusal():
     from flowrl.trainer import refuse_sharded_backends
 
-    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "False"})  # FSDP and data parallel: fine
-    with pytest.raises(ValueError, match="launched with DeepSpeed and Megatron-LM, which .*use FSDP"):
-        refuse_sharded_backends({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_USE_MEGATRON_LM": "TRUE"})
+    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "true"})  # FSDP, DeepSpeed and data parallel: fine
+    with pytest.raises(ValueError, match="launched with Megatron-LM, which .*use FSDP.*DeepSpeed ZeRO 1-2"):
+        refuse_sharded_backends({"ACCELERATE_USE_MEGATRON_LM": "TRUE"})
+
+
+@pytest.mark.skipif(not DEEPSPEED, reason="DeepSpeed is not installed")
+def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads(tmp_path):
+    from flowrl.config import build_config
+    from flowrl.trainer import adopt_launch
+
+    config = build_config({}, [])
+    launched = {"ACCELERATE_USE_DEEPSPEED": "true"}
+    assert adopt_launch(config, launched)[0].zero_stage == 2  # accelerate's default stage
+    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "1.0"}) == (
+        build_config({}, ["zero_stage=1"]), None)
+    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"})[1] == "cpu"
+    assert adopt_launch(config, {})[0].zero_stage == 0
+    with pytest.raises(ValueError, match="ZeRO stage 3; flowrl drives stages 1 and 2.*fsdp=true"):
+        adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    with pytest.raises(ValueError, match="zero_stage=1, but accelerate was launched with DeepSpeed ZeRO stage 2"):
+        adopt_launch(build_config({}, ["zero_stage=1"]), launched)
+    with pytest.raises(ValueError, match="gradient clipping 0.5, but config key max_grad_norm=1.0"):
+        adopt_launch(config, {**launched, "ACCELERATE_GRADIENT_CLIPPING": "0.5"})
+    with pytest.raises(ValueError, match="offload_param_device='cpu' needs ZeRO stage 3"):
+        adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"})
+    # A DeepSpeed config file: its stage and offload device are read; sections flowrl owns are refused.
+    file = tmp_path / "ds.json"
+    file.write_text(json.dumps({"zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}, "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}))
+    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(file)}) == (build_config({}, ["zero_stage=1"]), "cpu")
+    for section, message in [({"optimizer": {"type": "Adam"}}, "'optimizer' section is not supported"), ({"fp16": {"enabled": True}}, "fp16.enabled=true is not supported")]:
+        file.write_text(json.dumps({"zero_optimization": {"stage": 2}, **section}))
+        with pytest.raises(ValueError, match=message):
+            adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(file)})
+    with pytest.raises(ValueError, match="zero_stage=3: expected 0 .off., 1 or 2; stage 3 partitions the weights"):
+        build_config({}, ["zero_stage=3"])
+    with pytest.raises(ValueError, match="zero_stage=2: fsdp=true already shards"):
+        build_config({}, ["zero_stage=2", "fsdp=true"])
+    with pytest.raises(ValueError, match="objective=.matching.: zero_stage supports objective=sde only"):
+        build_config({}, ["zero_stage=2", "objective=matching"])
 
 
 def test_fsdp_options_are_checked_before_any_model_loads(tmp_path):
@@ -175,6 +213,37 @@ def test_fsdp_shards_the_weights_and_trains_like_one_process(tmp_path):
     assert_equal_up_to_roundoff(exported, reference, tiny_model().state_dict())
 
 
+@pytest.mark.skipif(ACCELERATE is None or not DEEPSPEED, reason="needs the accelerate launcher and DeepSpeed")
+def test_deepspeed_zero_partitions_the_optimizer_state_and_trains_like_one_process(tmp_path):
+    tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
+    launch(1, fsdp_overrides(tiny_dir, tmp_path / "one", tmp_path), tmp_path)
+    # accelerate's own DeepSpeed launch (it joins CPU processes over gloo): the trainer adopts its stage.
+    launch(2, fsdp_overrides(tiny_dir, tmp_path / "two", tmp_path), tmp_path, launcher=("--use_deepspeed", "--zero_stage", "2"))
+
+    single = load_file(str(tmp_path / "one" / "params_rank0.safetensors"))
+    rank0 = load_file(str(tmp_path / "two" / "params_rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "two" / "params_rank1.safetensors"))
+    initial = tiny_model().transformer.state_dict()
+    assert any(not torch.equal(single[k], initial[k]) for k in single)
+    assert_equal_up_to_roundoff(rank0, single, initial)
+    for k in rank0:  # the weights stay whole and identical on every process
+        assert torch.equal(rank0[k], rank1[k]), k
+    # Each process held about half of the Adam state (its partition, padded to equal sizes).
+    total = sum(t.numel() for t in single.values())
+    held = [local(tmp_path / "two", r)["optimizer_numel"] for r in (0, 1)]
+    assert all(h < total for h in held) and total <= sum(held) <= total + 2
+    # The tied groups left the processes uneven, and the one with fewer micro-batches kept in step.
+    assert local(tmp_path / "two", 0)["idle_passes"] + local(tmp_path / "two", 1)["idle_passes"]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    for a, b in zip(one[1:], two[1:]):
+        for key in ("reward/mean", "advantage/std", "transitions/global", "loss/policy", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    exported = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    reference = load_file(str(tmp_path / "one" / "final" / "model.safetensors"))
+    assert exported.keys() == reference.keys()
+    assert_equal_up_to_roundoff(exported, reference, tiny_model().state_dict())
+
+
 def assert_equal_up_to_roundoff(weights: dict, reference: dict, initial: dict) -> None:
     """Each tensor of `weights` equals `reference` within 3% of how far training moved it.
 
@@ -189,19 +258,24 @@ def assert_equal_up_to_roundoff(weights: dict, reference: dict, initial: dict) -
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path):
+@pytest.mark.parametrize("sharding, launcher", [
+    (("fsdp=true",), ("--multi_gpu",)),
+    # accelerate's DeepSpeed launch: ZeRO 1 with the AdamW state offloaded to the CPU.
+    pytest.param((), ("--use_deepspeed", "--zero_stage", "1", "--offload_optimizer_device", "cpu"), marks=pytest.mark.skipif(not DEEPSPEED, reason="DeepSpeed is not installed")),
+], ids=["fsdp", "zero1-offload"])
+def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding, launcher):
     # LoRA with a KL to the reference (adapters disabled: one more forward per micro-batch).
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     lora = ("lora_rank=4", "beta=0.5", "checkpoint_every=1")
     a, b = tmp_path / "a", tmp_path / "b"
-    launch(2, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=2", "fsdp=true"), tmp_path)
+    launch(2, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=2", *sharding), tmp_path, launcher)
     launch(1, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=2"), tmp_path)
     first_a, first_b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
     for k in first_b:  # the LoRA-merged export of the sharded run
         torch.testing.assert_close(first_a[k], first_b[k], rtol=1e-4, atol=1e-6)
     # Swap: the sharded run's checkpoint continues unsharded, and the other way round.
     launch(1, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=3"), tmp_path)
-    launch(2, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=3", "fsdp=true"), tmp_path)
+    launch(2, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=3", *sharding), tmp_path, launcher)
     # Both equal a run that was never interrupted (weights, optimizer and EMA state all carried over).
     c = tmp_path / "c"
     launch(1, fsdp_overrides(tiny_dir, c, tmp_path, *lora, "iterations=3"), tmp_path)
@@ -214,6 +288,8 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path):
         final = load_file(str(run / "final" / "model.safetensors"))
         for k in final:
             torch.testing.assert_close(final[k], load_file(str(c / "final" / "model.safetensors"))[k], rtol=1e-4, atol=1e-6)
+    if "--use_deepspeed" in launcher:  # the launch's ZeRO ran: each process held part of the Adam state
+        assert 0 < local(b, 0)["optimizer_numel"] < sum(t.numel() for t in params_c.values())
     assert [r["iteration"] for r in metrics(a)] == [r["iteration"] for r in metrics(b)] == [0, 1, 2, 3]
     kl = metrics(a)[3]["loss/kl"]
     assert kl > 0 and kl == pytest.approx(metrics(c)[3]["loss/kl"], rel=1e-3, abs=1e-9)
