@@ -36,10 +36,10 @@ def check_fsdp_world(world: int, environ: Mapping[str, str], key: str = "fsdp") 
     if world >= 2:
         return
     launched = int(environ.get("WORLD_SIZE", "1"))
-    flag, setting = ("--use_fsdp", "fsdp=true") if key == "fsdp" else ("--use_deepspeed", "zero_stage=N")
-    if launched > world:  # accelerate's --use_fsdp / --use_deepspeed form no process group without CUDA
-        raise ValueError(f"{key}: {launched} processes were launched but they did not join (this one sees {world}); accelerate's {flag} "
-                         f"joins processes on CUDA only; on the CPU launch with --multi_gpu and {setting} (they join over gloo)")
+    if launched > world:  # accelerate's --use_fsdp forms no process group without CUDA
+        advice = ("accelerate's --use_fsdp joins processes on CUDA only; on the CPU launch with --multi_gpu and fsdp=true (they join over gloo)"
+                  if key == "fsdp" else "launch with accelerate launch --multi_gpu (or --use_deepspeed) --num_processes N")
+        raise ValueError(f"{key}: {launched} processes were launched but they did not join (this one sees {world}); {advice}")
     raise ValueError(f"{key} shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
 
 

@@ -144,6 +144,10 @@ def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads
         build_config({}, ["zero_stage=2", "fsdp=true"])
     with pytest.raises(ValueError, match="objective=.matching.: zero_stage supports objective=sde only"):
         build_config({}, ["zero_stage=2", "objective=matching"])
+    from flowrl.sharding import check_fsdp_world
+
+    with pytest.raises(ValueError, match="zero_stage shards across processes, but this run has 1; launch 2 or more"):
+        check_fsdp_world(1, {}, "zero_stage")
 
 
 def test_fsdp_options_are_checked_before_any_model_loads(tmp_path):
