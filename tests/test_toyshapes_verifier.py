@@ -63,12 +63,15 @@ def test_verifier_is_robust_to_generation_artefacts(renders, name, perturb, floo
 
 def test_noise_and_blank_images_score_zero(renders):
     prompts, images, _ = renders
+    # Noise on every 5th prompt (20 per category): a noise image takes the verifier ~75 ms.
+    noisy_prompts = prompts[::5]
     g = torch.Generator().manual_seed(1)
-    for junk in (torch.rand(images.shape, generator=g), torch.full(images.shape, 250 / 255), torch.zeros(images.shape)):
-        results = verify(junk, prompts)
+    noise = torch.rand((len(noisy_prompts), *images.shape[1:]), generator=g)
+    for junk, junk_prompts in ((noise, noisy_prompts), (torch.full(images.shape, 250 / 255), prompts), (torch.zeros(images.shape), prompts)):
+        results = verify(junk, junk_prompts)
         assert not any(r.correct for r in results)
         assert max(r.score for r in results) <= 0.5
-    noise_scores = scores(torch.rand(images.shape, generator=g), prompts)
+    noise_scores = scores(torch.rand(noise.shape, generator=g), noisy_prompts)
     assert noise_scores.mean() < 0.05
 
 
