@@ -86,14 +86,14 @@ def wrap(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: 
     zero: dict[str, Any] = {"stage": stage}
     if offload:
         zero["offload_optimizer"] = {"device": offload}
-    force_cpu_adam = False  # offloaded, torch's AdamW steps the partitions on the CPU (DeepSpeed's CPU Adam needs a kernel build)
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,  # bookkeeping only: the trainer sizes its own batches
         "gradient_accumulation_steps": 1,  # the trainer marks each step's last backward as the boundary
         "gradient_clipping": max_grad_norm,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch's AdamW
-        "zero_force_ds_cpu_optimizer": force_cpu_adam,
+        # Offloaded, torch's AdamW steps the partitions on the CPU (DeepSpeed's CPU Adam needs a kernel build).
+        "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
