@@ -30,7 +30,7 @@ def launched_with_fsdp(environ: Mapping[str, str]) -> bool:
     return env_flag(environ, "ACCELERATE_USE_FSDP")
 
 
-def check_fsdp_world(world: int, environ: Mapping[str, str], key: str = "fsdp") -> None:
+def check_sharding_world(world: int, environ: Mapping[str, str], key: str = "fsdp") -> None:
     """Fail unless this process is one of 2 or more joined processes (before any model loads);
     `key` names the sharding setting (fsdp or zero_stage) in the message."""
     if world >= 2:

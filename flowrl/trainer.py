@@ -37,7 +37,7 @@ from .policies.diffusers_common import export_transformer
 from .policies.toy import ToyPolicy
 from .schedules import learning_rate
 from .sharding import (
-    check_fsdp_world,
+    check_sharding_world,
     env_flag,
     full_optimizer_state,
     full_tensors,
@@ -208,7 +208,7 @@ class Trainer:
         self.accelerator = Accelerator(cpu=self.device.type == "cpu", log_with=trackers or None, project_dir=str(self.out / "logs"))
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if config.fsdp or config.zero_stage:
-            check_fsdp_world(self.world, os.environ, "fsdp" if config.fsdp else "zero_stage")
+            check_sharding_world(self.world, os.environ, "fsdp" if config.fsdp else "zero_stage")
         self.out.mkdir(parents=True, exist_ok=True)
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.

@@ -144,25 +144,25 @@ def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads
         build_config({}, ["zero_stage=2", "fsdp=true"])
     with pytest.raises(ValueError, match="objective=.matching.: zero_stage supports objective=sde only"):
         build_config({}, ["zero_stage=2", "objective=matching"])
-    from flowrl.sharding import check_fsdp_world
+    from flowrl.sharding import check_sharding_world
 
     with pytest.raises(ValueError, match="zero_stage shards across processes, but this run has 1; launch 2 or more"):
-        check_fsdp_world(1, {}, "zero_stage")
+        check_sharding_world(1, {}, "zero_stage")
 
 
 def test_fsdp_options_are_checked_before_any_model_loads(tmp_path):
     from flowrl.config import build_config
-    from flowrl.sharding import check_fsdp_world
+    from flowrl.sharding import check_sharding_world
 
     with pytest.raises(ValueError, match="objective=.matching.: fsdp=true supports objective=sde only"):
         build_config({}, ["fsdp=true", "objective=matching"])
     with pytest.raises(ValueError, match="micro_batch=512: with fsdp=true must not exceed max_batch=256"):
         build_config({}, ["fsdp=true", "micro_batch=512"])
     with pytest.raises(ValueError, match="this run has 1; launch 2 or more"):
-        check_fsdp_world(1, {})
+        check_sharding_world(1, {})
     with pytest.raises(ValueError, match="2 processes were launched but they did not join.*--multi_gpu and fsdp=true"):
-        check_fsdp_world(1, {"WORLD_SIZE": "2"})
-    check_fsdp_world(2, {"WORLD_SIZE": "2"})
+        check_sharding_world(1, {"WORLD_SIZE": "2"})
+    check_sharding_world(2, {"WORLD_SIZE": "2"})
 
 
 def test_accelerates_reshard_setting_is_read_in_both_of_its_spellings():
