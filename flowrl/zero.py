@@ -97,6 +97,10 @@ def wrap(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: 
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if next(transformer.parameters()).device.type == "cpu":
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (minutes, needs a C++
+        # compiler) for inference; ZeRO's reductions go through torch.distributed (gloo) either way.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(model=transformer, optimizer=optimizer, config=config)
     return Zero(engine, param_groups, stage)
 
