@@ -540,14 +540,13 @@ class Trainer:
                             sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
                 if self.zero is not None:  # the engine clips by max_grad_norm and steps
                     norm = deepspeed_zero.step(self.zero)
-                    if config.max_grad_norm > 0:
-                        sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
                 else:
                     self.average_gradients()
                     if config.max_grad_norm > 0:
                         norm = total_norm(torch.nn.utils.clip_grad_norm_(list(self.params.values()), config.max_grad_norm))
-                        sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
                     self.optimizer.step()
+                if config.max_grad_norm > 0:
+                    sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
                 if self.ema is not None:
                     self.ema.update(self.params)
         if self.world > 1:

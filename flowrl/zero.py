@@ -69,7 +69,6 @@ class Zero:
 
     engine: Any
     param_groups: list[dict]
-    stage: int
 
 
 def wrap(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, offload: str | None, micro_batch: int) -> Zero:
@@ -102,7 +101,7 @@ def wrap(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: 
         # compiler) for inference; ZeRO's reductions go through torch.distributed (gloo) either way.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     engine, *_ = deepspeed.initialize(model=transformer, optimizer=optimizer, config=config)
-    return Zero(engine, param_groups, stage)
+    return Zero(engine, param_groups)
 
 
 def backward(zero: Zero, loss: torch.Tensor, last: bool) -> None:
@@ -135,26 +134,32 @@ def _fragments(zero: Zero, params: list[torch.Tensor]):
 
 def full_optimizer_state(zero: Zero, params: list[torch.Tensor]) -> dict:
     """The optimizer's state_dict as an unpartitioned torch AdamW over `params` would have it
-    (every process must call this: each contributes its partition)."""
+    (every process must call this: each contributes its partition, in one all-reduce per state)."""
     import torch.distributed as dist
 
     optimizer = zero.engine.optimizer.optimizer  # torch's AdamW, now over the flat partitions
-    state: dict[int, dict] = {}
+    groups = {"param_groups": [{**group} for group in zero.param_groups]}
+    first = optimizer.state.get(zero.engine.optimizer.single_partition_of_fp32_groups[0])
+    if not first:  # no step yet: every process alike
+        return {"state": {}, **groups}
     fragments = list(_fragments(zero, params))
-    steps = [optimizer.state.get(f[1], {}).get("step") for f in fragments if f is not None]
-    if any(s is not None for s in steps):
-        step_count = next(s for s in steps if s is not None).detach().cpu().clone()
-        for index, (p, fragment) in enumerate(zip(params, fragments)):
-            entry: dict[str, Any] = {"step": step_count.clone()}
-            for key in ADAM_STATE:
-                full = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
-                if fragment is not None:
-                    lp, partition, hp = fragment
-                    full[lp] = optimizer.state[partition][key][hp].to(full.device)
-                dist.all_reduce(full)  # each element is held by exactly one process
-                entry[key] = full.view_as(p).cpu()
-            state[index] = entry
-    return {"state": state, "param_groups": [{**group} for group in zero.param_groups]}
+    offsets = [0]
+    for p in params:
+        offsets.append(offsets[-1] + p.numel())
+    full = {}
+    for key in ADAM_STATE:
+        flat = torch.zeros(offsets[-1], dtype=torch.float32, device=params[0].device)
+        for start, fragment in zip(offsets, fragments):
+            if fragment is not None:
+                lp, partition, hp = fragment
+                flat[start + lp.start : start + lp.stop] = optimizer.state[partition][key][hp].to(flat.device)
+        dist.all_reduce(flat)  # each element is held by exactly one process
+        full[key] = flat.cpu()
+    state = {
+        index: {"step": first["step"].detach().cpu().clone(), **{key: full[key][offsets[index] : offsets[index + 1]].view_as(p).clone() for key in ADAM_STATE}}
+        for index, p in enumerate(params)
+    }
+    return {"state": state, **groups}
 
 
 @torch.no_grad()
@@ -162,17 +167,14 @@ def load_state(zero: Zero, params: list[torch.Tensor], optimizer_state: dict) ->
     """Put full weights (already copied into `params`) and a full optimizer state (the layout of
     full_optimizer_state) into this process's fp32 partitions."""
     optimizer = zero.engine.optimizer.optimizer
-    for p, fragment in zip(params, _fragments(zero, params)):
-        if fragment is not None:
-            lp, partition, hp = fragment
-            partition[hp] = p.detach().flatten()[lp].to(partition.device, partition.dtype)
     entries = optimizer_state.get("state", {})
-    if not entries:
-        return
     for index, (p, fragment) in enumerate(zip(params, _fragments(zero, params))):
         if fragment is None:
             continue
         lp, partition, hp = fragment
+        partition[hp] = p.detach().flatten()[lp].to(partition.device, partition.dtype)
+        if not entries:
+            continue
         entry = entries[index] if index in entries else entries[str(index)]
         slot = optimizer.state.setdefault(partition, {})
         for key in ADAM_STATE:
