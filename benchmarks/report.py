@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
+from .paired import PairedDifference
+
 CSV_COLUMNS = ("table", "name", "correct", "total", "accuracy")
+PAIRED_COLUMNS = ("name", "items", "difference", "low", "high", "a_only", "b_only", "p_value")
 COMPARISON_COLUMNS = ("table", "name", "total_a", "accuracy_a", "total_b", "accuracy_b", "difference")
 
 
@@ -83,6 +86,12 @@ def format_difference(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:+.1f} pp"
 
 
+def format_interval(difference: PairedDifference) -> str:
+    """A difference's 95% interval in percentage points ("-3.1 to +9.4 pp")."""
+    low, high = difference.interval
+    return f"{100 * low:+.1f} to {100 * high:+.1f} pp"
+
+
 def _count(value: int | None) -> str:
     return "" if value is None else str(value)
 
@@ -119,15 +128,8 @@ def write_markdown(path: str | Path, title: str, tables: Sequence[Table], notes:
 
 def write_csv(path: str | Path, tables: Sequence[Table]) -> Path:
     """Write all tables as one long CSV with columns table, name, correct, total, accuracy."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for table in tables:
-            for row in table.rows:
-                writer.writerow([table.title, row.name, _count(row.correct), _count(row.total), repr(row.accuracy)])
-    return path
+    rows = [[table.title, row.name, _count(row.correct), _count(row.total), repr(row.accuracy)] for table in tables for row in table.rows]
+    return _write_csv_rows(path, CSV_COLUMNS, rows)
 
 
 def read_csv(path: str | Path) -> list[Table]:
@@ -319,11 +321,14 @@ class ComparisonRow:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two result sets side by side; differences are B - A."""
+    """Two result sets side by side; differences are B - A. `paired`: per-group paired tests of
+    the difference when both sets judged the same items (`paired_note` says which, or why not)."""
 
     label_a: str
     label_b: str
     rows: tuple[ComparisonRow, ...]
+    paired: tuple[PairedDifference, ...] = ()
+    paired_note: str = ""
 
     def tables(self) -> list[str]:
         """Table titles in order."""
@@ -339,18 +344,18 @@ class Comparison:
                 if r.table == title:
                     lines.append(f"| {_md_cell(r.name)} | {format_accuracy(r.accuracy_a)} | {format_accuracy(r.accuracy_b)} | {format_difference(r.difference)} |")
             parts.append("\n".join(lines))
+        if self.paired or self.paired_note:
+            lines = ["### Paired test", "", _md_cell(self.paired_note)]
+            if self.paired:
+                lines += ["", "| name | " + " | ".join(PAIRED_HEADERS) + " |", "|---" + "|---:" * len(PAIRED_HEADERS) + "|"]
+                lines += ["| " + " | ".join([_md_cell(d.name), *_paired_cells(d)]) + " |" for d in self.paired]
+            parts.append("\n".join(lines))
         return "\n\n".join(parts) + "\n"
 
     def write_csv(self, path: str | Path) -> Path:
         """Write rows with columns table, name, total_a, accuracy_a, total_b, accuracy_b, difference."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(COMPARISON_COLUMNS)
-            for r in self.rows:
-                writer.writerow([r.table, r.name, _count(r.total_a), _opt(r.accuracy_a), _count(r.total_b), _opt(r.accuracy_b), _opt(r.difference)])
-        return path
+        rows = [[r.table, r.name, _count(r.total_a), _opt(r.accuracy_a), _count(r.total_b), _opt(r.accuracy_b), _opt(r.difference)] for r in self.rows]
+        return _write_csv_rows(path, COMPARISON_COLUMNS, rows)
 
     def html(self) -> str:
         """A self-contained HTML page with one table per source table; gains green, losses red."""
@@ -364,17 +369,55 @@ class Comparison:
                 for r in self.rows if r.table == title
             )
             body.append(f"<h3>{_esc(title)}</h3><table>{head}{rows}</table>")
+        if self.paired or self.paired_note:
+            body.append(f"<h3>Paired test</h3><div class='meta'>{_esc(self.paired_note)}</div>")
+        if self.paired:
+            head = "".join(f"<th>{h}</th>" for h in PAIRED_HEADERS)
+            rows = "".join(
+                f"<tr><td class='name'>{_esc(d.name)}</td>"
+                + "".join(f"<td class='{_direction(d.difference)}'>{c}</td>" if i == 1 else f"<td>{c}</td>" for i, c in enumerate(_paired_cells(d)))
+                + "</tr>"
+                for d in self.paired
+            )
+            body.append(f"<table><tr><th class='name'>name</th>{head}</tr>{rows}</table>")
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{a} vs {b}</title>"
                 f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
+    def write_paired_csv(self, path: str | Path) -> Path:
+        """Write the paired tests with columns name, items, difference, low, high, a_only, b_only, p_value."""
+        rows = [[d.name, d.n, repr(d.difference), repr(d.low), repr(d.high), d.a_only, d.b_only, repr(d.p_value)] for d in self.paired]
+        return _write_csv_rows(path, PAIRED_COLUMNS, rows)
+
     def write(self, out_dir: str | Path, stem: str = "comparison") -> dict[str, Path]:
-        """Write {stem}.md, {stem}.csv and {stem}.html into out_dir; returns their paths by kind."""
+        """Write {stem}.md, {stem}.csv and {stem}.html (and {stem}_paired.csv with paired tests)
+        into out_dir; returns their paths by kind."""
         out_dir = Path(out_dir)
-        return {
+        paths = {
             "markdown": _write_text(out_dir / f"{stem}.md", self.markdown()),
             "csv": self.write_csv(out_dir / f"{stem}.csv"),
             "html": _write_text(out_dir / f"{stem}.html", self.html()),
         }
+        if self.paired:
+            paths["paired_csv"] = self.write_paired_csv(out_dir / f"{stem}_paired.csv")
+        return paths
+
+
+PAIRED_HEADERS = ("items", "B - A", "95% interval", "only A right", "only B right", "p")
+
+
+def _paired_cells(d: PairedDifference) -> list[str]:
+    """A paired test's cells under PAIRED_HEADERS."""
+    return [str(d.n), format_difference(d.difference), format_interval(d), str(d.a_only), str(d.b_only), f"{d.p_value:.3f}"]
+
+
+def _write_csv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
 
 
 def _opt(value: float | None) -> str:

@@ -7,29 +7,35 @@ and every trained model on held-out ToyShapes; prints a per-category before/afte
                                               # judged on the training prompts with DanceGRPO's SDE
 
 Seeds change prompts, noise and shuffling, so their spread is the honest error bar of one run.
+Each run is also paired with the base image by image (same prompts and starting noise): its
+overall difference with a 95% interval and an exact McNemar p-value (benchmarks/paired.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from benchmarks.report import format_difference, format_interval
+from benchmarks.toyshapes.evaluate import EvalReport
 from benchmarks.toyshapes.prompts import SPLITS
+from benchmarks.toyshapes.report import paired_toyshapes
 from flowrl.cli import non_negative_float
 
 
-def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> dict:
+def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> tuple[dict, EvalReport]:
     """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
-    the shipped model)."""
+    the shipped model), and the full report (its per-image records pair runs with the base)."""
     from benchmarks.toyshapes.evaluate import evaluate_toyshapes
     from flowrl.policies import load_toy
 
     steps = 20 if eta == 0 else 10  # the SDE evaluation uses the toy recipes' 10-step grid
     report, _ = evaluate_toyshapes(load_toy(directory), per_category, steps=steps, guidance=4.0, progress=False, split=split, eta=eta)
-    return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}
+    return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--base {args.base}: not a toy model directory (no config.json)")
     judged = {"per_category": args.per_category, "split": args.split, "eta": args.eta}
     base = "shipped" if args.base is None else "base"
-    results = {base: evaluate(args.base, **judged)}
+    results, reports = {}, {}
+    results[base], reports[base] = evaluate(args.base, **judged)
     policy = [] if args.base is None else [f"policy={args.base}"]
     for seed in args.seeds:
         out = Path(args.runs) / f"seed{seed}"
         if not args.skip_train:
             train(load_config(resolve_recipe("toy"), [f"out={out}", f"seed={seed}", *policy, *args.overrides]))
-        results[f"seed {seed}"] = evaluate(str(out / "final"), **judged)
+        results[f"seed {seed}"], reports[f"seed {seed}"] = evaluate(str(out / "final"), **judged)
     columns = list(results)
     rows = [k for k in results[base] if k not in ("overall", "mean_score")] + ["overall"]
     print("| category | " + " | ".join(columns) + " |")
@@ -69,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row} | " + " | ".join(f"{100 * results[c][row]:.1f}%" for c in columns) + " |")
     print("| mean dense score | " + " | ".join(f"{results[c]['mean_score']:.3f}" for c in columns) + " |")
     trained = [results[c]["overall"] for c in columns[1:]]
+    paired = {}
     if trained:
         mean = sum(trained) / len(trained)
         print(f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% ({base} {100 * results[base]['overall']:.1f}%)")
+        print(f"paired with the {base} model image by image (same prompts and starting noise):")
+        for column in columns[1:]:
+            tests, _ = paired_toyshapes(reports[base], reports[column])
+            paired[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
+            overall = tests[-1]
+            print(f"  {column}: {format_difference(overall.difference)} overall, 95% interval {format_interval(overall)}, "
+                  f"p {overall.p_value:.3f} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results}
+    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results, "paired": paired}
     (Path(args.runs) / "results.json").write_text(json.dumps(record, indent=2))
     return 0
 

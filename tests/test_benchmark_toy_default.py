@@ -8,6 +8,7 @@ import torch
 
 from benchmarks import toy_default
 from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+from benchmarks.toyshapes.report import paired_toyshapes
 from flowrl.policies.toy import load_toy, save_toy
 
 from conftest import tiny_model
@@ -34,6 +35,13 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     assert [(c["split"], c["eta"], c["steps"]) for c in calls] == [("train", 0.3, 10)] * 2  # base, then the run
     table = capsys.readouterr().out
     assert "| category | base | seed 0 |" in table and "mean overall of 1 run(s)" in table and "| mean dense score |" in table
+    base_report, _ = evaluate_toyshapes(load_toy(base), 1, steps=10, progress=False, split="train", eta=0.3)
+    tests, _ = paired_toyshapes(base_report, direct)  # direct: the run's report, from the loop above
+    overall = record["paired"]["seed 0"]["Overall"]
+    assert overall["difference"] == pytest.approx(direct.overall - base_report.overall) == pytest.approx(tests[-1].difference)
+    assert (overall["a_only"], overall["b_only"], overall["p_value"]) == (tests[-1].a_only, tests[-1].b_only, tests[-1].p_value)
+    assert set(record["paired"]["seed 0"]) == {*direct.accuracy, "Overall"}
+    assert f"seed 0: {100 * overall['difference']:+.1f} pp overall" in table
 
 
 @pytest.mark.parametrize("bad", [["--base", "no_such_model_dir"], ["--eta", "-0.1"], ["--eta", "nan"]])

@@ -3,12 +3,14 @@ comparisons of two saved reports, built on the shared machinery in benchmarks/re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from ..paired import PairedDifference, mean_of_groups, paired_difference
 from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
 from .evaluate import EvalReport
 from .prompts import CATEGORIES
@@ -103,12 +105,50 @@ def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: tor
     }
 
 
+# Settings that make two evaluations judge the same (prompt, starting noise) pairs.
+_SAME_NOISE = ("images_per_category", "seed", "split")
+
+
+def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifference, ...], str]:
+    """Per-category paired tests of B - A and the overall (mean over categories), with a note
+    saying what was paired; no tests, and the note says why, when the records do not line up.
+
+    Image i of one report is paired with image i of the other when both have the same prompt;
+    with the same evaluation settings they also share the starting noise, which is what makes
+    a paired difference far less noisy than two independent accuracies."""
+    if not a.records or not b.records:
+        return (), "No paired test: a report was saved without its per-image records."
+    prompts_a, prompts_b = [r["prompt"] for r in a.records], [r["prompt"] for r in b.records]
+    if prompts_a != prompts_b:
+        if len(prompts_a) != len(prompts_b):
+            why = f"{len(prompts_a)} and {len(prompts_b)} images"
+        else:
+            first = next(i for i, (x, y) in enumerate(zip(prompts_a, prompts_b)) if x != y)
+            why = f"image {first} is {prompts_a[first]!r} in A and {prompts_b[first]!r} in B"
+        return (), f"No paired test: the reports judged different images ({why}); evaluate both with the same settings."
+    by_category: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
+    for record_a, record_b in zip(a.records, b.records):
+        by_category[record_a["category"]][0].append(bool(record_a["correct"]))
+        by_category[record_a["category"]][1].append(bool(record_b["correct"]))
+    parts = [paired_difference(c, *by_category[c]) for c in _ordered(by_category)]
+    same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in _SAME_NOISE)
+    shared = "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
+    note = (f"Image by image on {shared}. p: exact McNemar test of no difference per category; "
+            "Overall is the mean over categories (equal category sizes: McNemar on all images). "
+            "Intervals: 95%, normal approximation.")
+    return (*parts, mean_of_groups("Overall", parts)), note
+
+
 def compare_toyshapes(path_a: str | Path, path_b: str | Path, out_dir: str | Path | None = None) -> str:
-    """Markdown comparing two saved ToyShapes reports per category (differences are B - A); with
-    out_dir, also writes comparison.md, comparison.csv and comparison.html there."""
+    """Markdown comparing two saved ToyShapes reports per category (differences are B - A), with
+    paired tests when both judged the same images; with out_dir, also writes comparison.md,
+    comparison.csv, comparison.html (and comparison_paired.csv) there."""
     path_a, path_b = Path(path_a), Path(path_b)
     label_a, label_b = str(path_a), str(path_b)
-    comparison = compare_tables(toyshapes_tables(load_report(path_a)), toyshapes_tables(load_report(path_b)), label_a, label_b)
+    report_a, report_b = load_report(path_a), load_report(path_b)
+    comparison = compare_tables(toyshapes_tables(report_a), toyshapes_tables(report_b), label_a, label_b)
+    paired, note = paired_toyshapes(report_a, report_b)
+    comparison = dataclasses.replace(comparison, paired=paired, paired_note=note)
     if out_dir is not None:
         comparison.write(out_dir)
     return comparison.markdown()
