@@ -115,7 +115,7 @@ def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifferen
 
     Image i of one report is paired with image i of the other when both have the same prompt;
     with the same evaluation settings they also share the starting noise, which is what makes
-    a paired difference far less noisy than two independent accuracies."""
+    a paired difference less noisy than two independent accuracies."""
     if not a.records or not b.records:
         return (), "No paired test: a report was saved without its per-image records."
     prompts_a, prompts_b = [r["prompt"] for r in a.records], [r["prompt"] for r in b.records]
@@ -134,8 +134,8 @@ def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifferen
     same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in _SAME_NOISE)
     shared = "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
     note = (f"Image by image on {shared}. p: exact McNemar test of no difference per category; "
-            "Overall is the mean over categories (equal category sizes: McNemar on all images). "
-            "Intervals: 95%, normal approximation.")
+            "Overall is the mean over categories (with equal category sizes, McNemar on all images; "
+            "otherwise a normal approximation). Intervals: 95%, Agresti-Min's for paired proportions.")
     return (*parts, mean_of_groups("Overall", parts)), note
 
 
