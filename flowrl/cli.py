@@ -173,6 +173,25 @@ def resolve_recipe(name: str | None) -> Path | None:
     raise ValueError(f"recipe {name!r} is neither a file nor a shipped recipe; shipped: {known}")
 
 
+def paired_with_start(samples: Path) -> str | None:
+    """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
+    starting model) image by image, so a printed gain comes with its noise; None without both."""
+    from benchmarks.report import format_difference, format_interval
+    from benchmarks.toyshapes.report import load_report, paired_toyshapes
+
+    reports = sorted(samples.glob("iter_*.json"))
+    if len(reports) < 2 or reports[0].name != "iter_00000.json":
+        return None
+    start, end = load_report(reports[0]), load_report(reports[-1])
+    tests, _ = paired_toyshapes(start, end)
+    if not tests:
+        return None
+    overall = tests[-1]
+    return (f"vs iteration 0 (the starting model) on the same {overall.n} images: {format_difference(overall.difference)} "
+            f"(95% interval {format_interval(overall)}, p {overall.p_value:.2f}); for a finer figure evaluate both with "
+            "flowrl eval toyshapes and pair them with flowrl eval compare")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import describe, load_config
 
@@ -192,6 +211,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"done: {summary['iterations']} iterations in {config.out}" + (" (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""))
     if "eval/overall" in last:
         print(f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final")
+        against_start = paired_with_start(Path(config.out) / "samples")
+        if against_start:
+            print(against_start)
     elif "eval/reward" in last:
         print(f"evaluation reward {last['eval/reward']:.4f}; trained weights in {config.out}/final")
     return 0

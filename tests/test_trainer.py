@@ -23,12 +23,15 @@ def tiny_dir(tmp_path_factory):
     return str(save_toy(tiny_model(), tmp_path_factory.mktemp("tiny"), dtype=torch.float32))
 
 
-def tiny_run(tiny_dir, out, *overrides):
-    base = [
+def tiny_run_overrides(tiny_dir, out) -> list[str]:
+    return [
         f"policy={tiny_dir}", f"out={out}", "iterations=2", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3",
         "method.shift=1.0", "eval_every=0", "checkpoint_every=1", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward",
     ]
-    return build_config({}, base + list(overrides))
+
+
+def tiny_run(tiny_dir, out, *overrides):
+    return build_config({}, tiny_run_overrides(tiny_dir, out) + list(overrides))
 
 
 def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
@@ -47,6 +50,26 @@ def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for name in ("config.json", "reward_curve.png", "samples/iter_00002.png", "checkpoint/trainable.safetensors", "checkpoint/state.pt"):
         assert (tmp_path / "run" / name).is_file()
+
+
+def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp_path, capsys):
+    """`flowrl train` ends with the held-out accuracy and, image by image against iteration 0's
+    evaluation (the starting model), the difference with its interval and p-value."""
+    from benchmarks.report import format_difference, format_interval
+    from benchmarks.toyshapes.report import load_report, paired_toyshapes
+    from flowrl.cli import main
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("method: flow_grpo\n")  # a recipe of defaults; the tiny run's settings as overrides
+    overrides = tiny_run_overrides(tiny_dir, tmp_path / "run") + ["eval_every=2", "eval_per_category=2", "eval_steps=2"]
+    assert main(["train", str(recipe), *overrides]) == 0
+    out = capsys.readouterr().out
+    tests, _ = paired_toyshapes(load_report(tmp_path / "run" / "samples" / "iter_00000.json"), load_report(tmp_path / "run" / "samples" / "iter_00002.json"))
+    overall = tests[-1]
+    assert overall.n == 12  # 2 images in each of the 6 categories
+    assert (f"vs iteration 0 (the starting model) on the same 12 images: {format_difference(overall.difference)} "
+            f"(95% interval {format_interval(overall)}, p {overall.p_value:.2f})") in out
+    assert "held-out ToyShapes accuracy" in out
 
 
 def test_resume_continues_exactly(tiny_dir, tmp_path):
