@@ -2,8 +2,10 @@
 
 At each grid index, every node that sits there (spine nodes, branch children, probes' ODE tails)
 is evaluated in one batched velocity call (chunked to `max_batch`), then advanced by its rule.
-Siblings share their parent's velocity. Classifier-free guidance lives inside the velocity
-function (one call per row), and NFE counts velocity evaluations, one per node per call.
+Siblings share their parent's velocity, and so does any set of rows with the same state, sigma
+and prompt (the roots of a share_noise group at the first step): each distinct row is computed
+once. Classifier-free guidance lives inside the velocity function (one call per row), and NFE
+counts one velocity evaluation per node per call, the sampler's cost model, whatever was shared.
 """
 
 from __future__ import annotations
@@ -162,6 +164,34 @@ def _chunked_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.T
     return torch.cat([velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
 
 
+def distinct_rows(x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): one row index per distinct (state, sigma, prompt) and, for every row, the
+    position of its representative in `first`, so v computed on rows `first` serves all as v[inverse].
+
+    Rows are grouped by a random projection of their state and then checked element by element
+    against their representative, so only exactly equal rows share (a collision keeps its own).
+    """
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    projection = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(x.device)
+    keys = torch.stack([flat.double() @ projection, sigma.to(x.device).double().expand(n), prompt.to(x.device).double()], 1)
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    rows = torch.arange(n, device=x.device)
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long, device=x.device).scatter_reduce(0, inverse, rows, reduce="amin")
+    same = (flat == flat[first[inverse]]).all(1)
+    if not bool(same.all()):
+        first, inverse = torch.unique(torch.where(same, first[inverse], rows), return_inverse=True)
+    return first, inverse
+
+
+def _shared_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int) -> torch.Tensor:
+    """The velocity of every row, each distinct (state, sigma, prompt) computed once."""
+    first, inverse = distinct_rows(x, sigma, prompt)
+    if len(first) == x.shape[0]:
+        return _chunked_velocity(velocity, x, sigma, prompt, max_batch)
+    return _chunked_velocity(velocity, x[first], sigma[first], prompt[first], max_batch)[inverse]
+
+
 @torch.no_grad()
 def rollout(
     velocity: RolloutVelocity,
@@ -274,7 +304,7 @@ def rollout(
         n = len(front.node)
         sigma = sigmas[j].expand(n)
         prompts = tree.prompt_of(front.node).to(device)
-        v = _chunked_velocity(velocity, front.x, sigma, prompts, max_batch)
+        v = _shared_velocity(velocity, front.x, sigma, prompts, max_batch)
         nfe += n
         spine = front.tail < 0
         # ODE updates of spine ODE steps and of every tail, with their landing grid index.
@@ -390,14 +420,11 @@ def _no_transitions(sample_shape, device, dtype) -> Transitions:
 def score_transitions(velocity: RolloutVelocity, transitions: Transitions, max_batch: int = 256) -> SdeStep:
     """Re-score stored transitions under the current velocity (with grad if enabled).
 
-    Returns the SdeStep of each transition (logp, mean, std) with the stored x_next. Siblings (same
-    parent node at the same step) share one velocity evaluation, as in the rollout.
+    Returns the SdeStep of each transition (logp, mean, std) with the stored x_next. Transitions
+    from the same state (siblings, a share_noise group's first steps) share one velocity
+    evaluation, as in the rollout.
     """
-    # A parent node sits at one grid index, so its id identifies the shared (x, sigma).
-    keys = transitions.parent
-    unique, inverse = torch.unique(keys, return_inverse=True)
-    first = torch.zeros(len(unique), dtype=torch.long, device=keys.device).scatter_(0, inverse, torch.arange(len(keys), device=keys.device))
-    v = _chunked_velocity(velocity, transitions.x[first], transitions.sigma[first], transitions.prompt[first], max_batch)[inverse]
+    v = _shared_velocity(velocity, transitions.x, transitions.sigma, transitions.prompt, max_batch)
     logp = torch.empty(len(transitions), device=v.device)
     mean = torch.empty_like(transitions.x_next, dtype=torch.float32)
     std = torch.empty(len(transitions), device=v.device)

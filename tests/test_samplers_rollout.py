@@ -8,7 +8,8 @@ from torch.distributions import Normal
 
 from references import dpmpp_2m_reference
 from samplers.plan import Plan, StepSpec, Tail
-from samplers.rollout import PROBE, SPINE, TAIL, rollout, score_transitions
+import samplers.rollout as rollout_module
+from samplers.rollout import PROBE, SPINE, TAIL, distinct_rows, rollout, score_transitions
 from samplers.sde import SDE_FORMS
 
 SHAPE = (2, 3)
@@ -227,7 +228,9 @@ def test_probe_counts_are_the_closed_form(tails):
     roots = prompts * group
     remaining = steps - (j + 1)  # grid steps a probe still has to cover
     tail_evals = [math.ceil(remaining / t.stride) * (2 if t.solver == "heun" else 1) for t in tails]
-    assert out.nfe == v.rows == roots * steps + roots * probes * sum(tail_evals)
+    assert out.nfe == roots * steps + roots * probes * sum(tail_evals)
+    # The tails of one probe start from the same state: their first velocity is computed once.
+    assert v.rows == out.nfe - roots * probes * (len(tails) - 1)
     assert out.samples.shape[0] == roots + roots * probes * len(tails)
     assert len(out.transitions) == roots * probes and bool(out.transitions.trained.all())
     assert (out.transitions.step == j).all()
@@ -342,7 +345,9 @@ def test_max_batch_chunking_changes_nothing_but_the_batch_sizes(max_batch):
     chunked = rollout(chunked_v, mixed_plan(), 2, SHAPE, seed=5, max_batch=max_batch)
     assert torch.equal(whole.samples, chunked.samples)
     assert torch.equal(whole.transitions.logp, chunked.transitions.logp)
-    assert whole.nfe == chunked.nfe == whole_v.rows == chunked_v.rows
+    assert whole.nfe == chunked.nfe and whole_v.rows == chunked_v.rows
+    probes = len(torch.unique(whole.probe[whole.probe >= 0]))
+    assert whole_v.rows == whole.nfe - probes * (len(mixed_plan().tails) - 1)  # a probe's tails share its first velocity
     assert max(chunked_v.batch_sizes) <= max_batch
     assert sum(math.ceil(n / max_batch) for n in whole_v.batch_sizes) == chunked_v.calls
 
@@ -489,3 +494,69 @@ def test_bf16_rollout_rescores_to_its_stored_logp():
     assert out.samples.dtype == torch.bfloat16 and out.transitions.x_next.dtype == torch.bfloat16
     scored = score_transitions(CountingVelocity(), out.transitions)
     torch.testing.assert_close(scored.logp, out.transitions.logp, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- rows computed once
+
+
+def test_distinct_rows_groups_exactly_equal_state_sigma_and_prompt():
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(4, *SHAPE, generator=g)
+    pick = torch.tensor([0, 1, 0, 2, 0, 3, 1, 1])
+    x, sigma, prompt = states[pick].clone(), torch.full((8,), 0.5), torch.tensor([0, 0, 0, 0, 1, 0, 0, 0])
+    sigma[7] = 0.25  # same state and prompt as rows 1 and 6, another noise level
+    x[3, 0, 0] += 1e-7  # a near copy of state 2 stays its own row
+    first, inverse = distinct_rows(x, sigma, prompt)
+    reference = {(tuple(r.flatten().tolist()), float(s), int(q)) for r, s, q in zip(x, sigma, prompt)}
+    assert len(first) == len(reference) == 6  # {0, 2}, {1, 6} share; 3, 4, 5, 7 are alone
+    assert torch.equal(x[first][inverse], x) and torch.equal(sigma[first][inverse], sigma) and torch.equal(prompt[first][inverse], prompt)
+
+
+def test_distinct_rows_checks_every_row_when_fingerprints_collide(monkeypatch):
+    # With a zero projection every state has the same fingerprint; the exact check must split them.
+    monkeypatch.setattr(rollout_module.torch, "randn", lambda n, **kw: torch.zeros(n, dtype=torch.float64))
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [5.0, 6.0]])
+    first, inverse = distinct_rows(x, torch.ones(4), torch.zeros(4, dtype=torch.long))
+    assert len(first) == 3 and torch.equal(x[first][inverse], x)
+
+
+def _every_row_computed(monkeypatch):
+    monkeypatch.setattr(rollout_module, "distinct_rows", lambda x, sigma, prompt: (torch.arange(len(x)), torch.arange(len(x))))
+
+
+def test_a_shared_start_is_computed_once_per_prompt_and_changes_nothing(monkeypatch):
+    plan = Plan(grid(4), (StepSpec("sde", trained=True),) + (StepSpec(),) * 3, group_size=5, share_noise=True)
+    shared_v = CountingVelocity()
+    shared = rollout(shared_v, plan, 3, SHAPE, seed=2)
+    assert shared_v.rows_at[1.0] == 3  # one row per prompt at the first step, not one per root
+    assert shared.nfe == 3 * 5 * 4 and shared_v.rows == shared.nfe - 3 * 4
+    _every_row_computed(monkeypatch)
+    every_v = CountingVelocity()
+    every = rollout(every_v, plan, 3, SHAPE, seed=2)
+    assert every_v.rows == every.nfe == shared.nfe
+    assert torch.equal(shared.samples, every.samples) and torch.equal(shared.transitions.logp, every.transitions.logp)
+
+
+def test_rescoring_shares_the_velocity_of_equal_states_and_its_gradient_is_unchanged(monkeypatch):
+    plan = Plan(grid(3), (StepSpec("sde", trained=True), StepSpec("sde", trained=True), StepSpec()), group_size=4, share_noise=True)
+    out = rollout(CountingVelocity(), plan, 2, SHAPE, seed=3)
+    t = out.trained
+    layer = torch.nn.Linear(SHAPE[-1], SHAPE[-1])
+
+    def velocity(x, sigma, prompt, counter):
+        counter.append(x.shape[0])
+        return layer(x) * sigma.view(-1, 1, 1) + 0.01 * prompt.view(-1, 1, 1)
+
+    grads, logps = [], []
+    for share in (True, False):
+        if not share:
+            _every_row_computed(monkeypatch)
+        rows, layer.weight.grad = [], None
+        step = score_transitions(lambda x, s, p: velocity(x, s, p, rows), t)
+        step.logp.sum().backward()
+        grads.append(layer.weight.grad.clone())
+        logps.append(step.logp.detach())
+        # step 0: the 4 roots of a prompt start from one state -> 2 rows; step 1: 8 distinct states
+        assert sum(rows) == (2 + 8 if share else 16)
+    torch.testing.assert_close(logps[0], logps[1], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0], grads[1])

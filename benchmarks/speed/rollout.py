@@ -4,12 +4,16 @@
 
 Every method runs in this one process on the same model and prompts, so the ratios between rows
 are meaningful on any machine; the absolute times are this machine's. It also compares one
-batched model call per grid index with chunked calls (max_batch), the executor's design choice.
+batched model call per grid index with chunked calls (max_batch), the executor's design choice,
+and measures what computing a share_noise group's common first state once saves: the toy
+default's plan with and without shared starting noise (without it no two rows are equal), for
+the rollout and for re-scoring its trained transitions with a backward pass, as the update does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -17,7 +21,7 @@ import torch
 from flowrl.policies import load_toy
 from flowrl.policies.base import rollout_velocity
 from samplers.methods import get_method
-from samplers.rollout import rollout
+from samplers.rollout import rollout, score_transitions
 
 # Each method at toy scale with 16 scored samples per prompt where the method allows it.
 SETTINGS = {
@@ -49,6 +53,28 @@ def time_rollout(policy, name: str, prompts: list[str], repeats: int, max_batch:
     return {"method": name, "nfe": result.nfe, "scored": scored, "trained": trained, "seconds": best, "nfe_per_sample": result.nfe / scored, "seconds_per_sample": best / scored}
 
 
+def shared_start_seconds(policy, prompts: list[str], repeats: int, share_noise: bool) -> tuple[float, float]:
+    """Best rollout time and best time to re-score its trained transitions (forward and backward)
+    for the toy default's plan (MixGRPO, window on the first 3 of 10 steps, group 8)."""
+    method = get_method("mix_grpo")
+    plan = dataclasses.replace(method.plan(method.configure(num_steps=10, shift=1.0, group_size=8, window=3, stride=0)), share_noise=share_noise)
+    cond = policy.encode(prompts)
+    velocity = rollout_velocity(policy, cond, 4.0)
+    params = list(policy.transformer.requires_grad_(True).parameters())
+    rollout_best = score_best = float("inf")
+    for r in range(repeats):
+        start = time.perf_counter()
+        with torch.no_grad():
+            result = rollout(velocity, plan, len(prompts), policy.sample_shape, seed=r)
+        rollout_best = min(rollout_best, time.perf_counter() - start)
+        start = time.perf_counter()
+        score_transitions(velocity, result.trained).logp.sum().backward()
+        score_best = min(score_best, time.perf_counter() - start)
+        for p in params:
+            p.grad = None
+    return rollout_best, score_best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=2)
@@ -65,6 +91,10 @@ def main() -> None:
         print(f"{row['method']:<16}{row['nfe']:>7}{row['scored']:>8}{row['trained']:>9}{row['nfe_per_sample']:>12.2f}{row['seconds']:>8.2f}{row['seconds_per_sample']:>10.3f}{row['seconds_per_sample'] / base:>13.2f}x")
     chunked = time_rollout(policy, "flow_grpo", prompts, args.repeats, max_batch=8)
     print(f"\nflow_grpo with max_batch=8 (chunked calls) vs one call per grid index: {chunked['seconds'] / rows[0]['seconds']:.2f}x the time")
+    shared = shared_start_seconds(policy, prompts, args.repeats, share_noise=True)
+    distinct = shared_start_seconds(policy, prompts, args.repeats, share_noise=False)
+    print(f"toy default's plan, shared starting noise (first state computed once per prompt) vs none: rollout "
+          f"{shared[0] / distinct[0]:.2f}x the time, re-scoring with backward {shared[1] / distinct[1]:.2f}x")
 
 
 if __name__ == "__main__":
