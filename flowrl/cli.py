@@ -208,7 +208,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = summary["last"]
     if summary["rank"] != 0:  # one report per launch, from process 0
         return 0
-    print(f"done: {summary['iterations']} iterations in {config.out}" + (" (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""))
+    if summary["trained_now"] == 0:
+        note = f" (already complete: nothing to train; the figures are from its last evaluation, iteration {last.get('iteration', '?')})"
+    else:
+        note = " (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""
+    print(f"done: {summary['iterations']} iterations in {config.out}{note}")
     if "eval/overall" in last:
         print(f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final")
         against_start = paired_with_start(Path(config.out) / "samples")

@@ -653,6 +653,7 @@ class Trainer:
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
         bar = tqdm(total=config.iterations, initial=self.iteration, desc="train", unit="it", disable=self.rank != 0)
+        first_iteration = self.iteration
         last: dict[str, float] = {}
         stopped_early = False
         while self.iteration < config.iterations:
@@ -682,9 +683,12 @@ class Trainer:
             records = read_metrics(self.metrics_path)
             eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
             draw_curve(records, self.out / "reward_curve.png", eval_key=eval_key)
+            if not last:  # nothing left to train: report the run's last evaluation
+                last = next((r for r in reversed(records) if eval_key in r), {})
         self.export()  # before end_training, which may take down the process group a sharded export needs
         self.accelerator.end_training()
-        return {"iterations": self.iteration, "resumed": resumed, "stopped_early": stopped_early, "last": last, "rank": self.rank}
+        return {"iterations": self.iteration, "trained_now": self.iteration - first_iteration, "resumed": resumed,
+                "stopped_early": stopped_early, "last": last, "rank": self.rank}
 
     def export(self) -> Path:
         """The trained weights (EMA when enabled) in out/final: for the toy model a loadable model

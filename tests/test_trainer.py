@@ -70,6 +70,12 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     assert (f"vs iteration 0 (the starting model) on the same 12 images: {format_difference(overall.difference)} "
             f"(95% interval {format_interval(overall)}, p {overall.p_value:.2f})") in out
     assert "held-out ToyShapes accuracy" in out
+    # Run again: the run is complete, so nothing trains and the same figures are reported as such.
+    assert main(["train", str(recipe), *overrides]) == 0
+    again = capsys.readouterr().out
+    assert "done: 2 iterations" in again and "already complete: nothing to train" in again and "iteration 2)" in again
+    assert [line for line in again.splitlines() if line.startswith(("held-out", "vs iteration 0"))] == \
+        [line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0"))]
 
 
 def test_resume_continues_exactly(tiny_dir, tmp_path):
