@@ -209,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["rank"] != 0:  # one report per launch, from process 0
         return 0
     if summary["trained_now"] == 0:
-        note = f" (already complete: nothing to train; the figures are from its last evaluation, iteration {last.get('iteration', '?')})"
+        note = " (already complete: nothing to train" + (f"; the figures are from its last evaluation, iteration {last['iteration']})" if last else ")")
     else:
         note = " (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""
     print(f"done: {summary['iterations']} iterations in {config.out}{note}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import torch
@@ -164,6 +165,13 @@ def _chunked_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.T
     return torch.cat([velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
 
 
+@lru_cache(maxsize=8)
+def _projection(numel: int, device: torch.device) -> torch.Tensor:
+    """A fixed random direction to fingerprint states of `numel` elements (made once per size and
+    device: every grid index of every rollout asks for it)."""
+    return torch.randn(numel, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
+
+
 def distinct_rows(x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(first, inverse): one row index per distinct (state, sigma, prompt) and, for every row, the
     position of its representative in `first`, so v computed on rows `first` serves all as v[inverse].
@@ -173,11 +181,10 @@ def distinct_rows(x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor) ->
     """
     n = x.shape[0]
     flat = x.reshape(n, -1)
-    projection = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(x.device)
-    keys = torch.stack([flat.double() @ projection, sigma.to(x.device).double().expand(n), prompt.to(x.device).double()], 1)
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    keys = torch.stack([flat.double() @ _projection(flat.shape[1], x.device), sigma.to(x.device).double().expand(n), prompt.to(x.device).double()], 1)
+    unique_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
     rows = torch.arange(n, device=x.device)
-    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long, device=x.device).scatter_reduce(0, inverse, rows, reduce="amin")
+    first = torch.full((len(unique_keys),), n, dtype=torch.long, device=x.device).scatter_reduce(0, inverse, rows, reduce="amin")
     same = (flat == flat[first[inverse]]).all(1)
     if not bool(same.all()):
         first, inverse = torch.unique(torch.where(same, first[inverse], rows), return_inverse=True)

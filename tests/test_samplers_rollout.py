@@ -514,7 +514,7 @@ def test_distinct_rows_groups_exactly_equal_state_sigma_and_prompt():
 
 def test_distinct_rows_checks_every_row_when_fingerprints_collide(monkeypatch):
     # With a zero projection every state has the same fingerprint; the exact check must split them.
-    monkeypatch.setattr(rollout_module.torch, "randn", lambda n, **kw: torch.zeros(n, dtype=torch.float64))
+    monkeypatch.setattr(rollout_module, "_projection", lambda numel, device: torch.zeros(numel, dtype=torch.float64))
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [5.0, 6.0]])
     first, inverse = distinct_rows(x, torch.ones(4), torch.zeros(4, dtype=torch.long))
     assert len(first) == 3 and torch.equal(x[first][inverse], x)

@@ -78,6 +78,18 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
         [line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0"))]
 
 
+def test_rerunning_a_finished_run_without_evaluations_says_only_that_it_is_complete(tiny_dir, tmp_path, capsys):
+    from flowrl.cli import main
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("method: flow_grpo\n")
+    overrides = tiny_run_overrides(tiny_dir, tmp_path / "run")  # eval_every=0: no evaluation
+    assert main(["train", str(recipe), *overrides]) == 0
+    capsys.readouterr()
+    assert main(["train", str(recipe), *overrides]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"done: 2 iterations in {tmp_path / 'run'} (already complete: nothing to train)"
+
+
 def test_resume_continues_exactly(tiny_dir, tmp_path):
     straight = tiny_run(tiny_dir, tmp_path / "a", "iterations=3")
     train(straight)
