@@ -80,7 +80,7 @@ class TrainConfig:
     micro_batch: int = option(64, "transitions per forward/backward (gradient accumulation inside a step)")
     ema: float = option(0.0, "EMA decay of the trained weights used for evaluation and export; 0: off")
     # evaluation and checkpoints
-    eval_every: int = option(0, "evaluate every this many iterations (and at the end); 0: only at the end")
+    eval_every: int = option(0, "evaluate at iteration 0, every this many iterations and at the end; 0: never (judge the export with flowrl eval)")
     eval_prompts: str = option("", "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts")
     eval_per_category: int = option(8, "held-out ToyShapes images per category at each evaluation")
     eval_steps: int = option(20, "ODE steps of evaluation sampling")

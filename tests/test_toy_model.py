@@ -1,5 +1,6 @@
 """The toy policy: tokenizer, guidance, save/load in the on-disk format, and pretraining resume."""
 
+import copy
 import json
 
 import pytest
@@ -128,25 +129,44 @@ def test_pretraining_from_init_weights_continues_that_model(tmp_path):
         pretrain(build_parser().parse_args(["--out", str(tmp_path / "bad"), "--steps", "1", "--layers", "4", *common]))
 
 
-def test_guided_velocity_trains_only_through_the_prompt_branch(tiny_policy):
-    # With guidance g, v = v_null + g (v_prompt - v_null); in training the unconditional branch is
-    # detached (Flow-GRPO), so the empty-prompt embedding gets no gradient and the values match.
+def test_guided_velocity_gradient_is_its_exact_derivative(tiny_policy):
+    # The guided velocity v_null + g (v_prompt - v_null) is the policy's mean, so its gradient must
+    # be the derivative of the value the sampler uses: checked against a central difference along a
+    # random direction of every transformer weight, in float64.
+    transformer = copy.deepcopy(tiny_policy.transformer).double()
     cond = tiny_policy.encode(["a red circle", "two squares"])
-    cond.null_embeds = cond.null_embeds.clone().requires_grad_()
-    cond.prompt_embeds = cond.prompt_embeds.clone().requires_grad_()
-    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64)
+    sigma = torch.tensor([0.8, 0.3], dtype=torch.float64)
+    weights = torch.randn(2, 3, 32, 32, generator=generator, dtype=torch.float64)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    direction = [torch.randn(p.shape, generator=generator, dtype=torch.float64) for p in params]
+
+    def objective() -> torch.Tensor:
+        return (weights * sd3_velocity(transformer, x, sigma, cond, 4.0)).sum()
+
+    grads = torch.autograd.grad(objective(), params)
+    analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
+    eps = 1e-6
+    values = []
     with torch.no_grad():
-        reference = tiny_policy.velocity(x, sigma, cond, 4.0)
-    v = tiny_policy.velocity(x, sigma, cond, 4.0)
-    assert torch.equal(v, reference)
-    v.square().sum().backward()
-    assert cond.null_embeds.grad is None or not bool(cond.null_embeds.grad.any())
-    assert cond.prompt_embeds.grad is not None and bool(cond.prompt_embeds.grad.any())
+        for sign in (1, -1):
+            for p, d in zip(params, direction):
+                p.add_(sign * eps * d)
+            values.append(float(objective()))
+            for p, d in zip(params, direction):
+                p.sub_(sign * eps * d)
+    numeric = (values[0] - values[1]) / (2 * eps)
+    assert analytic == pytest.approx(numeric, rel=1e-6)
+    # The unconditional branch carries weight 1 - g of the gradient: the empty prompt gets one.
+    cond.null_embeds = cond.null_embeds.clone().requires_grad_()
+    objective().backward()
+    assert cond.null_embeds.grad is not None and bool(cond.null_embeds.grad.any())
 
 
-def test_guided_velocity_builds_a_graph_over_the_prompt_half_only(tiny_policy):
-    # Training with guidance: the transformer sees the unconditional half without a graph and the
-    # prompt half with one, so the backward pass covers half the batch.
+def test_guided_velocity_builds_a_graph_over_both_halves_in_training_only(tiny_policy):
+    # Training with guidance: both halves run as separate calls with a graph; sampling and
+    # guidance 1 as before.
     cond = tiny_policy.encode(["a red circle", "two squares", "a circle"])
     x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.5, 0.2])
     calls = []
@@ -160,24 +180,27 @@ def test_guided_velocity_builds_a_graph_over_the_prompt_half_only(tiny_policy):
         tiny_policy.velocity(x, sigma, cond, 1.0)
     finally:
         hook.remove()
-    assert calls == [(3, False), (3, True), (3, False), (3, False), (3, True)]
+    assert calls == [(3, True), (3, True), (3, False), (3, False), (3, True)]
 
 
 def test_guided_velocity_matches_the_batched_one_call_form(tiny_policy):
-    # benchmarks/speed/guidance.py times sd3_velocity against the one-call form it replaced
-    # (both halves in one batch of 2B); both must compute the same guided velocity and gradient.
-    from benchmarks.speed.guidance import batched_velocity
+    # benchmarks/speed/guidance.py times sd3_velocity against the one-call form (both halves in
+    # one batch of 2B) and the no-graph form of before; all three compute the same guided velocity,
+    # and the first two the same gradient (the third's is what the fix changed).
+    from benchmarks.speed.guidance import batched_velocity, prompt_branch_velocity
 
     cond = tiny_policy.encode(["a red circle", "two squares"])
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])
-    grads = []
-    for form in (batched_velocity, sd3_velocity):
+    results = []
+    for form in (batched_velocity, sd3_velocity, prompt_branch_velocity):
         tiny_policy.transformer.zero_grad(set_to_none=True)
         v = form(tiny_policy.transformer, x, sigma, cond, 4.0)
         v.square().sum().backward()
-        grads.append((v.detach(), [p.grad.clone() for p in tiny_policy.transformer.parameters() if p.grad is not None]))
-    (v_batched, g_batched), (v_split, g_split) = grads
+        results.append((v.detach(), [p.grad.clone() for p in tiny_policy.transformer.parameters() if p.grad is not None]))
+    (v_batched, g_batched), (v_split, g_split), (v_no_graph, g_no_graph) = results
     torch.testing.assert_close(v_split, v_batched, rtol=1e-5, atol=1e-5)
+    assert torch.equal(v_no_graph, v_split)
     assert len(g_split) == len(g_batched) > 0
     for a, b in zip(g_split, g_batched):  # float32 summation order differs between batch layouts
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    assert any(not torch.allclose(a, b, rtol=1e-2, atol=0) for a, b in zip(g_no_graph, g_split))

@@ -4,9 +4,10 @@
 
 Times, in this one process and interleaved, the shipped toy model's guided velocity at one noise
 level: sampling (no grad) and a training pass (forward plus backward of a scalar loss). The
-batched form stacks the prompt and unconditional halves into one call of twice the batch and
-detaches the unconditional output, as `sd3_velocity` did before; its backward pass still runs
-through the whole doubled batch. The two-call form runs the unconditional half without a graph.
+batched form stacks the prompt and unconditional halves into one call of twice the batch; the
+two-call form (the trainer's) runs them separately. Both give the exact gradient. A third form
+prices that exactness: two calls with the unconditional one run without a graph, the trainer's
+form before 2026-12-04, whose gradient is not the derivative of the guided velocity.
 """
 
 from __future__ import annotations
@@ -24,14 +25,22 @@ GUIDANCE = 4.0
 
 
 def batched_velocity(transformer, x, sigma, cond: TextConditioning, guidance: float) -> torch.Tensor:
-    """The one-call reference form: both halves in one batch, the unconditional half detached."""
+    """The one-call reference form: both halves in one batch of twice the size (Flow-GRPO's)."""
     null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
     out = transformer_velocity(
         transformer, torch.cat([x, x]), torch.cat([sigma, sigma]),
         torch.cat([cond.prompt_embeds, null_embeds]), torch.cat([cond.pooled, null_pooled]),
     )
     v_prompt, v_null = out.chunk(2)
-    v_null = v_null.detach()
+    return v_null + guidance * (v_prompt - v_null)
+
+
+def prompt_branch_velocity(transformer, x, sigma, cond: TextConditioning, guidance: float) -> torch.Tensor:
+    """Two calls, the unconditional one without a graph: cheaper to train, but a biased gradient."""
+    null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
+    with torch.no_grad():
+        v_null = transformer_velocity(transformer, x, sigma, null_embeds, null_pooled)
+    v_prompt = transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
     return v_null + guidance * (v_prompt - v_null)
 
 
@@ -81,13 +90,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for p in transformer.parameters():
         p.requires_grad_(True)
-    forms = {"one batched call": batched_velocity, "two calls": sd3_velocity}
-    print(f"| mode | {' (s) | '.join(forms)} (s) | two calls / batched |")
-    print("|---|---|---|---|")
+    forms = {"one batched call": batched_velocity, "two calls": sd3_velocity, "two calls, no graph for v_null": prompt_branch_velocity}
+    print(f"| mode | {' (s) | '.join(forms)} (s) | two calls / batched | no-graph form / two calls |")
+    print("|---|---|---|---|---|---|")
     for mode, run in (("sampling", sample), ("training pass", train_pass)):
         median = interleaved_seconds({name: (lambda form=form: run(form)) for name, form in forms.items()}, args.repeats)
-        a, b = median["one batched call"], median["two calls"]
-        print(f"| {mode} | {a:.3f} | {b:.3f} | {b / a:.2f}x |")
+        a, b, c = (median[name] for name in forms)
+        print(f"| {mode} | {a:.3f} | {b:.3f} | {c:.3f} | {b / a:.2f}x | {c / b:.2f}x |")
     return 0
 
 

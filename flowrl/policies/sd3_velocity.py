@@ -23,14 +23,12 @@ def sd3_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Ten
     if guidance == 1.0:
         return transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
     # The prompt and unconditional halves run as two calls, in training and sampling alike, so an
-    # update recomputes a rollout's velocity with the same calls. In training the unconditional
-    # half runs without a graph: the policy gradient flows through the prompt branch only (as
-    # Flow-GRPO does); through v_null it would enter with weight (1 - g) and push the
-    # unconditional model the opposite way, amplifying every update g-fold. Its backward pass then
-    # covers half the batch: an update costs about 0.6 of one batched call's (toy model, CPU).
+    # update recomputes a rollout's velocity with the same calls and its ratios start at exactly 1.
+    # Both calls keep their graph in training: the guided velocity is the policy's mean, so the
+    # exact policy gradient flows through the prompt branch with weight g and through the
+    # unconditional one with weight 1 - g (Flow-GRPO's one batched call does the same).
     null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
-    with torch.no_grad():
-        v_null = transformer_velocity(transformer, x, sigma, null_embeds, null_pooled)
+    v_null = transformer_velocity(transformer, x, sigma, null_embeds, null_pooled)
     v_prompt = transformer_velocity(transformer, x, sigma, cond.prompt_embeds, cond.pooled)
     return v_null + guidance * (v_prompt - v_null)
 
