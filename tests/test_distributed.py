@@ -22,6 +22,11 @@ TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "workers" / "train_and_dump.py"
 ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
 DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+# Weights of two runs that differ only in how sums are split across processes: Adam turns the
+# roundoff of a near-zero gradient into a step of up to lr, so an element may differ by a few
+# 1e-6 after three lr 1e-3 steps (a thousandth of their movement; seen since the guided
+# velocity's gradient also flows through the unconditional half).
+WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-5}
 
 
 def overrides(tiny_dir, out, *extra):
@@ -71,7 +76,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # replicas never drift apart
     assert any(not torch.equal(single[k], initial[k]) for k in single)  # training moved the weights
     for k in single:
-        torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(rank0[k], single[k], **WEIGHT_TOL)
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [r["iteration"] for r in two] == [r["iteration"] for r in one] == [0, 1, 2, 3]
@@ -276,7 +281,7 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding,
     launch(1, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=2"), tmp_path)
     first_a, first_b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
     for k in first_b:  # the LoRA-merged export of the sharded run
-        torch.testing.assert_close(first_a[k], first_b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(first_a[k], first_b[k], **WEIGHT_TOL)
     # Swap: the sharded run's checkpoint continues unsharded, and the other way round.
     launch(1, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=3"), tmp_path)
     launch(2, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=3", *sharding), tmp_path, launcher)
@@ -288,10 +293,10 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding,
         params = load_file(str(run / "params_rank0.safetensors"))
         assert params.keys() == params_c.keys()
         for k in params_c:
-            torch.testing.assert_close(params[k], params_c[k], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(params[k], params_c[k], **WEIGHT_TOL)
         final = load_file(str(run / "final" / "model.safetensors"))
         for k in final:
-            torch.testing.assert_close(final[k], load_file(str(c / "final" / "model.safetensors"))[k], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(final[k], load_file(str(c / "final" / "model.safetensors"))[k], **WEIGHT_TOL)
     if "--use_deepspeed" in launcher:  # the launch's ZeRO ran: each process held part of the Adam state
         assert 0 < local(b, 0)["optimizer_numel"] < sum(t.numel() for t in params_c.values())
     assert [r["iteration"] for r in metrics(a)] == [r["iteration"] for r in metrics(b)] == [0, 1, 2, 3]
