@@ -7,6 +7,9 @@ Only the items the two evaluations judge differently carry information about the
 interval is Agresti and Min's (2005): the Wald interval of the paired difference after adding
 half an item to each cell of the 2x2 table, which keeps its coverage near 95% even when few or
 no items are discordant (where the plain Wald interval collapses to a point).
+
+A graded score per item (ToyShapes' dense score) is compared by its mean paired difference, with
+Student's t interval and paired t-test per group and a normal approximation over groups.
 """
 
 from __future__ import annotations
@@ -94,3 +97,42 @@ def mean_of_groups(name: str, parts: Sequence[PairedDifference]) -> PairedDiffer
         null_sd = math.sqrt(sum((p.a_only + p.b_only) / p.n**2 for p in parts)) / groups
         p_value = 1.0 if null_sd == 0 else math.erfc(abs(difference) / null_sd / math.sqrt(2))
     return PairedDifference(name, sum(p.n for p in parts), difference, centre - half, centre + half, a_only, b_only, p_value)
+
+
+
+def _mean_and_standard_error(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[float, float, list[float]]:
+    """Mean of b_i - a_i, its standard error (sample variance / n) and the differences."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"{name}: a paired comparison of scores needs the same number (at least 2) of items, got {len(a)} and {len(b)}")
+    d = [float(y) - float(x) for x, y in zip(a, b)]
+    n = len(d)
+    mean = sum(d) / n
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in d) / (n - 1) / n), d
+
+
+def paired_mean_difference(name: str, a: Sequence[float], b: Sequence[float]) -> PairedDifference:
+    """B - A of a graded score (such as ToyShapes' dense score) over paired items: the mean of
+    b_i - a_i with Student's t 95% interval and the two-sided paired t-test p-value. a_only /
+    b_only count the items A / B scored higher."""
+    from scipy.stats import t as student_t
+
+    mean, se, d = _mean_and_standard_error(name, a, b)
+    half = float(student_t.ppf(0.975, len(d) - 1)) * se
+    p_value = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * student_t.sf(abs(mean) / se, len(d) - 1))
+    return PairedDifference(name, len(d), mean, mean - half, mean + half, sum(v < 0 for v in d), sum(v > 0 for v in d), p_value)
+
+
+def mean_of_score_groups(name: str, groups: Sequence[tuple[Sequence[float], Sequence[float]]]) -> PairedDifference:
+    """B - A of the mean score over groups, each weighted equally (like `mean_of_groups`): the
+    groups hold different items, so the variance is the sum of their squared standard errors
+    over G^2; normal interval and p-value."""
+    if not groups:
+        raise ValueError(f"{name}: no groups to combine")
+    stats = [_mean_and_standard_error(name, a, b) for a, b in groups]
+    count = len(stats)
+    difference = sum(mean for mean, _, _ in stats) / count
+    se = math.sqrt(sum(e**2 for _, e, _ in stats)) / count
+    p_value = (1.0 if difference == 0 else 0.0) if se == 0 else math.erfc(abs(difference) / se / math.sqrt(2))
+    lower = sum(sum(v < 0 for v in d) for _, _, d in stats)
+    higher = sum(sum(v > 0 for v in d) for _, _, d in stats)
+    return PairedDifference(name, sum(len(d) for _, _, d in stats), difference, difference - Z95 * se, difference + Z95 * se, lower, higher, p_value)

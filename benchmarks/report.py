@@ -92,6 +92,11 @@ def format_interval(difference: PairedDifference) -> str:
     return f"{100 * low:+.1f} to {100 * high:+.1f} pp"
 
 
+def format_p(p_value: float) -> str:
+    """A p-value to three decimals, "<0.001" below that."""
+    return "<0.001" if p_value < 0.0005 else f"{p_value:.3f}"
+
+
 def _count(value: int | None) -> str:
     return "" if value is None else str(value)
 
@@ -322,13 +327,16 @@ class ComparisonRow:
 @dataclass(frozen=True)
 class Comparison:
     """Two result sets side by side; differences are B - A. `paired`: per-group paired tests of
-    the difference when both sets judged the same items (`paired_note` says which, or why not)."""
+    the difference when both sets judged the same items (`paired_note` says which, or why not);
+    `paired_scores`: the same for a graded score of each item (`paired_scores_note`)."""
 
     label_a: str
     label_b: str
     rows: tuple[ComparisonRow, ...]
     paired: tuple[PairedDifference, ...] = ()
     paired_note: str = ""
+    paired_scores: tuple[PairedDifference, ...] = ()
+    paired_scores_note: str = ""
 
     def tables(self) -> list[str]:
         """Table titles in order."""
@@ -344,11 +352,11 @@ class Comparison:
                 if r.table == title:
                     lines.append(f"| {_md_cell(r.name)} | {format_accuracy(r.accuracy_a)} | {format_accuracy(r.accuracy_b)} | {format_difference(r.difference)} |")
             parts.append("\n".join(lines))
-        if self.paired or self.paired_note:
-            lines = ["### Paired test", "", _md_cell(self.paired_note)]
-            if self.paired:
-                lines += ["", "| name | " + " | ".join(PAIRED_HEADERS) + " |", "|---" + "|---:" * len(PAIRED_HEADERS) + "|"]
-                lines += ["| " + " | ".join([_md_cell(d.name), *_paired_cells(d)]) + " |" for d in self.paired]
+        for title, note, tests, headers, cells in self._paired_sections():
+            lines = [f"### {title}", "", _md_cell(note)]
+            if tests:
+                lines += ["", "| name | " + " | ".join(headers) + " |", "|---" + "|---:" * len(headers) + "|"]
+                lines += ["| " + " | ".join([_md_cell(d.name), *cells(d)]) + " |" for d in tests]
             parts.append("\n".join(lines))
         return "\n\n".join(parts) + "\n"
 
@@ -369,28 +377,39 @@ class Comparison:
                 for r in self.rows if r.table == title
             )
             body.append(f"<h3>{_esc(title)}</h3><table>{head}{rows}</table>")
-        if self.paired or self.paired_note:
-            body.append(f"<h3>Paired test</h3><div class='meta'>{_esc(self.paired_note)}</div>")
-        if self.paired:
-            head = "".join(f"<th>{h}</th>" for h in PAIRED_HEADERS)
-            rows = "".join(
-                f"<tr><td class='name'>{_esc(d.name)}</td>"
-                + "".join(f"<td class='{_direction(d.difference)}'>{c}</td>" if i == 1 else f"<td>{c}</td>" for i, c in enumerate(_paired_cells(d)))
-                + "</tr>"
-                for d in self.paired
-            )
-            body.append(f"<table><tr><th class='name'>name</th>{head}</tr>{rows}</table>")
+        for title, note, tests, headers, cells in self._paired_sections():
+            body.append(f"<h3>{_esc(title)}</h3><div class='meta'>{_esc(note)}</div>")
+            if tests:
+                head = "".join(f"<th>{h}</th>" for h in headers)
+                rows = "".join(
+                    f"<tr><td class='name'>{_esc(d.name)}</td>"
+                    + "".join(f"<td class='{_direction(d.difference)}'>{c}</td>" if i == 1 else f"<td>{c}</td>" for i, c in enumerate(cells(d)))
+                    + "</tr>"
+                    for d in tests
+                )
+                body.append(f"<table><tr><th class='name'>name</th>{head}</tr>{rows}</table>")
         return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{a} vs {b}</title>"
                 f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
 
-    def write_paired_csv(self, path: str | Path) -> Path:
-        """Write the paired tests with columns name, items, difference, low, high, a_only, b_only, p_value."""
-        rows = [[d.name, d.n, repr(d.difference), repr(d.low), repr(d.high), d.a_only, d.b_only, repr(d.p_value)] for d in self.paired]
+    def _paired_sections(self) -> list[tuple[str, str, tuple[PairedDifference, ...], Sequence[str], Any]]:
+        """(title, note, tests, headers, cell formatter) of each paired section there is."""
+        sections = []
+        if self.paired or self.paired_note:
+            sections.append(("Paired test", self.paired_note, self.paired, PAIRED_HEADERS, _paired_cells))
+        if self.paired_scores or self.paired_scores_note:
+            sections.append(("Paired score", self.paired_scores_note, self.paired_scores, SCORE_HEADERS, _score_cells))
+        return sections
+
+    def write_paired_csv(self, path: str | Path, tests: Sequence[PairedDifference] | None = None) -> Path:
+        """Write paired tests (default: the accuracy tests) with columns name, items, difference,
+        low, high, a_only, b_only, p_value."""
+        tests = self.paired if tests is None else tests
+        rows = [[d.name, d.n, repr(d.difference), repr(d.low), repr(d.high), d.a_only, d.b_only, repr(d.p_value)] for d in tests]
         return _write_csv_rows(path, PAIRED_COLUMNS, rows)
 
     def write(self, out_dir: str | Path, stem: str = "comparison") -> dict[str, Path]:
-        """Write {stem}.md, {stem}.csv and {stem}.html (and {stem}_paired.csv with paired tests)
-        into out_dir; returns their paths by kind."""
+        """Write {stem}.md, {stem}.csv and {stem}.html (and {stem}_paired.csv and
+        {stem}_paired_score.csv with paired tests) into out_dir; returns their paths by kind."""
         out_dir = Path(out_dir)
         paths = {
             "markdown": _write_text(out_dir / f"{stem}.md", self.markdown()),
@@ -399,15 +418,23 @@ class Comparison:
         }
         if self.paired:
             paths["paired_csv"] = self.write_paired_csv(out_dir / f"{stem}_paired.csv")
+        if self.paired_scores:
+            paths["paired_score_csv"] = self.write_paired_csv(out_dir / f"{stem}_paired_score.csv", self.paired_scores)
         return paths
 
 
 PAIRED_HEADERS = ("items", "B - A", "95% interval", "only A right", "only B right", "p")
+SCORE_HEADERS = ("items", "B - A", "95% interval", "A higher", "B higher", "p")
 
 
 def _paired_cells(d: PairedDifference) -> list[str]:
     """A paired test's cells under PAIRED_HEADERS."""
-    return [str(d.n), format_difference(d.difference), format_interval(d), str(d.a_only), str(d.b_only), f"{d.p_value:.3f}"]
+    return [str(d.n), format_difference(d.difference), format_interval(d), str(d.a_only), str(d.b_only), format_p(d.p_value)]
+
+
+def _score_cells(d: PairedDifference) -> list[str]:
+    """A paired score difference's cells under SCORE_HEADERS (scores in their own units)."""
+    return [str(d.n), f"{d.difference:+.3f}", f"{d.low:+.3f} to {d.high:+.3f}", str(d.a_only), str(d.b_only), format_p(d.p_value)]
 
 
 def _write_csv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_rel
 
-from benchmarks.paired import mcnemar_p, mean_of_groups, paired_difference
+from benchmarks.paired import mcnemar_p, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
 from benchmarks.toyshapes.evaluate import EvalReport
-from benchmarks.toyshapes.report import compare_toyshapes, paired_toyshapes
+from benchmarks.toyshapes.report import compare_toyshapes, paired_toyshapes, paired_toyshapes_scores
 
 
 @pytest.mark.parametrize("a_only,b_only", [(0, 0), (0, 1), (3, 3), (2, 9), (9, 2), (0, 12), (17, 30), (1, 40)])
@@ -146,3 +146,87 @@ def test_toyshapes_comparison_says_why_it_cannot_pair():
     assert len(tests) == 2 and "starting noise not known to be shared" in note
     bare = EvalReport(a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [])
     assert paired_toyshapes(a, bare) == ((), "No paired test: a report was saved without its per-image records.")
+
+
+# --- graded scores (the dense score) -------------------------------------------------------------
+
+
+def test_paired_score_difference_is_scipys_paired_t_test():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 1, 40)
+    b = np.clip(a + rng.normal(0.05, 0.1, 40), 0, 1)
+    d = paired_mean_difference("x", a.tolist(), b.tolist())
+    reference = ttest_rel(b, a)
+    interval = reference.confidence_interval(0.95)
+    assert d.n == 40 and d.difference == pytest.approx(float(np.mean(b - a)), abs=1e-12)
+    assert (d.low, d.high) == (pytest.approx(interval.low, abs=1e-12), pytest.approx(interval.high, abs=1e-12))
+    assert d.p_value == pytest.approx(reference.pvalue, rel=1e-9)
+    assert (d.a_only, d.b_only) == (int(np.sum(b < a)), int(np.sum(b > a)))
+
+
+def test_paired_score_difference_of_equal_scores_and_bad_input():
+    same = paired_mean_difference("x", [0.5, 1.0, 0.0], [0.5, 1.0, 0.0])
+    assert (same.difference, same.low, same.high, same.p_value, same.a_only, same.b_only) == (0.0, 0.0, 0.0, 1.0, 0, 0)
+    shifted = paired_mean_difference("x", [0.5, 0.2], [0.6, 0.3])  # every item up by exactly 0.1
+    assert shifted.difference == pytest.approx(0.1) and shifted.p_value == 0.0
+    with pytest.raises(ValueError, match="x: .*at least 2.*got 2 and 3"):
+        paired_mean_difference("x", [0.1, 0.2], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="no groups"):
+        mean_of_score_groups("Overall", [])
+
+
+def test_score_groups_combine_as_a_stratified_mean():
+    # Overall = mean of the groups' mean differences; its variance the sum of their squared
+    # standard errors over G^2 (computed here with numpy), normal interval and p-value.
+    rng = np.random.default_rng(1)
+    groups = [(rng.uniform(0, 1, n), rng.uniform(0, 1, n)) for n in (30, 50, 80)]
+    overall = mean_of_score_groups("Overall", [(a.tolist(), b.tolist()) for a, b in groups])
+    means = [np.mean(b - a) for a, b in groups]
+    se = math.sqrt(sum(np.var(b - a, ddof=1) / len(a) for a, b in groups)) / 3
+    assert overall.difference == pytest.approx(np.mean(means), abs=1e-12)
+    assert overall.high - overall.difference == pytest.approx(1.959963984540054 * se, rel=1e-9)
+    assert overall.p_value == pytest.approx(math.erfc(abs(np.mean(means)) / se / math.sqrt(2)), rel=1e-9)
+    assert overall.n == 160
+
+
+def test_the_stratified_score_interval_covers_the_true_difference():
+    # Three groups of unequal size, scores that rise by a different amount per group: the
+    # interval of the unweighted mean over groups covers the true mean shift about 95% of the time.
+    rng = np.random.default_rng(2)
+    shifts, sizes = (0.10, -0.05, 0.02), (24, 48, 96)
+    truth = sum(shifts) / 3
+    covered = 0
+    for _ in range(1000):
+        groups = []
+        for shift, n in zip(shifts, sizes):
+            a = rng.uniform(0, 1, n)
+            groups.append((a.tolist(), (a + shift + rng.normal(0, 0.2, n)).tolist()))
+        d = mean_of_score_groups("Overall", groups)
+        covered += d.low <= truth <= d.high
+    assert 0.93 <= covered / 1000 <= 0.97
+
+
+def test_toyshapes_comparison_reports_the_paired_dense_score(tmp_path):
+    a = _report({"single_object": [True, False, False, False], "counting": [True, True, False, False]})
+    b = _report({"single_object": [True, True, True, False], "counting": [False, True, False, True]})
+    scores_b = [1.0, 0.5, 0.75, 0.25, 0.5, 1.0, 0.0, 1.0]
+    b = EvalReport(b.accuracy, b.overall, b.mean_score, b.num_images, b.settings, [dict(r, score=s) for r, s in zip(b.records, scores_b)])
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    markdown = compare_toyshapes(tmp_path / "a.json", tmp_path / "b.json", out_dir=tmp_path / "cmp")
+    single = paired_mean_difference("single_object", [1.0, 0.0, 0.0, 0.0], scores_b[:4])  # +0.375
+    counting = paired_mean_difference("counting", [1.0, 1.0, 0.0, 0.0], scores_b[4:])  # -0.5, 0, 0, +1: +0.125
+    assert "### Paired score" in markdown and "Mean dense score" in markdown
+    assert f"| single_object | 4 | +0.375 | {single.low:+.3f} to {single.high:+.3f} | 0 | 3 | {single.p_value:.3f} |" in markdown
+    assert f"| counting | 4 | +0.125 | {counting.low:+.3f} to {counting.high:+.3f} | 1 | 1 | {counting.p_value:.3f} |" in markdown
+    assert "| Overall | 8 | +0.250 |" in markdown
+    with open(tmp_path / "cmp" / "comparison_paired_score.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == ["single_object", "counting", "Overall"]
+    assert float(rows[0]["difference"]) == pytest.approx(0.375) and float(rows[2]["difference"]) == pytest.approx(0.25)
+    assert "Paired score" in (tmp_path / "cmp" / "comparison.html").read_text()
+    unscored = EvalReport(a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [{k: v for k, v in r.items() if k != "score"} for r in a.records])
+    assert paired_toyshapes_scores(unscored, b) == ((), "No paired score: a report's records have no dense score.")
+    longer = _report({"single_object": [True, False, True]})
+    tests, note = paired_toyshapes_scores(a, longer)
+    assert tests == () and note.startswith("No paired score: the reports judged different images")

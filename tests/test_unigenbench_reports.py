@@ -326,7 +326,7 @@ def test_toyshapes_comparison(toy_report, tmp_path):
     md = compare_toyshapes(tmp_path / "a.json", tmp_path / "b.json", out_dir=tmp_path / "cmp")
     for c, acc in report.accuracy.items():
         assert f"| {c} | {100 * acc:.1f}% | 100.0% | {100 * (1 - acc):+.1f} pp |" in md
-    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"comparison.md", "comparison.csv", "comparison.html", "comparison_paired.csv"}
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"comparison.md", "comparison.csv", "comparison.html", "comparison_paired.csv", "comparison_paired_score.csv"}
 
 
 # ------------------------------------------------------------------ rendering in a browser

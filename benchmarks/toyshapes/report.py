@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..paired import PairedDifference, mean_of_groups, paired_difference
+from ..paired import PairedDifference, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
 from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
 from .evaluate import EvalReport
 from .prompts import CATEGORIES
@@ -109,6 +109,35 @@ def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: tor
 _SAME_NOISE = ("images_per_category", "seed", "split")
 
 
+def _unpaired_reason(a: EvalReport, b: EvalReport) -> str | None:
+    """Why image i of one report cannot be paired with image i of the other, or None if it can."""
+    if not a.records or not b.records:
+        return "a report was saved without its per-image records"
+    prompts_a, prompts_b = [r["prompt"] for r in a.records], [r["prompt"] for r in b.records]
+    if prompts_a == prompts_b:
+        return None
+    if len(prompts_a) != len(prompts_b):
+        why = f"{len(prompts_a)} and {len(prompts_b)} images"
+    else:
+        first = next(i for i, (x, y) in enumerate(zip(prompts_a, prompts_b)) if x != y)
+        why = f"image {first} is {prompts_a[first]!r} in A and {prompts_b[first]!r} in B"
+    return f"the reports judged different images ({why}); evaluate both with the same settings"
+
+
+def _by_category(a: EvalReport, b: EvalReport, field: str) -> dict[str, tuple[list, list]]:
+    """{category: (A's values, B's values)} of one per-image field, in the reports' order."""
+    groups: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for record_a, record_b in zip(a.records, b.records):
+        groups[record_a["category"]][0].append(record_a[field])
+        groups[record_a["category"]][1].append(record_b[field])
+    return {c: groups[c] for c in _ordered(groups)}
+
+
+def _shared(a: EvalReport, b: EvalReport) -> str:
+    same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in _SAME_NOISE)
+    return "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
+
+
 def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifference, ...], str]:
     """Per-category paired tests of B - A and the overall (mean over categories), with a note
     saying what was paired; no tests, and the note says why, when the records do not line up.
@@ -116,39 +145,45 @@ def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifferen
     Image i of one report is paired with image i of the other when both have the same prompt;
     with the same evaluation settings they also share the starting noise, which is what makes
     a paired difference less noisy than two independent accuracies."""
-    if not a.records or not b.records:
-        return (), "No paired test: a report was saved without its per-image records."
-    prompts_a, prompts_b = [r["prompt"] for r in a.records], [r["prompt"] for r in b.records]
-    if prompts_a != prompts_b:
-        if len(prompts_a) != len(prompts_b):
-            why = f"{len(prompts_a)} and {len(prompts_b)} images"
-        else:
-            first = next(i for i, (x, y) in enumerate(zip(prompts_a, prompts_b)) if x != y)
-            why = f"image {first} is {prompts_a[first]!r} in A and {prompts_b[first]!r} in B"
-        return (), f"No paired test: the reports judged different images ({why}); evaluate both with the same settings."
-    by_category: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
-    for record_a, record_b in zip(a.records, b.records):
-        by_category[record_a["category"]][0].append(bool(record_a["correct"]))
-        by_category[record_a["category"]][1].append(bool(record_b["correct"]))
-    parts = [paired_difference(c, *by_category[c]) for c in _ordered(by_category)]
-    same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in _SAME_NOISE)
-    shared = "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
-    note = (f"Image by image on {shared}. p: exact McNemar test of no difference per category; "
+    reason = _unpaired_reason(a, b)
+    if reason is not None:
+        return (), f"No paired test: {reason}."
+    groups = _by_category(a, b, "correct")
+    parts = [paired_difference(c, [bool(x) for x in xs], [bool(y) for y in ys]) for c, (xs, ys) in groups.items()]
+    note = (f"Image by image on {_shared(a, b)}. p: exact McNemar test of no difference per category; "
             "Overall is the mean over categories (with equal category sizes, McNemar on all images; "
             "otherwise a normal approximation). Intervals: 95%, Agresti-Min's for paired proportions.")
     return (*parts, mean_of_groups("Overall", parts)), note
 
 
+def paired_toyshapes_scores(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifference, ...], str]:
+    """The same pairing for the dense score (the reward RL trains on): per-category mean
+    differences with Student's t intervals and paired t-tests, and the overall mean over
+    categories; no tests, with the reason, when the records do not line up or lack scores."""
+    reason = _unpaired_reason(a, b)
+    if reason is None and not all("score" in r for r in (*a.records, *b.records)):
+        reason = "a report's records have no dense score"
+    if reason is not None:
+        return (), f"No paired score: {reason}."
+    groups = _by_category(a, b, "score")
+    parts = [paired_mean_difference(c, xs, ys) for c, (xs, ys) in groups.items()]
+    note = (f"Mean dense score (0 to 1, partial credit), image by image on {_shared(a, b)}. p: paired t-test "
+            "per category; Overall is the mean over categories (normal approximation). Intervals: 95%.")
+    return (*parts, mean_of_score_groups("Overall", list(groups.values()))), note
+
+
 def compare_toyshapes(path_a: str | Path, path_b: str | Path, out_dir: str | Path | None = None) -> str:
     """Markdown comparing two saved ToyShapes reports per category (differences are B - A), with
-    paired tests when both judged the same images; with out_dir, also writes comparison.md,
-    comparison.csv, comparison.html (and comparison_paired.csv) there."""
+    paired tests of accuracy and dense score when both judged the same images; with out_dir,
+    also writes comparison.md, comparison.csv, comparison.html (and comparison_paired.csv,
+    comparison_paired_score.csv) there."""
     path_a, path_b = Path(path_a), Path(path_b)
     label_a, label_b = str(path_a), str(path_b)
     report_a, report_b = load_report(path_a), load_report(path_b)
     comparison = compare_tables(toyshapes_tables(report_a), toyshapes_tables(report_b), label_a, label_b)
     paired, note = paired_toyshapes(report_a, report_b)
-    comparison = dataclasses.replace(comparison, paired=paired, paired_note=note)
+    scores, scores_note = paired_toyshapes_scores(report_a, report_b)
+    comparison = dataclasses.replace(comparison, paired=paired, paired_note=note, paired_scores=scores, paired_scores_note=scores_note)
     if out_dir is not None:
         comparison.write(out_dir)
     return comparison.markdown()
