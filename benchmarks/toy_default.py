@@ -23,7 +23,7 @@ import torch
 from benchmarks.report import format_difference, format_interval
 from benchmarks.toyshapes.evaluate import EvalReport
 from benchmarks.toyshapes.prompts import SPLITS
-from benchmarks.toyshapes.report import paired_toyshapes
+from benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
 from flowrl.cli import non_negative_float
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row} | " + " | ".join(f"{100 * results[c][row]:.1f}%" for c in columns) + " |")
     print("| mean dense score | " + " | ".join(f"{results[c]['mean_score']:.3f}" for c in columns) + " |")
     trained = [results[c]["overall"] for c in columns[1:]]
-    paired = {}
+    paired, paired_scores = {}, {}
     if trained:
         mean = sum(trained) / len(trained)
         print(f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% ({base} {100 * results[base]['overall']:.1f}%)")
@@ -87,8 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             overall = tests[-1]
             print(f"  {column}: {format_difference(overall.difference)} overall, 95% interval {format_interval(overall)}, "
                   f"p {overall.p_value:.3f} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})")
+            tests, why_not = paired_toyshapes_scores(reports[base], reports[column])
+            paired_scores[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
+            if tests:
+                overall = tests[-1]
+                print(f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {overall.low:+.3f} to {overall.high:+.3f}, "
+                      f"p {overall.p_value:.3f}")
+            else:
+                print(f"  {column}: {why_not}")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results, "paired": paired}
+    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results, "paired": paired,
+              "paired_scores": paired_scores}
     (Path(args.runs) / "results.json").write_text(json.dumps(record, indent=2))
     return 0
 

@@ -227,6 +227,8 @@ def test_toyshapes_comparison_reports_the_paired_dense_score(tmp_path):
     assert "Paired score" in (tmp_path / "cmp" / "comparison.html").read_text()
     unscored = EvalReport(a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [{k: v for k, v in r.items() if k != "score"} for r in a.records])
     assert paired_toyshapes_scores(unscored, b) == ((), "No paired score: a report's records have no dense score.")
+    one_each = _report({"single_object": [True], "counting": [False]})
+    assert paired_toyshapes_scores(one_each, one_each) == ((), "No paired score: a category has fewer than 2 images.")
     longer = _report({"single_object": [True, False, True]})
     tests, note = paired_toyshapes_scores(a, longer)
     assert tests == () and note.startswith("No paired score: the reports judged different images")

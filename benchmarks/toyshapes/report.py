@@ -163,9 +163,11 @@ def paired_toyshapes_scores(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedD
     reason = _unpaired_reason(a, b)
     if reason is None and not all("score" in r for r in (*a.records, *b.records)):
         reason = "a report's records have no dense score"
+    groups = _by_category(a, b, "score") if reason is None else {}
+    if reason is None and min(len(xs) for xs, _ in groups.values()) < 2:
+        reason = "a category has fewer than 2 images"
     if reason is not None:
         return (), f"No paired score: {reason}."
-    groups = _by_category(a, b, "score")
     parts = [paired_mean_difference(c, xs, ys) for c, (xs, ys) in groups.items()]
     note = (f"Mean dense score (0 to 1, partial credit), image by image on {_shared(a, b)}. p: paired t-test "
             "per category; Overall is the mean over categories (normal approximation). Intervals: 95%.")
