@@ -99,7 +99,6 @@ def mean_of_groups(name: str, parts: Sequence[PairedDifference]) -> PairedDiffer
     return PairedDifference(name, sum(p.n for p in parts), difference, centre - half, centre + half, a_only, b_only, p_value)
 
 
-
 def _mean_and_standard_error(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[float, float, list[float]]:
     """Mean of b_i - a_i, its standard error (sample variance / n) and the differences."""
     if len(a) != len(b) or len(a) < 2:
