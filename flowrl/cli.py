@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     unigen.add_argument("--judge-only", action="store_true", help="judge and report the images already in OUT/images; load no model")
     unigen.set_defaults(func=cmd_eval_unigenbench)
 
-    compare = benches.add_parser("compare", help="two results.json files (UniGenBench or ToyShapes) side by side with differences; ToyShapes also gets a paired test per category")
+    compare = benches.add_parser("compare", help="two results.json files (UniGenBench or ToyShapes) side by side with differences; ToyShapes also gets paired tests of accuracy and dense score per category")
     compare.add_argument("a", help="the base results (e.g. the pretrained model's)")
     compare.add_argument("b", help="the results to compare (e.g. the fine-tuned model's)")
     compare.add_argument("--out", default=None, help="also write comparison.md/.csv/.html into this folder")
