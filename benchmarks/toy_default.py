@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import format_difference, format_interval
+from benchmarks.report import format_difference, format_interval, format_p
 from benchmarks.toyshapes.evaluate import EvalReport
 from benchmarks.toyshapes.prompts import SPLITS
 from benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             paired[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
             overall = tests[-1]
             print(f"  {column}: {format_difference(overall.difference)} overall, 95% interval {format_interval(overall)}, "
-                  f"p {overall.p_value:.3f} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})")
+                  f"p {format_p(overall.p_value)} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})")
             tests, why_not = paired_toyshapes_scores(reports[base], reports[column])
             paired_scores[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
             if tests:
                 overall = tests[-1]
                 print(f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {overall.low:+.3f} to {overall.high:+.3f}, "
-                      f"p {overall.p_value:.3f}")
+                      f"p {format_p(overall.p_value)}")
             else:
                 print(f"  {column}: {why_not}")
     Path(args.runs).mkdir(parents=True, exist_ok=True)

@@ -4,40 +4,63 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from benchmarks.toyshapes.prompts import split_of
+from flowrl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args, ok=True):
-    result = subprocess.run([sys.executable, "-m", "flowrl", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    if ok:
-        assert result.returncode == 0, result.stderr
-    return result
+@pytest.fixture
+def run(capsys, monkeypatch):
+    """`flowrl ARGS` in this process (a fresh Python per case costs seconds of imports): its exit
+    code, stdout and stderr. `test_the_module_entry_point_runs` covers `python -m flowrl` itself."""
+    monkeypatch.chdir(ROOT)
+
+    def invoke(*args, ok=True):
+        capsys.readouterr()
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors and --help
+            code = exit_.code
+        captured = capsys.readouterr()
+        result = SimpleNamespace(returncode=code or 0, stdout=captured.out, stderr=captured.err)
+        if ok:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    return invoke
+
+
+def test_the_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "flowrl", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and result.stdout.startswith("usage: flowrl")
+    result = subprocess.run([sys.executable, "-m", "flowrl", "sample", "--prompt", "a circle", "--n", "0"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
 
 
 @pytest.mark.parametrize("command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"], ["rewards"], ["serve-reward"]])
-def test_help(command):
+def test_help(run, command):
     out = run(*command, "--help").stdout
     assert out.startswith("usage: flowrl")
 
 
-def test_pretrain_from_a_missing_model_fails_with_a_message(tmp_path):
+def test_pretrain_from_a_missing_model_fails_with_a_message(run, tmp_path):
     result = run("pretrain-toy", "--init", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--steps", "1", ok=False)
     assert result.returncode == 2 and "none/config.json not found" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_pretrain_script_help():
+def test_pretrain_script_help(run):
     result = subprocess.run([sys.executable, "scripts/pretrain_toy.py", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and "--steps" in result.stdout
     assert "--ship" in run("pretrain-toy", "--help").stdout
 
 
-def test_sample_writes_a_grid(tmp_path):
+def test_sample_writes_a_grid(run, tmp_path):
     out = tmp_path / "grid.png"
     result = run("sample", "--prompt", "a blue square", "--n", "3", "--steps", "2", "--scale", "2", "--out", str(out))
     assert "wrote 3 samples" in result.stdout
@@ -45,7 +68,7 @@ def test_sample_writes_a_grid(tmp_path):
     assert height == 32 * 2 + 4 and width == 3 * (32 * 2 + 2) + 2  # one row of three, 2 px padding
 
 
-def test_eval_writes_a_report(tmp_path):
+def test_eval_writes_a_report(run, tmp_path):
     out = tmp_path / "report.json"
     result = run("eval", "toyshapes", "--images-per-category", "2", "--steps", "2", "--json", str(out))
     assert "overall" in result.stdout and "color_attr" in result.stdout
@@ -56,7 +79,7 @@ def test_eval_writes_a_report(tmp_path):
     assert report["settings"]["split"] == "heldout" and report["settings"]["eta"] == 0.0
 
 
-def test_eval_on_the_train_split_with_the_sde_sampler(tmp_path):
+def test_eval_on_the_train_split_with_the_sde_sampler(run, tmp_path):
     out = tmp_path / "report.json"
     run("eval", "toyshapes", "--images-per-category", "1", "--steps", "2", "--split", "train", "--eta", "0.3", "--json", str(out))
     report = json.loads(out.read_text())
@@ -66,12 +89,12 @@ def test_eval_on_the_train_split_with_the_sde_sampler(tmp_path):
     assert result.returncode == 2 and "expected a finite number >= 0, got -0.1" in result.stderr
 
 
-def test_prompts_lists_a_split():
+def test_prompts_lists_a_split(run):
     lines = run("prompts", "--split", "heldout", "--category", "counting").stdout.splitlines()
     assert len(lines) == 3 and all(line.startswith("counting") for line in lines)
 
 
-def test_bad_input_fails_with_a_clear_message():
+def test_bad_input_fails_with_a_clear_message(run):
     result = run("sample", "--prompt", "a pink star", "--steps", "1", ok=False)
     assert result.returncode == 2 and "does not know: ['pink', 'star']" in result.stderr
     result = run("sample", "--prompt", "a circle", "--n", "0", ok=False)
@@ -93,7 +116,7 @@ def test_the_documented_example_prompts_are_valid():
     load_toy().model.text_encoder.tokenize(sorted(prompts))  # raises on unknown words or too many
 
 
-def test_rewards_lists_every_builtin_with_a_description():
+def test_rewards_lists_every_builtin_with_a_description(run):
     from rewards.registry import BUILTIN
 
     out = run("rewards").stdout
