@@ -54,7 +54,8 @@ class TrainConfig:
     method: str = option("flow_grpo", "the solver-layer method (flowrl methods lists them)")
     method_options: dict = option({}, "the method's hyperparameters (flowrl methods -v shows them)")
     # data and reward
-    prompts: str = option("toyshapes:train", "toyshapes:train, toyshapes:all, or a text file with one prompt per line")
+    prompts: str = option("toyshapes:train", "toyshapes:SPLIT (train, heldout or all), toyshapes:SPLIT:CATEGORY,... to train on some "
+                          "categories only (drawn balanced among them), or a text file with one prompt per line")
     prompts_per_iteration: int = option(6, "prompts per iteration; each gets the method's group of samples")
     reward: str = option("toyshapes", "a reward name (flowrl rewards lists them), remote:http://host:port, pairwise:NAME, package.module:object, or a weighted sum like '0.7*pickscore+0.3*ocr'")
     reward_options: dict = option({}, "keyword options per reward name, e.g. {hpsv2: {checkpoint: /path/HPS_v2_compressed.pt}}")
@@ -181,6 +182,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     return build_config(values, overrides)
 
 
+
+def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
+    """The split and categories (None: all) of a `prompts=toyshapes:SPLIT[:CATEGORY,...]` value;
+    fails naming the bad part and what is allowed."""
+    from benchmarks.toyshapes.prompts import CATEGORIES
+
+    _, split, *rest = spec.split(":", 2)
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"config key prompts={spec!r}: unknown split {split!r}; expected toyshapes:train, toyshapes:heldout or toyshapes:all")
+    if not rest:
+        return split, None
+    categories = tuple(c.strip() for c in rest[0].split(","))
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"config key prompts={spec!r}: unknown categories {unknown}; expected a comma-separated list of {list(CATEGORIES)}")
+    return split, tuple(dict.fromkeys(categories))
+
 def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
     from flowrl.losses import get_loss
@@ -215,8 +233,10 @@ def validate(config: TrainConfig) -> None:
         need(importlib.util.find_spec(tracker) is not None, "log_with", f"{tracker} is not installed (pip install 'flowrl-toolkit[tracking]')")
     if config.eval_prompts:
         need(Path(config.eval_prompts).is_file(), "eval_prompts", "expected an existing text file with one prompt per line")
-    if not (config.prompts.startswith("toyshapes:") or Path(config.prompts).is_file()):
-        raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:train, toyshapes:all or an existing text file")
+    if config.prompts.startswith("toyshapes:"):
+        toyshapes_prompt_spec(config.prompts)
+    elif not Path(config.prompts).is_file():
+        raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:SPLIT[:CATEGORY,...] or an existing text file")
     method = get_method(config.method)
     try:
         options = method.configure(**config.method_options)

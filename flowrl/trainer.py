@@ -30,7 +30,7 @@ from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pai
 
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters
 from .advantage import zero_variance_mask
-from .config import TrainConfig, method_config
+from .config import TrainConfig, method_config, toyshapes_prompt_spec
 from .losses import gaussian_kl, policy_loss
 from .policies.base import TextConditioning, rollout_velocity
 from .policies.diffusers_common import export_transformer
@@ -82,20 +82,18 @@ class PromptSource:
 
     ToyShapes prompts are drawn category-balanced (a category uniformly, then a prompt in it), as
     the evaluation weighs categories equally; uniform over prompts would be dominated by the
-    combinatorially large categories (color attribution, position). Text files: uniform over lines.
+    combinatorially large categories (color attribution, position). `toyshapes:SPLIT:CATEGORY,...`
+    draws among those categories only. Text files: uniform over lines.
     """
 
     def __init__(self, spec: str, seed: int) -> None:
         self.spec, self.seed = spec, seed
-        self.toyshapes_split = None
+        self.toyshapes_split, self.toyshapes_categories = None, None
         if spec.startswith("toyshapes:"):
             from benchmarks.toyshapes.prompts import prompts_for
 
-            split = spec.split(":", 1)[1]
-            if split not in ("train", "heldout", "all"):
-                raise ValueError(f"prompts={spec!r}: expected toyshapes:train, toyshapes:heldout or toyshapes:all")
-            self.toyshapes_split = split
-            self.pool = [p.text for p in prompts_for(split)]
+            self.toyshapes_split, self.toyshapes_categories = toyshapes_prompt_spec(spec)
+            self.pool = [p.text for p in prompts_for(self.toyshapes_split, self.toyshapes_categories)]
         else:
             self.pool = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
         if not self.pool:
@@ -106,7 +104,8 @@ class PromptSource:
         if self.toyshapes_split is not None:
             from benchmarks.toyshapes.prompts import sample_prompts
 
-            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=hash((self.seed, iteration)) & 0x7FFFFFFF)]
+            seed = hash((self.seed, iteration)) & 0x7FFFFFFF
+            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=seed, categories=self.toyshapes_categories)]
         rng = random.Random(f"{self.seed}/{iteration}")
         return [rng.choice(self.pool) for _ in range(n)]
 

@@ -204,6 +204,8 @@ def test_bad_config_fails_before_any_model_loads(tmp_path, capsys):
         (["reward=ocr", "reward_options={hps: {}}"], r"options for \['hps'\], which reward='ocr' does not name"),
         (["reward=remote:localhost:80"], r"expected remote:http://host:port"),
         (["reward_invalid=skip"], r"reward_invalid='skip': expected one of \('error', 'drop'\)"),
+        (["prompts=toyshapes:trian"], r"unknown split 'trian'; expected toyshapes:train, toyshapes:heldout or toyshapes:all"),
+        (["prompts=toyshapes:train:counting,shapes"], r"unknown categories \['shapes'\]; expected a comma-separated list of \['single_object'"),
     ]
     # The first through the real entry point (exit status, no traceback); the rest in this process
     # through the same main(), which saves a Python start-up per case.
@@ -253,6 +255,27 @@ def test_toyshapes_prompts_are_category_balanced_and_reproducible():
     assert all(split_of(t) in ("train", "both") for t in drawn)
     assert PromptSource("toyshapes:train", seed=3).batch(7, 6) == source.batch(7, 6)
     assert source.batch(8, 6) != source.batch(7, 6)
+    # Naming every category in CATEGORIES' order draws exactly what naming none does.
+    assert PromptSource("toyshapes:train:" + ",".join(CATEGORIES), seed=3).batch(7, 6) == source.batch(7, 6)
+
+
+def test_toyshapes_prompts_of_some_categories_are_balanced_among_them():
+    from collections import Counter
+
+    from benchmarks.toyshapes.prompts import parse_prompt, prompts_for, split_of
+    from flowrl.trainer import PromptSource
+
+    source = PromptSource("toyshapes:train:two_object, color_attr", seed=1)
+    assert source.toyshapes_categories == ("two_object", "color_attr")
+    assert set(source.pool) == {p.text for p in prompts_for("train", ("two_object", "color_attr"))}
+    drawn = [t for i in range(100) for t in source.batch(i, 6)]
+    counts = Counter(parse_prompt(t).category for t in drawn)
+    # 6 two-object prompts against 135 colour-binding ones, yet half the draws each (binomial sd 0.02)
+    assert set(counts) == {"two_object", "color_attr"} and abs(counts["two_object"] / len(drawn) - 0.5) < 0.08
+    assert len(set(drawn) & {p.text for p in prompts_for("train", ("color_attr",))}) > 50  # draws spread over the category
+    assert all(split_of(t) in ("train", "both") for t in drawn)
+    assert PromptSource("toyshapes:heldout:counting", seed=0).batch(0, 12) and set(PromptSource("toyshapes:heldout:counting", seed=0).pool) == {
+        "one square", "three triangles", "four triangles"}
 
 
 def test_update_statistics_of_several_processes_combine_like_one():

@@ -158,11 +158,13 @@ def prompts_for(split: str, categories: tuple[str, ...] | None = None) -> list[P
     ]
 
 
-def sample_prompts(n: int, split: str = "train", seed: int = 0) -> list[Prompt]:
-    """n prompts drawn deterministically: categories uniformly, then a prompt within it."""
+def sample_prompts(n: int, split: str = "train", seed: int = 0, categories: tuple[str, ...] | None = None) -> list[Prompt]:
+    """n prompts drawn deterministically: a category uniformly (of `categories`, default all),
+    then a prompt within it."""
+    categories = tuple(categories or CATEGORIES)
     rng = random.Random(seed)
-    pool = {c: prompts_for(split, (c,)) for c in CATEGORIES}
-    return [rng.choice(pool[rng.choice(CATEGORIES)]) for _ in range(n)]
+    pool = {c: prompts_for(split, (c,)) for c in categories}
+    return [rng.choice(pool[rng.choice(categories)]) for _ in range(n)]
 
 
 def eval_prompts(images_per_category: int = 32, split: str = "heldout") -> list[Prompt]:
