@@ -182,7 +182,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     return build_config(values, overrides)
 
 
-
 def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
     """The split and categories (None: all) of a `prompts=toyshapes:SPLIT[:CATEGORY,...]` value;
     fails naming the bad part and what is allowed."""
@@ -198,6 +197,7 @@ def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
     if unknown:
         raise ValueError(f"config key prompts={spec!r}: unknown categories {unknown}; expected a comma-separated list of {list(CATEGORIES)}")
     return split, tuple(dict.fromkeys(categories))
+
 
 def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
