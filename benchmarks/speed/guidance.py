@@ -60,7 +60,7 @@ def interleaved_seconds(calls: dict, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=48, help="samples per call (the toy default's rollout: 6 prompts x 8)")
+    parser.add_argument("--batch", type=int, default=48, help="samples per call (the toy default's rollout: 12 prompts x 4)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per form and mode")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)

@@ -18,6 +18,9 @@ import time
 
 import torch
 
+from benchmarks.toyshapes.prompts import sample_prompts
+from flowrl.cli import resolve_recipe
+from flowrl.config import load_config
 from flowrl.policies import load_toy
 from flowrl.policies.base import rollout_velocity
 from samplers.methods import get_method
@@ -53,11 +56,18 @@ def time_rollout(policy, name: str, prompts: list[str], repeats: int, max_batch:
     return {"method": name, "nfe": result.nfe, "scored": scored, "trained": trained, "seconds": best, "nfe_per_sample": result.nfe / scored, "seconds_per_sample": best / scored}
 
 
-def shared_start_seconds(policy, prompts: list[str], repeats: int, share_noise: bool) -> tuple[float, float]:
+def toy_default_plan_and_prompts():
+    """The toy recipe's plan and one iteration's worth of its prompts (prompts_per_iteration)."""
+    config = load_config(resolve_recipe("toy"))
+    method = get_method(config.method)
+    prompts = [p.text for p in sample_prompts(config.prompts_per_iteration, "train", seed=0)]
+    return method.plan(method.configure(**config.method_options)), prompts
+
+
+def shared_start_seconds(policy, plan, prompts: list[str], repeats: int, share_noise: bool) -> tuple[float, float]:
     """Best rollout time and best time to re-score its trained transitions (forward and backward)
-    for the toy default's plan (MixGRPO, window on the first 3 of 10 steps, group 8)."""
-    method = get_method("mix_grpo")
-    plan = dataclasses.replace(method.plan(method.configure(num_steps=10, shift=1.0, group_size=8, window=3, stride=0)), share_noise=share_noise)
+    for `plan` (the toy default's) with or without shared starting noise."""
+    plan = dataclasses.replace(plan, share_noise=share_noise)
     cond = policy.encode(prompts)
     velocity = rollout_velocity(policy, cond, 4.0)
     params = list(policy.transformer.requires_grad_(True).parameters())
@@ -91,10 +101,11 @@ def main() -> None:
         print(f"{row['method']:<16}{row['nfe']:>7}{row['scored']:>8}{row['trained']:>9}{row['nfe_per_sample']:>12.2f}{row['seconds']:>8.2f}{row['seconds_per_sample']:>10.3f}{row['seconds_per_sample'] / base:>13.2f}x")
     chunked = time_rollout(policy, "flow_grpo", prompts, args.repeats, max_batch=8)
     print(f"\nflow_grpo with max_batch=8 (chunked calls) vs one call per grid index: {chunked['seconds'] / rows[0]['seconds']:.2f}x the time")
-    default_batch = [*prompts, "a red circle and a blue square", "a triangle", "four squares", "a circle below a square"][:6]  # 6 x 8, as the toy default
-    shared = shared_start_seconds(policy, default_batch, args.repeats, share_noise=True)
-    distinct = shared_start_seconds(policy, default_batch, args.repeats, share_noise=False)
-    print(f"toy default's plan and batch, shared starting noise (first state computed once per prompt) vs none: rollout "
+    plan, default_batch = toy_default_plan_and_prompts()
+    shared = shared_start_seconds(policy, plan, default_batch, args.repeats, share_noise=True)
+    distinct = shared_start_seconds(policy, plan, default_batch, args.repeats, share_noise=False)
+    print(f"toy default's plan and batch ({len(default_batch)} prompts x {plan.group_size}), shared starting noise "
+          "(first state computed once per prompt) vs none: rollout "
           f"{shared[0] / distinct[0]:.2f}x the time, re-scoring with backward {shared[1] / distinct[1]:.2f}x")
 
 
