@@ -49,11 +49,21 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     from .images import save_grid
     from .policies.toy import load_toy
 
+    if args.prompt is None and args.images_per_prompt is not None:
+        raise ValueError("--images-per-prompt goes with --prompt; a split's evaluation takes --images-per-category")
+    if args.prompt is not None and (args.images_per_category is not None or args.split is not None):
+        raise ValueError("--prompt judges the prompts given, so --split and --images-per-category do not apply; use --images-per-prompt")
+    if args.prompt is not None:
+        from benchmarks.toyshapes.prompts import parse_prompt
+
+        for text in args.prompt:  # before the model loads
+            parse_prompt(text)
     policy = load_toy(args.checkpoint, args.device)
+    per_group = (args.images_per_category or 32) if args.prompt is None else (args.images_per_prompt or 32)
     report, images = evaluate_toyshapes(
-        policy, args.images_per_category, args.steps, args.guidance, args.seed, args.batch_size, split=args.split, eta=args.eta
+        policy, per_group, args.steps, args.guidance, args.seed, args.batch_size, split=args.split or "heldout", eta=args.eta, prompts=args.prompt
     )
-    print(report.table())
+    print(report.table() if args.prompt is None else report.prompt_table())
     if args.json:
         print(f"wrote {report.save(args.json)}")
     if args.grid:
@@ -176,7 +186,7 @@ def resolve_recipe(name: str | None) -> Path | None:
 def paired_with_start(samples: Path) -> str | None:
     """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
     starting model) image by image, so a printed gain comes with its noise; None without both."""
-    from benchmarks.report import format_difference, format_interval
+    from benchmarks.report import format_difference, format_interval, format_p
     from benchmarks.toyshapes.report import load_report, paired_toyshapes
 
     reports = sorted(samples.glob("iter_*.json"))
@@ -188,7 +198,7 @@ def paired_with_start(samples: Path) -> str | None:
         return None
     overall = tests[-1]
     return (f"vs iteration 0 (the starting model) on the same {overall.n} images: {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {overall.p_value:.2f}); for a finer figure evaluate both with "
+            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}); for a finer figure evaluate both with "
             "flowrl eval toyshapes and pair them with flowrl eval compare")
 
 
@@ -251,9 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     toy = benches.add_parser("toyshapes", help="GenEval-style accuracy on held-out ToyShapes prompts")
     toy.add_argument("--json", default=None, help="write the report (table and per-image records) here")
     toy.add_argument("--grid", default=None, help="write a PNG grid of all evaluated samples here")
-    toy.add_argument("--images-per-category", type=_positive_int, default=32, help="images per category, cycling its prompts of --split (default 32)")
+    toy.add_argument("--images-per-category", type=_positive_int, default=None, help="images per category, cycling its prompts of --split (default 32)")
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
-    toy.add_argument("--split", choices=("heldout", "train"), default="heldout", help="prompts to evaluate: held-out (the standard figure) or the RL training split")
+    toy.add_argument("--split", choices=("heldout", "train"), default=None, help="prompts to evaluate: held-out (the standard figure, default) or the RL training split")
+    toy.add_argument("--prompt", action="append", default=None, metavar="TEXT", help="judge this ToyShapes prompt instead of a split (repeat for several); prints a row per prompt")
+    toy.add_argument("--images-per-prompt", type=_positive_int, default=None, help="with --prompt: images of each prompt, seeds seed + i in order (default 32)")
     toy.add_argument("--eta", type=non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as DanceGRPO rollouts; default 0: deterministic Euler)")
     _add_sampling_args(toy)
     toy.add_argument("--report", default=None, help="write results.md, results.csv, results.json and report.html (with grids) into this folder")

@@ -89,6 +89,40 @@ def test_eval_on_the_train_split_with_the_sde_sampler(run, tmp_path):
     assert result.returncode == 2 and "expected a finite number >= 0, got -0.1" in result.stderr
 
 
+def test_eval_of_chosen_prompts(run, tmp_path):
+    """--prompt judges the prompts given, --images-per-prompt images each with seeds 0, 1, ... in
+    order: the same images as sampling them directly, a row per prompt, and a pairable report."""
+    from benchmarks.toyshapes.verify import verify
+    from flowrl.generate import generate
+    from flowrl.policies import load_toy
+
+    texts = ["a circle and a square", "three triangles"]
+    out = tmp_path / "prompts.json"
+    result = run("eval", "toyshapes", "--prompt", texts[0], "--prompt", texts[1], "--images-per-prompt", "3", "--steps", "2", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert [r["prompt"] for r in report["records"]] == [texts[0]] * 3 + [texts[1]] * 3
+    assert report["settings"]["prompts"] == texts and report["settings"]["images_per_prompt"] == 3
+    assert set(report["accuracy"]) == {"two_object", "counting"}
+    direct = verify(generate(load_toy(), [texts[0]] * 3 + [texts[1]] * 3, list(range(6)), steps=2), texts[:1] * 3 + texts[1:] * 3)
+    assert [r["correct"] for r in report["records"]] == [a.correct for a in direct]
+    assert [r["score"] for r in report["records"]] == pytest.approx([a.score for a in direct])
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith(tuple(texts))]
+    for text, rows_of in zip(texts, rows):
+        mine = [a for a, t in zip(direct, texts[:1] * 3 + texts[1:] * 3) if t == text]
+        assert rows_of[-3:] == [f"{100 * sum(a.correct for a in mine) / 3:.1f}%", f"{sum(a.score for a in mine) / 3:.3f}", "3"]
+    compared = run("eval", "compare", str(out), str(out)).stdout
+    assert "the same prompts and starting noise" in compared
+
+
+def test_eval_of_chosen_prompts_refuses_what_does_not_apply(run):
+    result = run("eval", "toyshapes", "--prompt", "a circel", ok=False)
+    assert result.returncode == 2 and "'a circel' is not a ToyShapes prompt" in result.stderr
+    result = run("eval", "toyshapes", "--prompt", "a circle", "--split", "train", ok=False)
+    assert result.returncode == 2 and "--split and --images-per-category do not apply" in result.stderr
+    result = run("eval", "toyshapes", "--images-per-prompt", "4", ok=False)
+    assert result.returncode == 2 and "--images-per-prompt goes with --prompt" in result.stderr
+
+
 def test_prompts_lists_a_split(run):
     lines = run("prompts", "--split", "heldout", "--category", "counting").stdout.splitlines()
     assert len(lines) == 3 and all(line.startswith("counting") for line in lines)

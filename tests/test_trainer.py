@@ -55,7 +55,7 @@ def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
 def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp_path, capsys):
     """`flowrl train` ends with the held-out accuracy and, image by image against iteration 0's
     evaluation (the starting model), the difference with its interval and p-value."""
-    from benchmarks.report import format_difference, format_interval
+    from benchmarks.report import format_difference, format_interval, format_p
     from benchmarks.toyshapes.report import load_report, paired_toyshapes
     from flowrl.cli import main
 
@@ -68,7 +68,7 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     overall = tests[-1]
     assert overall.n == 12  # 2 images in each of the 6 categories
     assert (f"vs iteration 0 (the starting model) on the same 12 images: {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {overall.p_value:.2f})") in out
+            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})") in out
     assert "held-out ToyShapes accuracy" in out
     # Run again: the run is complete, so nothing trains and the same figures are reported as such.
     assert main(["train", str(recipe), *overrides]) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .prompts import CATEGORIES, eval_prompts
+from .prompts import CATEGORIES, eval_prompts, parse_prompt
 from .verify import verify
 
 
@@ -37,6 +37,19 @@ class EvalReport:
         lines.append(f"{'mean score':<15}{self.mean_score:>10.3f}")
         return "\n".join(lines)
 
+    def prompt_table(self) -> str:
+        """One row per prompt in order of first appearance: accuracy, mean dense score, images."""
+        by_prompt: dict[str, list[dict]] = {}
+        for r in self.records:
+            by_prompt.setdefault(r["prompt"], []).append(r)
+        width = max([6] + [len(p) for p in by_prompt]) + 2
+        lines = [f"{'prompt':<{width}}{'accuracy':>10}{'score':>8}{'images':>8}"]
+        for text, rows in by_prompt.items():
+            accuracy = sum(r["correct"] for r in rows) / len(rows)
+            score = sum(r["score"] for r in rows) / len(rows)
+            lines.append(f"{text:<{width}}{100 * accuracy:>9.1f}%{score:>8.3f}{len(rows):>8}")
+        return "\n".join(lines)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +62,17 @@ def eval_set(images_per_category: int = 32, seed: int = 0, split: str = "heldout
     prompts = eval_prompts(images_per_category, split)
     seeds = [seed * 100_000 + i for i in range(len(prompts))]
     return prompts, seeds
+
+
+def prompt_set(texts: list[str], images_per_prompt: int = 32, seed: int = 0) -> tuple[list, list[int]]:
+    """Chosen ToyShapes prompts, each `images_per_prompt` times in a row, with consecutive seeds
+    (the same numbering as `eval_set`); an unknown prompt fails naming the grammar."""
+    if not texts:
+        raise ValueError("give at least one ToyShapes prompt")
+    if images_per_prompt < 1:
+        raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
+    prompts = [parse_prompt(text) for text in texts for _ in range(images_per_prompt)]
+    return prompts, [seed * 100_000 + i for i in range(len(prompts))]
 
 
 def report_from_images(images: torch.Tensor, prompts: list, settings: dict | None = None) -> EvalReport:
@@ -67,13 +91,22 @@ def report_from_images(images: torch.Tensor, prompts: list, settings: dict | Non
 
 def evaluate_toyshapes(
     policy, images_per_category: int = 32, steps: int = 20, guidance: float = 4.0, seed: int = 0, batch_size: int = 128,
-    progress: bool = True, split: str = "heldout", eta: float = 0.0,
+    progress: bool = True, split: str = "heldout", eta: float = 0.0, prompts: list[str] | None = None,
 ) -> tuple[EvalReport, torch.Tensor]:
     """Sample the fixed evaluation set with `policy` and verify it; returns the report and images.
-    The standard figure is the held-out split with the deterministic sampler (eta 0)."""
+    The standard figure is the held-out split with the deterministic sampler (eta 0). With
+    `prompts` (ToyShapes prompt texts) those prompts are judged instead, `images_per_category`
+    images each, whatever their split."""
     from flowrl.generate import generate  # the benchmark needs a policy only when sampling
 
-    prompts, seeds = eval_set(images_per_category, seed, split)
-    images = generate(policy, [p.text for p in prompts], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
-    settings = {"images_per_category": images_per_category, "steps": steps, "guidance": guidance, "seed": seed, "split": split, "eta": eta}
-    return report_from_images(images, prompts, settings), images
+    if prompts is None:
+        chosen, seeds = eval_set(images_per_category, seed, split)
+    else:
+        chosen, seeds = prompt_set(prompts, images_per_category, seed)
+    images = generate(policy, [p.text for p in chosen], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
+    settings = {"steps": steps, "guidance": guidance, "seed": seed, "eta": eta}
+    if prompts is None:
+        settings.update(images_per_category=images_per_category, split=split)
+    else:
+        settings.update(images_per_prompt=images_per_category, prompts=[p.text for p in chosen[::images_per_category]])
+    return report_from_images(images, chosen, settings), images

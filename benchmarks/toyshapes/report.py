@@ -105,8 +105,10 @@ def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: tor
     }
 
 
-# Settings that make two evaluations judge the same (prompt, starting noise) pairs.
+# Settings that make two evaluations judge the same (prompt, starting noise) pairs: of a split's
+# evaluation, and of an evaluation of chosen prompts.
 _SAME_NOISE = ("images_per_category", "seed", "split")
+_SAME_NOISE_PROMPTS = ("images_per_prompt", "seed", "prompts")
 
 
 def _unpaired_reason(a: EvalReport, b: EvalReport) -> str | None:
@@ -134,7 +136,8 @@ def _by_category(a: EvalReport, b: EvalReport, field: str) -> dict[str, tuple[li
 
 
 def _shared(a: EvalReport, b: EvalReport) -> str:
-    same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in _SAME_NOISE)
+    keys = _SAME_NOISE_PROMPTS if "prompts" in a.settings else _SAME_NOISE
+    same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in keys)
     return "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
 
 
