@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from benchmarks.toyshapes.prompts import sample_prompts
 from flowrl.cli import resolve_recipe
-from flowrl.config import load_config
+from flowrl.config import load_config, method_config
 from flowrl.policies import load_toy
 from flowrl.policies.base import rollout_velocity
+from flowrl.trainer import PromptSource
 from samplers.methods import get_method
 from samplers.rollout import rollout, score_transitions
 
@@ -57,11 +57,10 @@ def time_rollout(policy, name: str, prompts: list[str], repeats: int, max_batch:
 
 
 def toy_default_plan_and_prompts():
-    """The toy recipe's plan and one iteration's worth of its prompts (prompts_per_iteration)."""
+    """The toy recipe's plan and prompts at its first iteration, as the trainer draws them."""
     config = load_config(resolve_recipe("toy"))
-    method = get_method(config.method)
-    prompts = [p.text for p in sample_prompts(config.prompts_per_iteration, "train", seed=0)]
-    return method.plan(method.configure(**config.method_options)), prompts
+    plan = get_method(config.method).plan(method_config(config), 0)
+    return plan, PromptSource(config.prompts, config.seed).batch(0, config.prompts_per_iteration)
 
 
 def shared_start_seconds(policy, plan, prompts: list[str], repeats: int, share_noise: bool) -> tuple[float, float]:

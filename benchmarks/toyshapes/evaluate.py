@@ -57,11 +57,15 @@ class EvalReport:
         return path
 
 
+def image_seeds(count: int, seed: int = 0) -> list[int]:
+    """The seeds of an evaluation's images: consecutive, from seed * 100000."""
+    return [seed * 100_000 + i for i in range(count)]
+
+
 def eval_set(images_per_category: int = 32, seed: int = 0, split: str = "heldout") -> tuple[list, list[int]]:
     """The fixed (prompt, seed) pairs of the evaluation: held-out (or train) prompts, consecutive seeds."""
     prompts = eval_prompts(images_per_category, split)
-    seeds = [seed * 100_000 + i for i in range(len(prompts))]
-    return prompts, seeds
+    return prompts, image_seeds(len(prompts), seed)
 
 
 def prompt_set(texts: list[str], images_per_prompt: int = 32, seed: int = 0) -> tuple[list, list[int]]:
@@ -72,7 +76,7 @@ def prompt_set(texts: list[str], images_per_prompt: int = 32, seed: int = 0) -> 
     if images_per_prompt < 1:
         raise ValueError(f"images_per_prompt must be at least 1, got {images_per_prompt}")
     prompts = [parse_prompt(text) for text in texts for _ in range(images_per_prompt)]
-    return prompts, [seed * 100_000 + i for i in range(len(prompts))]
+    return prompts, image_seeds(len(prompts), seed)
 
 
 def report_from_images(images: torch.Tensor, prompts: list, settings: dict | None = None) -> EvalReport:
@@ -99,14 +103,12 @@ def evaluate_toyshapes(
     images each, whatever their split."""
     from flowrl.generate import generate  # the benchmark needs a policy only when sampling
 
-    if prompts is None:
-        chosen, seeds = eval_set(images_per_category, seed, split)
-    else:
-        chosen, seeds = prompt_set(prompts, images_per_category, seed)
-    images = generate(policy, [p.text for p in chosen], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "eta": eta}
     if prompts is None:
+        chosen, seeds = eval_set(images_per_category, seed, split)
         settings.update(images_per_category=images_per_category, split=split)
     else:
+        chosen, seeds = prompt_set(prompts, images_per_category, seed)
         settings.update(images_per_prompt=images_per_category, prompts=[p.text for p in chosen[::images_per_category]])
+    images = generate(policy, [p.text for p in chosen], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
     return report_from_images(images, chosen, settings), images
