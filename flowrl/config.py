@@ -64,7 +64,10 @@ class TrainConfig:
     advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
     drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
     objective: str = option("sde", "what the ratio compares: sde (log-probs of the rollout's SDE transitions; Flow-GRPO and the rest) "
-                            "or matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only)", choices=("sde", "matching"))
+                            "or matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only), "
+                            "or nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only)", choices=("sde", "matching", "nft"))
+    nft_beta: float = option(1.0, "objective=nft: DiffusionNFT's beta, how far the implicit policies v_old +- beta (v - v_old) move with the trained v; "
+                             "each point's loss is minimal at v = v_old + (2r - 1)(target - v_old) / nft_beta, r = 1/2 + advantage / (2 advantage_clip)")
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
     clip_low: float = option(1e-3, "lower clip range eps_low of the ratio (Flow-GRPO uses 1e-4 on SD3.5)")
     clip_high: float = option(1e-3, "upper clip range eps_high (> clip_low is clip-higher)")
@@ -213,6 +216,9 @@ def validate(config: TrainConfig) -> None:
     for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads", "lr_warmup"):
         need(getattr(config, key) >= 0, key, "must not be negative")
     need(config.lr > 0, "lr", "must be positive")
+    if config.objective == "nft":
+        need(config.nft_beta > 0, "nft_beta", "must be positive")
+        need(config.advantage_clip > 0, "advantage_clip", "objective=nft reads advantages as r = 1/2 + advantage / (2 advantage_clip), so it must be positive")
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
     need(config.clip_low < 1, "clip_low", "must be below 1")
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
@@ -250,7 +256,7 @@ def validate(config: TrainConfig) -> None:
         need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
         need(config.objective == "sde", "objective", "zero_stage supports objective=sde only")
         need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
-    if config.objective == "matching":
+    if config.objective in ("matching", "nft"):
         plan = method.plan(options, 0)
         need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",
              f"needs one final sample per chain, but method {config.method!r} branches (trees or probes); "

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from samplers.matching import MatchingPoints, matching_points, score_matching
+from samplers.matching import MatchingPoints, MatchingScore, matching_points, score_matching
 from samplers.methods import get_method
 from samplers.rollout import Rollout, rollout, score_transitions
 from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
@@ -32,6 +32,7 @@ from .adapters import Ema, Reference, add_lora, trainable_named_parameters
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config, toyshapes_prompt_spec
 from .losses import gaussian_kl, policy_loss
+from .losses.nft import nft_loss
 from .policies.base import TextConditioning, rollout_velocity
 from .policies.diffusers_common import export_transformer
 from .policies.toy import ToyPolicy
@@ -139,7 +140,12 @@ class Batch:
     weights: torch.Tensor  # [M']
     keep: torch.Tensor  # [M] bool
     stats: dict[str, float]
-    points: MatchingPoints | None = None  # objective=matching: one flow-matching point per kept transition
+    points: MatchingPoints | None = None  # objective=matching or nft: one flow-matching point per kept transition
+
+
+def matching_kl(scored: MatchingScore, ref: MatchingScore | None) -> torch.Tensor | None:
+    """[M] AWM's KL of matching points: the squared velocity difference to the reference (None without one)."""
+    return None if ref is None else (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
 
 
 # accelerate's launcher sets these for engines the trainer does not drive (FSDP and DeepSpeed ZeRO
@@ -408,7 +414,7 @@ class Trainer:
             **timings,
         }
         points = None
-        if config.objective == "matching":
+        if config.objective in ("matching", "nft"):
             kept = result.transitions.select(keep.to(result.transitions.logp.device))
             seeds = self.matching_seeds(iteration, shard.roots[result.node_root[kept.child].cpu()], kept.step.cpu())
             points = matching_points(result, kept, seeded_noise(seeds, self.policy.sample_shape))
@@ -419,27 +425,29 @@ class Trainer:
         point whichever process trains it."""
         return [(seed * 1_000_033 + int(step) + 1) % (2**62) for seed, step in zip(self.root_seeds(iteration, roots), steps)]
 
-    def score_part(self, velocity, batch: Batch, transitions, micro: torch.Tensor, logp_old_all: torch.Tensor | None):
+    def score_part(self, velocity, batch: Batch, transitions, micro: torch.Tensor, old_scores: torch.Tensor | None):
         """(logp with grad, logp_old, KL values or None) of the micro-batch `micro` of kept transitions."""
+        # The reference pass comes first: under full fine-tuning it swaps the initial weights in
+        # place, which must not happen between the forward with grad and its backward.
         if batch.points is None:
             part = transitions.select(micro.to(transitions.logp.device))
+            ref = self.reference_pass(lambda: score_transitions(velocity, part, self.config.max_batch))
             step = score_transitions(velocity, part, self.config.max_batch)
-            kl = None
-            if self.reference is not None:
-                with torch.no_grad(), self.reference.active():
-                    ref = score_transitions(velocity, part, self.config.max_batch)
-                kl = gaussian_kl(step.mean, ref.mean, step.std.detach())
+            kl = None if ref is None else gaussian_kl(step.mean, ref.mean, step.std.detach())
             return step.logp, part.logp, kl
         part = batch.points.select(micro)
+        ref = self.reference_pass(lambda: score_matching(velocity, part, self.config.max_batch))
         scored = score_matching(velocity, part, self.config.max_batch)
         # One optimizer step per iteration: the weights have not moved, so old = new exactly.
-        logp_old = scored.logp.detach() if logp_old_all is None else logp_old_all[micro].to(scored.logp.device)
-        kl = None
-        if self.reference is not None:  # AWM's KL: squared velocity difference to the reference
-            with torch.no_grad(), self.reference.active():
-                ref = score_matching(velocity, part, self.config.max_batch)
-            kl = (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
-        return scored.logp, logp_old, kl
+        logp_old = scored.logp.detach() if old_scores is None else old_scores[micro].to(scored.logp.device)
+        return scored.logp, logp_old, matching_kl(scored, ref)
+
+    def reference_pass(self, score):
+        """score() under the reference policy, without grad; None when there is no KL."""
+        if self.reference is None:
+            return None
+        with torch.no_grad(), self.reference.active():
+            return score()
 
     def idle_pass(self, velocity, batch: Batch, last: bool = False) -> None:
         """A forward and backward with zero gradient (any one transition, loss times 0): keeps a
@@ -456,10 +464,24 @@ class Trainer:
             loss.backward()
 
     @torch.no_grad()
-    def matching_logp_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
-        """[M] the matching log-likelihood proxy of every point before this iteration's update."""
+    def matching_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
+        """The matching score of every point before this iteration's update: the log-likelihood
+        proxy [M] (objective=matching) or the velocity [M, ...] (objective=nft)."""
         indices = torch.arange(len(points))
-        return torch.cat([score_matching(velocity, points.select(i), self.config.max_batch).logp.cpu() for i in indices.split(self.config.micro_batch)])
+        scores = [score_matching(velocity, points.select(i), self.config.max_batch) for i in indices.split(self.config.micro_batch)]
+        return torch.cat([(s.velocity if self.config.objective == "nft" else s.logp).cpu() for s in scores])
+
+    def nft_part(self, velocity, batch: Batch, micro: torch.Tensor, old_scores: torch.Tensor | None, normalizer: float):
+        """(loss, stats) of DiffusionNFT on the micro-batch `micro` of matching points."""
+        part = batch.points.select(micro)
+        ref = self.reference_pass(lambda: score_matching(velocity, part, self.config.max_batch))  # first: see score_part
+        scored = score_matching(velocity, part, self.config.max_batch)
+        # One optimizer step per iteration: the weights have not moved, so v_old = v exactly.
+        old = scored.velocity.detach() if old_scores is None else old_scores[micro].to(scored.velocity.device)
+        return nft_loss(
+            scored.velocity, old, part.noise - part.x0, batch.advantages[micro], nft_beta=self.config.nft_beta, scale=self.config.advantage_clip,
+            weight=batch.weights[micro].to(scored.velocity.device), normalizer=normalizer, kl_values=matching_kl(scored, ref), beta=self.config.beta,
+        )
 
     def average_gradients(self) -> None:
         """All-reduce the gradients (mean over processes) in one flat buffer; a parameter without
@@ -503,9 +525,9 @@ class Trainer:
         steps_per_epoch = math.ceil(most / step_size)
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
-        logp_old_all = None
+        old_scores = None
         if batch.points is not None and optimizer_steps > 1:  # later steps see moved weights: score them all first
-            logp_old_all = self.matching_logp_old(velocity, batch.points)
+            old_scores = self.matching_old(velocity, batch.points)
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
         for _ in range(config.inner_epochs):
             order = torch.randperm(count, generator=generator)
@@ -521,11 +543,14 @@ class Trainer:
                 for i in range(idle):
                     self.idle_pass(velocity, batch, last=not micros and i == idle - 1)
                 for position, micro in enumerate(micros):
-                    logp, logp_old, kl = self.score_part(velocity, batch, transitions, micro, logp_old_all)
-                    loss, stats = policy_loss(
-                        logp, logp_old, batch.advantages[micro].to(logp.device), loss=config.loss, loss_options=loss_options,
-                        kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(logp.device), normalizer=step_total / self.world,
-                    )
+                    if config.objective == "nft":
+                        loss, stats = self.nft_part(velocity, batch, micro, old_scores, step_total / self.world)
+                    else:
+                        logp, logp_old, kl = self.score_part(velocity, batch, transitions, micro, old_scores)
+                        loss, stats = policy_loss(
+                            logp, logp_old, batch.advantages[micro].to(logp.device), loss=config.loss, loss_options=loss_options,
+                            kl_values=kl, beta=config.beta, weight=batch.weights[micro].to(logp.device), normalizer=step_total / self.world,
+                        )
                     self.backward(loss, last=position == len(micros) - 1)
                     for key, value in stats.items():
                         if key.startswith("advantage/"):

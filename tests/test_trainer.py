@@ -153,6 +153,16 @@ def test_full_fine_tuning_reference_is_the_initial_model(tiny_dir, tmp_path):
         assert torch.equal(trainer.policy.velocity(x, sigma, cond, 1.0), moved)  # weights restored after
 
 
+@pytest.mark.parametrize("objective", ["sde", "matching", "nft"])
+def test_full_fine_tuning_with_a_kl_trains(tiny_dir, tmp_path, objective):
+    """The reference swaps the initial weights in place; it must not do so between a forward with
+    grad and its backward (autograd refuses the modified weights)."""
+    train(tiny_run(tiny_dir, tmp_path / objective, "beta=0.1", f"objective={objective}"))
+    records = [json.loads(line) for line in (tmp_path / objective / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert records[0]["loss/kl"] == pytest.approx(0.0, abs=1e-12)  # the first (only) step of iteration 1 starts at the reference
+    assert records[-1]["loss/kl"] > 0
+
+
 @pytest.mark.parametrize("method,options", [
     ("dance_grpo", []),
     ("mix_grpo", ["method.window=2"]),

@@ -1,0 +1,129 @@
+"""objective=nft (DiffusionNFT): the loss against closed forms (value by hand, its minimiser, its
+first step equal to AWM's), and the trainer running on it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from flowrl.config import build_config
+from flowrl.losses import policy_loss
+from flowrl.losses.nft import nft_loss, optimality
+from flowrl.trainer import train
+from samplers.matching import MatchingPoints, score_matching
+
+from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)
+
+
+def test_the_loss_is_the_weighted_squared_errors_of_the_two_implicit_policies():
+    g = torch.Generator().manual_seed(0)
+    v, old, u = (torch.randn(3, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    advantages = torch.tensor([1.2, -0.4, 9.0], dtype=torch.float64)  # the last one past the scale: r clips to 1
+    weight = torch.tensor([1.0, 0.5, 2.0])
+    loss, stats = nft_loss(v, old, u, advantages, nft_beta=0.3, scale=2.0, weight=weight, normalizer=5.0)
+    expected = 0.0
+    for i in range(3):
+        r = min(max(0.5 + advantages[i].item() / 4.0, 0.0), 1.0)
+        v_pos = old[i].numpy() + 0.3 * (v[i].numpy() - old[i].numpy())
+        v_neg = old[i].numpy() - 0.3 * (v[i].numpy() - old[i].numpy())
+        point = r * np.mean((v_pos - u[i].numpy()) ** 2) + (1 - r) * np.mean((v_neg - u[i].numpy()) ** 2)
+        expected += weight[i].item() * point * 2.0 / 0.3
+    assert loss.item() == pytest.approx(expected / 5.0, rel=1e-6)
+    assert stats["loss/total"] == pytest.approx(expected / 5.0, rel=1e-6)
+    assert optimality(advantages, 2.0).tolist() == pytest.approx([0.8, 0.4, 1.0])
+
+
+@pytest.mark.parametrize("advantage", [1.5, -1.5, 0.0])
+def test_each_points_loss_is_lowest_a_finite_step_from_the_old_velocity(advantage):
+    """The minimiser over v is v_old + (2r - 1)(u - v_old) / beta: towards the target for a
+    winner, away from it for a loser, but a bounded step either way (a ratio's loss is not)."""
+    g = torch.Generator().manual_seed(1)
+    old, u = torch.randn(1, 6, generator=g, dtype=torch.float64), torch.randn(1, 6, generator=g, dtype=torch.float64)
+    beta, scale = 0.5, 3.0
+    r = 0.5 + advantage / (2 * scale)
+    best = old + (2 * r - 1) * (u - old) / beta
+    v = best.clone().requires_grad_(True)
+    loss, _ = nft_loss(v, old, u, torch.tensor([advantage]), nft_beta=beta, scale=scale)
+    (gradient,) = torch.autograd.grad(loss, v)
+    assert gradient.abs().max() < 1e-12
+    for _ in range(5):
+        moved = best + 0.1 * torch.randn(1, 6, generator=g, dtype=torch.float64)
+        assert nft_loss(moved, old, u, torch.tensor([advantage]), nft_beta=beta, scale=scale)[0] > loss
+
+
+def test_the_first_step_is_advantage_weighted_matchings():
+    """At v = v_old (the weights that made the rollout), the gradient of the NFT loss through a
+    real network equals that of AWM's clipped surrogate with the same advantages."""
+    from conftest import tiny_model
+    from flowrl.policies.toy import ToyPolicy
+    from flowrl.policies.base import rollout_velocity
+
+    policy = ToyPolicy(tiny_model())
+    cond = policy.encode(["a red circle", "two blue squares"])
+    velocity = rollout_velocity(policy, cond, 4.0)
+    g = torch.Generator().manual_seed(2)
+    shape = policy.sample_shape
+    points = MatchingPoints(torch.randn(4, *shape, generator=g), torch.randn(4, *shape, generator=g),
+                            torch.tensor([0.9, 0.7, 0.4, 0.2]), torch.tensor([0, 1, 1, 0]))
+    advantages = torch.tensor([1.3, -0.8, 0.4, -0.9])
+    weight = torch.tensor([1.0, 1.0, 0.5, 2.0])
+    params = [p for p in policy.transformer.parameters()]
+
+    def gradient(loss):
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)])
+
+    scored = score_matching(velocity, points)
+    nft, _ = nft_loss(scored.velocity, scored.velocity.detach(), points.noise - points.x0, advantages, nft_beta=0.7, scale=5.0, weight=weight, normalizer=4.0)
+    scored = score_matching(velocity, points)
+    awm, _ = policy_loss(scored.logp, scored.logp.detach(), advantages, loss="clip", loss_options={"eps_low": 1e-3, "eps_high": 1e-3},
+                         weight=weight, normalizer=4.0)
+    a, b = gradient(nft), gradient(awm)
+    assert b.abs().max() > 0
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
+
+
+def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    def run(name, iterations, *extra):
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "guidance=1.0", *extra))
+        return records(tmp_path / name)
+
+    straight = run("a", 3)
+    run("b", 2)
+    resumed = run("b", 3)
+    wa, wb = (load_file(str(tmp_path / d / "checkpoint" / "trainable.safetensors")) for d in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [r["loss/policy"] for r in straight] == [r["loss/policy"] for r in resumed]
+    assert all(0 < r["nft/r_mean"] < 1 and r["loss/policy"] > 0 for r in straight)
+    # several optimizer steps per iteration (v_old scored once, up front), and a KL to the reference
+    several = run("c", 2, "train_batch=4", "inner_epochs=2", "beta=0.1")
+    assert all(r["loss/kl"] >= 0 and np.isfinite(r["loss/total"]) for r in several)
+    assert several[-1]["loss/kl"] > 0  # the weights left the reference
+
+
+def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
+    def rewards(name, lr):
+        train(tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=nft"))
+        return [r["reward/mean"] for r in records(tmp_path / name)]
+
+    control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
+    assert control[0] == pytest.approx(trained[0])
+    assert max(control) - min(control) < 0.03
+    assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["nft_beta=0"], "config key nft_beta=0.0: must be positive"),
+    (["advantage_clip=0"], "config key advantage_clip=0.0: objective=nft reads advantages"),
+    (["method=branch_grpo"], "config key objective='nft'.*branches.*use a chain method"),
+])
+def test_bad_nft_settings_fail_before_any_model_loads(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config({}, ["objective=nft", *overrides])
