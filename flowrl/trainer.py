@@ -359,7 +359,7 @@ class Trainer:
         if plan.share_noise:  # one initial noise per prompt, whichever process holds its roots
             noise = seeded_noise(self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape)
         cond = self.policy.encode(prompts)
-        with unsharded(self.sharded):  # sharded: one all-gather, then local forwards of any number
+        with unsharded(self.sharded), self.sampling_weights():  # sharded: one all-gather, then local forwards of any number
             result = rollout(
                 self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
                 root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
@@ -463,6 +463,15 @@ class Trainer:
         else:
             loss.backward()
 
+    @property
+    def ema_sampler(self) -> bool:
+        return self.config.objective == "nft" and self.config.nft_sampler == "ema"
+
+    def sampling_weights(self) -> contextlib.AbstractContextManager:
+        """The weights that sample the rollouts: the EMA swapped in for nft_sampler=ema, else the
+        current ones."""
+        return self.ema.swapped_in(self.params) if self.ema_sampler else contextlib.nullcontext()
+
     @torch.no_grad()
     def matching_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
         """The matching score of every point before this iteration's update: the log-likelihood
@@ -481,6 +490,7 @@ class Trainer:
         return nft_loss(
             scored.velocity, old, part.noise - part.x0, batch.advantages[micro], nft_beta=self.config.nft_beta, scale=self.config.advantage_clip,
             weight=batch.weights[micro].to(scored.velocity.device), normalizer=normalizer, kl_values=matching_kl(scored, ref), beta=self.config.beta,
+            sigma=part.sigma if self.config.nft_weighting == "adaptive" else None,
         )
 
     def average_gradients(self) -> None:
@@ -526,8 +536,9 @@ class Trainer:
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
         old_scores = None
-        if batch.points is not None and optimizer_steps > 1:  # later steps see moved weights: score them all first
-            old_scores = self.matching_old(velocity, batch.points)
+        if batch.points is not None and (optimizer_steps > 1 or self.ema_sampler):  # later steps (or the sampler) differ from the trained weights: score them all first
+            with self.sampling_weights():
+                old_scores = self.matching_old(velocity, batch.points)
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
         for _ in range(config.inner_epochs):
             order = torch.randperm(count, generator=generator)

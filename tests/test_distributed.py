@@ -63,10 +63,15 @@ def metrics(out):
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("objective", [
+    [],
+    # flow-matching points noised per root (seeds independent of the process), rollouts from the EMA
+    ["objective=nft", "nft_sampler=ema", "ema=0.5"],
+], ids=["sde", "nft-ema"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, objective):
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
-    launch(1, overrides(tiny_dir, tmp_path / "one"), tmp_path)
-    launch(2, overrides(tiny_dir, tmp_path / "two"), tmp_path)
+    launch(1, overrides(tiny_dir, tmp_path / "one", *objective), tmp_path)
+    launch(2, overrides(tiny_dir, tmp_path / "two", *objective), tmp_path)
 
     rank0 = load_file(str(tmp_path / "two" / "params_rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "two" / "params_rank1.safetensors"))

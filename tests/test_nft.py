@@ -34,6 +34,41 @@ def test_the_loss_is_the_weighted_squared_errors_of_the_two_implicit_policies():
     assert optimality(advantages, 2.0).tolist() == pytest.approx([0.8, 0.4, 1.0])
 
 
+def test_the_adaptive_loss_divides_each_clean_image_error_by_its_mean_size():
+    g = torch.Generator().manual_seed(3)
+    v, old, u = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    advantages, sigma = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64), torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    loss, _ = nft_loss(v, old, u, advantages, nft_beta=0.5, scale=4.0, sigma=sigma)
+    expected = 0.0
+    for i in range(3):
+        r = 0.5 + advantages[i].item() / 8.0
+        terms = []
+        for sign in (1, -1):
+            d = sigma[i].item() * (old[i].numpy() + sign * 0.5 * (v[i].numpy() - old[i].numpy()) - u[i].numpy())
+            terms.append(np.mean(d**2) / np.mean(np.abs(d)))
+        expected += (r * terms[0] + (1 - r) * terms[1]) * 4.0 / 0.5
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-9)  # token-mean over the 3 points
+
+
+def test_the_adaptive_first_step_is_the_error_direction_of_unit_size():
+    """At v = v_old the adaptive gradient is 2 scale (2r - 1) sigma e / (n mean|e|) per point (e
+    = v_old - u over n values): as strong for a large error as for a small one."""
+    g = torch.Generator().manual_seed(4)
+    old, u = torch.randn(2, 6, generator=g, dtype=torch.float64), torch.randn(2, 6, generator=g, dtype=torch.float64)
+    advantages, sigma = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.8, 0.3], dtype=torch.float64)
+    gradients = []
+    for size in (1.0, 100.0):
+        v = (old * size).clone().requires_grad_(True)
+        loss, _ = nft_loss(v, old * size, u * size, advantages, nft_beta=0.7, scale=5.0, sigma=sigma)
+        (gradient,) = torch.autograd.grad(loss, v)
+        gradients.append(gradient)
+        e = old - u
+        r = 0.5 + advantages / 10.0
+        closed = 2 * 5.0 * (2 * r - 1).view(-1, 1) * sigma.view(-1, 1) * e / (6 * e.abs().mean(1, keepdim=True)) / 2  # / 2: mean over points
+        assert torch.allclose(gradient, closed, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(gradients[0], gradients[1], rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("advantage", [1.5, -1.5, 0.0])
 def test_each_points_loss_is_lowest_a_finite_step_from_the_old_velocity(advantage):
     """The minimiser over v is v_old + (2r - 1)(u - v_old) / beta: towards the target for a
@@ -108,9 +143,11 @@ def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
     assert several[-1]["loss/kl"] > 0  # the weights left the reference
 
 
-def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
+@pytest.mark.parametrize("weighting", ["adaptive", "uniform"])
+def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path, weighting):
     def rewards(name, lr):
-        train(tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=nft"))
+        train(tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=nft",
+                       f"nft_weighting={weighting}"))
         return [r["reward/mean"] for r in records(tmp_path / name)]
 
     control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
@@ -119,10 +156,36 @@ def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_p
     assert sum(trained[-4:]) / 4 > sum(control[-4:]) / 4 + 0.05
 
 
+def test_the_ema_sampler_rolls_out_with_the_moving_average(tiny_dir, tmp_path):
+    """nft_sampler=ema: with an average that hardly moves (ema=0.999999), the rollouts (and so the
+    rewards) stay those of an untrained control while the trained weights move on; and the run
+    resumes exactly."""
+    from safetensors.torch import load_file
+
+    def run(name, iterations, *extra):
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "ema=0.999999", *extra))
+        return records(tmp_path / name)
+
+    control = run("control", 4, "lr=1e-12")
+    slow = run("slow", 4, "lr=3e-3", "nft_sampler=ema")
+    current = run("current", 4, "lr=3e-3")
+    assert [r["reward/mean"] for r in slow] == pytest.approx([r["reward/mean"] for r in control], abs=1e-4)
+    assert abs(current[-1]["reward/mean"] - control[-1]["reward/mean"]) > 1e-3  # the current weights' rollouts do move
+    moved = load_file(str(tmp_path / "slow" / "checkpoint" / "trainable.safetensors"))
+    still = load_file(str(tmp_path / "control" / "checkpoint" / "trainable.safetensors"))
+    assert max((moved[k] - still[k]).abs().max().item() for k in moved) > 1e-3
+    run("resumed", 2, "lr=3e-3", "nft_sampler=ema")
+    resumed = run("resumed", 4, "lr=3e-3", "nft_sampler=ema")
+    assert [r["loss/policy"] for r in resumed] == [r["loss/policy"] for r in slow]
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["nft_beta=0"], "config key nft_beta=0.0: must be positive"),
     (["advantage_clip=0"], "config key advantage_clip=0.0: objective=nft reads advantages"),
     (["method=branch_grpo"], "config key objective='nft'.*branches.*use a chain method"),
+    (["nft_weighting=equal"], "nft_weighting='equal'.*adaptive.*uniform"),
+    (["nft_sampler=ema", "ema=0"], "config key nft_sampler='ema': ema samples with the moving average"),
+    (["nft_sampler=ema", "objective=matching"], "config key nft_sampler='ema': ema applies to objective=nft, not objective='matching'"),
 ])
 def test_bad_nft_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):

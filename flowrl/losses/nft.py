@@ -6,6 +6,10 @@ flow-matching target u = noise - x0 with weight r (how good it is, in [0, 1]) an
 weight 1 - r. Both terms are squares, so unlike a likelihood ratio a loser's loss is bounded
 below: its minimiser is v = v_old + (2r - 1)(u - v_old) / beta, a finite step. At v = v_old
 the gradient equals Advantage Weighted Matching's with advantage A = advantage_clip (2r - 1).
+
+With `sigma` given, each term is the paper's adaptive form instead: the error of the clean image
+it implies, x0_hat - x0 = -sigma (v_term - u), squared and divided by its own (detached) mean
+absolute value, so every point and noise level pulls with a similar strength whatever its error.
 """
 
 from __future__ import annotations
@@ -35,19 +39,21 @@ def nft_loss(
     normalizer: float | None = None,
     kl_values: torch.Tensor | None = None,
     beta: float = 0.0,
+    sigma: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(scalar loss, stats) over M points: velocity (with grad), old_velocity and target [M, ...],
     advantages [M]. The per-point loss is scaled by scale / nft_beta so that its first step is
     AWM's; it is aggregated like the policy losses (token-mean, `weight`, `normalizer`), plus
-    beta times the aggregated `kl_values`."""
+    beta times the aggregated `kl_values`. `sigma` [M] (the points' noise levels) switches to the
+    adaptive weighting (module docstring)."""
     if nft_beta <= 0:
         raise ValueError(f"nft_beta must be positive, got {nft_beta}")
     dtype = torch.promote_types(velocity.dtype, torch.float32)  # at least float32: squares of small differences
     r = optimality(advantages.to(velocity.device, dtype), scale)
     old, target = old_velocity.detach().to(dtype), target.to(dtype)
     step = nft_beta * (velocity.to(dtype) - old)
-    positive = (old + step - target).pow(2).flatten(1).mean(1)
-    negative = (old - step - target).pow(2).flatten(1).mean(1)
+    positive = term_error(old + step - target, sigma)
+    negative = term_error(old - step - target, sigma)
     per_point = (r * positive + (1 - r) * negative) * (scale / nft_beta)
     policy_term = aggregate(per_point, weight=weight, normalizer=normalizer)
     total = policy_term
@@ -58,3 +64,14 @@ def nft_loss(
         total = total + beta * kl_term
     stats["loss/total"] = float(total.detach())
     return total, stats
+
+
+def term_error(error: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
+    """[M] one implicit policy's loss from its velocity error [M, ...]: the mean square, or with
+    `sigma` the adaptive form mean(d^2) / max(mean|d|, 1e-5) of the clean-image error d = sigma error,
+    the denominator held constant."""
+    if sigma is None:
+        return error.pow(2).flatten(1).mean(1)
+    clean = error.flatten(1) * sigma.to(error).view(-1, 1)
+    scale = clean.detach().abs().mean(1).clamp_min(1e-5)
+    return clean.pow(2).mean(1) / scale
