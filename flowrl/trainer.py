@@ -435,12 +435,23 @@ class Trainer:
             step = score_transitions(velocity, part, self.config.max_batch)
             kl = None if ref is None else gaussian_kl(step.mean, ref.mean, step.std.detach())
             return step.logp, part.logp, kl
+        _, scored, logp_old, kl = self.score_points(velocity, batch, micro, old_scores)
+        return scored.logp, logp_old, kl
+
+    def score_points(self, velocity, batch: Batch, micro: torch.Tensor, old_scores: torch.Tensor | None):
+        """(points, their score with grad, the old score (`matching_value`), KL values or None) of
+        the micro-batch `micro` of matching points; the reference pass first (see score_part)."""
         part = batch.points.select(micro)
         ref = self.reference_pass(lambda: score_matching(velocity, part, self.config.max_batch))
         scored = score_matching(velocity, part, self.config.max_batch)
-        # One optimizer step per iteration: the weights have not moved, so old = new exactly.
-        logp_old = scored.logp.detach() if old_scores is None else old_scores[micro].to(scored.logp.device)
-        return scored.logp, logp_old, matching_kl(scored, ref)
+        now = self.matching_value(scored)
+        # One optimizer step per iteration from the sampling weights: they have not moved, so old = new exactly.
+        old = now.detach() if old_scores is None else old_scores[micro].to(now.device)
+        return part, scored, old, matching_kl(scored, ref)
+
+    def matching_value(self, score: MatchingScore) -> torch.Tensor:
+        """What the matching objectives compare with the old weights: the velocity (nft) or AWM's logp."""
+        return score.velocity if self.config.objective == "nft" else score.logp
 
     def reference_pass(self, score):
         """score() under the reference policy, without grad; None when there is no KL."""
@@ -478,18 +489,14 @@ class Trainer:
         proxy [M] (objective=matching) or the velocity [M, ...] (objective=nft)."""
         indices = torch.arange(len(points))
         scores = [score_matching(velocity, points.select(i), self.config.max_batch) for i in indices.split(self.config.micro_batch)]
-        return torch.cat([(s.velocity if self.config.objective == "nft" else s.logp).cpu() for s in scores])
+        return torch.cat([self.matching_value(s).cpu() for s in scores])
 
     def nft_part(self, velocity, batch: Batch, micro: torch.Tensor, old_scores: torch.Tensor | None, normalizer: float):
         """(loss, stats) of DiffusionNFT on the micro-batch `micro` of matching points."""
-        part = batch.points.select(micro)
-        ref = self.reference_pass(lambda: score_matching(velocity, part, self.config.max_batch))  # first: see score_part
-        scored = score_matching(velocity, part, self.config.max_batch)
-        # One optimizer step per iteration: the weights have not moved, so v_old = v exactly.
-        old = scored.velocity.detach() if old_scores is None else old_scores[micro].to(scored.velocity.device)
+        part, scored, old, kl = self.score_points(velocity, batch, micro, old_scores)
         return nft_loss(
             scored.velocity, old, part.noise - part.x0, batch.advantages[micro], nft_beta=self.config.nft_beta, scale=self.config.advantage_clip,
-            weight=batch.weights[micro].to(scored.velocity.device), normalizer=normalizer, kl_values=matching_kl(scored, ref), beta=self.config.beta,
+            weight=batch.weights[micro].to(scored.velocity.device), normalizer=normalizer, kl_values=kl, beta=self.config.beta,
             sigma=part.sigma if self.config.nft_weighting == "adaptive" else None,
         )
 
