@@ -72,9 +72,6 @@ class TrainConfig:
                               "or ema (the paper's: the EMA kept by `ema`, so the trained weights run ahead of a slower sampling policy)", choices=("current", "ema"))
     nft_weighting: str = option("adaptive", "objective=nft: how each implicit policy's error is weighted: adaptive (the paper's: the squared error of the implied clean image over its own mean absolute value) "
                                 "or uniform (the plain mean squared velocity error; its first step is then exactly AWM's)", choices=("adaptive", "uniform"))
-    relabel: int = option(0, "objective=matching or nft with a ToyShapes reward: every prompt also trains on up to this many of the batch's other samples, judged under it "
-                          "(the ones it judges correct first, then the incorrect ones with the highest partial score); 0: off")
-    relabel_negatives: bool = option(True, "relabel: fill each prompt's foreign places with its hardest negatives after its positives (false: positives only)")
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
     clip_low: float = option(1e-3, "lower clip range eps_low of the ratio (Flow-GRPO uses 1e-4 on SD3.5)")
     clip_high: float = option(1e-3, "upper clip range eps_high (> clip_low is clip-higher)")
@@ -266,10 +263,6 @@ def validate(config: TrainConfig) -> None:
         need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
         need(config.objective == "sde", "objective", "zero_stage supports objective=sde only")
         need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
-    if config.relabel:
-        need(config.relabel > 0, "relabel", "must be >= 0 (0: off)")
-        need(config.objective in ("matching", "nft"), "relabel", f"trains samples under other prompts, which needs objective=matching or nft, not {config.objective!r}")
-        need(config.reward in ("toyshapes", "toyshapes_binary"), "relabel", f"judges samples under other prompts with the ToyShapes verifier, so it needs reward=toyshapes or toyshapes_binary, not {config.reward!r}")
     if config.objective in ("matching", "nft"):
         plan = method.plan(options, 0)
         need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",

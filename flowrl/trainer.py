@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from samplers.matching import MatchingPoints, MatchingScore, matching_points, score_matching, transition_samples
+from samplers.matching import MatchingPoints, MatchingScore, matching_points, score_matching
 from samplers.methods import get_method
 from samplers.rollout import Rollout, rollout, score_transitions
 from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
@@ -36,7 +36,6 @@ from .losses.nft import nft_loss
 from .policies.base import TextConditioning, rollout_velocity
 from .policies.diffusers_common import export_transformer
 from .policies.toy import ToyPolicy
-from .relabel import relabel_pairs
 from .schedules import learning_rate
 from .sharding import (
     check_sharding_world,
@@ -215,8 +214,6 @@ class Trainer:
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         if config.fsdp or config.zero_stage:
             check_sharding_world(self.world, os.environ, "fsdp" if config.fsdp else "zero_stage")
-        if config.relabel and self.world > 1:
-            raise ValueError(f"relabel={config.relabel} runs in one process for now (launched with {self.world}); judging samples under other processes' prompts is not implemented")
         self.out.mkdir(parents=True, exist_ok=True)
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.
@@ -421,59 +418,7 @@ class Trainer:
             kept = result.transitions.select(keep.to(result.transitions.logp.device))
             seeds = self.matching_seeds(iteration, shard.roots[result.node_root[kept.child].cpu()], kept.step.cpu())
             points = matching_points(result, kept, seeded_noise(seeds, self.policy.sample_shape))
-            if config.relabel > 0:
-                return self.relabelled_batch(iteration, result, prompts, cond, rewards, images, scored, shard, stats)
         return Batch(result, prompts, cond, rewards, advantages, credit.weight.cpu()[local][keep], keep, stats, points)
-
-    def relabelled_batch(self, iteration: int, result: Rollout, prompts: list[str], cond, rewards: torch.Tensor,
-                         images: torch.Tensor, scored: torch.Tensor, shard, stats: dict[str, float]) -> Batch:
-        """The batch of `relabel`: every prompt trains on its own samples and up to `relabel` foreign
-        ones judged under it (flowrl.relabel), at the noise levels of each sample's trained steps."""
-        from benchmarks.toyshapes.verify import verify
-
-        config = self.config
-        sample_prompt = result.prompt[scored].cpu()
-        count = len(scored)
-        pair_prompts = [prompts[p] for p in range(len(prompts)) for _ in range(count)]
-        judged = verify(images.repeat(len(prompts), 1, 1, 1), pair_prompts)
-        cross_score = torch.tensor([r.score for r in judged]).view(len(prompts), count)
-        cross_correct = torch.tensor([bool(r.correct) for r in judged]).view(len(prompts), count)
-        cross_reward = cross_correct.float() if config.reward == "toyshapes_binary" else cross_score
-        # a sample's own reward stays the run's (the same verifier: equal up to float rounding)
-        cross_reward[sample_prompt, torch.arange(count)] = rewards[scored].float()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
-        pairs = relabel_pairs(sample_prompt, cross_reward, cross_score, cross_correct, config.relabel, generator, config.advantage_clip, config.relabel_negatives)
-        live = pairs.advantage != 0
-        transitions = result.transitions
-        chain_sample = transition_samples(result, transitions).cpu()  # index into result.samples
-        position = torch.full((len(result.samples),), -1, dtype=torch.long)
-        position[scored.cpu()] = torch.arange(count)
-        of_sample = position[chain_sample]  # each transition's sample, as an index into `scored`
-        point_transition, point_pair = [], []
-        for k in torch.nonzero(live).flatten().tolist():
-            steps = torch.nonzero(of_sample == pairs.sample[k]).flatten()
-            point_transition.append(steps)
-            point_pair.append(torch.full((len(steps),), k, dtype=torch.long))
-        point_transition = torch.cat(point_transition) if point_transition else torch.zeros(0, dtype=torch.long)
-        point_pair = torch.cat(point_pair) if point_pair else torch.zeros(0, dtype=torch.long)
-        roots = shard.roots[result.node_root[transitions.child[point_transition].to(result.node_root.device)].cpu()]
-        seeds = [(s * 7_919 + int(p)) % (2**62) for s, p in zip(self.matching_seeds(iteration, roots, transitions.step[point_transition].cpu()), pairs.prompt[point_pair])]
-        x0 = result.samples[scored[pairs.sample[point_pair]].to(result.samples.device)]
-        points = MatchingPoints(x0, seeded_noise(seeds, self.policy.sample_shape).to(x0), transitions.sigma[point_transition].to(x0.device),
-                                pairs.prompt[point_pair].to(transitions.prompt.device))
-        advantages = pairs.advantage[point_pair]
-        foreign = pairs.foreign & live
-        stats = {
-            **stats,
-            "relabel/foreign_positive_rate": float((pairs.reward[pairs.foreign] > 0.5).float().mean()) if bool(pairs.foreign.any()) else 0.0,
-            "relabel/live_prompts": float(len(pairs.prompt[live].unique())) / len(prompts),
-            "relabel/foreign_pairs": float(foreign.sum()),
-            "transitions/trained": float(len(points)),
-            "advantage/mean": float(advantages.mean()) if len(advantages) else 0.0,
-            "advantage/std": float(advantages.std(unbiased=False)) if len(advantages) else 0.0,
-        }
-        keep = torch.zeros(len(transitions), dtype=torch.bool)
-        return Batch(result, prompts, cond, rewards, advantages, torch.ones(len(points)), keep, stats, points)
 
     def matching_seeds(self, iteration: int, roots: torch.Tensor, steps: torch.Tensor) -> list[int]:
         """A seed per (global root, grid step) for the fresh noise of a matching point: the same
@@ -585,7 +530,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         transitions = batch.rollout.transitions.select(batch.keep.to(batch.rollout.transitions.logp.device))
-        count = len(transitions) if batch.points is None else len(batch.points)
+        count = len(transitions)
         counts = self.gather(count)
         most, total_count = max(counts), sum(counts)
         if most == 0:
