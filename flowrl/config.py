@@ -210,6 +210,7 @@ def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
     from flowrl.losses import get_loss
     from samplers.methods import get_method
+    from samplers.plan import identical_groups
 
     def need(condition: bool, key: str, what: str) -> None:
         if not condition:
@@ -263,8 +264,20 @@ def validate(config: TrainConfig) -> None:
         need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
         need(config.objective == "sde", "objective", "zero_stage supports objective=sde only")
         need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
-    if config.objective in ("matching", "nft"):
+    try:
         plan = method.plan(options, 0)
+    except ValueError as error:
+        raise ValueError(f"method {config.method!r} with method_options={config.method_options!r}: {error}") from None
+    need(not identical_groups(plan), "method_options",
+         f"the {config.method} plan's {plan.group_size} samples of a prompt would be identical (every reward ties, nothing trains): they share "
+         "their starting noise and no step adds noise (every step is an ODE step or an SDE step at noise level 0); "
+         "set method.share_noise=false or give the SDE steps a positive noise level")
+    deterministic = [i for i, s in enumerate(plan.steps) if s.trained and s.level() == 0]
+    need(config.objective != "sde" or not deterministic, "method_options",
+         f"noise level 0 makes the trained steps {deterministic} of the {config.method} plan deterministic (Euler steps), and objective=sde "
+         "trains their log-probability, which a deterministic step does not have; use objective=matching or objective=nft "
+         "(they train on the final samples) or a positive noise level")
+    if config.objective in ("matching", "nft"):
         need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",
              f"needs one final sample per chain, but method {config.method!r} branches (trees or probes); "
              "use a chain method: flow_grpo, dance_grpo, mix_grpo or mix_grpo_flash")

@@ -130,8 +130,21 @@ def validate(plan: Plan) -> None:
             raise ValueError(f"{where}: an ODE step is deterministic and cannot branch (branch={spec.branch})")
         if spec.trained and spec.mode == "ode" and spec.probes == 0:
             raise ValueError(f"{where}: trained, but an ODE step without probes has no log-probability")
-        if spec.level() <= 0:
-            raise ValueError(f"{where}: noise_level must be positive, got {spec.noise_level}")
+        if spec.level() < 0:
+            raise ValueError(f"{where}: noise_level must be >= 0 (0: the deterministic Euler step), got {spec.noise_level}")
+        if spec.level() == 0 and (spec.branch > 1 or spec.probes > 0):
+            raise ValueError(f"{where}: noise_level 0 makes the step deterministic, so it cannot branch or send probes "
+                             f"(got branch={spec.branch} probes={spec.probes}); give it a positive noise level")
         if spec.next_index is not None:
             if spec.mode != "ode" or not i < spec.next_index <= len(plan.steps):
                 raise ValueError(f"{where}: next_index={spec.next_index} needs an ODE step and {i} < next_index <= {len(plan.steps)}")
+
+
+def identical_groups(plan: Plan) -> bool:
+    """Whether a prompt's samples all come out the same: a shared start and no step that adds noise."""
+    return plan.share_noise and plan.group_size > 1 and not any(is_stochastic(spec) for spec in plan.steps)
+
+
+def is_stochastic(spec: StepSpec) -> bool:
+    """Whether a step draws noise: an SDE step or probes, at a positive noise level."""
+    return (spec.mode == "sde" or spec.probes > 0) and spec.level() > 0

@@ -53,10 +53,14 @@ def diffusion(form: str, sigma: torch.Tensor, sigma_next: torch.Tensor, noise_le
 
 
 def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, std^2 I) averaged over all but the batch dimension; std is [B] or scalar."""
+    """log N(x; mean, std^2 I) averaged over all but the batch dimension; std is [B] or scalar.
+
+    NaN where std is 0: a deterministic step (noise level 0) has no density to train on.
+    """
     std = per_sample(std, x)
-    elementwise = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    return elementwise.flatten(1).mean(1)
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    elementwise = -((x - mean) ** 2) / (2 * safe**2) - torch.log(safe) - 0.5 * math.log(2 * math.pi)
+    return torch.where(std.flatten() > 0, elementwise.flatten(1).mean(1), torch.nan)
 
 
 def sde_mean_std(

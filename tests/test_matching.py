@@ -138,3 +138,37 @@ def test_an_iteration_whose_groups_all_tie_skips_the_update(tiny_dir, tmp_path):
 
     before, after = (load_toy(d).transformer.state_dict() for d in (tiny_dir, tmp_path / "tie" / "final"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
+
+
+@pytest.mark.parametrize("objective", ["matching", "nft"])
+def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path, objective):
+    # Noise level 0: the rollouts are the Euler sampler's (as AWM and DiffusionNFT sample), the
+    # trained steps still set the noise levels the points are drawn at.
+    def run(name, *extra):
+        train(tiny_run(tiny_dir, tmp_path / name, f"objective={objective}", "method.share_noise=false", *extra))
+        return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+
+    flow = run("flow", "method.noise_level=0")
+    assert all(r["transitions/trained"] > 0 and np.isfinite(r["loss/total"]) for r in flow)
+    from flowrl.policies.toy import load_toy
+
+    before, after = (load_toy(d).transformer.state_dict() for d in (tiny_dir, tmp_path / "flow" / "final"))
+    assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
+    # Other chain methods at zero noise draw the same first images (the same Euler chains from the
+    # same starting noise, whatever steps they mark as trained); any noise would change them.
+    dance = run("dance", "method=dance_grpo", "method.eta=0")
+    mix = run("mix", "method=mix_grpo", "method.noise_level=0", "method.window=2")
+    noisy = run("noisy", "method.noise_level=0.3")
+    assert flow[0]["reward/mean"] == dance[0]["reward/mean"] == mix[0]["reward/mean"] != noisy[0]["reward/mean"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method.noise_level=0"], r"config key method_options=.*noise level 0 makes the trained steps \[0, 1, 2, 3, 4, 5, 6, 7, 8\] of the flow_grpo plan "
+                               "deterministic.*objective=sde trains their log-probability.*use objective=matching or objective=nft"),
+    (["objective=matching", "method=dance_grpo", "method.eta=0"], "the dance_grpo plan's 12 samples of a prompt would be identical.*set method.share_noise=false"),
+    (["objective=matching", "method.noise_level=-0.1"], r"method 'flow_grpo': noise_level must be >= 0 \(0: deterministic Euler steps"),
+    (["objective=matching", "method=branch_grpo", "method.eta=0"], "eta must be positive"),
+])
+def test_zero_noise_settings_that_cannot_train_fail_before_any_model_loads(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config({}, overrides)

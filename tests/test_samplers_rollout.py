@@ -83,6 +83,28 @@ def test_euler_chain_matches_a_hand_written_integration():
     torch.testing.assert_close(out.samples[out.root.argsort()].double(), x, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("form", SDE_FORMS)
+def test_zero_noise_sde_steps_are_the_euler_chain_and_keep_their_transitions(form):
+    # Matching objectives train on a chain's final sample at its trained steps' noise levels, so a
+    # deterministic rollout is SDE steps at level 0: Euler steps that still record transitions.
+    steps, prompts, group = 5, 2, 3
+    noise = initial_noise(prompts * group, seed=9)
+    specs = tuple(StepSpec("sde", sde=form, noise_level=0.0, trained=i < 3) if i < 3 else StepSpec() for i in range(steps))
+    out = rollout(CountingVelocity(), Plan(grid(steps), specs, group_size=group), prompts, SHAPE, noise=noise, seed=4)
+    x = noise.double()
+    prompt = torch.arange(prompts).repeat_interleave(group).double().view(-1, 1, 1)
+    sig = grid(steps).double()
+    for i in range(steps):  # the hand-written Euler integration
+        x = x + (sig[i + 1] - sig[i]) * (0.1 * x + 0.01 * prompt + 0.05 * sig[i])
+    torch.testing.assert_close(out.samples[out.root.argsort()].double(), x, atol=1e-5, rtol=1e-5)
+    euler = rollout(CountingVelocity(), Plan(grid(steps), (StepSpec(),) * steps, group_size=group), prompts, SHAPE, noise=noise)
+    assert torch.equal(out.samples, euler.samples)  # the zero-noise SDE step is exactly the Euler step
+    t = out.transitions
+    assert len(t) == prompts * group * 3 and sorted(set(t.step.tolist())) == [0, 1, 2] and bool(t.trained.all())
+    assert torch.isnan(t.logp).all() and torch.all(t.noise_level == 0)  # no density to train on
+    assert torch.all(score_transitions(exact_velocity, t).std == 0)
+
+
 def test_heun_steps_cost_two_evaluations():
     steps, prompts, group = 6, 2, 2
     specs = tuple(StepSpec(solver="heun" if i in (1, 3, 5) else "euler") for i in range(steps))
@@ -425,8 +447,9 @@ def test_noise_override_and_its_shape_check():
         (lambda: Plan(grid(2), (StepSpec(probes=-1), StepSpec())), "branch must be >= 1 and probes >= 0"),
         (lambda: Plan(grid(2), (StepSpec(branch=2), StepSpec())), "an ODE step is deterministic and cannot branch"),
         (lambda: Plan(grid(2), (StepSpec(trained=True), StepSpec())), "trained, but an ODE step without probes has no log-probability"),
-        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=-0.5), StepSpec())), "noise_level must be positive, got -0.5"),
-        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=0.0), StepSpec())), "noise_level must be positive, got 0.0"),
+        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=-0.5), StepSpec())), r"noise_level must be >= 0 \(0: the deterministic Euler step\), got -0.5"),
+        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=0.0, branch=2), StepSpec())), "step 0 of the custom plan: noise_level 0 makes the step deterministic, so it cannot branch or send probes"),
+        (lambda: Plan(grid(2), (StepSpec(probes=2, noise_level=0.0), StepSpec())), r"cannot branch or send probes \(got branch=1 probes=2\)"),
         (lambda: Plan(grid(3), (StepSpec(next_index=4), StepSpec(), StepSpec())), r"next_index=4 needs an ODE step and 0 < next_index <= 3"),
         (lambda: Plan(grid(3), (StepSpec(next_index=0), StepSpec(), StepSpec())), "next_index=0 needs an ODE step"),
         (lambda: Plan(grid(3), (StepSpec("sde", next_index=2), StepSpec(), StepSpec())), "next_index=2 needs an ODE step"),

@@ -204,6 +204,16 @@ def test_zero_noise_level_is_an_euler_step(form):
     assert torch.all(std == 0)
     step = sde_step(v, x, 0.7, 0.5, form, 0.0, noise=rand(4, 5, seed=26))
     torch.testing.assert_close(step.sample, x + (0.5 - 0.7) * v, atol=1e-6, rtol=0)
+    assert torch.isnan(step.logp).all()  # a deterministic step has no density
+
+
+def test_gaussian_logprob_is_nan_only_for_the_rows_whose_std_is_zero():
+    x, mean = rand(3, 4, seed=29, dtype=torch.float64), rand(3, 4, seed=30, dtype=torch.float64)
+    std = torch.tensor([0.5, 0.0, 0.2], dtype=torch.float64)
+    logp = gaussian_logprob(x, mean, std)
+    assert torch.isnan(logp[1]) and not torch.isnan(logp[[0, 2]]).any()
+    for row in (0, 2):
+        assert float(logp[row]) == pytest.approx(float(Normal(mean[row], std[row]).log_prob(x[row]).mean()), rel=1e-12)
 
 
 @pytest.mark.parametrize("form", SDE_FORMS)

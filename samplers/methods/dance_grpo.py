@@ -26,7 +26,7 @@ class DanceGrpoConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
-        require(self.eta > 0, f"eta must be positive, got {self.eta!r}")
+        require(self.eta >= 0, f"eta must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.eta!r}")
 
 
 def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:

@@ -23,7 +23,7 @@ class FlowGrpoConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
-        require(self.noise_level > 0, f"noise_level must be positive, got {self.noise_level!r}")
+        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.noise_level!r}")
 
 
 def trained_count(num_steps: int, fraction: float) -> int:
