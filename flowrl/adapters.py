@@ -55,12 +55,21 @@ class Ema:
         self.shadow = {n: p.detach().clone() for n, p in params.items()}
 
     @torch.no_grad()
-    def update(self, params: dict[str, torch.nn.Parameter]) -> None:
+    def update(self, params: dict[str, torch.nn.Parameter], decay: float | None = None) -> None:
+        """shadow = decay shadow + (1 - decay) params, with this average's own decay unless one is given."""
+        weight = 1 - (self.decay if decay is None else decay)
         for n, p in params.items():
-            self.shadow[n].lerp_(p.detach(), 1 - self.decay)
+            self.shadow[n].lerp_(p.detach(), weight)
 
     def swapped_in(self, params: dict[str, torch.nn.Parameter]) -> contextlib.AbstractContextManager:
         return swapped(params, self.shadow)
+
+
+def ramped_decay(steps: int, rate: float, most: float, flat: float) -> float:
+    """DiffusionNFT's decay of its sampling policy: 0 for the first `flat` optimizer steps, then
+    rising by `rate` per step up to `most`, so the sampler follows the trained weights closely at
+    first and lags more later."""
+    return 0.0 if steps < flat else min(rate * (steps - flat), most)
 
 
 @contextlib.contextmanager

@@ -68,8 +68,12 @@ class TrainConfig:
                             "or nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only)", choices=("sde", "matching", "nft"))
     nft_beta: float = option(1.0, "objective=nft: DiffusionNFT's beta, how far the implicit policies v_old +- beta (v - v_old) move with the trained v; "
                              "each point's loss is minimal at v = v_old + (2r - 1)(target - v_old) / nft_beta, r = 1/2 + advantage / (2 advantage_clip)")
-    nft_sampler: str = option("current", "objective=nft: the weights that sample the rollouts and give v_old: current (the trained weights at the iteration's start) "
-                              "or ema (the paper's: the EMA kept by `ema`, so the trained weights run ahead of a slower sampling policy)", choices=("current", "ema"))
+    nft_sampler: str = option("current", "objective=nft: the weights that sample the rollouts and give v_old: current (the trained weights at the iteration's start), "
+                              "ema (the EMA kept by `ema`, which the run also evaluates and exports), or old (the paper's: an average of its own, "
+                              "updated after each iteration with the ramped decay of nft_old_decay), so the trained weights run ahead of a slower sampling policy",
+                              choices=("current", "ema", "old"))
+    nft_old_decay: list = option([0.001, 0.5, 0], "nft_sampler=old: [rate, max, flat]: after each iteration old = d old + (1 - d) trained with "
+                                 "d = min(rate (steps - flat), max), 0 before `flat`, steps the optimizer steps so far (DiffusionNFT: [0.001, 0.5, 0]; its OCR run [0.0075, 0.999, 75])")
     nft_weighting: str = option("adaptive", "objective=nft: how each implicit policy's error is weighted: adaptive (the paper's: the squared error of the implied clean image over its own mean absolute value) "
                                 "or uniform (the plain mean squared velocity error; its first step is then exactly AWM's)", choices=("adaptive", "uniform"))
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
@@ -224,9 +228,13 @@ def validate(config: TrainConfig) -> None:
     if config.objective == "nft":
         need(config.nft_beta > 0, "nft_beta", "must be positive")
         need(config.advantage_clip > 0, "advantage_clip", "objective=nft reads advantages as r = 1/2 + advantage / (2 advantage_clip), so it must be positive")
+    if config.nft_sampler != "current":
+        need(config.objective == "nft", "nft_sampler", f"{config.nft_sampler} applies to objective=nft, not objective={config.objective!r}")
     if config.nft_sampler == "ema":
-        need(config.objective == "nft", "nft_sampler", f"ema applies to objective=nft, not objective={config.objective!r}")
-        need(config.ema > 0, "nft_sampler", "ema samples with the moving average of the weights, so it needs ema > 0 (DiffusionNFT's decay is about 0.9 to 0.99 per step)")
+        need(config.ema > 0, "nft_sampler", "ema samples with the moving average of the weights, so it needs ema > 0 (or nft_sampler=old, an average of its own)")
+    decay = config.nft_old_decay
+    need(len(decay) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decay), "nft_old_decay", "expected three numbers [rate, max, flat]")
+    need(decay[0] >= 0 and 0 <= decay[1] < 1 and decay[2] >= 0, "nft_old_decay", "expected rate >= 0, 0 <= max < 1 and flat >= 0")
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
     need(config.clip_low < 1, "clip_low", "must be below 1")
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")

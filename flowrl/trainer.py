@@ -28,7 +28,7 @@ from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard
 
 from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pairs
 
-from .adapters import Ema, Reference, add_lora, trainable_named_parameters
+from .adapters import Ema, Reference, add_lora, ramped_decay, trainable_named_parameters
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config, toyshapes_prompt_spec
 from .losses import gaussian_kl, policy_loss
@@ -143,6 +143,12 @@ class Batch:
     points: MatchingPoints | None = None  # objective=matching or nft: one flow-matching point per kept transition
 
 
+def adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    """The optimizer steps taken so far, as AdamW counts them in its state (0 before the first);
+    it lives in the checkpointed optimizer state, so a resume keeps counting."""
+    return max((int(state["step"]) for state in optimizer.state.values() if "step" in state), default=0)
+
+
 def matching_kl(scored: MatchingScore, ref: MatchingScore | None) -> torch.Tensor | None:
     """[M] AWM's KL of matching points: the squared velocity difference to the reference (None without one)."""
     return None if ref is None else (scored.velocity.float() - ref.velocity.float()).pow(2).flatten(1).mean(1)
@@ -240,6 +246,8 @@ class Trainer:
         # Whether backward passes hold collectives, so every process must make the same number.
         self.lockstep = self.sharded is not None or self.zero is not None
         self.ema = Ema(self.params, config.ema) if config.ema > 0 else None
+        # nft_sampler=old: DiffusionNFT's sampling policy, an average with a decay that ramps up.
+        self.old = Ema(self.params, 0.0) if config.objective == "nft" and config.nft_sampler == "old" else None
         self.prompts = PromptSource(config.prompts, config.seed)
         self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
         self.iteration = 0
@@ -262,6 +270,8 @@ class Trainer:
         if self.rank != 0:
             return
         state = {"iteration": self.iteration, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
+        if self.old is not None:
+            state["nft_old"] = {n: v.detach().cpu().clone() for n, v in self.old.shadow.items()}
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
 
     def try_resume(self) -> bool:
@@ -284,6 +294,10 @@ class Trainer:
             self.optimizer.load_state_dict(shard_optimizer_state(state["optimizer"], list(self.params.values())))
         if self.ema is not None and ema is not None:
             load_full(self.ema.shadow, ema)
+        if self.old is not None:
+            if "nft_old" not in state:
+                raise ValueError(f"{directory} has no nft_sampler=old average to resume (it was written by a run without it); use another out= or resume=false")
+            load_full(self.old.shadow, state["nft_old"])
         set_rng_state(state["rng"])
         self.iteration = state["iteration"]
         truncate_metrics(self.metrics_path, self.iteration)
@@ -475,13 +489,25 @@ class Trainer:
             loss.backward()
 
     @property
-    def ema_sampler(self) -> bool:
-        return self.config.objective == "nft" and self.config.nft_sampler == "ema"
+    def lagged_sampler(self) -> Ema | None:
+        """The average that samples the rollouts (nft_sampler=ema or old), or None for the current weights."""
+        if self.config.objective != "nft":
+            return None
+        return {"ema": self.ema, "old": self.old}.get(self.config.nft_sampler)
 
     def sampling_weights(self) -> contextlib.AbstractContextManager:
-        """The weights that sample the rollouts: the EMA swapped in for nft_sampler=ema, else the
-        current ones."""
-        return self.ema.swapped_in(self.params) if self.ema_sampler else contextlib.nullcontext()
+        """The weights that sample the rollouts: the lagged average swapped in, else the current ones."""
+        sampler = self.lagged_sampler
+        return sampler.swapped_in(self.params) if sampler is not None else contextlib.nullcontext()
+
+    def advance_old_sampler(self) -> dict[str, float]:
+        """nft_sampler=old, after an iteration: move the sampling average towards the trained
+        weights with the decay of the optimizer steps so far (DiffusionNFT's schedule)."""
+        if self.old is None:
+            return {}
+        decay = ramped_decay(adam_steps(self.optimizer), *self.config.nft_old_decay)
+        self.old.update(self.params, decay)
+        return {"nft/sampler_decay": decay}
 
     @torch.no_grad()
     def matching_old(self, velocity, points: MatchingPoints) -> torch.Tensor:
@@ -543,7 +569,7 @@ class Trainer:
         optimizer_steps = steps_per_epoch * config.inner_epochs
         start = time.perf_counter()
         old_scores = None
-        if batch.points is not None and (optimizer_steps > 1 or self.ema_sampler):  # later steps (or the sampler) differ from the trained weights: score them all first
+        if batch.points is not None and (optimizer_steps > 1 or self.lagged_sampler is not None):  # later steps (or the sampler) differ from the trained weights: score them all first
             with self.sampling_weights():
                 old_scores = self.matching_old(velocity, batch.points)
         loss_options = {"eps_low": config.clip_low, "eps_high": config.clip_high} if config.loss in ("clip", "gspo") else {}
@@ -701,7 +727,7 @@ class Trainer:
         while self.iteration < config.iterations:
             iteration = self.iteration
             batch = self.collect(iteration)
-            record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration)}
+            record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
             self.iteration = iteration + 1
             at_end = self.iteration == config.iterations
             out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes

@@ -67,7 +67,8 @@ def metrics(out):
     [],
     # flow-matching points noised per root (seeds independent of the process), rollouts from the EMA
     ["objective=nft", "nft_sampler=ema", "ema=0.5"],
-], ids=["sde", "nft-ema"])
+    ["objective=nft", "nft_sampler=old", "nft_old_decay=[0.3,0.5,0]"],
+], ids=["sde", "nft-ema", "nft-old"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, objective):
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     launch(1, overrides(tiny_dir, tmp_path / "one", *objective), tmp_path)

@@ -190,3 +190,67 @@ def test_the_ema_sampler_rolls_out_with_the_moving_average(tiny_dir, tmp_path):
 def test_bad_nft_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config({}, ["objective=nft", *overrides])
+
+
+def test_the_ramped_decay_is_the_papers_schedule():
+    from flowrl.adapters import ramped_decay
+
+    # DiffusionNFT's default [0.001, 0.5, 0]: 0.001 per optimizer step, held at 0.5 from step 500
+    assert [ramped_decay(s, 0.001, 0.5, 0) for s in (0, 1, 250, 500, 4000)] == pytest.approx([0.0, 0.001, 0.25, 0.5, 0.5])
+    # its OCR run [0.0075, 0.999, 75]: 0 for 75 steps, then 0.0075 per step up to 0.999 (step 208.2)
+    assert [ramped_decay(s, 0.0075, 0.999, 75) for s in (0, 74, 75, 100, 200, 300)] == pytest.approx([0.0, 0.0, 0.0, 0.1875, 0.9375, 0.999])
+
+
+def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir, tmp_path):
+    """nft_sampler=old: after each iteration old = d old + (1 - d) trained, d from the optimizer steps
+    so far; the average is checkpointed, so a resumed run matches a straight one."""
+    from safetensors.torch import load_file
+
+    def run(name, iterations, *extra):
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "nft_sampler=old", "lr=3e-3", *extra))
+        state = torch.load(tmp_path / name / "checkpoint" / "state.pt", weights_only=False)
+        return records(tmp_path / name), state["nft_old"], load_file(str(tmp_path / name / "checkpoint" / "trainable.safetensors"))
+
+    from flowrl.policies.toy import load_toy
+
+    initial = {k: v.detach() for k, v in load_toy(tiny_dir).transformer.named_parameters()}
+    first, old1, w1 = run("b", 1, "nft_old_decay=[0.3,0.5,0]")
+    assert set(old1) == set(w1) and first[0]["nft/sampler_decay"] == pytest.approx(0.3)
+    for k in w1:  # one optimizer step: d = 0.3 x 1
+        torch.testing.assert_close(old1[k], 0.3 * initial[k] + 0.7 * w1[k], rtol=1e-6, atol=1e-7)
+    resumed, old2, w2 = run("b", 2, "nft_old_decay=[0.3,0.5,0]")
+    assert resumed[1]["nft/sampler_decay"] == pytest.approx(0.5)  # min(0.3 x 2, 0.5)
+    for k in w2:
+        torch.testing.assert_close(old2[k], 0.5 * old1[k] + 0.5 * w2[k], rtol=1e-6, atol=1e-7)
+    straight, old_straight, w_straight = run("a", 2, "nft_old_decay=[0.3,0.5,0]")
+    assert [r["loss/policy"] for r in straight] == [r["loss/policy"] for r in resumed]
+    assert all(torch.equal(w_straight[k], w2[k]) and torch.equal(old_straight[k], old2[k]) for k in w2)
+    # The sampler is the average: one that does not move samples like an untrained control ...
+    frozen, _, _ = run("frozen", 3, "nft_old_decay=[1.0,0.999999,0]")
+    train(tiny_run(tiny_dir, tmp_path / "control", "iterations=3", "objective=nft", "lr=1e-12"))
+    control = records(tmp_path / "control")
+    assert [r["reward/mean"] for r in frozen] == pytest.approx([r["reward/mean"] for r in control], abs=1e-4)
+    # ... and one with d = 0 is the current weights (nft_sampler=current) after every update.
+    following, _, _ = run("following", 3, "nft_old_decay=[0,0,0]")
+    train(tiny_run(tiny_dir, tmp_path / "current", "iterations=3", "objective=nft", "lr=3e-3"))
+    current = records(tmp_path / "current")
+    assert [r["reward/mean"] for r in following] == pytest.approx([r["reward/mean"] for r in current], abs=1e-5)
+    assert [r["loss/policy"] for r in following] == pytest.approx([r["loss/policy"] for r in current], rel=1e-4)
+    assert abs(following[-1]["reward/mean"] - frozen[-1]["reward/mean"]) > 1e-3
+
+
+def test_resuming_without_the_old_average_is_refused(tiny_dir, tmp_path):
+    train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1", "objective=nft"))
+    with pytest.raises(ValueError, match="has no nft_sampler=old average to resume"):
+        train(tiny_run(tiny_dir, tmp_path / "run", "iterations=2", "objective=nft", "nft_sampler=old"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["nft_sampler=old", "objective=matching"], "config key nft_sampler='old': old applies to objective=nft, not objective='matching'"),
+    (["nft_old_decay=[0.001,0.5]"], r"config key nft_old_decay=\[0.001, 0.5\]: expected three numbers \[rate, max, flat\]"),
+    (["nft_old_decay=[0.001,1.0,0]"], "expected rate >= 0, 0 <= max < 1 and flat >= 0"),
+    (["nft_old_decay=[-0.1,0.5,0]"], "expected rate >= 0"),
+])
+def test_bad_old_sampler_settings_fail_before_any_model_loads(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_config({}, ["objective=nft", *overrides])

@@ -244,7 +244,7 @@ def test_every_shipped_recipe_validates_and_covers_every_method():
     assert set(METHODS) <= methods
     assert resolve_recipe("toy").name == "toy.yaml"
     # The SD3.5/FLUX recipes name their shipped prompt files relative to the recipe.
-    for name in ("sd35m_pickscore", "sd35m_ocr", "sd35m_geneval", "flux_dev_pickscore", "flux_dev_pref_grpo"):
+    for name in ("sd35m_pickscore", "sd35m_ocr", "sd35m_geneval", "sd35m_nft_geneval", "sd35m_nft_pickscore", "sd35m_nft_ocr", "flux_dev_pickscore", "flux_dev_pref_grpo"):
         config = load_config(resolve_recipe(name))
         assert Path(config.prompts).is_file() and Path(config.eval_prompts).is_file() and config.policy.count("/") == 1
     assert load_config(resolve_recipe("sd35m_ocr"), ["prompts=flowrl/recipes/prompts/ocr_eval.txt"]).prompts == "flowrl/recipes/prompts/ocr_eval.txt"
