@@ -214,7 +214,7 @@ def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
     from flowrl.losses import get_loss
     from samplers.methods import get_method
-    from samplers.plan import identical_groups
+    from samplers.plan import deterministic_trained_steps, identical_groups
 
     def need(condition: bool, key: str, what: str) -> None:
         if not condition:
@@ -280,9 +280,9 @@ def validate(config: TrainConfig) -> None:
          f"the {config.method} plan's {plan.group_size} samples of a prompt would be identical (every reward ties, nothing trains): they share "
          "their starting noise and no step adds noise (every step is an ODE step or an SDE step at noise level 0); "
          "set method.share_noise=false or give the SDE steps a positive noise level")
-    deterministic = [i for i, s in enumerate(plan.steps) if s.trained and s.level() == 0]
+    deterministic = deterministic_trained_steps(plan)
     need(config.objective != "sde" or not deterministic, "method_options",
-         f"noise level 0 makes the trained steps {deterministic} of the {config.method} plan deterministic (Euler steps), and objective=sde "
+         f"noise level 0 makes the trained steps {deterministic} of the {config.method} plan deterministic (ODE steps), and objective=sde "
          "trains their log-probability, which a deterministic step does not have; use objective=matching or objective=nft "
          "(they train on the final samples) or a positive noise level")
     if config.objective in ("matching", "nft"):

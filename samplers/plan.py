@@ -25,7 +25,9 @@ class StepSpec:
     its noise level (a for flow_grpo, eta for dance_grpo) of SDE steps and probes. branch: children
     per node at an SDE step (> 1 splits the tree). probes: one-step SDE probes sent off the spine.
     trained: whether this step's SDE transitions (children or probes) enter the policy loss, and
-    weight their loss weight. next_index: the grid index an ODE step lands on (default: the next
+    weight their loss weight. A trained ODE step without probes (like an SDE step at noise level 0)
+    is deterministic: it records transitions without a log-probability (NaN), which only the
+    matching objectives can train, as points drawn at its noise level. next_index: the grid index an ODE step lands on (default: the next
     one), so an ODE stretch can run on a coarser sub-grid.
     """
 
@@ -128,8 +130,6 @@ def validate(plan: Plan) -> None:
             raise ValueError(f"{where}: branch must be >= 1 and probes >= 0, got branch={spec.branch} probes={spec.probes}")
         if spec.mode == "ode" and spec.branch != 1:
             raise ValueError(f"{where}: an ODE step is deterministic and cannot branch (branch={spec.branch})")
-        if spec.trained and spec.mode == "ode" and spec.probes == 0:
-            raise ValueError(f"{where}: trained, but an ODE step without probes has no log-probability")
         if spec.level() < 0:
             raise ValueError(f"{where}: noise_level must be >= 0 (0: the deterministic Euler step), got {spec.noise_level}")
         if spec.level() == 0 and (spec.branch > 1 or spec.probes > 0):
@@ -143,6 +143,12 @@ def validate(plan: Plan) -> None:
 def identical_groups(plan: Plan) -> bool:
     """Whether a prompt's samples all come out the same: a shared start and no step that adds noise."""
     return plan.share_noise and plan.group_size > 1 and not any(is_stochastic(spec) for spec in plan.steps)
+
+
+def deterministic_trained_steps(plan: Plan) -> list[int]:
+    """Trained steps whose transitions have no log-probability: ODE steps without probes, and SDE
+    steps at noise level 0 (only the matching objectives can train them)."""
+    return [i for i, spec in enumerate(plan.steps) if spec.trained and ((spec.mode == "ode" and spec.probes == 0) or spec.level() == 0)]
 
 
 def is_stochastic(spec: StepSpec) -> bool:

@@ -277,12 +277,13 @@ def rollout(
         else:
             waiting.setdefault(index, []).append(front)
 
-    def record(x, step: SdeStep, j: int, spec, parent, child, trained: bool) -> None:
+    def record(x, step: SdeStep, j: int, spec, parent, child, trained: bool, sigma_next=None, level=None) -> None:
+        """Store transitions x -> step.sample at grid step j (by default to the next grid point, at the spec's noise level)."""
         m = x.shape[0]
         records.append(
             dict(
-                x=x, x_next=step.sample, sigma=sigmas[j].expand(m), sigma_next=sigmas[j + 1].expand(m), logp=step.logp,
-                noise_level=torch.full((m,), spec.level(), device=device), sde_form=torch.full((m,), SDE_FORMS.index(spec.sde), device=device),
+                x=x, x_next=step.sample, sigma=sigmas[j].expand(m), sigma_next=(sigmas[j + 1] if sigma_next is None else sigma_next).expand(m),
+                logp=step.logp, noise_level=torch.full((m,), spec.level() if level is None else level, device=device), sde_form=torch.full((m,), SDE_FORMS.index(spec.sde), device=device),
                 step=torch.full((m,), j, device=device), parent=parent.to(device), child=child.to(device),
                 prompt=tree.prompt_of(parent).to(device), trained=torch.full((m,), trained, device=device),
                 weight=torch.full((m,), spec.weight, device=device),
@@ -376,6 +377,8 @@ def rollout(
             new_history.x0[dd], new_history.sigma[dd] = hist.x0, hist.sigma
         parents = front.node[rows]
         tails = front.tail[rows]
+        spec = plan.steps[j]
+        record_ode = spec.trained and spec.mode == "ode" and spec.probes == 0  # deterministic trained steps
         for target in torch.unique(next_index).tolist():
             sel = next_index == target
             kinds_are_tail = tails[sel] >= 0
@@ -388,6 +391,12 @@ def rollout(
                 for p, q in zip(tail_parents.tolist(), ids[kinds_are_tail].tolist()):
                     probe_of_node[q] = probe_of_node[p]
             sd = sel.to(device)
+            if record_ode and bool((~kinds_are_tail).any()):
+                spine_rows = sd.clone()
+                spine_rows[sd] = (~kinds_are_tail).to(device)
+                m = int(spine_rows.sum())
+                step = SdeStep(x_next[spine_rows], torch.full((m,), torch.nan, device=device), x_next[spine_rows], torch.zeros(m, device=device))
+                record(x[spine_rows], step, j, spec, parents[sel][~kinds_are_tail], ids[~kinds_are_tail], True, sigma_next=sigmas[target], level=0.0)
             hist = None if new_history is None else DpmHistory(new_history.x0[sd], new_history.sigma[sd])
             arrive(target, _Front(x_next[sd], ids, tails[sel], hist))
 

@@ -160,13 +160,19 @@ def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path
     mix = run("mix", "method=mix_grpo", "method.noise_level=0", "method.window=2")
     noisy = run("noisy", "method.noise_level=0.3")
     assert flow[0]["reward/mean"] == dance[0]["reward/mean"] == mix[0]["reward/mean"] != noisy[0]["reward/mean"]
+    # Another deterministic solver (DiffusionNFT's DPM-Solver 2M) draws other images and trains the same steps.
+    dpm = run("dpm", "method.noise_level=0", "method.solver=dpmpp_2m")
+    assert dpm[0]["reward/mean"] != flow[0]["reward/mean"]
+    assert [r["transitions/trained"] for r in dpm] == [r["transitions/trained"] for r in flow] and all(np.isfinite(r["loss/total"]) for r in dpm)
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["method.noise_level=0"], r"config key method_options=.*noise level 0 makes the trained steps \[0, 1, 2, 3, 4, 5, 6, 7, 8\] of the flow_grpo plan "
                                "deterministic.*objective=sde trains their log-probability.*use objective=matching or objective=nft"),
     (["objective=matching", "method=dance_grpo", "method.eta=0"], "the dance_grpo plan's 12 samples of a prompt would be identical.*set method.share_noise=false"),
-    (["objective=matching", "method.noise_level=-0.1"], r"method 'flow_grpo': noise_level must be >= 0 \(0: deterministic Euler steps"),
+    (["objective=matching", "method.noise_level=-0.1"], r"method 'flow_grpo': noise_level must be >= 0 \(0: deterministic ODE steps"),
+    (["objective=matching", "method.solver=dpmpp_2m"], "solver='dpmpp_2m' applies to deterministic rollouts \\(noise_level=0\\); with noise_level=0.7 every step is an SDE step"),
+    (["objective=matching", "method.noise_level=0", "method.solver=rk4"], "unknown ODE solver 'rk4'"),
     (["objective=matching", "method=branch_grpo", "method.eta=0"], "eta must be positive"),
 ])
 def test_zero_noise_settings_that_cannot_train_fail_before_any_model_loads(overrides, message):

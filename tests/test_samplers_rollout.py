@@ -1,6 +1,7 @@
 """The plan executor (samplers.rollout) against closed-form counts and hand-written integrations."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -446,7 +447,6 @@ def test_noise_override_and_its_shape_check():
         (lambda: Plan(grid(2), (StepSpec("sde", branch=0), StepSpec())), "step 0 of the custom plan: branch must be >= 1 and probes >= 0, got branch=0 probes=0"),
         (lambda: Plan(grid(2), (StepSpec(probes=-1), StepSpec())), "branch must be >= 1 and probes >= 0"),
         (lambda: Plan(grid(2), (StepSpec(branch=2), StepSpec())), "an ODE step is deterministic and cannot branch"),
-        (lambda: Plan(grid(2), (StepSpec(trained=True), StepSpec())), "trained, but an ODE step without probes has no log-probability"),
         (lambda: Plan(grid(2), (StepSpec("sde", noise_level=-0.5), StepSpec())), r"noise_level must be >= 0 \(0: the deterministic Euler step\), got -0.5"),
         (lambda: Plan(grid(2), (StepSpec("sde", noise_level=0.0, branch=2), StepSpec())), "step 0 of the custom plan: noise_level 0 makes the step deterministic, so it cannot branch or send probes"),
         (lambda: Plan(grid(2), (StepSpec(probes=2, noise_level=0.0), StepSpec())), r"cannot branch or send probes \(got branch=1 probes=2\)"),
@@ -490,6 +490,33 @@ def test_dpmpp_2m_spine_on_a_coarse_sub_grid_matches_the_algorithm():
     prompt = torch.arange(2).repeat_interleave(2).double().view(-1, 1, 1)
     expected = dpmpp_2m_by_hand(noise, plan.sigmas.double()[visited], prompt)
     torch.testing.assert_close(out.samples[out.root.argsort()].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_trained_ode_steps_record_deterministic_transitions_and_sample_as_untrained_ones():
+    # Deterministic rollouts with any solver (DiffusionNFT samples with DPM-Solver 2M): trained ODE
+    # steps leave the samples unchanged and record transitions (no log-probability) at their levels.
+    steps = 8
+    specs = [StepSpec(solver="dpmpp_2m", trained=i < 4) for i in range(steps)]
+    specs[2] = StepSpec(solver="dpmpp_2m", next_index=5, trained=True)  # a trained coarse jump
+    plan = Plan(torch.linspace(0.9, 0.0, steps + 1), tuple(specs), group_size=2)
+    noise = initial_noise(4)
+    out = rollout(CountingVelocity(), plan, 2, SHAPE, noise=noise)
+    visited = plan.visited() + [steps]
+    prompt = torch.arange(2).repeat_interleave(2).double().view(-1, 1, 1)
+    torch.testing.assert_close(out.samples[out.root.argsort()].double(), dpmpp_2m_by_hand(noise, plan.sigmas.double()[visited], prompt), atol=1e-5, rtol=1e-5)
+    untrained = rollout(CountingVelocity(), plan.with_steps(steps=tuple(replace(s, trained=False) for s in specs)), 2, SHAPE, noise=noise)
+    assert torch.equal(out.samples, untrained.samples) and len(untrained.transitions) == 0
+    t = out.transitions
+    assert sorted(t.step.tolist()) == [0] * 4 + [1] * 4 + [2] * 4  # step 3 is jumped over; 4 chains
+    assert torch.isnan(t.logp).all() and torch.all(t.noise_level == 0) and bool(t.trained.all())
+    jump = t.step == 2
+    torch.testing.assert_close(t.sigma_next[jump], plan.sigmas[5].expand(4))
+    torch.testing.assert_close(t.sigma_next[t.step == 0], plan.sigmas[1].expand(4))
+    # each transition's x_next is the x of its chain's next recorded state
+    for root in range(4):
+        mine = out.node_root[t.child] == root
+        by_step = {int(k): i for i, k in zip(torch.nonzero(mine).flatten().tolist(), t.step[mine].tolist())}
+        assert torch.equal(t.x_next[by_step[0]], t.x[by_step[1]]) and torch.equal(t.x_next[by_step[1]], t.x[by_step[2]])
 
 
 def test_dpmpp_2m_probe_tails_beside_a_dpmpp_2m_spine_keep_their_own_history():

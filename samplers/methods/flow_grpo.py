@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ode import check_solver
 from ..plan import Plan, StepSpec
 from .common import GridConfig, require
 from .credit import chain_credit
@@ -17,13 +18,16 @@ class FlowGrpoConfig(GridConfig):
     group_size: int = 24
     noise_level: float = 0.7  # a in sigma_t = a sqrt(t / (1 - t))
     timestep_fraction: float = 0.99  # train the first int(num_steps * fraction) steps (9 of 10)
+    solver: str = "euler"  # noise_level 0 only: the ODE solver of the deterministic rollouts (DiffusionNFT: dpmpp_2m)
     advantage: str = "grpo"
     std_scope: str = "batch"  # Flow-GRPO: per-prompt mean, std over the whole batch
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
-        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.noise_level!r}")
+        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic ODE steps, for objective=matching or nft), got {self.noise_level!r}")
+        check_solver(self.solver)
+        require(self.noise_level == 0 or self.solver == "euler", f"solver={self.solver!r} applies to deterministic rollouts (noise_level=0); with noise_level={self.noise_level!r} every step is an SDE step")
 
 
 def trained_count(num_steps: int, fraction: float) -> int:
@@ -32,7 +36,10 @@ def trained_count(num_steps: int, fraction: float) -> int:
 
 def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
     trained = trained_count(config.num_steps, config.timestep_fraction)
-    steps = tuple(StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=i < trained) for i in range(config.num_steps))
+    if config.noise_level == 0:  # deterministic: ODE steps, the first ones marked for the matching objectives
+        steps = tuple(StepSpec("ode", solver=config.solver, trained=i < trained) for i in range(config.num_steps))
+    else:
+        steps = tuple(StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=i < trained) for i in range(config.num_steps))
     return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo")
 
 

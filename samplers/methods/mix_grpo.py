@@ -27,7 +27,7 @@ class MixGrpoConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(1 <= self.window <= self.num_steps, f"window must be in [1, num_steps={self.num_steps}], got {self.window!r}")
-        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.noise_level!r}")
+        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic ODE steps with `solver`, for objective=matching or nft), got {self.noise_level!r}")
         require(self.stride >= 0 and self.interval >= 1, f"stride must be >= 0 and interval >= 1, got {self.stride!r}, {self.interval!r}")
         if self.max_start is not None:
             require(0 <= self.max_start <= self.num_steps - self.window, f"max_start must be in [0, {self.num_steps - self.window}], got {self.max_start!r}")
@@ -49,11 +49,10 @@ class MixGrpoFlashConfig(MixGrpoConfig):
 
 
 def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
-    """SDE trained steps inside [start, start + window), ODE steps elsewhere."""
-    return [
-        StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=True) if start <= i < start + config.window else StepSpec("ode", solver=config.solver)
-        for i in range(config.num_steps)
-    ]
+    """SDE trained steps inside [start, start + window), ODE steps elsewhere; at noise level 0 the
+    window's steps are trained ODE steps of the same solver (deterministic rollouts)."""
+    window = StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=True) if config.noise_level > 0 else StepSpec("ode", solver=config.solver, trained=True)
+    return [window if start <= i < start + config.window else StepSpec("ode", solver=config.solver) for i in range(config.num_steps)]
 
 
 def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
