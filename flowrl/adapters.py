@@ -65,6 +65,12 @@ class Ema:
         return swapped(params, self.shadow)
 
 
+def warmed_up_decay(step: int, decay: float, warmup: bool) -> float:
+    """The EMA decay at optimizer step `step` (1, 2, ...): `decay`, or with the warm-up of
+    Flow-GRPO's and DiffusionNFT's code min((1 + step) / (10 + step), decay)."""
+    return min((1 + step) / (10 + step), decay) if warmup else decay
+
+
 def ramped_decay(steps: int, rate: float, most: float, flat: float) -> float:
     """DiffusionNFT's decay of its sampling policy: 0 for the first `flat` optimizer steps, then
     rising by `rate` per step up to `most`, so the sampler follows the trained weights closely at

@@ -91,6 +91,9 @@ class TrainConfig:
     train_batch: int = option(0, "transitions per optimizer step (0: all of the iteration's in one step)")
     micro_batch: int = option(64, "transitions per forward/backward (gradient accumulation inside a step)")
     ema: float = option(0.0, "EMA decay of the trained weights used for evaluation and export; 0: off")
+    ema_every: int = option(1, "update the EMA every this many optimizer steps (Flow-GRPO's code: 8)")
+    ema_warmup: bool = option(False, "warm the EMA up as Flow-GRPO's and DiffusionNFT's code do: at optimizer step k its decay is min((1 + k) / (10 + k), ema), "
+                              "so early averages follow the trained weights instead of holding on to the initial ones")
     # evaluation and checkpoints
     eval_every: int = option(0, "evaluate at iteration 0, every this many iterations and at the end; 0: never (judge the export with flowrl eval)")
     eval_prompts: str = option("", "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts")
@@ -220,7 +223,7 @@ def validate(config: TrainConfig) -> None:
         if not condition:
             raise ValueError(f"config key {key}={getattr(config, key)!r}: {what}")
 
-    for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every"):
+    for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every", "ema_every"):
         need(getattr(config, key) >= 1, key, "must be at least 1")
     for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads", "lr_warmup"):
         need(getattr(config, key) >= 0, key, "must not be negative")

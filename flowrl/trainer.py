@@ -28,7 +28,7 @@ from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard
 
 from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pairs
 
-from .adapters import Ema, Reference, add_lora, ramped_decay, trainable_named_parameters
+from .adapters import Ema, Reference, add_lora, ramped_decay, trainable_named_parameters, warmed_up_decay
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config, toyshapes_prompt_spec
 from .losses import gaussian_kl, policy_loss
@@ -251,6 +251,7 @@ class Trainer:
         self.prompts = PromptSource(config.prompts, config.seed)
         self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
         self.iteration = 0
+        self.optimizer_steps = 0  # over the whole run (EMA warm-up and interval, the NFT sampler's decay)
         self.metrics_path = self.out / "metrics.jsonl"
         self.checkpoint_dir = self.out / "checkpoint"
         (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -269,7 +270,7 @@ class Trainer:
             optimizer = full_optimizer_state(self.optimizer)
         if self.rank != 0:
             return
-        state = {"iteration": self.iteration, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
+        state = {"iteration": self.iteration, "optimizer_steps": self.optimizer_steps, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
         if self.old is not None:
             state["nft_old"] = {n: v.detach().cpu().clone() for n, v in self.old.shadow.items()}
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
@@ -300,6 +301,8 @@ class Trainer:
             load_full(self.old.shadow, state["nft_old"])
         set_rng_state(state["rng"])
         self.iteration = state["iteration"]
+        # Checkpoints written before the counter was saved: AdamW's own count (not under ZeRO).
+        self.optimizer_steps = state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.optimizer)
         truncate_metrics(self.metrics_path, self.iteration)
         return True
 
@@ -505,7 +508,7 @@ class Trainer:
         weights with the decay of the optimizer steps so far (DiffusionNFT's schedule)."""
         if self.old is None:
             return {}
-        decay = ramped_decay(adam_steps(self.optimizer), *self.config.nft_old_decay)
+        decay = ramped_decay(self.optimizer_steps, *self.config.nft_old_decay)
         self.old.update(self.params, decay)
         return {"nft/sampler_decay": decay}
 
@@ -615,8 +618,9 @@ class Trainer:
                     self.optimizer.step()
                 if config.max_grad_norm > 0:
                     sums["grad_norm"] = max(sums.get("grad_norm", 0.0), norm)
-                if self.ema is not None:
-                    self.ema.update(self.params)
+                self.optimizer_steps += 1
+                if self.ema is not None and self.optimizer_steps % config.ema_every == 0:
+                    self.ema.update(self.params, warmed_up_decay(self.optimizer_steps, config.ema, config.ema_warmup))
         if self.world > 1:
             sums = self.combine_update_stats(self.gather((sums, count)))
         sums["lr"] = lr

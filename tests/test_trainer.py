@@ -378,6 +378,39 @@ def test_a_bf16_run_on_the_cpu_trains_with_on_policy_ratios(tiny_dir, tmp_path):
     assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-2)
 
 
+def test_the_ema_warm_up_is_the_papers_schedule():
+    from flowrl.adapters import warmed_up_decay
+
+    assert [warmed_up_decay(k, 0.9, True) for k in (1, 8, 80, 1000)] == pytest.approx([2 / 11, 0.5, 0.9, 0.9])
+    assert warmed_up_decay(1, 0.9, False) == 0.9
+
+
+def test_a_warmed_up_ema_every_other_step_is_the_hand_computed_average(tiny_dir, tmp_path):
+    """ema_every=2, ema_warmup: the average moves at optimizer steps 2 and 4 only, with decays 3/12
+    and 5/14; the step count is checkpointed, so a run resumed after each iteration agrees with a
+    straight one."""
+    overrides = ("checkpoint_every=1", "ema=0.9", "ema_every=2", "ema_warmup=true", "lr=3e-3")
+
+    def state(name, iterations):
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", *overrides))
+        directory = tmp_path / name / "checkpoint"
+        return load_file(str(directory / "trainable.safetensors")), load_file(str(directory / "ema.safetensors")), torch.load(directory / "state.pt", weights_only=False)
+
+    initial = {k: v.detach() for k, v in load_toy(tiny_dir).transformer.named_parameters()}
+    w1, ema1, s1 = state("resumed", 1)
+    assert s1["optimizer_steps"] == 1 and all(torch.equal(ema1[k], initial[k]) for k in ema1)  # no update at step 1
+    w2, ema2, _ = state("resumed", 2)
+    for k in ema2:
+        torch.testing.assert_close(ema2[k], 0.25 * initial[k] + 0.75 * w2[k], rtol=1e-6, atol=1e-7)
+    _, ema3, _ = state("resumed", 3)
+    assert all(torch.equal(ema3[k], ema2[k]) for k in ema2)
+    w4, ema4, s4 = state("resumed", 4)
+    for k in ema4:
+        torch.testing.assert_close(ema4[k], 5 / 14 * ema2[k] + 9 / 14 * w4[k], rtol=1e-6, atol=1e-7)
+    straight_w, straight_ema, _ = state("straight", 4)
+    assert s4["optimizer_steps"] == 4 and all(torch.equal(straight_ema[k], ema4[k]) and torch.equal(straight_w[k], w4[k]) for k in ema4)
+
+
 def test_raw_weights_export_equals_a_run_without_ema(tiny_dir, tmp_path):
     # The EMA does not change training, so a run with ema=0 is an independent reference for the raw weights.
     from benchmarks.raw_weights import export_raw_weights
