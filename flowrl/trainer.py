@@ -144,8 +144,8 @@ class Batch:
 
 
 def adam_steps(optimizer: torch.optim.Optimizer) -> int:
-    """The optimizer steps taken so far, as AdamW counts them in its state (0 before the first);
-    it lives in the checkpointed optimizer state, so a resume keeps counting."""
+    """The optimizer steps taken so far, as AdamW counts them in its state (0 before the first):
+    the step count of a checkpoint written before the trainer saved its own."""
     return max((int(state["step"]) for state in optimizer.state.values() if "step" in state), default=0)
 
 

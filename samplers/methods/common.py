@@ -7,12 +7,21 @@ from dataclasses import dataclass
 import torch
 
 from ..grid import flow_sigmas
+from ..plan import StepSpec
 
 
 def require(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition holds (config validation)."""
     if not condition:
         raise ValueError(message)
+
+
+def chain_step(noise_level: float, solver: str, trained: bool) -> StepSpec:
+    """A step of a flow_grpo-SDE chain: an SDE step at a positive noise level; at level 0 a
+    deterministic ODE step of `solver` (trained ones record points for the matching objectives)."""
+    if noise_level > 0:
+        return StepSpec("sde", sde="flow_grpo", noise_level=noise_level, trained=trained)
+    return StepSpec("ode", solver=solver, trained=trained)
 
 
 @dataclass

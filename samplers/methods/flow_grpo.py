@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ode import check_solver
-from ..plan import Plan, StepSpec
-from .common import GridConfig, require
+from ..plan import Plan
+from .common import GridConfig, chain_step, require
 from .credit import chain_credit
 from .registry import Method, register_method
 
@@ -36,10 +36,7 @@ def trained_count(num_steps: int, fraction: float) -> int:
 
 def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
     trained = trained_count(config.num_steps, config.timestep_fraction)
-    if config.noise_level == 0:  # deterministic: ODE steps, the first ones marked for the matching objectives
-        steps = tuple(StepSpec("ode", solver=config.solver, trained=i < trained) for i in range(config.num_steps))
-    else:
-        steps = tuple(StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=i < trained) for i in range(config.num_steps))
+    steps = tuple(chain_step(config.noise_level, config.solver, trained=i < trained) for i in range(config.num_steps))
     return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec
-from .common import GridConfig, compressed_indices, require, sliding_window_start
+from .common import GridConfig, chain_step, compressed_indices, require, sliding_window_start
 from .credit import chain_credit
 from .registry import Method, register_method
 
@@ -51,7 +51,7 @@ class MixGrpoFlashConfig(MixGrpoConfig):
 def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
     """SDE trained steps inside [start, start + window), ODE steps elsewhere; at noise level 0 the
     window's steps are trained ODE steps of the same solver (deterministic rollouts)."""
-    window = StepSpec("sde", sde="flow_grpo", noise_level=config.noise_level, trained=True) if config.noise_level > 0 else StepSpec("ode", solver=config.solver, trained=True)
+    window = chain_step(config.noise_level, config.solver, trained=True)
     return [window if start <= i < start + config.window else StepSpec("ode", solver=config.solver) for i in range(config.num_steps)]
 
 
