@@ -30,9 +30,17 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def truncate_metrics(path: Path, iterations_done: int) -> None:
-    """Keep only the records of the first `iterations_done` iterations (a resume redoes the rest)."""
+    """Keep only the records of the first `iterations_done` iterations (a resume redoes the rest).
+
+    Written to a temporary file and renamed over the old one, so a crash, or a reader, never sees
+    the file emptied. Only one process may call it (rank 0): two would race on the rename."""
     kept = [r for r in read_metrics(path) if r.get("iteration", -1) <= iterations_done]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in kept))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
 
 
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:

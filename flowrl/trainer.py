@@ -254,7 +254,8 @@ class Trainer:
         self.optimizer_steps = 0  # over the whole run (EMA warm-up and interval, the NFT sampler's decay)
         self.metrics_path = self.out / "metrics.jsonl"
         self.checkpoint_dir = self.out / "checkpoint"
-        (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if self.rank == 0:  # one writer per run-directory file
+            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     # --- checkpoints --------------------------------------------------------------------------
 
@@ -303,7 +304,8 @@ class Trainer:
         self.iteration = state["iteration"]
         # Checkpoints written before the counter was saved: AdamW's own count (not under ZeRO).
         self.optimizer_steps = state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.optimizer)
-        truncate_metrics(self.metrics_path, self.iteration)
+        if self.rank == 0:  # the only writer of metrics.jsonl; other ranks rewriting it raced with it
+            truncate_metrics(self.metrics_path, self.iteration)
         return True
 
     # --- one iteration --------------------------------------------------------------------------
@@ -758,6 +760,9 @@ class Trainer:
             if not last:  # nothing left to train: report the run's last evaluation
                 last = next((r for r in reversed(records) if eval_key in r), {})
         self.export()  # before end_training, which may take down the process group a sharded export needs
+        # Every process takes the group down together: one leaving while a peer still worked on
+        # the export's collectives aborted now and then ("terminate called without an active exception").
+        self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return {"iterations": self.iteration, "trained_now": self.iteration - first_iteration, "resumed": resumed,
                 "stopped_early": stopped_early, "last": last, "rank": self.rank}

@@ -103,6 +103,23 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
     assert rewards("a") == rewards("b")
 
 
+def test_resume_drops_records_past_the_checkpoint_and_only_rank0_rewrites_them(tiny_dir, tmp_path):
+    # A crash after iteration 3 was logged but before its checkpoint: the resume redoes iteration 3,
+    # so its record goes. Only rank 0 rewrites the file: a second process rewriting it raced with
+    # rank 0's appends and once left just the last record (CI, 2-process FSDP resume).
+    train(tiny_run(tiny_dir, tmp_path / "r", "iterations=2"))
+    path = tmp_path / "r" / "metrics.jsonl"
+    logged = path.read_text()
+    path.write_text(logged + json.dumps({"iteration": 3, "reward/mean": 0.5}) + "\n")
+    other_rank = Trainer(tiny_run(tiny_dir, tmp_path / "r", "iterations=4"))
+    other_rank.rank = 1
+    assert other_rank.try_resume() and other_rank.iteration == 2
+    assert [json.loads(l)["iteration"] for l in path.read_text().splitlines()] == [0, 1, 2, 3]
+    assert Trainer(tiny_run(tiny_dir, tmp_path / "r", "iterations=4")).try_resume()
+    assert path.read_text() == logged and [json.loads(l)["iteration"] for l in logged.splitlines()] == [0, 1, 2]
+    assert sorted(p.name for p in path.parent.glob("metrics*")) == ["metrics.jsonl"]  # no temporary left
+
+
 def test_resume_refuses_a_different_run(tiny_dir, tmp_path):
     train(tiny_run(tiny_dir, tmp_path / "c", "iterations=1"))
     with pytest.raises(ValueError, match="different run.*method"):
