@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,14 +49,38 @@ def free_port() -> int:
 
 def launch(processes, args, tmp_path, launcher=("--multi_gpu",)):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    if processes == 1:
-        command = [sys.executable, str(WORKER), *args]
-    else:
-        # --multi_gpu picks accelerate's torchrun launcher; without a GPU the processes join over gloo.
-        command = [ACCELERATE, "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                   "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(WORKER), *args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def run():
+        if processes == 1:
+            command = [sys.executable, str(WORKER), *args]
+        else:
+            # --multi_gpu picks accelerate's torchrun launcher; without a GPU the processes join over gloo.
+            command = [ACCELERATE, "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+                       "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(WORKER), *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    out = Path(next(a.split("=", 1)[1] for a in args if a.startswith("out=")))
+    saved = tmp_path / f"{out.name}.before_launch"
+    shutil.rmtree(saved, ignore_errors=True)
+    if processes > 1 and out.is_dir():
+        shutil.copytree(out, saved)
+    done = run()
+    if processes > 1 and done.returncode != 0 and "SIGABRT" in done.stderr:
+        # Rarely (2 of about 150 launches on 2 loaded cores; not reproducible on demand) gloo aborts
+        # a worker in C++ and its peer reports "Connection closed by peer". Once more from the same
+        # starting state; any other failure, or a second abort, fails the test.
+        warnings.warn(f"a worker aborted (SIGABRT); launching once more: {abort_lines(done.stderr)}")
+        shutil.rmtree(out, ignore_errors=True)
+        if saved.is_dir():
+            shutil.copytree(saved, out)
+        done = run()
+    assert done.returncode == 0, abort_lines(done.stderr) + "\n...\n" + done.stderr[-3000:]
+
+
+def abort_lines(stderr: str) -> str:
+    """The lines that say which process died and how (the tail alone shows only rank 0's side)."""
+    keys = ("terminate called", "[rank1]", "Error", "exitcode")
+    return "\n".join(line for line in stderr.splitlines() if any(k in line for k in keys))[-3000:]
 
 
 def metrics(out):
