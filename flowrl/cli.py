@@ -64,6 +64,8 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
         policy, per_group, args.steps, args.guidance, args.seed, args.batch_size, split=args.split or "heldout", eta=args.eta, prompts=args.prompt
     )
     print(report.table() if args.prompt is None else report.prompt_table())
+    print("\nwhere images fail (fractions of each category's images; shapes and objects need the exact count):")
+    print(report.breakdown_table())
     if args.json:
         print(f"wrote {report.save(args.json)}")
     if args.grid:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
+from .breakdown import breakdown_table, diagnose
 from .prompts import CATEGORIES, eval_prompts, parse_prompt
-from .verify import verify
+from .verify import verify_image
 
 
 @dataclass
@@ -50,6 +51,10 @@ class EvalReport:
             lines.append(f"{text:<{width}}{100 * accuracy:>9.1f}%{score:>8.3f}{len(rows):>8}")
         return "\n".join(lines)
 
+    def breakdown_table(self) -> str:
+        """Where the images fail, per category: count, shapes, colours, relation (breakdown.py)."""
+        return breakdown_table(self.records)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,13 +85,18 @@ def prompt_set(texts: list[str], images_per_prompt: int = 32, seed: int = 0) -> 
 
 
 def report_from_images(images: torch.Tensor, prompts: list, settings: dict | None = None) -> EvalReport:
-    """Verify images [B, 3, H, W] against their prompts and aggregate per category."""
-    results = verify(images, prompts)
+    """Verify images [B, 3, H, W] against their prompts and aggregate per category; each record
+    also holds the failure stages of `breakdown.diagnose`."""
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     by_category: dict[str, list[bool]] = defaultdict(list)
-    records = []
-    for prompt, result in zip(prompts, results):
+    records, results = [], []
+    for image, prompt in zip(images, prompts):
+        result, objects = verify_image(image, prompt)
+        results.append(result)
         by_category[prompt.category].append(result.correct)
-        records.append({"prompt": prompt.text, "category": prompt.category, "correct": result.correct, "score": result.score})
+        record = {"prompt": prompt.text, "category": prompt.category, "correct": result.correct, "score": result.score}
+        records.append(record | diagnose(objects, prompt, result))
     accuracy = {c: sum(v) / len(v) for c, v in by_category.items()}
     overall = sum(accuracy.values()) / len(accuracy)
     mean_score = sum(r.score for r in results) / len(results)

@@ -12,6 +12,7 @@ import torch
 
 from ..paired import PairedDifference, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
 from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
+from .breakdown import breakdown, has_stages
 from .evaluate import EvalReport
 from .prompts import CATEGORIES
 
@@ -41,7 +42,29 @@ def toyshapes_tables(report: EvalReport) -> list[Table]:
     correct = sum(n for n, _ in counts.values())
     pooled = Row("All images", correct, len(report.records), correct / len(report.records)) if report.records else None
     summary = (Row("Overall", None, None, report.overall),) + ((pooled,) if pooled else ())
-    return [Table("Summary", summary), Table("Categories", rows)]
+    return [Table("Summary", summary), Table("Categories", rows), *stage_tables(report)]
+
+
+# Titles of the failure-stage tables (breakdown.STAGES but "correct", which Categories holds).
+STAGE_TITLES = {
+    "too_few": "Too few objects",
+    "right_count": "Right count",
+    "too_many": "Too many objects",
+    "right_shapes": "Right shapes (exact count, colours aside)",
+    "right_objects": "Right objects (shapes and colours)",
+    "relation": "Right relation, of the images with the right objects",
+}
+
+
+def stage_tables(report: EvalReport) -> list[Table]:
+    """One table per failure stage (breakdown.py), a row per category that the stage counts;
+    none for a report whose records predate the stages."""
+    if not has_stages(report.records):
+        return []
+    stages = breakdown(report.records)
+    return [
+        Table(title, tuple(Row(c, k, n, k / n) for c, row in stages.items() for k, n in [row[stage]] if n)) for stage, title in STAGE_TITLES.items()
+    ]
 
 
 def load_report(path: str | Path) -> EvalReport:
