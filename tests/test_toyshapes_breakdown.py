@@ -77,10 +77,14 @@ def test_table_shows_percentages_and_dashes(report):
     assert report.breakdown_table() == breakdown_table(report.records)
 
 
+def without_stages(report: EvalReport) -> EvalReport:
+    """The same report as one saved before the stages existed."""
+    records = [{k: v for k, v in r.items() if k not in FIELDS} for r in report.records]
+    return EvalReport(report.accuracy, report.overall, report.mean_score, report.num_images, {}, records)
+
+
 def test_records_without_stages_fail_naming_the_fields(report):
-    old = EvalReport(report.accuracy, report.overall, report.mean_score, report.num_images, {}, [
-        {k: v for k, v in r.items() if k not in FIELDS} for r in report.records
-    ])
+    old = without_stages(report)
     with pytest.raises(ValueError, match="shapes_ok"):
         old.breakdown_table()
 
@@ -102,9 +106,7 @@ def test_report_files_and_comparisons_carry_the_stages(report, tmp_path):
     assert list(tables[STAGE_TITLES["relation"]]) == ["position"]  # the only category whose prompts ask one
     assert "| position | 6 | 9 | 66.7% |" in paths["markdown"].read_text()
     # An older report without the stages still compares: its side of those rows is empty.
-    old = EvalReport(report.accuracy, report.overall, report.mean_score, report.num_images, {}, [
-        {k: v for k, v in r.items() if k not in FIELDS} for r in report.records
-    ])
+    old = without_stages(report)
     report.save(tmp_path / "new.json")
     old.save(tmp_path / "old.json")
     text = compare_toyshapes(tmp_path / "old.json", tmp_path / "new.json")

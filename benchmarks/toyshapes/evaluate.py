@@ -11,7 +11,7 @@ import torch
 
 from .breakdown import breakdown_table, diagnose
 from .prompts import CATEGORIES, eval_prompts, parse_prompt
-from .verify import verify_image
+from .verify import verify_with_objects
 
 
 @dataclass
@@ -87,20 +87,17 @@ def prompt_set(texts: list[str], images_per_prompt: int = 32, seed: int = 0) -> 
 def report_from_images(images: torch.Tensor, prompts: list, settings: dict | None = None) -> EvalReport:
     """Verify images [B, 3, H, W] against their prompts and aggregate per category; each record
     also holds the failure stages of `breakdown.diagnose`."""
-    if len(images) != len(prompts):
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    verdicts = verify_with_objects(images, prompts)
     by_category: dict[str, list[bool]] = defaultdict(list)
-    records, results = [], []
-    for image, prompt in zip(images, prompts):
-        result, objects = verify_image(image, prompt)
-        results.append(result)
+    records = []
+    for prompt, (result, objects) in zip(prompts, verdicts):
         by_category[prompt.category].append(result.correct)
         record = {"prompt": prompt.text, "category": prompt.category, "correct": result.correct, "score": result.score}
         records.append(record | diagnose(objects, prompt, result))
     accuracy = {c: sum(v) / len(v) for c, v in by_category.items()}
     overall = sum(accuracy.values()) / len(accuracy)
-    mean_score = sum(r.score for r in results) / len(results)
-    return EvalReport(accuracy, overall, mean_score, len(results), settings or {}, records)
+    mean_score = sum(r["score"] for r in records) / len(records)
+    return EvalReport(accuracy, overall, mean_score, len(records), settings or {}, records)
 
 
 def evaluate_toyshapes(

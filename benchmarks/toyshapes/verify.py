@@ -122,11 +122,17 @@ def verify_image(image, prompt: str | Prompt) -> tuple[Assessment, list[SceneObj
     return assess(objects, prompt, size), objects
 
 
-def verify(images, prompts: list[str | Prompt]) -> list[Assessment]:
-    """Judge a batch: images [B, 3, H, W] in [0, 1] (or a list of images) against B prompts."""
+def verify_with_objects(images, prompts: list[str | Prompt]) -> list[tuple[Assessment, list[SceneObject]]]:
+    """Judge a batch: images [B, 3, H, W] in [0, 1] (or a list of images) against B prompts;
+    each verdict with the objects found."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-    return [verify_image(image, prompt)[0] for image, prompt in zip(images, prompts)]
+    return [verify_image(image, prompt) for image, prompt in zip(images, prompts)]
+
+
+def verify(images, prompts: list[str | Prompt]) -> list[Assessment]:
+    """Judge a batch: images [B, 3, H, W] in [0, 1] (or a list of images) against B prompts."""
+    return [assessment for assessment, _ in verify_with_objects(images, prompts)]
 
 
 def scores(images, prompts: list[str | Prompt]) -> torch.Tensor:
