@@ -51,6 +51,7 @@ STAGE_TITLES = {
     "right_count": "Right count",
     "too_many": "Too many objects",
     "right_shapes": "Right shapes (exact count, colours aside)",
+    "copied": "One asked shape in place of another, of the images asking for different shapes",
     "right_objects": "Right objects (shapes and colours)",
     "relation": "Right relation, of the images with the right objects",
 }
