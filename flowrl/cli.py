@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -222,6 +223,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if summary["trained_now"] == 0:
         note = " (already complete: nothing to train" + (f"; the figures are from its last evaluation, iteration {last['iteration']})" if last else ")")
+    elif summary["stopped_by"] is not None:
+        name = signal.Signals(summary["stopped_by"]).name
+        note = f" (stopped by {name} with a checkpoint; rerun the same command to continue)"
     else:
         note = " (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""
     print(f"done: {summary['iterations']} iterations in {config.out}{note}")
@@ -232,14 +236,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(against_start)
     elif "eval/reward" in last:
         print(f"evaluation reward {last['eval/reward']:.4f}; trained weights in {config.out}/final")
-    return 0
+    return 128 + summary["stopped_by"] if summary["stopped_by"] is not None else 0  # as the shell reports death by the signal
 
 
 def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy_pretraining import main as pretrain_main
 
-    pretrain_main(rest)
-    return 0
+    return pretrain_main(rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,7 +33,8 @@ class TrainConfig:
     seed: int = option(0, "seed of prompts, noise and shuffling: the same seed reruns the same run")
     iterations: int = option(60, "training iterations (rollout + update)")
     minutes: float = option(0.0, "stop (resumably, with a checkpoint) after this many minutes; 0: no limit")
-    resume: bool = option(True, "continue from out/checkpoint when it exists")
+    resume: bool = option(True, "continue from out/checkpoint when it exists; false (or no checkpoint) starts over, removing an earlier run's metrics, "
+                                  "checkpoint and samples from out")
     device: str = option("auto", "auto (cuda when available), cpu or cuda")
     mixed_precision: str = option("auto", "bf16 autocast of the model calls: auto (on CUDA only), no, or bf16 (also on the CPU, where AMX makes it fast)", choices=("auto", "no", "bf16"))
     threads: int = option(0, "torch CPU threads (0: torch's default)")

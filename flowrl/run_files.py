@@ -7,7 +7,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -29,12 +29,14 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(path: Path, iterations_done: int) -> None:
-    """Keep only the records of the first `iterations_done` iterations (a resume redoes the rest).
+def truncate_metrics(path: Path, iterations_done: int, key: str = "iteration") -> None:
+    """Keep only the records whose `key` is at most `iterations_done` (a resume redoes the rest).
 
     Written to a temporary file and renamed over the old one, so a crash, or a reader, never sees
     the file emptied. Only one process may call it (rank 0): two would race on the rename."""
-    kept = [r for r in read_metrics(path) if r.get("iteration", -1) <= iterations_done]
+    if not path.is_file():
+        return
+    kept = [r for r in read_metrics(path) if r.get(key, -1) <= iterations_done]
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in kept))
@@ -64,6 +66,46 @@ def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_k
         draw.text((pad, 8), f"{key} (blue), {eval_key} (red); y in [{lo:.2f}, {hi:.2f}], x: iteration 0..{x_max}", fill="black")
     image.save(path)
     return path
+
+
+def lock_run_directory(directory: Path, option: str) -> IO[str] | None:
+    """Hold an exclusive lock on `directory`/.lock until the returned file is closed or the
+    process ends (a crash included), so that two runs never write into one directory at once.
+    Taken by another process: a ValueError naming it and `option`, the setting that picks the
+    directory. None where the platform lacks fcntl (Windows), which goes unguarded."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    handle = open(directory / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"{directory} is in use by another run (process {holder}); wait for it to finish, or give this one "
+                         f"another {option}") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def forget_earlier_run(directory: Path) -> list[str]:
+    """Remove what an earlier run left in `directory` that a fresh start would otherwise mix with
+    its own (metrics, checkpoint, evaluation samples, curve); returns the names removed."""
+    removed = []
+    for name in ("metrics.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "samples", "reward_curve.png"):
+        path = directory / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def rng_state() -> dict:

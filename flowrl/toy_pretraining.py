@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tqdm.auto import tqdm
 from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
 from benchmarks.toyshapes.render import render_batch
 
+from .interrupts import StopRequests
+from .run_files import lock_run_directory, truncate_metrics
 from .schedules import learning_rate
 from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
 from .policies.sd3_velocity import sd3_velocity
@@ -78,11 +81,26 @@ def _initial_model(args: argparse.Namespace) -> ToyModel:
 
 def pretrain(args: argparse.Namespace) -> Path:
     """Run (or resume) pretraining; returns the directory of the final EMA weights."""
+    return run_pretraining(args)[0]
+
+
+def run_pretraining(args: argparse.Namespace) -> tuple[Path, int | None]:
+    """Run (or resume) pretraining: the directory of the EMA weights, and the signal (Ctrl-C,
+    SIGTERM) that ended it early after a checkpoint, None when it ran its course."""
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_directory(out, "--out")
+    try:
+        return _pretrain(args, out)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _pretrain(args: argparse.Namespace, out: Path) -> Path:
     model = _initial_model(args)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -98,39 +116,49 @@ def pretrain(args: argparse.Namespace) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"toy model: {n_params / 1e6:.2f}M parameters; writing to {out}")
     deadline = time.time() + 60 * args.minutes if args.minutes else math.inf
+    # Steps past the checkpoint (logged before an interruption) are redone; --restart redoes all.
+    truncate_metrics(out / "log.jsonl", start - 1, key="step")
     log = (out / "log.jsonl").open("a")
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc="pretrain")
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps, "cosine")
-        texts, x0 = training_batch(step, args.batch, args.seed, model.config.resolution, args.caption_dropout)
-        generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
-        loss = flow_matching_loss(model, texts, x0, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))  # short EMA early, as is usual
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 25 == 0:
-            log.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
-            log.flush()
-        done = step + 1
-        if done % args.checkpoint_every == 0 or done == args.steps or time.time() > deadline:
-            _save_checkpoint(checkpoint, model, ema, optimizer, done)
-            save_toy(ema, out / "ema")
-        if time.time() > deadline:
-            print(f"time budget of {args.minutes} min reached at step {done}; resume to continue")
-            break
+    done = start
+    with StopRequests("step") as stop:  # Ctrl-C / SIGTERM: end after this step, with a checkpoint
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps, "cosine")
+            texts, x0 = training_batch(step, args.batch, args.seed, model.config.resolution, args.caption_dropout)
+            generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
+            loss = flow_matching_loss(model, texts, x0, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                decay = min(args.ema, (1 + step) / (10 + step))  # short EMA early, as is usual
+                for p_ema, p in zip(ema.parameters(), model.parameters()):
+                    p_ema.lerp_(p, 1 - decay)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % 25 == 0:
+                log.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
+                log.flush()
+            done = step + 1
+            out_of_time = time.time() > deadline
+            if done % args.checkpoint_every == 0 or done == args.steps or out_of_time or stop.requested:
+                _save_checkpoint(checkpoint, model, ema, optimizer, done)
+                save_toy(ema, out / "ema")
+            if done < args.steps and (out_of_time or stop.requested):
+                why = f"time budget of {args.minutes} min reached" if out_of_time else f"stopped by {signal.Signals(stop.signal).name}"
+                print(f"{why} at step {done} of {args.steps}, with a checkpoint; rerun the same command to continue")
+                break
+    bar.close()
     log.close()
     final = save_toy(ema, out / "ema")
-    if args.ship:
+    if args.ship and done >= args.steps:
         save_toy(ema, SHIPPED_DIR)
         print(f"shipped EMA weights to {SHIPPED_DIR}")
-    return final
+    elif args.ship:
+        print(f"not shipped: step {done} of {args.steps}; the run ships when it completes")
+    stopped_by = stop.signal if done < args.steps else None
+    return final, stopped_by
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,10 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        pretrain(args)
+        _, stopped_by = run_pretraining(args)
     except (ValueError, FileNotFoundError) as error:  # a bad --init: a message, not a traceback
         parser.error(str(error))
+    return 128 + stopped_by if stopped_by is not None else 0  # as the shell reports death by the signal

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pai
 from .adapters import Ema, Reference, add_lora, ramped_decay, trainable_named_parameters, warmed_up_decay
 from .advantage import zero_variance_mask
 from .config import TrainConfig, method_config, toyshapes_prompt_spec
+from .interrupts import StopRequests
 from .losses import gaussian_kl, policy_loss
 from .losses.nft import nft_loss
 from .policies.base import TextConditioning, rollout_velocity
@@ -53,7 +55,9 @@ from .sharding import (
 from .run_files import (
     append_metrics,
     draw_curve,
+    forget_earlier_run,
     load_checkpoint,
+    lock_run_directory,
     read_metrics,
     rng_state,
     save_checkpoint,
@@ -221,6 +225,8 @@ class Trainer:
         if config.fsdp or config.zero_stage:
             check_sharding_world(self.world, os.environ, "fsdp" if config.fsdp else "zero_stage")
         self.out.mkdir(parents=True, exist_ok=True)
+        # One run per directory at a time (rank 0 writes its files), checked before any model loads.
+        self.lock = lock_run_directory(self.out, "out=") if self.rank == 0 else None
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
@@ -717,9 +723,32 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release the run directory for another run (the end of `train` does it)."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    def start_over_unless_resumed(self, resumed: bool) -> None:
+        """A run that does not resume starts with an empty run directory: an earlier run's
+        metrics, checkpoint and evaluation samples there would mix with this one's."""
+        if resumed or self.rank != 0:
+            return
+        removed = forget_earlier_run(self.out)
+        if removed:
+            why = "resume=false" if not self.config.resume else "no checkpoint to resume from"
+            print(f"{why}: starting over in {self.out}; removed the earlier run's {', '.join(removed)}", file=sys.stderr)
+
     def train(self) -> dict[str, Any]:
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, Any]:
         config = self.config
         resumed = self.try_resume()
+        self.start_over_unless_resumed(resumed)
         started = time.perf_counter()
         fresh = self.gather(self.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path))[0]
         if fresh:
@@ -729,29 +758,36 @@ class Trainer:
         bar = tqdm(total=config.iterations, initial=self.iteration, desc="train", unit="it", disable=self.rank != 0)
         first_iteration = self.iteration
         last: dict[str, float] = {}
-        stopped_early = False
-        while self.iteration < config.iterations:
-            iteration = self.iteration
-            batch = self.collect(iteration)
-            record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
-            self.iteration = iteration + 1
-            at_end = self.iteration == config.iterations
-            out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
-            out_of_time = any(self.gather(out_of_time))  # every process stops at the same iteration
-            if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
-                record.update(self.evaluate_on_rank0())
-            if self.rank == 0:
-                append_metrics(self.metrics_path, record)
-            self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)
-            if self.iteration % config.checkpoint_every == 0 or at_end or out_of_time:
-                self.save()
-            last = record
-            evaluation = {"eval": f"{record[k]:.3f}" for k in ("eval/overall", "eval/reward") if k in record}
-            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **evaluation)
-            bar.update(1)
-            if out_of_time and not at_end:
-                stopped_early = True
-                break
+        stopped_early, stopped_by = False, None
+        with StopRequests("iteration") as stop:  # Ctrl-C / SIGTERM: end after this iteration, with a checkpoint
+            while self.iteration < config.iterations:
+                iteration = self.iteration
+                batch = self.collect(iteration)
+                record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
+                self.iteration = iteration + 1
+                at_end = self.iteration == config.iterations
+                out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
+                flags = self.gather((out_of_time, stop.signal))  # every process stops at the same iteration
+                out_of_time = any(late for late, _ in flags)
+                stopped_by = next((number for _, number in flags if number is not None), None)
+                # An interruption adds no evaluation (one is slow on a large model), so the records
+                # of an interrupted and resumed run are those of an uninterrupted one.
+                if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
+                    record.update(self.evaluate_on_rank0())
+                if self.rank == 0:
+                    append_metrics(self.metrics_path, record)
+                self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)
+                if self.iteration % config.checkpoint_every == 0 or at_end or out_of_time or stopped_by is not None:
+                    self.save()
+                last = record
+                evaluation = {"eval": f"{record[k]:.3f}" for k in ("eval/overall", "eval/reward") if k in record}
+                bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **evaluation)
+                bar.update(1)
+                if (out_of_time or stopped_by is not None) and not at_end:
+                    stopped_early = True
+                    break
+            if not stopped_early:
+                stopped_by = None  # a signal during the last iteration: the run finished anyway
         bar.close()
         if self.rank == 0:
             records = read_metrics(self.metrics_path)
@@ -765,7 +801,7 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return {"iterations": self.iteration, "trained_now": self.iteration - first_iteration, "resumed": resumed,
-                "stopped_early": stopped_early, "last": last, "rank": self.rank}
+                "stopped_early": stopped_early, "stopped_by": stopped_by, "last": last, "rank": self.rank}
 
     def export(self) -> Path:
         """The trained weights (EMA when enabled) in out/final: for the toy model a loadable model

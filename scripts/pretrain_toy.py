@@ -3,7 +3,9 @@
     python scripts/pretrain_toy.py --steps 3000 --ship
 """
 
+import sys
+
 from flowrl.toy_pretraining import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -114,6 +114,32 @@ def test_pretraining_changes_weights_and_resumes_exactly(tmp_path):
     assert json.loads(lines[0])["step"] == 0
 
 
+def test_pretraining_logs_each_step_once_after_a_resume_or_restart(tmp_path):
+    # A crash after step 3 was logged but before its checkpoint: the resume redoes step 3, so its
+    # line goes; --restart starts the log over with the weights.
+    torch.manual_seed(0)
+    _pretrain(tmp_path / "run", 2)
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + json.dumps({"step": 3, "loss": 9.0}) + "\n")
+    _pretrain(tmp_path / "run", 4)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0]
+    args = build_parser().parse_args(["--out", str(tmp_path / "run"), "--steps", "2", "--batch", "4", "--layers", "1", "--heads", "1",
+                                      "--warmup", "2", "--restart"])
+    pretrain(args)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0]
+
+
+def test_pretraining_refuses_a_directory_another_run_holds(tmp_path):
+    from flowrl.run_files import lock_run_directory
+
+    (tmp_path / "run").mkdir()
+    lock = lock_run_directory(tmp_path / "run", "--out")
+    with pytest.raises(ValueError, match=r"in use by another run \(process \d+\).*another --out"):
+        _pretrain(tmp_path / "run", 1)
+    lock.close()
+    _pretrain(tmp_path / "run", 1)
+
+
 def test_pretraining_from_init_weights_continues_that_model(tmp_path):
     torch.manual_seed(0)
     first = _pretrain(tmp_path / "first", 2)

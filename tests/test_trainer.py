@@ -3,6 +3,7 @@ resumes exactly, and its LoRA/KL machinery matches independent computations."""
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def test_resume_drops_records_past_the_checkpoint_and_only_rank0_rewrites_them(t
     other_rank.rank = 1
     assert other_rank.try_resume() and other_rank.iteration == 2
     assert [json.loads(l)["iteration"] for l in path.read_text().splitlines()] == [0, 1, 2, 3]
+    other_rank.close()  # it holds the directory (it was built as rank 0)
     assert Trainer(tiny_run(tiny_dir, tmp_path / "r", "iterations=4")).try_resume()
     assert path.read_text() == logged and [json.loads(l)["iteration"] for l in logged.splitlines()] == [0, 1, 2]
     assert sorted(p.name for p in path.parent.glob("metrics*")) == ["metrics.jsonl"]  # no temporary left
@@ -124,6 +126,64 @@ def test_resume_refuses_a_different_run(tiny_dir, tmp_path):
     train(tiny_run(tiny_dir, tmp_path / "c", "iterations=1"))
     with pytest.raises(ValueError, match="different run.*method"):
         Trainer(tiny_run(tiny_dir, tmp_path / "c", "iterations=2", "method=dance_grpo")).try_resume()
+
+
+def test_a_run_that_does_not_resume_starts_over_and_equals_a_fresh_run(tiny_dir, tmp_path):
+    # An earlier, longer run with evaluations; then the same directory with resume=false, and a
+    # directory holding only a crashed run's metrics (no checkpoint): both must end up exactly as
+    # a fresh run elsewhere, with none of the earlier run's records, samples or checkpoint.
+    evals = ("eval_every=1", "eval_per_category=1", "eval_steps=2")
+    train(tiny_run(tiny_dir, tmp_path / "fresh", "iterations=1", *evals))
+    train(tiny_run(tiny_dir, tmp_path / "reused", "iterations=3", "seed=5", *evals))
+    assert (tmp_path / "reused" / "samples" / "iter_00003.json").is_file()
+    train(tiny_run(tiny_dir, tmp_path / "reused", "iterations=1", "resume=false", *evals))
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward/mean": 9.0}) + "\n" for i in range(3)))
+    train(tiny_run(tiny_dir, crashed, "iterations=1", *evals))
+
+    fresh = load_file(str(tmp_path / "fresh" / "checkpoint" / "trainable.safetensors"))
+    records = lambda d: [{k: v for k, v in json.loads(l).items() if not k.startswith("time/")} for l in (d / "metrics.jsonl").read_text().splitlines()]
+    for run in (tmp_path / "reused", crashed):
+        weights = load_file(str(run / "checkpoint" / "trainable.safetensors"))
+        assert weights.keys() == fresh.keys() and all(torch.equal(weights[k], fresh[k]) for k in fresh), run
+        assert records(run) == records(tmp_path / "fresh") and [r["iteration"] for r in records(run)] == [0, 1], run
+        assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(p.name for p in (tmp_path / "fresh" / "samples").iterdir())
+
+
+def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
+    first = Trainer(tiny_run(tiny_dir, tmp_path / "run"))
+    loaded = []
+    monkeypatch.setattr("flowrl.trainer.load_policy", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'run'))} is in use by another run \(process {os.getpid()}\).*another out="):
+        Trainer(tiny_run(tiny_dir, tmp_path / "run"))
+    assert not loaded
+    monkeypatch.undo()
+    first.close()
+    assert train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1"))["iterations"] == 1  # released: the directory works again
+
+
+def test_the_run_lock_is_held_by_a_live_process_and_gone_with_a_killed_one(tiny_dir, tmp_path):
+    # Another process holds the directory (as a `flowrl train` there would): the CLI refuses with
+    # its pid. Killed (a crash), it leaves no stale lock behind.
+    from flowrl.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from flowrl.run_files import lock_run_directory; "
+                               f"lock = lock_run_directory(Path({str(out)!r}), 'out='); print('locked', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"in use by another run \(process {holder.pid}\)"):
+            Trainer(tiny_run(tiny_dir, out))
+    finally:
+        holder.kill()
+        holder.wait()
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("method: flow_grpo\n")
+    assert main(["train", str(recipe), *tiny_run_overrides(tiny_dir, out), "iterations=1"]) == 0
+    assert (out / ".lock").read_text().strip() == str(os.getpid())  # the last holder's pid, for the next refusal
 
 
 def test_lora_trains_only_adapters_and_the_reference_is_the_base_model(tiny_dir, tmp_path):

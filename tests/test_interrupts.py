@@ -1,0 +1,108 @@
+"""Ctrl-C and SIGTERM end a training or pretraining run after its current step with a checkpoint
+(a scheduler's preemption loses no finished work), and a resume continues exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowrl.config import build_config
+from flowrl.interrupts import StopRequests
+from flowrl.policies.toy import save_toy
+from flowrl.toy_pretraining import build_parser, pretrain
+from flowrl.trainer import train
+
+from conftest import tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_first_signal_asks_the_second_ctrl_c_interrupts_and_handlers_come_back():
+    before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    with StopRequests("step") as stop:
+        assert not stop.requested and stop.exit_code == 0
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
+        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM only repeats the request
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGTERM and stop.exit_code == 143
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    assert {number: signal.getsignal(number) for number in before} == before
+    with StopRequests("step") as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.signal == signal.SIGINT and stop.exit_code == 130
+    assert {number: signal.getsignal(number) for number in before} == before
+
+
+def wait_for(condition, process, seconds=120.0):
+    deadline = time.time() + seconds
+    while not condition():
+        assert process.poll() is None, f"the run ended first: {process.communicate()}"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resume_is_exact(tmp_path):
+    tiny = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("method: flow_grpo\n")
+    common = [f"policy={tiny}", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3", "method.shift=1.0", "eval_every=0",
+              "checkpoint_every=1000", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward", "minutes=0"]
+    out = tmp_path / "stopped"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    run = subprocess.Popen([sys.executable, "-m", "flowrl", "train", str(recipe), *common, f"out={out}", "iterations=1000"], cwd=REPO,
+                           env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, run)  # iteration 0 and two trained
+    run.send_signal(signal.SIGINT)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr
+    assert "SIGINT: stopping after this iteration with a checkpoint" in stderr
+    stopped_at = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
+    assert 2 <= stopped_at < 1000
+    assert f"done: {stopped_at} iterations in {out} (stopped by SIGINT with a checkpoint; rerun the same command to continue)" in stdout
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["iteration"] == stopped_at
+
+    # Resumed for one more iteration, it equals a run of that length that was never interrupted.
+    train(build_config({}, common + [f"out={out}", f"iterations={stopped_at + 1}"]))
+    train(build_config({}, common + [f"out={tmp_path / 'straight'}", f"iterations={stopped_at + 1}"]))
+    a = load_file(str(out / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rewards = lambda d: [json.loads(line).get("reward/mean") for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert rewards(out) == rewards(tmp_path / "straight") and len(rewards(out)) == stopped_at + 2
+
+
+def test_sigterm_ends_pretraining_after_the_step_with_a_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    run = subprocess.Popen([sys.executable, "scripts/pretrain_toy.py", "--out", str(out), "--steps", "100000", "--batch", "4", "--layers", "1",
+                            "--heads", "1", "--warmup", "2", "--checkpoint-every", "100000", "--threads", "1"], cwd=REPO,
+                           env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text(), run)  # step 0 logged
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 143, stderr
+    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert 1 <= step < 100000
+    assert f"stopped by SIGTERM at step {step} of 100000, with a checkpoint; rerun the same command to continue" in stdout
+    assert (out / "ema" / "model.safetensors").is_file()
+
+
+def test_an_unfinished_pretraining_run_is_not_shipped(tmp_path, monkeypatch, capsys):
+    shipped = tmp_path / "shipped"
+    monkeypatch.setattr("flowrl.toy_pretraining.SHIPPED_DIR", shipped)
+    arguments = ["--out", str(tmp_path / "run"), "--batch", "4", "--layers", "1", "--heads", "1", "--warmup", "2", "--ship"]
+    pretrain(build_parser().parse_args([*arguments, "--steps", "3", "--minutes", "1e-9"]))  # out of time after the first step
+    assert "not shipped: step 1 of 3" in capsys.readouterr().out and not shipped.exists()
+    pretrain(build_parser().parse_args([*arguments, "--steps", "3"]))  # resumed to the end: shipped
+    assert (shipped / "model.safetensors").is_file()
