@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,3 +107,31 @@ def test_an_unfinished_pretraining_run_is_not_shipped(tmp_path, monkeypatch, cap
     assert "not shipped: step 1 of 3" in capsys.readouterr().out and not shipped.exists()
     pretrain(build_parser().parse_args([*arguments, "--steps", "3"]))  # resumed to the end: shipped
     assert (shipped / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="the accelerate launcher is not installed")
+def test_sigterm_to_an_accelerate_launch_stops_every_process_at_one_iteration_with_a_checkpoint(tmp_path):
+    # As a scheduler preempting a job: the launcher (torchrun) passes the signal to both workers,
+    # which agree on the iteration to stop at, checkpoint it and exit; the launch reports 143.
+    from test_distributed import free_port
+
+    tiny = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("method: flow_grpo\n")
+    out = tmp_path / "run"
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), "-m", "flowrl", "train", str(recipe), f"policy={tiny}", f"out={out}", "iterations=1000",
+               "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3", "method.shift=1.0", "eval_every=0", "checkpoint_every=1000",
+               "threads=1", "reward=conftest:brightness_reward", "minutes=0"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, run)
+    os.killpg(run.pid, signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 143, stderr[-3000:]
+    assert stderr.count("SIGTERM: stopping after this iteration with a checkpoint") == 2  # one line per worker
+    stopped_at = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
+    assert stopped_at >= 2 and f"done: {stopped_at} iterations" in stdout
+    assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["iteration"] == stopped_at
