@@ -751,6 +751,11 @@ class Trainer:
         self.start_over_unless_resumed(resumed)
         started = time.perf_counter()
         fresh = self.gather(self.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path))[0]
+        if self.rank == 0 and self.iteration < config.iterations:
+            where = f"from iteration {self.iteration} of {config.iterations}" if resumed else f"{config.iterations} iterations"
+            first = "; evaluating the starting model first" if fresh and config.eval_every else ""
+            print(f"training {config.method} on {config.policy}, {where}, into {self.out}{first} "
+                  "(Ctrl-C stops after the current iteration, with a checkpoint)", file=sys.stderr)
         if fresh:
             record = {"iteration": 0, **(self.evaluate_on_rank0() if config.eval_every else {})}
             if self.rank == 0:

@@ -53,7 +53,7 @@ def wait_for(condition, process, seconds=120.0):
         time.sleep(0.05)
 
 
-def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resume_is_exact(tmp_path):
+def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resume_is_exact(tmp_path, capsys):
     tiny = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("method: flow_grpo\n")
@@ -68,6 +68,7 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
+    assert f"training flow_grpo on {tiny}, 1000 iterations, into {out} (Ctrl-C stops after the current iteration, with a checkpoint)" in stderr
     assert "SIGINT: stopping after this iteration with a checkpoint" in stderr
     stopped_at = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
     assert 2 <= stopped_at < 1000
@@ -76,6 +77,7 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
 
     # Resumed for one more iteration, it equals a run of that length that was never interrupted.
     train(build_config({}, common + [f"out={out}", f"iterations={stopped_at + 1}"]))
+    assert f"training flow_grpo on {tiny}, from iteration {stopped_at} of {stopped_at + 1}, into {out} (" in capsys.readouterr().err
     train(build_config({}, common + [f"out={tmp_path / 'straight'}", f"iterations={stopped_at + 1}"]))
     a = load_file(str(out / "checkpoint" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
