@@ -27,10 +27,13 @@ def export_raw_weights(run: str | Path, out: str | Path) -> Path:
         raise ValueError(f"the output directory must differ from the run directory {run}")
     shutil.copytree(run / "checkpoint", out / "checkpoint", dirs_exist_ok=True)
     trainer = Trainer(dataclasses.replace(load_config(run / "config.json"), out=str(out)))
-    if not trainer.try_resume():
-        raise ValueError(f"{run}/checkpoint could not be resumed")
-    trainer.ema = None
-    return trainer.export()
+    try:
+        if not trainer.try_resume():
+            raise ValueError(f"{run}/checkpoint could not be resumed")
+        trainer.ema = None
+        return trainer.export()
+    finally:
+        trainer.close()  # out is free for another run
 
 
 def main(argv: list[str] | None = None) -> int:

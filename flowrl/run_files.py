@@ -84,6 +84,8 @@ def lock_run_directory(directory: Path, option: str) -> IO[str] | None:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
+        if holder == str(os.getpid()):
+            holder += ", this one: a run started here has not ended (a Trainer's close() frees it)"
         raise ValueError(f"{directory} is in use by another run (process {holder}); wait for it to finish, or give this one "
                          f"another {option}") from None
     handle.truncate(0)

@@ -100,7 +100,7 @@ def run_pretraining(args: argparse.Namespace) -> tuple[Path, int | None]:
             lock.close()
 
 
-def _pretrain(args: argparse.Namespace, out: Path) -> Path:
+def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
     model = _initial_model(args)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)

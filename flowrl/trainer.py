@@ -227,6 +227,14 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         # One run per directory at a time (rank 0 writes its files), checked before any model loads.
         self.lock = lock_run_directory(self.out, "out=") if self.rank == 0 else None
+        try:
+            self._build(config, trackers, offload)
+        except BaseException:  # a failed start frees the directory (a notebook keeps the traceback, and with it this object)
+            self.close()
+            raise
+
+    def _build(self, config: TrainConfig, trackers: list[str], offload: str | None) -> None:
+        """The rest of the set-up: trackers, policy, adapters, optimizer, EMA, prompts, reward."""
         if trackers:
             # Flat scalars only: trackers take numbers and strings, not nested dicts.
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
@@ -257,6 +265,7 @@ class Trainer:
         self.prompts = PromptSource(config.prompts, config.seed)
         self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
         self.iteration = 0
+        self.saved_iteration = 0  # the iteration of the last checkpoint written (or resumed from)
         self.optimizer_steps = 0  # over the whole run (EMA warm-up and interval, the NFT sampler's decay)
         self.metrics_path = self.out / "metrics.jsonl"
         self.checkpoint_dir = self.out / "checkpoint"
@@ -265,9 +274,10 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def save(self) -> None:
+    def save(self, rng: dict | None = None) -> None:
         """Checkpoint on rank 0; every process calls it (sharded tensors are gathered first), and a
-        sharded run writes the same full tensors as an unsharded one, so either resumes the other."""
+        sharded run writes the same full tensors as an unsharded one, so either resumes the other.
+        `rng`: the random state to record, when it is not the current one."""
         if not self.lockstep and self.rank != 0:  # replicas: rank 0 has it all
             return
         weights, ema = full_tensors(self.params), full_tensors(self.ema.shadow) if self.ema else None
@@ -277,10 +287,22 @@ class Trainer:
             optimizer = full_optimizer_state(self.optimizer)
         if self.rank != 0:
             return
-        state = {"iteration": self.iteration, "optimizer_steps": self.optimizer_steps, "optimizer": optimizer, "rng": rng_state(), "config": self.config.to_dict()}
+        state = {"iteration": self.iteration, "optimizer_steps": self.optimizer_steps, "optimizer": optimizer, "rng": rng or rng_state(),
+                 "config": self.config.to_dict()}
         if self.old is not None:
             state["nft_old"] = {n: v.detach().cpu().clone() for n, v in self.old.shadow.items()}
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
+        self.saved_iteration = self.iteration
+
+    def save_before_failure(self, rng: dict) -> None:
+        """After an iteration failed before its update (a reward service down, say), checkpoint the
+        last finished iteration with the random state it ended with, so a rerun resumes exactly
+        there. One process only: peers of a failed process may be stuck in a collective."""
+        if self.world != 1 or self.iteration <= self.saved_iteration:
+            return
+        self.save(rng=rng)
+        print(f"iteration {self.iteration + 1} failed before its update; saved a checkpoint of iteration {self.iteration} "
+              f"in {self.checkpoint_dir} (rerun the same command to resume from there)", file=sys.stderr)
 
     def try_resume(self) -> bool:
         directory = self.checkpoint_dir
@@ -307,7 +329,7 @@ class Trainer:
                 raise ValueError(f"{directory} has no nft_sampler=old average to resume (it was written by a run without it); use another out= or resume=false")
             load_full(self.old.shadow, state["nft_old"])
         set_rng_state(state["rng"])
-        self.iteration = state["iteration"]
+        self.iteration = self.saved_iteration = state["iteration"]
         # Checkpoints written before the counter was saved: AdamW's own count (not under ZeRO).
         self.optimizer_steps = state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.optimizer)
         if self.rank == 0:  # the only writer of metrics.jsonl; other ranks rewriting it raced with it
@@ -767,7 +789,12 @@ class Trainer:
         with StopRequests("iteration") as stop:  # Ctrl-C / SIGTERM: end after this iteration, with a checkpoint
             while self.iteration < config.iterations:
                 iteration = self.iteration
-                batch = self.collect(iteration)
+                random_state = rng_state()
+                try:
+                    batch = self.collect(iteration)
+                except Exception:  # rollout or reward: the weights are still those of the last iteration
+                    self.save_before_failure(random_state)
+                    raise
                 record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
                 self.iteration = iteration + 1
                 at_end = self.iteration == config.iterations

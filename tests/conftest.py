@@ -34,6 +34,20 @@ def brightness_reward(images, prompts):
     return images.mean(dim=(1, 2, 3))
 
 
+# Set "after_calls" (monkeypatch.setitem) to make brightness_failing_on_demand fail from then on.
+REWARD_FAILURES = {"after_calls": None, "calls": 0}
+
+
+def brightness_failing_on_demand(images, prompts):
+    """Mean brightness, raising as a reward service that went down once it has been called
+    REWARD_FAILURES["after_calls"] times (never while that is None)."""
+    REWARD_FAILURES["calls"] += 1
+    after = REWARD_FAILURES["after_calls"]
+    if after is not None and REWARD_FAILURES["calls"] > after:
+        raise ConnectionError("the reward service is down")
+    return images.mean(dim=(1, 2, 3))
+
+
 def brightness_nan_for_dark(images, prompts):
     """Mean brightness, NaN where it is below the batch median (a reward that fails on some samples)."""
     values = images.mean(dim=(1, 2, 3)).clone()

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -134,7 +135,7 @@ def test_pretraining_refuses_a_directory_another_run_holds(tmp_path):
 
     (tmp_path / "run").mkdir()
     lock = lock_run_directory(tmp_path / "run", "--out")
-    with pytest.raises(ValueError, match=r"in use by another run \(process \d+\).*another --out"):
+    with pytest.raises(ValueError, match=rf"in use by another run \(process {os.getpid()}, this one: .*another --out"):
         _pretrain(tmp_path / "run", 1)
     lock.close()
     _pretrain(tmp_path / "run", 1)

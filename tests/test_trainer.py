@@ -151,15 +151,49 @@ def test_a_run_that_does_not_resume_starts_over_and_equals_a_fresh_run(tiny_dir,
         assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(p.name for p in (tmp_path / "fresh" / "samples").iterdir())
 
 
+def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+    import conftest
+
+    settings = ("reward=conftest:brightness_failing_on_demand", "iterations=5", "checkpoint_every=100")
+    monkeypatch.setitem(conftest.REWARD_FAILURES, "calls", 0)
+    monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", 3)  # one call per iteration: the fourth fails
+    with pytest.raises(ConnectionError, match="service is down"):
+        train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    records = [json.loads(line) for line in (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
+    assert f"iteration 4 failed before its update; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}" in capsys.readouterr().err
+
+    monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", None)  # the service is back
+    train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
+    a = load_file(str(tmp_path / "failed" / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rewards = lambda d: [json.loads(l).get("reward/mean") for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert rewards("failed") == rewards("straight") and len(rewards("straight")) == 6
+
+
 def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
     first = Trainer(tiny_run(tiny_dir, tmp_path / "run"))
     loaded = []
     monkeypatch.setattr("flowrl.trainer.load_policy", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'run'))} is in use by another run \(process {os.getpid()}\).*another out="):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'run'))} is in use by another run \(process {os.getpid()}, this one: "
+                                         r"a run started here has not ended \(a Trainer's close\(\) frees it\)\); wait for it to finish, or give this one another out="):
         Trainer(tiny_run(tiny_dir, tmp_path / "run"))
     assert not loaded
     monkeypatch.undo()
     first.close()
+    # A start that fails after taking the directory (here the model's loading) frees it again,
+    # though the failed object lives on in the traceback, as in a notebook.
+    def broken(*args, **kwargs):
+        raise OSError("the model could not be read")
+
+    monkeypatch.setattr("flowrl.trainer.load_policy", broken)
+    with pytest.raises(OSError, match="could not be read") as failed:
+        Trainer(tiny_run(tiny_dir, tmp_path / "run"))
+    monkeypatch.undo()
+    assert failed.tb is not None  # held here, its frames keep the failed Trainer alive
     assert train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1"))["iterations"] == 1  # released: the directory works again
 
 
