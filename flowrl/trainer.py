@@ -294,15 +294,16 @@ class Trainer:
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
         self.saved_iteration = self.iteration
 
-    def save_before_failure(self, rng: dict) -> None:
-        """After an iteration failed before its update (a reward service down, say), checkpoint the
-        last finished iteration with the random state it ended with, so a rerun resumes exactly
-        there. One process only: peers of a failed process may be stuck in a collective."""
+    def save_after_failure(self, what: str, rng: dict) -> None:
+        """After a failure outside the update (a reward service down in a rollout's scoring or in an
+        evaluation, say), checkpoint the last finished iteration with the random state it ended
+        with, so a rerun resumes exactly there. One process only: a failed process's peers may be
+        waiting in a collective."""
         if self.world != 1 or self.iteration <= self.saved_iteration:
             return
         self.save(rng=rng)
-        print(f"iteration {self.iteration + 1} failed before its update; saved a checkpoint of iteration {self.iteration} "
-              f"in {self.checkpoint_dir} (rerun the same command to resume from there)", file=sys.stderr)
+        print(f"{what} failed; saved a checkpoint of iteration {self.iteration} in {self.checkpoint_dir} "
+              "(rerun the same command to resume from there)", file=sys.stderr)
 
     def try_resume(self) -> bool:
         directory = self.checkpoint_dir
@@ -793,7 +794,7 @@ class Trainer:
                 try:
                     batch = self.collect(iteration)
                 except Exception:  # rollout or reward: the weights are still those of the last iteration
-                    self.save_before_failure(random_state)
+                    self.save_after_failure(f"iteration {iteration + 1} (before its update)", random_state)
                     raise
                 record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
                 self.iteration = iteration + 1
@@ -805,7 +806,14 @@ class Trainer:
                 # An interruption adds no evaluation (one is slow on a large model), so the records
                 # of an interrupted and resumed run are those of an uninterrupted one.
                 if config.eval_every and (self.iteration % config.eval_every == 0 or at_end or out_of_time):
-                    record.update(self.evaluate_on_rank0())
+                    before_evaluation = rng_state()
+                    try:
+                        record.update(self.evaluate_on_rank0())
+                    except Exception:  # the iteration itself is done: keep it, without its evaluation
+                        if self.world == 1:
+                            append_metrics(self.metrics_path, record)
+                        self.save_after_failure(f"the evaluation after iteration {self.iteration}", before_evaluation)
+                        raise
                 if self.rank == 0:
                     append_metrics(self.metrics_path, record)
                 self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)

@@ -162,7 +162,7 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
     records = [json.loads(line) for line in (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [0, 1, 2, 3]
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
-    assert f"iteration 4 failed before its update; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}" in capsys.readouterr().err
+    assert f"iteration 4 (before its update) failed; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}" in capsys.readouterr().err
 
     monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", None)  # the service is back
     train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
@@ -172,6 +172,39 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rewards = lambda d: [json.loads(l).get("reward/mean") for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert rewards("failed") == rewards("straight") and len(rewards("straight")) == 6
+
+
+def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+    # The evaluation after iteration 2 fails (the starting model's, iteration 0, was the first call):
+    # iteration 2's update is kept, its record written without the evaluation, and checkpointed.
+    import benchmarks.toyshapes.evaluate as evaluation
+
+    real, calls = evaluation.evaluate_toyshapes, []
+
+    def failing_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ConnectionError("the evaluation's service is down")
+        return real(*args, **kwargs)
+
+    settings = ("iterations=4", "checkpoint_every=100", "eval_every=2", "eval_per_category=1", "eval_steps=2")
+    monkeypatch.setattr(evaluation, "evaluate_toyshapes", failing_second_time)
+    with pytest.raises(ConnectionError, match="service is down"):
+        train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    monkeypatch.undo()
+    records = [json.loads(line) for line in (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2] and "eval/overall" in records[0] and "eval/overall" not in records[2]
+    assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 2
+    assert "the evaluation after iteration 2 failed; saved a checkpoint of iteration 2" in capsys.readouterr().err
+
+    train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
+    a = load_file(str(tmp_path / "failed" / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    recorded = lambda d, key: [json.loads(l).get(key) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert recorded("failed", "reward/mean") == recorded("straight", "reward/mean")
+    assert recorded("failed", "eval/overall")[4] == recorded("straight", "eval/overall")[4] is not None
 
 
 def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
