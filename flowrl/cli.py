@@ -207,6 +207,7 @@ def paired_with_start(samples: Path) -> str | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .config import describe, load_config
+    from .interrupts import exit_code
 
     if args.help_config:
         print(describe())
@@ -236,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(against_start)
     elif "eval/reward" in last:
         print(f"evaluation reward {last['eval/reward']:.4f}; trained weights in {config.out}/final")
-    return 128 + summary["stopped_by"] if summary["stopped_by"] is not None else 0  # as the shell reports death by the signal
+    return exit_code(summary["stopped_by"])
 
 
 def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:

@@ -11,6 +11,11 @@ from types import FrameType
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def exit_code(signal_number: int | None) -> int:
+    """The shell's code for death by the signal (130 for SIGINT, 143 for SIGTERM); 0 for None."""
+    return 128 + signal_number if signal_number is not None else 0
+
+
 class StopRequests:
     """`with StopRequests("iteration") as stop:` the first SIGINT or SIGTERM sets `stop.signal`,
     which the loop checks between steps; a second Ctrl-C raises KeyboardInterrupt at once.
@@ -26,11 +31,6 @@ class StopRequests:
     @property
     def requested(self) -> bool:
         return self.signal is not None
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's code for death by the signal (130 for SIGINT), 0 when none came."""
-        return 128 + self.signal if self.signal is not None else 0
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():

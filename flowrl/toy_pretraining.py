@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
 from benchmarks.toyshapes.render import render_batch
 
-from .interrupts import StopRequests
+from .interrupts import StopRequests, exit_code
 from .run_files import lock_run_directory, truncate_metrics
 from .schedules import learning_rate
 from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
@@ -190,4 +190,4 @@ def main(argv: list[str] | None = None) -> int:
         _, stopped_by = run_pretraining(args)
     except (ValueError, FileNotFoundError) as error:  # a bad --init: a message, not a traceback
         parser.error(str(error))
-    return 128 + stopped_by if stopped_by is not None else 0  # as the shell reports death by the signal
+    return exit_code(stopped_by)
