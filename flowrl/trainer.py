@@ -294,13 +294,15 @@ class Trainer:
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
         self.saved_iteration = self.iteration
 
-    def save_after_failure(self, what: str, rng: dict) -> None:
+    def save_after_failure(self, what: str, rng: dict, record: dict | None = None) -> None:
         """After a failure outside the update (a reward service down in a rollout's scoring or in an
         evaluation, say), checkpoint the last finished iteration with the random state it ended
-        with, so a rerun resumes exactly there. One process only: a failed process's peers may be
-        waiting in a collective."""
+        with (and log its `record`, when its logging was cut off), so a rerun resumes exactly
+        there. One process only: a failed process's peers may be waiting in a collective."""
         if self.world != 1 or self.iteration <= self.saved_iteration:
             return
+        if record is not None:
+            append_metrics(self.metrics_path, record)
         self.save(rng=rng)
         print(f"{what} failed; saved a checkpoint of iteration {self.iteration} in {self.checkpoint_dir} "
               "(rerun the same command to resume from there)", file=sys.stderr)
@@ -810,9 +812,7 @@ class Trainer:
                     try:
                         record.update(self.evaluate_on_rank0())
                     except Exception:  # the iteration itself is done: keep it, without its evaluation
-                        if self.world == 1:
-                            append_metrics(self.metrics_path, record)
-                        self.save_after_failure(f"the evaluation after iteration {self.iteration}", before_evaluation)
+                        self.save_after_failure(f"the evaluation after iteration {self.iteration}", before_evaluation, record)
                         raise
                 if self.rank == 0:
                     append_metrics(self.metrics_path, record)

@@ -1,7 +1,11 @@
 """Shared fixtures: tiny toy models built from configs, nothing downloaded."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from benchmarks.toyshapes.prompts import vocabulary
 from flowrl.policies.toy import ToyConfig, ToyModel, ToyPolicy
@@ -22,6 +26,18 @@ def tiny_model(seed: int = 0) -> ToyModel:
             if p.abs().sum() == 0:
                 p.normal_(0, 0.02)
     return model.eval()
+
+
+def same_checkpoint_weights(run_a: Path, run_b: Path) -> bool:
+    """Whether two run directories' checkpoints hold bit-equal trainable weights, by the same names."""
+    a = load_file(str(Path(run_a) / "checkpoint" / "trainable.safetensors"))
+    b = load_file(str(Path(run_b) / "checkpoint" / "trainable.safetensors"))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def metric_values(run: Path, key: str) -> list:
+    """`key` of each record of a run's metrics.jsonl, in order (None where a record lacks it)."""
+    return [json.loads(line).get(key) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture

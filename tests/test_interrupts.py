@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from flowrl.config import build_config
 from flowrl.interrupts import StopRequests, exit_code
@@ -20,7 +19,7 @@ from flowrl.policies.toy import save_toy
 from flowrl.toy_pretraining import build_parser, pretrain
 from flowrl.trainer import train
 
-from conftest import tiny_model
+from conftest import metric_values, same_checkpoint_weights, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,11 +78,9 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
     train(build_config({}, common + [f"out={out}", f"iterations={stopped_at + 1}"]))
     assert f"training flow_grpo on {tiny}, from iteration {stopped_at} of {stopped_at + 1}, into {out} (" in capsys.readouterr().err
     train(build_config({}, common + [f"out={tmp_path / 'straight'}", f"iterations={stopped_at + 1}"]))
-    a = load_file(str(out / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rewards = lambda d: [json.loads(line).get("reward/mean") for line in (d / "metrics.jsonl").read_text().splitlines()]
-    assert rewards(out) == rewards(tmp_path / "straight") and len(rewards(out)) == stopped_at + 2
+    assert same_checkpoint_weights(out, tmp_path / "straight")
+    rewards = metric_values(out, "reward/mean")
+    assert rewards == metric_values(tmp_path / "straight", "reward/mean") and len(rewards) == stopped_at + 2
 
 
 def test_sigterm_ends_pretraining_after_the_step_with_a_checkpoint(tmp_path):

@@ -16,7 +16,7 @@ from flowrl.config import build_config
 from flowrl.policies.toy import load_toy, save_toy
 from flowrl.trainer import Trainer, train
 
-from conftest import tiny_model
+from conftest import metric_values, same_checkpoint_weights, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +97,8 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
     first = tiny_run(tiny_dir, tmp_path / "b", "iterations=2")
     train(first)
     train(tiny_run(tiny_dir, tmp_path / "b", "iterations=3"))  # resumes from the step-2 checkpoint
-    a = load_file(str(tmp_path / "a" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "b" / "checkpoint" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rewards = lambda d: [json.loads(l).get("reward/mean") for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-    assert rewards("a") == rewards("b")
+    assert same_checkpoint_weights(tmp_path / "a", tmp_path / "b")
+    assert metric_values(tmp_path / "a", "reward/mean") == metric_values(tmp_path / "b", "reward/mean")
 
 
 def test_resume_drops_records_past_the_checkpoint_and_only_rank0_rewrites_them(tiny_dir, tmp_path):
@@ -142,11 +139,9 @@ def test_a_run_that_does_not_resume_starts_over_and_equals_a_fresh_run(tiny_dir,
     (crashed / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward/mean": 9.0}) + "\n" for i in range(3)))
     train(tiny_run(tiny_dir, crashed, "iterations=1", *evals))
 
-    fresh = load_file(str(tmp_path / "fresh" / "checkpoint" / "trainable.safetensors"))
     records = lambda d: [{k: v for k, v in json.loads(l).items() if not k.startswith("time/")} for l in (d / "metrics.jsonl").read_text().splitlines()]
     for run in (tmp_path / "reused", crashed):
-        weights = load_file(str(run / "checkpoint" / "trainable.safetensors"))
-        assert weights.keys() == fresh.keys() and all(torch.equal(weights[k], fresh[k]) for k in fresh), run
+        assert same_checkpoint_weights(run, tmp_path / "fresh"), run
         assert records(run) == records(tmp_path / "fresh") and [r["iteration"] for r in records(run)] == [0, 1], run
         assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(p.name for p in (tmp_path / "fresh" / "samples").iterdir())
 
@@ -167,11 +162,9 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
     monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", None)  # the service is back
     train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
-    a = load_file(str(tmp_path / "failed" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rewards = lambda d: [json.loads(l).get("reward/mean") for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-    assert rewards("failed") == rewards("straight") and len(rewards("straight")) == 6
+    assert same_checkpoint_weights(tmp_path / "failed", tmp_path / "straight")
+    rewards = metric_values(tmp_path / "straight", "reward/mean")
+    assert metric_values(tmp_path / "failed", "reward/mean") == rewards and len(rewards) == 6
 
 
 def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
@@ -199,12 +192,9 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
 
     train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
-    a = load_file(str(tmp_path / "failed" / "checkpoint" / "trainable.safetensors"))
-    b = load_file(str(tmp_path / "straight" / "checkpoint" / "trainable.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    recorded = lambda d, key: [json.loads(l).get(key) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-    assert recorded("failed", "reward/mean") == recorded("straight", "reward/mean")
-    assert recorded("failed", "eval/overall")[4] == recorded("straight", "eval/overall")[4] is not None
+    assert same_checkpoint_weights(tmp_path / "failed", tmp_path / "straight")
+    assert metric_values(tmp_path / "failed", "reward/mean") == metric_values(tmp_path / "straight", "reward/mean")
+    assert metric_values(tmp_path / "failed", "eval/overall")[4] == metric_values(tmp_path / "straight", "eval/overall")[4] is not None
 
 
 def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
