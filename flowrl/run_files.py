@@ -29,20 +29,33 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(path: Path, iterations_done: int, key: str = "iteration") -> None:
-    """Keep only the records whose `key` is at most `iterations_done` (a resume redoes the rest).
-
-    Written to a temporary file and renamed over the old one, so a crash, or a reader, never sees
-    the file emptied. Only one process may call it (rank 0): two would race on the rename."""
-    if not path.is_file():
-        return
-    kept = [r for r in read_metrics(path) if r.get(key, -1) <= iterations_done]
+def rewrite_metrics(path: Path, records: list[dict]) -> None:
+    """Replace the file's records: written to a temporary file and renamed over the old one, so
+    a crash, or a reader, never sees it emptied. Only one process may call it (rank 0): two
+    would race on the rename."""
     temporary = path.with_name(path.name + ".tmp")
     with open(temporary, "w") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in kept))
+        f.write("".join(json.dumps(r) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
+
+
+def truncate_metrics(path: Path, iterations_done: int, key: str = "iteration") -> None:
+    """Keep only the records whose `key` is at most `iterations_done` (a resume redoes the rest)."""
+    if path.is_file():
+        rewrite_metrics(path, [r for r in read_metrics(path) if r.get(key, -1) <= iterations_done])
+
+
+def complete_record(path: Path, iteration: int, values: dict[str, Any]) -> dict[str, Any]:
+    """Add `values` to the record of `iteration` (an evaluation redone after it failed); returns it."""
+    records = read_metrics(path)
+    matching = [r for r in records if r.get("iteration") == iteration]
+    if not matching:
+        raise ValueError(f"{path} has no record of iteration {iteration} to complete")
+    matching[-1].update(values)
+    rewrite_metrics(path, records)
+    return matching[-1]
 
 
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:

@@ -54,6 +54,7 @@ from .sharding import (
 )
 from .run_files import (
     append_metrics,
+    complete_record,
     draw_curve,
     forget_earlier_run,
     load_checkpoint,
@@ -266,6 +267,8 @@ class Trainer:
         self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
         self.iteration = 0
         self.saved_iteration = 0  # the iteration of the last checkpoint written (or resumed from)
+        self.evaluation_due = False  # resumed after the evaluation of that iteration failed
+        self.weights_touched = False  # this iteration's update has started an optimizer step
         self.optimizer_steps = 0  # over the whole run (EMA warm-up and interval, the NFT sampler's decay)
         self.metrics_path = self.out / "metrics.jsonl"
         self.checkpoint_dir = self.out / "checkpoint"
@@ -274,10 +277,11 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def save(self, rng: dict | None = None) -> None:
+    def save(self, rng: dict | None = None, evaluation_due: bool = False) -> None:
         """Checkpoint on rank 0; every process calls it (sharded tensors are gathered first), and a
         sharded run writes the same full tensors as an unsharded one, so either resumes the other.
-        `rng`: the random state to record, when it is not the current one."""
+        `rng`: the random state to record, when it is not the current one; `evaluation_due`: the
+        iteration's evaluation failed, and the resume does it first."""
         if not self.lockstep and self.rank != 0:  # replicas: rank 0 has it all
             return
         weights, ema = full_tensors(self.params), full_tensors(self.ema.shadow) if self.ema else None
@@ -288,22 +292,24 @@ class Trainer:
         if self.rank != 0:
             return
         state = {"iteration": self.iteration, "optimizer_steps": self.optimizer_steps, "optimizer": optimizer, "rng": rng or rng_state(),
-                 "config": self.config.to_dict()}
+                 "config": self.config.to_dict(), "evaluation_due": evaluation_due}
         if self.old is not None:
             state["nft_old"] = {n: v.detach().cpu().clone() for n, v in self.old.shadow.items()}
         save_checkpoint(self.checkpoint_dir, weights, ema, state)
         self.saved_iteration = self.iteration
 
     def save_after_failure(self, what: str, rng: dict, record: dict | None = None) -> None:
-        """After a failure outside the update (a reward service down in a rollout's scoring or in an
-        evaluation, say), checkpoint the last finished iteration with the random state it ended
-        with (and log its `record`, when its logging was cut off), so a rerun resumes exactly
-        there. One process only: a failed process's peers may be waiting in a collective."""
+        """After a failure that left the weights as the last finished iteration left them (a reward
+        service down in a rollout's scoring or in an evaluation, an update out of memory before
+        its first optimizer step), checkpoint that iteration with the random state it ended with,
+        so a rerun resumes exactly there. `record`: that iteration's record, when its evaluation
+        failed (logged without it; the resume evaluates first). One process only: a failed
+        process's peers may be waiting in a collective."""
         if self.world != 1 or self.iteration <= self.saved_iteration:
             return
         if record is not None:
             append_metrics(self.metrics_path, record)
-        self.save(rng=rng)
+        self.save(rng=rng, evaluation_due=record is not None)
         print(f"{what} failed; saved a checkpoint of iteration {self.iteration} in {self.checkpoint_dir} "
               "(rerun the same command to resume from there)", file=sys.stderr)
 
@@ -333,6 +339,7 @@ class Trainer:
             load_full(self.old.shadow, state["nft_old"])
         set_rng_state(state["rng"])
         self.iteration = self.saved_iteration = state["iteration"]
+        self.evaluation_due = bool(state.get("evaluation_due"))
         # Checkpoints written before the counter was saved: AdamW's own count (not under ZeRO).
         self.optimizer_steps = state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.optimizer)
         if self.rank == 0:  # the only writer of metrics.jsonl; other ranks rewriting it raced with it
@@ -642,6 +649,7 @@ class Trainer:
                             sums[key] = pick(sums.get(key, value), value)
                         else:  # per-element means: weight by the micro-batch's share
                             sums[key] = sums.get(key, 0.0) + value * len(micro) / (count * config.inner_epochs)
+                self.weights_touched = True  # from here a failure may leave the weights half-updated
                 if self.zero is not None:  # the engine clips by max_grad_norm and steps
                     norm = deepspeed_zero.step(self.zero)
                 else:
@@ -754,6 +762,32 @@ class Trainer:
             self.lock.close()
             self.lock = None
 
+    def report_update_failure(self, iteration: int, rng: dict, error: Exception) -> None:
+        """An update that failed before its first optimizer step (most often out of memory in a
+        backward pass) left the weights, optimizer and EMA as the last iteration left them: save
+        that iteration. Later, the weights may be half-updated: only the last checkpoint is safe."""
+        if not self.weights_touched:
+            self.save_after_failure(f"the update of iteration {iteration} (before its first optimizer step)", rng)
+        elif self.rank == 0:
+            where = f"resumes from the checkpoint of iteration {self.saved_iteration}" if self.saved_iteration else "starts over (no checkpoint yet)"
+            print(f"the update of iteration {iteration} failed after changing the weights; a rerun {where}", file=sys.stderr)
+        if isinstance(error, torch.OutOfMemoryError) and self.rank == 0:
+            print(f"out of memory in the update: a smaller micro_batch= than {self.config.micro_batch} (transitions per backward pass) "
+                  "computes the same update (up to rounding) in less memory, and a rerun may change it", file=sys.stderr)
+
+    def redo_failed_evaluation(self) -> None:
+        """The resumed iteration's evaluation failed in the last run (its record was kept without it):
+        evaluate now, with the random state it would have started from, and complete the record."""
+        self.evaluation_due = False
+        if not self.config.eval_every:
+            return
+        if self.rank == 0:
+            print(f"evaluating iteration {self.iteration} again (its evaluation failed in the last run)", file=sys.stderr)
+        stats = self.evaluate_on_rank0()
+        if self.rank == 0:  # the trackers missed the whole record: the failure came before logging it
+            record = complete_record(self.metrics_path, self.iteration, stats)
+            self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=self.iteration)
+
     def start_over_unless_resumed(self, resumed: bool) -> None:
         """A run that does not resume starts with an empty run directory: an earlier run's
         metrics, checkpoint and evaluation samples there would mix with this one's."""
@@ -785,6 +819,8 @@ class Trainer:
             record = {"iteration": 0, **(self.evaluate_on_rank0() if config.eval_every else {})}
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
+        if self.evaluation_due:
+            self.redo_failed_evaluation()
         bar = tqdm(total=config.iterations, initial=self.iteration, desc="train", unit="it", disable=self.rank != 0)
         first_iteration = self.iteration
         last: dict[str, float] = {}
@@ -798,7 +834,13 @@ class Trainer:
                 except Exception:  # rollout or reward: the weights are still those of the last iteration
                     self.save_after_failure(f"iteration {iteration + 1} (before its update)", random_state)
                     raise
-                record = {"iteration": iteration + 1, **batch.stats, **self.update(batch, iteration), **self.advance_old_sampler()}
+                self.weights_touched = False
+                try:
+                    update_stats = self.update(batch, iteration)
+                except Exception as error:
+                    self.report_update_failure(iteration + 1, random_state, error)
+                    raise
+                record = {"iteration": iteration + 1, **batch.stats, **update_stats, **self.advance_old_sampler()}
                 self.iteration = iteration + 1
                 at_end = self.iteration == config.iterations
                 out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes

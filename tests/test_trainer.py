@@ -191,10 +191,60 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
     assert "the evaluation after iteration 2 failed; saved a checkpoint of iteration 2" in capsys.readouterr().err
 
     train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    assert "evaluating iteration 2 again (its evaluation failed in the last run)" in capsys.readouterr().err
     train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
     assert same_checkpoint_weights(tmp_path / "failed", tmp_path / "straight")
     assert metric_values(tmp_path / "failed", "reward/mean") == metric_values(tmp_path / "straight", "reward/mean")
-    assert metric_values(tmp_path / "failed", "eval/overall")[4] == metric_values(tmp_path / "straight", "eval/overall")[4] is not None
+    # The resume evaluated iteration 2 first: every evaluation and sample file equals the uninterrupted run's.
+    evaluations = metric_values(tmp_path / "straight", "eval/overall")
+    assert metric_values(tmp_path / "failed", "eval/overall") == evaluations and [e is not None for e in evaluations] == [True, False, True, False, True]
+    samples = lambda run: {p.name: p.read_bytes() for p in (run / "samples").glob("*.json")}
+    assert samples(tmp_path / "failed") == samples(tmp_path / "straight") and len(samples(tmp_path / "failed")) == 3
+
+
+def fail_in_update_of_iteration(monkeypatch, number: int, where: str, error: Exception) -> None:
+    """Make the update of iteration `number` raise `error` in `where`: "backward" (its first
+    backward pass) or "average_gradients" (inside its first optimizer step, after the point
+    from which the weights may have changed)."""
+    method = getattr(Trainer, where)
+
+    def failing(self, *args, **kwargs):
+        if self.iteration == number - 1:
+            raise error
+        return method(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, where, failing)
+
+
+def test_an_update_out_of_memory_before_its_first_step_leaves_a_checkpoint_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+    settings = ("iterations=5", "checkpoint_every=100")
+    fail_in_update_of_iteration(monkeypatch, 4, "backward", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    with pytest.raises(torch.OutOfMemoryError):
+        train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    monkeypatch.undo()
+    assert [r["iteration"] for r in map(json.loads, (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 3]
+    assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
+    err = capsys.readouterr().err
+    assert "the update of iteration 4 (before its first optimizer step) failed; saved a checkpoint of iteration 3" in err
+    assert "out of memory in the update: a smaller micro_batch= than 64" in err
+
+    # The rerun may take smaller micro-batches (the same update up to rounding); with the same ones it is exact.
+    train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
+    train(tiny_run(tiny_dir, tmp_path / "straight", *settings))
+    assert same_checkpoint_weights(tmp_path / "failed", tmp_path / "straight")
+    rewards = metric_values(tmp_path / "straight", "reward/mean")
+    assert metric_values(tmp_path / "failed", "reward/mean") == rewards and len(rewards) == 6
+
+
+def test_an_update_that_fails_in_its_optimizer_step_saves_nothing_and_says_where_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
+    # The step may have changed some weights: the checkpoint of iteration 2 is the last safe state.
+    fail_in_update_of_iteration(monkeypatch, 4, "average_gradients", RuntimeError("an optimizer step failed"))
+    with pytest.raises(RuntimeError, match="optimizer step failed"):
+        train(tiny_run(tiny_dir, tmp_path / "failed", "iterations=5", "checkpoint_every=2"))
+    assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 2
+    err = capsys.readouterr().err
+    assert "the update of iteration 4 failed after changing the weights; a rerun resumes from the checkpoint of iteration 2" in err
+    assert "saved a checkpoint" not in err and "out of memory" not in err
 
 
 def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(tiny_dir, tmp_path, monkeypatch):
