@@ -167,9 +167,8 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
     assert metric_values(tmp_path / "failed", "reward/mean") == rewards and len(rewards) == 6
 
 
-def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
-    # The evaluation after iteration 2 fails (the starting model's, iteration 0, was the first call):
-    # iteration 2's update is kept, its record written without the evaluation, and checkpointed.
+def fail_the_second_evaluation(monkeypatch) -> None:
+    """The ToyShapes evaluation raises on its second call (the first after iteration 0's)."""
     import benchmarks.toyshapes.evaluate as evaluation
 
     real, calls = evaluation.evaluate_toyshapes, []
@@ -180,8 +179,14 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
             raise ConnectionError("the evaluation's service is down")
         return real(*args, **kwargs)
 
-    settings = ("iterations=4", "checkpoint_every=100", "eval_every=2", "eval_per_category=1", "eval_steps=2")
     monkeypatch.setattr(evaluation, "evaluate_toyshapes", failing_second_time)
+
+
+def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+    # The evaluation after iteration 2 fails (the starting model's, iteration 0, was the first call):
+    # iteration 2's update is kept, its record written without the evaluation, and checkpointed.
+    settings = ("iterations=4", "checkpoint_every=100", "eval_every=2", "eval_per_category=1", "eval_steps=2")
+    fail_the_second_evaluation(monkeypatch)
     with pytest.raises(ConnectionError, match="service is down"):
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     monkeypatch.undo()
@@ -200,6 +205,33 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
     assert metric_values(tmp_path / "failed", "eval/overall") == evaluations and [e is not None for e in evaluations] == [True, False, True, False, True]
     samples = lambda run: {p.name: p.read_bytes() for p in (run / "samples").glob("*.json")}
     assert samples(tmp_path / "failed") == samples(tmp_path / "straight") and len(samples(tmp_path / "failed")) == 3
+
+
+def test_a_resume_without_evaluations_skips_the_failed_one_and_keeps_the_record(tiny_dir, tmp_path, monkeypatch, capsys):
+    settings = ("iterations=3", "checkpoint_every=100", "eval_per_category=1", "eval_steps=2")
+    fail_the_second_evaluation(monkeypatch)
+    with pytest.raises(ConnectionError):
+        train(tiny_run(tiny_dir, tmp_path / "run", *settings, "eval_every=2"))
+    monkeypatch.undo()
+    capsys.readouterr()
+    train(tiny_run(tiny_dir, tmp_path / "run", *settings, "eval_every=0"))
+    assert "again" not in capsys.readouterr().err
+    assert [r["iteration"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 3]
+    assert [e is not None for e in metric_values(tmp_path / "run", "eval/overall")] == [True, False, False, False]
+    assert not torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["evaluation_due"]
+
+
+def test_complete_record_adds_to_one_iteration_and_names_a_missing_one(tmp_path):
+    from flowrl.run_files import complete_record
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"iteration": i, "reward/mean": i / 10}) + "\n" for i in range(3)))
+    assert complete_record(path, 1, {"eval/overall": 0.5}) == {"iteration": 1, "reward/mean": 0.1, "eval/overall": 0.5}
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [
+        {"iteration": 0, "reward/mean": 0.0}, {"iteration": 1, "reward/mean": 0.1, "eval/overall": 0.5}, {"iteration": 2, "reward/mean": 0.2}]
+    with pytest.raises(ValueError, match=f"{path} has no record of iteration 7"):
+        complete_record(path, 7, {"eval/overall": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left
 
 
 def fail_in_update_of_iteration(monkeypatch, number: int, where: str, error: Exception) -> None:
