@@ -188,9 +188,10 @@ def resolve_recipe(name: str | None) -> Path | None:
 
 def paired_with_start(samples: Path) -> str | None:
     """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
-    starting model) image by image, so a printed gain comes with its noise; None without both."""
+    starting model) image by image, accuracy and dense score (the reward the toy recipe trains
+    on), so a printed gain comes with its noise; None without both evaluations."""
     from benchmarks.report import format_difference, format_interval, format_p
-    from benchmarks.toyshapes.report import load_report, paired_toyshapes
+    from benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
 
     reports = sorted(samples.glob("iter_*.json"))
     if len(reports) < 2 or reports[0].name != "iter_00000.json":
@@ -200,9 +201,14 @@ def paired_with_start(samples: Path) -> str | None:
     if not tests:
         return None
     overall = tests[-1]
-    return (f"vs iteration 0 (the starting model) on the same {overall.n} images: {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}); for a finer figure evaluate both with "
-            "flowrl eval toyshapes and pair them with flowrl eval compare")
+    line = (f"vs iteration 0 (the starting model) on the same {overall.n} images: accuracy {format_difference(overall.difference)} "
+            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})")
+    scores, _ = paired_toyshapes_scores(start, end)
+    if scores:
+        score = scores[-1]
+        low, high = score.interval
+        line += f", mean dense score {score.difference:+.3f} (95% interval {low:+.3f} to {high:+.3f}, p {format_p(score.p_value)})"
+    return line + "; for a finer figure evaluate both with flowrl eval toyshapes and pair them with flowrl eval compare"
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     """`flowrl train` ends with the held-out accuracy and, image by image against iteration 0's
     evaluation (the starting model), the difference with its interval and p-value."""
     from benchmarks.report import format_difference, format_interval, format_p
-    from benchmarks.toyshapes.report import load_report, paired_toyshapes
+    from benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
     from flowrl.cli import main
 
     recipe = tmp_path / "tiny.yaml"
@@ -65,11 +65,17 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     overrides = tiny_run_overrides(tiny_dir, tmp_path / "run") + ["eval_every=2", "eval_per_category=2", "eval_steps=2"]
     assert main(["train", str(recipe), *overrides]) == 0
     out = capsys.readouterr().out
-    tests, _ = paired_toyshapes(load_report(tmp_path / "run" / "samples" / "iter_00000.json"), load_report(tmp_path / "run" / "samples" / "iter_00002.json"))
-    overall = tests[-1]
+    start, end = (load_report(tmp_path / "run" / "samples" / f"iter_0000{i}.json") for i in (0, 2))
+    overall, score = paired_toyshapes(start, end)[0][-1], paired_toyshapes_scores(start, end)[0][-1]
     assert overall.n == 12  # 2 images in each of the 6 categories
-    assert (f"vs iteration 0 (the starting model) on the same 12 images: {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})") in out
+    # The dense score's difference, written out: the mean over categories of each one's mean difference.
+    differences = {}
+    for a, b in zip(start.records, end.records):
+        differences.setdefault(a["category"], []).append(b["score"] - a["score"])
+    assert score.difference == pytest.approx(sum(sum(d) / len(d) for d in differences.values()) / 6, abs=1e-12)
+    assert (f"vs iteration 0 (the starting model) on the same 12 images: accuracy {format_difference(overall.difference)} "
+            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}), mean dense score {score.difference:+.3f} "
+            f"(95% interval {score.interval[0]:+.3f} to {score.interval[1]:+.3f}, p {format_p(score.p_value)})") in out
     assert "held-out ToyShapes accuracy" in out
     # Run again: the run is complete, so nothing trains and the same figures are reported as such.
     assert main(["train", str(recipe), *overrides]) == 0
