@@ -306,12 +306,19 @@ class Trainer:
         failed (logged without it; the resume evaluates first). One process only: a failed
         process's peers may be waiting in a collective."""
         if self.world != 1 or self.iteration <= self.saved_iteration:
+            print(f"{what} failed; {self.where_a_rerun_resumes()}", file=sys.stderr)
             return
         if record is not None:
             append_metrics(self.metrics_path, record)
         self.save(rng=rng, evaluation_due=record is not None)
         print(f"{what} failed; saved a checkpoint of iteration {self.iteration} in {self.checkpoint_dir} "
               "(rerun the same command to resume from there)", file=sys.stderr)
+
+    def where_a_rerun_resumes(self) -> str:
+        """Where a rerun of the same command picks up: the last checkpoint, or the start."""
+        if self.saved_iteration:
+            return f"a rerun resumes from the checkpoint of iteration {self.saved_iteration} in {self.checkpoint_dir}"
+        return "a rerun starts over (no checkpoint yet)"
 
     def try_resume(self) -> bool:
         directory = self.checkpoint_dir
@@ -768,10 +775,9 @@ class Trainer:
         that iteration. Later, the weights may be half-updated: only the last checkpoint is safe."""
         if not self.weights_touched:
             self.save_after_failure(f"the update of iteration {iteration} (before its first optimizer step)", rng)
-        elif self.rank == 0:
-            where = f"resumes from the checkpoint of iteration {self.saved_iteration}" if self.saved_iteration else "starts over (no checkpoint yet)"
-            print(f"the update of iteration {iteration} failed after changing the weights; a rerun {where}", file=sys.stderr)
-        if isinstance(error, torch.OutOfMemoryError) and self.rank == 0:
+        else:
+            print(f"the update of iteration {iteration} failed after changing the weights; {self.where_a_rerun_resumes()}", file=sys.stderr)
+        if isinstance(error, torch.OutOfMemoryError):
             print(f"out of memory in the update: a smaller micro_batch= than {self.config.micro_batch} (transitions per backward pass) "
                   "computes the same update (up to rounding) in less memory, and a rerun may change it", file=sys.stderr)
 

@@ -274,6 +274,20 @@ def test_an_update_out_of_memory_before_its_first_step_leaves_a_checkpoint_and_t
     assert metric_values(tmp_path / "failed", "reward/mean") == rewards and len(rewards) == 6
 
 
+def test_a_failure_with_nothing_new_to_save_says_where_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
+    # Checkpoints after every iteration (the tiny run's checkpoint_every=1): iteration 1 is saved already.
+    fail_in_update_of_iteration(monkeypatch, 2, "backward", RuntimeError("a backward pass failed"))
+    with pytest.raises(RuntimeError, match="backward pass failed"):
+        train(tiny_run(tiny_dir, tmp_path / "run", "iterations=3"))
+    err = capsys.readouterr().err
+    assert f"the update of iteration 2 (before its first optimizer step) failed; a rerun resumes from the checkpoint of iteration 1 in {tmp_path / 'run' / 'checkpoint'}" in err
+    monkeypatch.undo()
+    fail_in_update_of_iteration(monkeypatch, 1, "backward", RuntimeError("a backward pass failed"))
+    with pytest.raises(RuntimeError):
+        train(tiny_run(tiny_dir, tmp_path / "fresh", "iterations=3"))
+    assert "the update of iteration 1 (before its first optimizer step) failed; a rerun starts over (no checkpoint yet)" in capsys.readouterr().err
+
+
 def test_an_update_that_fails_in_its_optimizer_step_saves_nothing_and_says_where_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
     # The step may have changed some weights: the checkpoint of iteration 2 is the last safe state.
     fail_in_update_of_iteration(monkeypatch, 4, "average_gradients", RuntimeError("an optimizer step failed"))
@@ -281,7 +295,7 @@ def test_an_update_that_fails_in_its_optimizer_step_saves_nothing_and_says_where
         train(tiny_run(tiny_dir, tmp_path / "failed", "iterations=5", "checkpoint_every=2"))
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 2
     err = capsys.readouterr().err
-    assert "the update of iteration 4 failed after changing the weights; a rerun resumes from the checkpoint of iteration 2" in err
+    assert f"the update of iteration 4 failed after changing the weights; a rerun resumes from the checkpoint of iteration 2 in {tmp_path / 'failed' / 'checkpoint'}" in err
     assert "saved a checkpoint" not in err and "out of memory" not in err
 
 
