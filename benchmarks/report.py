@@ -92,6 +92,11 @@ def format_interval(difference: PairedDifference) -> str:
     return f"{100 * low:+.1f} to {100 * high:+.1f} pp"
 
 
+def format_score_interval(difference: PairedDifference) -> str:
+    """A score difference's 95% interval in the score's own units ("-0.069 to +0.116")."""
+    return f"{difference.low:+.3f} to {difference.high:+.3f}"
+
+
 def format_p(p_value: float) -> str:
     """A p-value to three decimals, "<0.001" below that."""
     return "<0.001" if p_value < 0.0005 else f"{p_value:.3f}"
@@ -434,7 +439,7 @@ def _paired_cells(d: PairedDifference) -> list[str]:
 
 def _score_cells(d: PairedDifference) -> list[str]:
     """A paired score difference's cells under SCORE_HEADERS (scores in their own units)."""
-    return [str(d.n), f"{d.difference:+.3f}", f"{d.low:+.3f} to {d.high:+.3f}", str(d.a_only), str(d.b_only), format_p(d.p_value)]
+    return [str(d.n), f"{d.difference:+.3f}", format_score_interval(d), str(d.a_only), str(d.b_only), format_p(d.p_value)]
 
 
 def _write_csv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import format_difference, format_interval, format_p
+from benchmarks.report import format_difference, format_interval, format_p, format_score_interval
 from benchmarks.toyshapes.evaluate import EvalReport
 from benchmarks.toyshapes.prompts import SPLITS
 from benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             paired_scores[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
             if tests:
                 overall = tests[-1]
-                print(f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {overall.low:+.3f} to {overall.high:+.3f}, "
+                print(f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {format_score_interval(overall)}, "
                       f"p {format_p(overall.p_value)}")
             else:
                 print(f"  {column}: {why_not}")

@@ -190,7 +190,7 @@ def paired_with_start(samples: Path) -> str | None:
     """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
     starting model) image by image, accuracy and dense score (the reward the toy recipe trains
     on), so a printed gain comes with its noise; None without both evaluations."""
-    from benchmarks.report import format_difference, format_interval, format_p
+    from benchmarks.report import format_difference, format_interval, format_p, format_score_interval
     from benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
 
     reports = sorted(samples.glob("iter_*.json"))
@@ -206,8 +206,7 @@ def paired_with_start(samples: Path) -> str | None:
     scores, _ = paired_toyshapes_scores(start, end)
     if scores:
         score = scores[-1]
-        low, high = score.interval
-        line += f", mean dense score {score.difference:+.3f} (95% interval {low:+.3f} to {high:+.3f}, p {format_p(score.p_value)})"
+        line += f", mean dense score {score.difference:+.3f} (95% interval {format_score_interval(score)}, p {format_p(score.p_value)})"
     return line + "; for a finer figure evaluate both with flowrl eval toyshapes and pair them with flowrl eval compare"
 
 
