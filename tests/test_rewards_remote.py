@@ -48,6 +48,7 @@ class Server:
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._url: str | None = None
+        self._url_lock = threading.Lock()  # clients in several threads may ask for the URL first at once
         self.terminated = False
 
     def _read(self) -> None:
@@ -62,11 +63,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        """The served URL, waiting for the `serving NAME at URL` line the first time."""
-        if self._url is None:
-            line = self.next_line()
-            assert line.startswith("serving ") and " at http://127.0.0.1:" in line, (line, self.log.read_text())
-            self._url = line.rsplit(" ", 1)[1]
+        """The served URL, waiting for the `serving NAME at URL` line the first time (one reader
+        takes that line; without the lock, a second thread would wait for a line never coming)."""
+        with self._url_lock:
+            if self._url is None:
+                line = self.next_line()
+                assert line.startswith("serving ") and " at http://127.0.0.1:" in line, (line, self.log.read_text())
+                self._url = line.rsplit(" ", 1)[1]
         return self._url
 
     def terminate(self) -> None:
