@@ -160,8 +160,7 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
     monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", 3)  # one call per iteration: the fourth fails
     with pytest.raises(ConnectionError, match="service is down"):
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
-    records = [json.loads(line) for line in (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [0, 1, 2, 3]
+    assert metric_values(tmp_path / "failed", "iteration") == [0, 1, 2, 3]
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
     assert f"iteration 4 (before its update) failed; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}" in capsys.readouterr().err
 
@@ -222,7 +221,7 @@ def test_a_resume_without_evaluations_skips_the_failed_one_and_keeps_the_record(
     capsys.readouterr()
     train(tiny_run(tiny_dir, tmp_path / "run", *settings, "eval_every=0"))
     assert "again" not in capsys.readouterr().err
-    assert [r["iteration"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 3]
+    assert metric_values(tmp_path / "run", "iteration") == [0, 1, 2, 3]
     assert [e is not None for e in metric_values(tmp_path / "run", "eval/overall")] == [True, False, False, False]
     assert not torch.load(tmp_path / "run" / "checkpoint" / "state.pt", weights_only=False)["evaluation_due"]
 
@@ -260,7 +259,7 @@ def test_an_update_out_of_memory_before_its_first_step_leaves_a_checkpoint_and_t
     with pytest.raises(torch.OutOfMemoryError):
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     monkeypatch.undo()
-    assert [r["iteration"] for r in map(json.loads, (tmp_path / "failed" / "metrics.jsonl").read_text().splitlines())] == [0, 1, 2, 3]
+    assert metric_values(tmp_path / "failed", "iteration") == [0, 1, 2, 3]
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
     err = capsys.readouterr().err
     assert "the update of iteration 4 (before its first optimizer step) failed; saved a checkpoint of iteration 3" in err
