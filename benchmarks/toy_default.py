@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.report import format_difference, format_interval, format_p, format_score_interval
-from benchmarks.toyshapes.evaluate import EvalReport
-from benchmarks.toyshapes.prompts import SPLITS
-from benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
+from flowrl.benchmarks.report import format_difference, format_interval, format_p, format_score_interval
+from flowrl.benchmarks.toyshapes.evaluate import EvalReport
+from flowrl.benchmarks.toyshapes.prompts import SPLITS
+from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
 from flowrl.cli import non_negative_float
 
 
 def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> tuple[dict, EvalReport]:
     """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
     the shipped model), and the full report (its per-image records pair runs with the base)."""
-    from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+    from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
     from flowrl.policies import load_toy
 
     steps = 20 if eta == 0 else 10  # the SDE evaluation uses the toy recipes' 10-step grid

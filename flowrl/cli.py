@@ -45,7 +45,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
-    from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+    from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
 
     from .images import save_grid
     from .policies.toy import load_toy
@@ -55,7 +55,7 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     if args.prompt is not None and (args.images_per_category is not None or args.split is not None):
         raise ValueError("--prompt judges the prompts given, so --split and --images-per-category do not apply; use --images-per-prompt")
     if args.prompt is not None:
-        from benchmarks.toyshapes.prompts import parse_prompt
+        from flowrl.benchmarks.toyshapes.prompts import parse_prompt
 
         for text in args.prompt:  # before the model loads
             parse_prompt(text)
@@ -72,7 +72,7 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     if args.grid:
         print(f"wrote {save_grid(images, args.grid, nrow=16, scale=2)}")
     if args.report:
-        from benchmarks.toyshapes.report import write_toyshapes_reports
+        from flowrl.benchmarks.toyshapes.report import write_toyshapes_reports
 
         paths = write_toyshapes_reports(report, args.report, images=images)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -82,7 +82,7 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
 def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
     import yaml
 
-    from benchmarks.unigenbench.run import UniGenBenchRun, run_unigenbench
+    from flowrl.benchmarks.unigenbench.run import UniGenBenchRun, run_unigenbench
 
     judge = {"concurrency": args.judge_concurrency, "timeout": args.judge_timeout}
     if args.judge_url:
@@ -121,18 +121,18 @@ def cmd_eval_compare(args: argparse.Namespace) -> int:
     if kinds[0] != kinds[1]:
         raise ValueError(f"{args.a} is a {kinds[0]} result and {args.b} a {kinds[1]} one; compare results of one benchmark")
     if kinds[0] == "unigenbench":
-        from benchmarks.unigenbench.report import compare_results
+        from flowrl.benchmarks.unigenbench.report import compare_results
 
         print(compare_results(args.a, args.b, out_dir=args.out))
     else:
-        from benchmarks.toyshapes.report import compare_toyshapes
+        from flowrl.benchmarks.toyshapes.report import compare_toyshapes
 
         print(compare_toyshapes(args.a, args.b, out_dir=args.out))
     return 0
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for
+    from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, prompts_for
 
     for prompt in prompts_for(args.split, tuple(args.category) if args.category else CATEGORIES):
         print(f"{prompt.category:<14} {prompt.text}")
@@ -140,7 +140,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from samplers.methods import METHODS
+    from flowrl.samplers.methods import METHODS
 
     width = max(len(name) for name in METHODS)
     for method in METHODS.values():
@@ -155,7 +155,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_rewards(args: argparse.Namespace) -> int:
-    from rewards.registry import available
+    from flowrl.rewards.registry import available
 
     names = available()
     width = max(len(name) for name in names)
@@ -167,7 +167,7 @@ def cmd_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_reward(args: argparse.Namespace, rest: list[str]) -> int:
-    from rewards.serve import main as serve_main
+    from flowrl.rewards.serve import main as serve_main
 
     return serve_main(rest)
 
@@ -190,8 +190,8 @@ def paired_with_start(samples: Path) -> str | None:
     """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
     starting model) image by image, accuracy and dense score (the reward the toy recipe trains
     on), so a printed gain comes with its noise; None without both evaluations."""
-    from benchmarks.report import format_difference, format_interval, format_p, format_score_interval
-    from benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
+    from flowrl.benchmarks.report import format_difference, format_interval, format_p, format_score_interval
+    from flowrl.benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
 
     reports = sorted(samples.glob("iter_*.json"))
     if len(reports) < 2 or reports[0].name != "iter_00000.json":
@@ -252,7 +252,7 @@ def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.toyshapes.prompts import CATEGORIES
+    from flowrl.benchmarks.toyshapes.prompts import CATEGORIES
 
     parser = argparse.ArgumentParser(prog="flowrl", description="RL for flow-matching text-to-image models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -166,7 +166,7 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
     if values.get("method", recipe_method) != recipe_method:
         # Another method than the recipe's: keep the recipe's options the new method also has
         # (the grid, the group), drop the rest, and say so.
-        from samplers.methods import get_method
+        from flowrl.samplers.methods import get_method
 
         known = {f.name for f in dataclasses.fields(get_method(str(values["method"])).config)}
         dropped = sorted(set(method_options) - known)
@@ -200,7 +200,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
 def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
     """The split and categories (None: all) of a `prompts=toyshapes:SPLIT[:CATEGORY,...]` value;
     fails naming the bad part and what is allowed."""
-    from benchmarks.toyshapes.prompts import CATEGORIES
+    from flowrl.benchmarks.toyshapes.prompts import CATEGORIES
 
     _, split, *rest = spec.split(":", 2)
     if split not in ("train", "heldout", "all"):
@@ -217,8 +217,8 @@ def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
 def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
     from flowrl.losses import get_loss
-    from samplers.methods import get_method
-    from samplers.plan import deterministic_trained_steps, identical_groups
+    from flowrl.samplers.methods import get_method
+    from flowrl.samplers.plan import deterministic_trained_steps, identical_groups
 
     def need(condition: bool, key: str, what: str) -> None:
         if not condition:
@@ -297,8 +297,8 @@ def validate(config: TrainConfig) -> None:
 
 def check_reward_spec(config: TrainConfig) -> None:
     """The reward spec parses and every name resolves (nothing is built or downloaded)."""
-    from rewards.combine import parse_reward_spec
-    from rewards.registry import check
+    from flowrl.rewards.combine import parse_reward_spec
+    from flowrl.rewards.registry import check
 
     try:
         terms = parse_reward_spec(config.reward)
@@ -316,7 +316,7 @@ def check_reward_spec(config: TrainConfig) -> None:
 
 def method_config(config: TrainConfig):
     """The method's own config object for this run."""
-    from samplers.methods import get_method
+    from flowrl.samplers.methods import get_method
 
     return get_method(config.method).configure(**config.method_options)
 

@@ -9,10 +9,10 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from samplers import flow_sigmas, sample_euler
-from samplers.plan import Plan, StepSpec
-from samplers.rollout import RolloutVelocity, rollout
-from samplers.shard import seeded_noise
+from flowrl.samplers import flow_sigmas, sample_euler
+from flowrl.samplers.plan import Plan, StepSpec
+from flowrl.samplers.rollout import RolloutVelocity, rollout
+from flowrl.samplers.shard import seeded_noise
 
 from .policies.base import FlowPolicy
 

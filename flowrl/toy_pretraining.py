@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
-from benchmarks.toyshapes.render import render_batch
+from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
+from flowrl.benchmarks.toyshapes.render import render_batch
 
 from .interrupts import StopRequests, exit_code
 from .run_files import lock_run_directory, truncate_metrics

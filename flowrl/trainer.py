@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from samplers.matching import MatchingPoints, MatchingScore, matching_points, score_matching
-from samplers.methods import get_method
-from samplers.rollout import Rollout, rollout, score_transitions
-from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
+from flowrl.samplers.matching import MatchingPoints, MatchingScore, matching_points, score_matching
+from flowrl.samplers.methods import get_method
+from flowrl.samplers.rollout import Rollout, rollout, score_transitions
+from flowrl.samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
 
-from rewards.combine import RewardScores, RewardSet, win_rates, within_group_pairs
+from flowrl.rewards.combine import RewardScores, RewardSet, win_rates, within_group_pairs
 
 from .adapters import Ema, Reference, add_lora, ramped_decay, trainable_named_parameters, warmed_up_decay
 from .advantage import zero_variance_mask
@@ -96,7 +96,7 @@ class PromptSource:
         self.spec, self.seed = spec, seed
         self.toyshapes_split, self.toyshapes_categories = None, None
         if spec.startswith("toyshapes:"):
-            from benchmarks.toyshapes.prompts import prompts_for
+            from flowrl.benchmarks.toyshapes.prompts import prompts_for
 
             self.toyshapes_split, self.toyshapes_categories = toyshapes_prompt_spec(spec)
             self.pool = [p.text for p in prompts_for(self.toyshapes_split, self.toyshapes_categories)]
@@ -108,7 +108,7 @@ class PromptSource:
     def batch(self, iteration: int, n: int) -> list[str]:
         """The iteration's global prompt list (the same on every process; each runs a shard)."""
         if self.toyshapes_split is not None:
-            from benchmarks.toyshapes.prompts import sample_prompts
+            from flowrl.benchmarks.toyshapes.prompts import sample_prompts
 
             seed = hash((self.seed, iteration)) & 0x7FFFFFFF
             return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=seed, categories=self.toyshapes_categories)]
@@ -735,7 +735,7 @@ class Trainer:
         name = f"iter_{self.iteration:05d}"
         prompts = self.evaluation_prompts()
         if prompts is None:
-            from benchmarks.toyshapes.evaluate import evaluate_toyshapes
+            from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
 
             report, images = evaluate_toyshapes(self.policy, self.config.eval_per_category, self.config.eval_steps, self.config.guidance, progress=False)
             report.save(samples / f"{name}.json")

@@ -22,19 +22,19 @@ ENTRY_POINT_GROUP = "flowrl.rewards"
 
 # name -> (target "module:object", fixed options, one-line description)
 BUILTIN: dict[str, tuple[str, dict, str]] = {
-    "toyshapes": ("rewards.toyshapes:ToyShapesReward", {}, "ToyShapes verifier, partial credit per object and attribute"),
-    "toyshapes_binary": ("rewards.toyshapes:ToyShapesReward", {"binary": True}, "ToyShapes verifier, 1 only when the image is exactly right"),
-    "hpsv2": ("rewards.hps:HPSReward", {"version": "v2.0"}, "HPSv2 human preference score (open_clip ViT-H-14)"),
-    "hpsv2.1": ("rewards.hps:HPSReward", {"version": "v2.1"}, "HPSv2.1 human preference score (open_clip ViT-H-14)"),
-    "pickscore": ("rewards.pickscore:PickScoreReward", {}, "PickScore (transformers CLIPModel)"),
-    "imagereward": ("rewards.image_reward:ImageRewardReward", {}, "ImageReward (needs the image-reward extra)"),
-    "clip": ("rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
-    "aesthetic": ("rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
-    "ocr": ("rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
-    "geneval": ("rewards.geneval:GenEvalReward", {}, "GenEval-style compositional check: OWLv2 detector + CLIP colours (partial or strict)"),
-    "jpeg_compressibility": ("rewards.jpeg:JPEGReward", {"sign": -1.0}, "minus the JPEG size in kB (DDPO)"),
-    "jpeg_incompressibility": ("rewards.jpeg:JPEGReward", {"sign": 1.0}, "the JPEG size in kB (DDPO)"),
-    "vlm_judge": ("rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),
+    "toyshapes": ("flowrl.rewards.toyshapes:ToyShapesReward", {}, "ToyShapes verifier, partial credit per object and attribute"),
+    "toyshapes_binary": ("flowrl.rewards.toyshapes:ToyShapesReward", {"binary": True}, "ToyShapes verifier, 1 only when the image is exactly right"),
+    "hpsv2": ("flowrl.rewards.hps:HPSReward", {"version": "v2.0"}, "HPSv2 human preference score (open_clip ViT-H-14)"),
+    "hpsv2.1": ("flowrl.rewards.hps:HPSReward", {"version": "v2.1"}, "HPSv2.1 human preference score (open_clip ViT-H-14)"),
+    "pickscore": ("flowrl.rewards.pickscore:PickScoreReward", {}, "PickScore (transformers CLIPModel)"),
+    "imagereward": ("flowrl.rewards.image_reward:ImageRewardReward", {}, "ImageReward (needs the image-reward extra)"),
+    "clip": ("flowrl.rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
+    "aesthetic": ("flowrl.rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
+    "ocr": ("flowrl.rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
+    "geneval": ("flowrl.rewards.geneval:GenEvalReward", {}, "GenEval-style compositional check: OWLv2 detector + CLIP colours (partial or strict)"),
+    "jpeg_compressibility": ("flowrl.rewards.jpeg:JPEGReward", {"sign": -1.0}, "minus the JPEG size in kB (DDPO)"),
+    "jpeg_incompressibility": ("flowrl.rewards.jpeg:JPEGReward", {"sign": 1.0}, "the JPEG size in kB (DDPO)"),
+    "vlm_judge": ("flowrl.rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),
 }
 
 _registered: dict[str, Callable] = {}

@@ -1,6 +1,6 @@
 """Serve any registered reward over HTTP, so a trainer can score images on another process or host.
 
-    serve-reward pickscore --port 8731 --device cuda            # python -m rewards.serve ... too
+    serve-reward pickscore --port 8731 --device cuda            # python -m flowrl.rewards.serve ... too
 
 Endpoints: `GET /info` -> {"name", "kind": "pointwise" | "pairwise", "max_request_bytes",
 "max_batch"} (POST /info answers the same, so clients need only one retrying verb);

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.toyshapes.verify import verify
+from flowrl.benchmarks.toyshapes.verify import verify
 
 from .base import check_images
 

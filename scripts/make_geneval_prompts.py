@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rewards.geneval_prompts import training_prompts
+from flowrl.rewards.geneval_prompts import training_prompts
 
 OUT = Path(__file__).resolve().parent.parent / "flowrl" / "recipes" / "prompts"
 TRAIN, EVAL = ("geneval_train.txt", 1000, 0), ("geneval_eval.txt", 64, 1)

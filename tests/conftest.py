@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.toyshapes.prompts import vocabulary
+from flowrl.benchmarks.toyshapes.prompts import vocabulary
 from flowrl.policies.toy import ToyConfig, ToyModel, ToyPolicy
 
 

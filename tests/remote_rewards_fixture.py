@@ -1,5 +1,5 @@
 """Cheap, deterministic rewards that tests/test_rewards_remote.py serves in a subprocess
-(`python -m rewards.serve remote_rewards_fixture:NAME`, with tests/ on PYTHONPATH)."""
+(`python -m flowrl.rewards.serve remote_rewards_fixture:NAME`, with tests/ on PYTHONPATH)."""
 
 from __future__ import annotations
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from benchmarks import toy_default
-from benchmarks.toyshapes.evaluate import evaluate_toyshapes
-from benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
+from flowrl.benchmarks import toy_default
+from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
+from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
 from flowrl.policies.toy import load_toy, save_toy
 
 from conftest import tiny_model
@@ -21,7 +21,7 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
         calls.append(options)
         return evaluate_toyshapes(policy, per_category, **options)
 
-    monkeypatch.setattr("benchmarks.toyshapes.evaluate.evaluate_toyshapes", recorded)
+    monkeypatch.setattr("flowrl.benchmarks.toyshapes.evaluate.evaluate_toyshapes", recorded)
     base = save_toy(tiny_model(0), tmp_path / "base", dtype=torch.float32)
     save_toy(tiny_model(1), tmp_path / "runs" / "seed0" / "final", dtype=torch.float32)
     args = ["--seeds", "0", "--skip-train", "--runs", str(tmp_path / "runs"), "--per-category", "2",

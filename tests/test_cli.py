@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from benchmarks.toyshapes.prompts import split_of
+from flowrl.benchmarks.toyshapes.prompts import split_of
 from flowrl.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ def test_eval_on_the_train_split_with_the_sde_sampler(run, tmp_path):
 def test_eval_of_chosen_prompts(run, tmp_path):
     """--prompt judges the prompts given, --images-per-prompt images each with seeds 0, 1, ... in
     order: the same images as sampling them directly, a row per prompt, and a pairable report."""
-    from benchmarks.toyshapes.verify import verify
+    from flowrl.benchmarks.toyshapes.verify import verify
     from flowrl.generate import generate
     from flowrl.policies import load_toy
 
@@ -151,7 +151,7 @@ def test_the_documented_example_prompts_are_valid():
 
 
 def test_rewards_lists_every_builtin_with_a_description(run):
-    from rewards.registry import BUILTIN
+    from flowrl.rewards.registry import BUILTIN
 
     out = run("rewards").stdout
     for name, (_, _, description) in BUILTIN.items():

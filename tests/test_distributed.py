@@ -122,7 +122,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ob
 
 
 def test_a_batch_that_does_not_split_evenly_fails_by_name():
-    from samplers.shard import shard_roots
+    from flowrl.samplers.shard import shard_roots
 
     with pytest.raises(ValueError, match="multiple of 2"):
         shard_roots(3, 3, 2, 0)

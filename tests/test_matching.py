@@ -9,10 +9,10 @@ import torch
 
 from flowrl.config import build_config
 from flowrl.trainer import train
-from samplers.matching import MatchingPoints, matching_points, score_matching, transition_samples
-from samplers.methods import get_method
-from samplers.plan import Plan, StepSpec
-from samplers.rollout import rollout
+from flowrl.samplers.matching import MatchingPoints, matching_points, score_matching, transition_samples
+from flowrl.samplers.methods import get_method
+from flowrl.samplers.plan import Plan, StepSpec
+from flowrl.samplers.rollout import rollout
 
 from conftest import tiny_model
 from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)

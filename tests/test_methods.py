@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from flowrl.advantage import grpo
-from samplers.methods import METHODS, get_method
-from samplers.rollout import rollout
+from flowrl.samplers.methods import METHODS, get_method
+from flowrl.samplers.rollout import rollout
 
 MISSION = ["flow_grpo", "dance_grpo", "mix_grpo", "mix_grpo_flash", "branch_grpo", "branch_grpo_mix", "tree_rpo", "tempflow_grpo", "g2rpo"]
 

@@ -11,7 +11,7 @@ from flowrl.config import build_config
 from flowrl.losses import policy_loss
 from flowrl.losses.nft import nft_loss, optimality
 from flowrl.trainer import train
-from samplers.matching import MatchingPoints, score_matching
+from flowrl.samplers.matching import MatchingPoints, score_matching
 
 from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)
 

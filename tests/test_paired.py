@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, ttest_rel
 
-from benchmarks.paired import mcnemar_p, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
-from benchmarks.toyshapes.evaluate import EvalReport
-from benchmarks.toyshapes.report import compare_toyshapes, paired_toyshapes, paired_toyshapes_scores
+from flowrl.benchmarks.paired import mcnemar_p, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
+from flowrl.benchmarks.toyshapes.evaluate import EvalReport
+from flowrl.benchmarks.toyshapes.report import compare_toyshapes, paired_toyshapes, paired_toyshapes_scores
 
 
 @pytest.mark.parametrize("a_only,b_only", [(0, 0), (0, 1), (3, 3), (2, 9), (9, 2), (0, 12), (17, 30), (1, 40)])

@@ -22,7 +22,7 @@ from flowrl.policies import FluxPolicy, SD3Policy, TextConditioning, load_flux, 
 from flowrl.policies.base import rollout_velocity
 from flowrl.policies.diffusers_common import resolve_source
 from flowrl.policies.flux import pack_latents, unpack_latents
-from samplers import flow_sigmas, sample_euler
+from flowrl.samplers import flow_sigmas, sample_euler
 from tiny_diffusers import CLIP_TOKENS, RESOLUTION, save_tiny_flux, save_tiny_sd3
 
 diffusers_logging.disable_progress_bar()

@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
-from rewards import registry
-from rewards.aesthetic import HEAD_FILE, HEAD_KEYS, AestheticReward
-from rewards.base import to_pil, to_uint8
-from rewards.clip_common import ImageTransform, OPENAI_MEAN, OPENAI_STD, preprocess, quick_gelu_for
-from rewards.clip_score import CLIPScoreReward
-from rewards.hps import HPSReward
-from rewards.image_reward import ImageRewardReward
-from rewards.pickscore import PickScoreReward
+from flowrl.rewards import registry
+from flowrl.rewards.aesthetic import HEAD_FILE, HEAD_KEYS, AestheticReward
+from flowrl.rewards.base import to_pil, to_uint8
+from flowrl.rewards.clip_common import ImageTransform, OPENAI_MEAN, OPENAI_STD, preprocess, quick_gelu_for
+from flowrl.rewards.clip_score import CLIPScoreReward
+from flowrl.rewards.hps import HPSReward
+from flowrl.rewards.image_reward import ImageRewardReward
+from flowrl.rewards.pickscore import PickScoreReward
 
 TINY = "flowrl-test-tiny-clip"  # registered with open_clip below
 SIDE = 32  # the tiny models' input resolution (real ones: 224)

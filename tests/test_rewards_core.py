@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from flowrl.advantage import pairwise_win_rates
-from rewards import registry
-from rewards.base import InvalidRewardError, check_images, check_scores, is_pairwise
-from rewards.combine import RewardSet, RewardTerm, parse_reward_spec, win_rates, within_group_pairs
-from rewards.pairwise import BradleyTerry
+from flowrl.rewards import registry
+from flowrl.rewards.base import InvalidRewardError, check_images, check_scores, is_pairwise
+from flowrl.rewards.combine import RewardSet, RewardTerm, parse_reward_spec, win_rates, within_group_pairs
+from flowrl.rewards.pairwise import BradleyTerry
 
 
 def brightness(images, prompts):

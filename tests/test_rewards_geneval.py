@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rewards import registry
-from rewards.base import to_pil, to_uint8
-from rewards.geneval import (COLOR_TEMPLATES, QUERY_TEMPLATE, Detection, GenEvalReward, box_iou, crop_box, judge,
+from flowrl.rewards import registry
+from flowrl.rewards.base import to_pil, to_uint8
+from flowrl.rewards.geneval import (COLOR_TEMPLATES, QUERY_TEMPLATE, Detection, GenEvalReward, box_iou, crop_box, judge,
                              relative_position, select_detections)
-from rewards.geneval_prompts import (CLASSES, COLORABLE, COLORS, COUNT_WORDS, ENGLISH_PLURALS, RELATIONS, TAGS, Requirement,
+from flowrl.rewards.geneval_prompts import (CLASSES, COLORABLE, COLORS, COUNT_WORDS, ENGLISH_PLURALS, RELATIONS, TAGS, Requirement,
                                      Task, english_plural, geneval_plural, load_metadata, parse_prompt, render_prompt,
                                      task_from_metadata, training_prompts)
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from rewards.jpeg import JPEGReward, jpeg_size_kb
-from rewards.ocr import edit_distance, normalize_text, quoted_texts, text_accuracy
-from rewards.registry import load
+from flowrl.rewards.jpeg import JPEGReward, jpeg_size_kb
+from flowrl.rewards.ocr import edit_distance, normalize_text, quoted_texts, text_accuracy
+from flowrl.rewards.registry import load
 
 
 def skip_without_rapidocr() -> None:
@@ -106,7 +106,7 @@ def test_text_accuracy_pinned_values():
 @pytest.fixture(scope="module")
 def ocr():
     skip_without_rapidocr()
-    from rewards.ocr import OCRReward
+    from flowrl.rewards.ocr import OCRReward
 
     return OCRReward(num_threads=1)
 
@@ -153,7 +153,7 @@ def test_ocr_scores_batch(ocr, batch):
 
 def test_ocr_options(batch):
     skip_without_rapidocr()
-    from rewards.ocr import OCRReward
+    from flowrl.rewards.ocr import OCRReward
 
     images, prompts = batch
     strict = OCRReward(case_sensitive=True, min_confidence=1.0, num_threads=1, device="cuda")  # device is ignored

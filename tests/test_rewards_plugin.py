@@ -79,7 +79,7 @@ def test_an_installed_plugin_is_listed_and_loads_by_name(plugin_site):
     assert "darkness" in listed.stdout and "flowrl_test_plugin:darkness (package flowrl-test-plugin)" in listed.stdout
     probe = textwrap.dedent("""
         import json, torch
-        from rewards import load
+        from flowrl.rewards import load
         images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(0))
         dark, contrast = load("darkness"), load("contrast", gain=2.0)
         print(json.dumps({"dark": dark.score(images, ["p"] * 3).tolist(), "contrast": contrast.score(images, ["p"] * 3).tolist(),

@@ -1,4 +1,4 @@
-"""Remote rewards against real `python -m rewards.serve` processes on loopback.
+"""Remote rewards against real `python -m flowrl.rewards.serve` processes on loopback.
 
 The served rewards live in tests/remote_rewards_fixture.py: cheap, deterministic functions of the
 pixels and prompts, so every remote score can be compared with the same function run here.
@@ -24,12 +24,12 @@ import safetensors.torch
 import torch
 
 import remote_rewards_fixture as fixture  # tests/ is on sys.path under pytest, as for `references`
-from rewards.base import InvalidRewardError, is_pairwise
-from rewards.combine import RewardSet
-from rewards.http import RewardServiceError
-from rewards.registry import load
-from rewards.remote import RemotePairwise, RemotePointwise, RemoteReward
-from rewards.serve import make_server, parse_options
+from flowrl.rewards.base import InvalidRewardError, is_pairwise
+from flowrl.rewards.combine import RewardSet
+from flowrl.rewards.http import RewardServiceError
+from flowrl.rewards.registry import load
+from flowrl.rewards.remote import RemotePairwise, RemotePointwise, RemoteReward
+from flowrl.rewards.serve import make_server, parse_options
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN_ENV = "FLOWRL_TEST_REWARD_TOKEN"
@@ -37,13 +37,13 @@ TOKEN = "s3cret-token"
 
 
 class Server:
-    """A `python -m rewards.serve` subprocess; its stdout lines arrive on a queue."""
+    """A `python -m flowrl.rewards.serve` subprocess; its stdout lines arrive on a queue."""
 
     def __init__(self, name: str, *args: str, log: Path, env: dict | None = None) -> None:
         environment = {k: v for k, v in os.environ.items() if k != "FLOWRL_REWARD_TOKEN"}
         environment.update(PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]), OMP_NUM_THREADS="1", **(env or {}))
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "rewards.serve", name, *args], cwd=REPO, env=environment, text=True,
+        self.proc = subprocess.Popen([sys.executable, "-m", "flowrl.rewards.serve", name, *args], cwd=REPO, env=environment, text=True,
                                      stdout=subprocess.PIPE, stderr=log.open("w"))
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewards.base import InvalidRewardError, is_pairwise
-from rewards.http import RewardServiceError
-from rewards.registry import load
-from rewards.vlm_judge import DEFAULT_URL, UnparseableVerdictError, VLMJudge, parse_verdict
+from flowrl.rewards.base import InvalidRewardError, is_pairwise
+from flowrl.rewards.http import RewardServiceError
+from flowrl.rewards.registry import load
+from flowrl.rewards.vlm_judge import DEFAULT_URL, UnparseableVerdictError, VLMJudge, parse_verdict
 
 from openai_stub import server_fixture
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from references import dpmpp_2m_reference
-from samplers.ode import dpmpp_2m_step, sample_adaptive, sample_ode
+from flowrl.samplers.ode import dpmpp_2m_step, sample_adaptive, sample_ode
 
 MEAN = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 STD = torch.tensor([0.3, 0.8, 1.5], dtype=torch.float64)
@@ -117,7 +117,7 @@ def test_dpmpp_2m_second_order_term_is_used_in_the_interior():
     # by the hand-computed correction (sigma - sigma_next)/sigma * h/(2 h_prev) * (x0 - x0_prev).
     x, v = noise(4, 2, seed=6), noise(4, 2, seed=7)
     x0_prev = noise(4, 2, seed=8)
-    from samplers.ode import DpmHistory
+    from flowrl.samplers.ode import DpmHistory
 
     out, hist = dpmpp_2m_step(v, x, 0.8, 0.6, DpmHistory(x0_prev, torch.full((4,), 0.9, dtype=torch.float64)))
     lam = lambda s: math.log((1 - s) / s)  # noqa: E731

@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from samplers.ode import sample_adaptive, sample_ode
-from samplers.sde import sde_step
+from flowrl.samplers.ode import sample_adaptive, sample_ode
+from flowrl.samplers.sde import sde_step
 
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
 MEANS = torch.tensor([[-2.0, 0.0], [1.5, 1.5], [1.0, -2.0]], dtype=torch.float64)

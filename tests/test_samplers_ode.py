@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from samplers import euler_step, flow_sigmas, sample_euler
+from flowrl.samplers import euler_step, flow_sigmas, sample_euler
 
 
 def shifted(sigma, shift):

@@ -8,10 +8,10 @@ import torch
 from torch.distributions import Normal
 
 from references import dpmpp_2m_reference
-from samplers.plan import Plan, StepSpec, Tail
-import samplers.rollout as rollout_module
-from samplers.rollout import PROBE, SPINE, TAIL, distinct_rows, rollout, score_transitions
-from samplers.sde import SDE_FORMS
+from flowrl.samplers.plan import Plan, StepSpec, Tail
+import flowrl.samplers.rollout as rollout_module
+from flowrl.samplers.rollout import PROBE, SPINE, TAIL, distinct_rows, rollout, score_transitions
+from flowrl.samplers.sde import SDE_FORMS
 
 SHAPE = (2, 3)
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from samplers.ode import euler_step
-from samplers.sde import SDE_FORMS, diffusion, gaussian_logprob, sde_mean_std, sde_step
+from flowrl.samplers.ode import euler_step
+from flowrl.samplers.sde import SDE_FORMS, diffusion, gaussian_logprob, sde_mean_std, sde_step
 
 
 def rand(*shape, seed=0, dtype=torch.float32):

@@ -4,9 +4,9 @@ and the same credit as one process running the whole batch."""
 import pytest
 import torch
 
-from samplers.methods import get_method
-from samplers.rollout import rollout
-from samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
+from flowrl.samplers.methods import get_method
+from flowrl.samplers.rollout import rollout
+from flowrl.samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
 from test_methods import MISSION, SMALL
 
 PROMPTS = 2

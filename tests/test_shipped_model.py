@@ -3,7 +3,7 @@
 import torch
 
 from flowrl.generate import generate
-from samplers.shard import seeded_noise
+from flowrl.samplers.shard import seeded_noise
 from flowrl.policies.toy import SHIPPED_DIR, WEIGHTS_NAME, load_toy
 
 

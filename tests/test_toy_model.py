@@ -214,7 +214,7 @@ def test_guided_velocity_matches_the_batched_one_call_form(tiny_policy):
     # benchmarks/speed/guidance.py times sd3_velocity against the one-call form (both halves in
     # one batch of 2B) and the no-graph form of before; all three compute the same guided velocity,
     # and the first two the same gradient (the third's is what the fix changed).
-    from benchmarks.speed.guidance import batched_velocity, prompt_branch_velocity
+    from flowrl.benchmarks.speed.guidance import batched_velocity, prompt_branch_velocity
 
     cond = tiny_policy.encode(["a red circle", "two squares"])
     x, sigma = torch.randn(2, 3, 32, 32), torch.tensor([0.8, 0.3])

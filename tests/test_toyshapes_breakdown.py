@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from benchmarks.toyshapes.breakdown import FIELDS, breakdown, breakdown_table, diagnose
-from benchmarks.toyshapes.evaluate import EvalReport, report_from_images
-from benchmarks.toyshapes.prompts import parse_prompt
-from benchmarks.toyshapes.render import render, render_batch
-from benchmarks.toyshapes.scene import assess
+from flowrl.benchmarks.toyshapes.breakdown import FIELDS, breakdown, breakdown_table, diagnose
+from flowrl.benchmarks.toyshapes.evaluate import EvalReport, report_from_images
+from flowrl.benchmarks.toyshapes.prompts import parse_prompt
+from flowrl.benchmarks.toyshapes.render import render, render_batch
+from flowrl.benchmarks.toyshapes.scene import assess
 
 # (scene drawn, prompt asked, stages by construction: found, shapes, objects, relation, copied, correct)
 CASES = [
@@ -99,8 +99,8 @@ def test_report_from_images_checks_lengths():
 
 
 def test_report_files_and_comparisons_carry_the_stages(report, tmp_path):
-    from benchmarks.report import read_csv
-    from benchmarks.toyshapes.report import STAGE_TITLES, compare_toyshapes, write_toyshapes_reports
+    from flowrl.benchmarks.report import read_csv
+    from flowrl.benchmarks.toyshapes.report import STAGE_TITLES, compare_toyshapes, write_toyshapes_reports
 
     paths = write_toyshapes_reports(report, tmp_path / "r")
     tables = {t.title: {row.name: (row.correct, row.total) for row in t.rows} for t in read_csv(paths["csv"])}

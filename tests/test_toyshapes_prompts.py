@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.toyshapes.prompts import (
+from flowrl.benchmarks.toyshapes.prompts import (
     CATEGORIES,
     all_prompts,
     eval_prompts,

@@ -6,10 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from benchmarks.toyshapes.prompts import COLORS, SHAPES, all_prompts
-from benchmarks.toyshapes.render import BACKGROUND, PALETTE, draw_shape
-from benchmarks.toyshapes.scene import SceneObject, assess
-from benchmarks.toyshapes.verify import detect_objects, verify
+from flowrl.benchmarks.toyshapes.prompts import COLORS, SHAPES, all_prompts
+from flowrl.benchmarks.toyshapes.render import BACKGROUND, PALETTE, draw_shape
+from flowrl.benchmarks.toyshapes.scene import SceneObject, assess
+from flowrl.benchmarks.toyshapes.verify import detect_objects, verify
 
 objects = st.lists(
     st.tuples(st.sampled_from(SHAPES), st.sampled_from(COLORS), st.integers(0, 30), st.integers(0, 30), st.integers(3, 20)),

@@ -9,11 +9,11 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw
 
-from benchmarks.toyshapes.prompts import CATEGORIES, all_prompts, parse_prompt
-from benchmarks.toyshapes.render import BACKGROUND, PALETTE, draw_shape, render, render_batch, size_range
-from benchmarks.toyshapes.scene import SceneObject, assess
-from benchmarks.toyshapes.verify import classify_shape, detect_objects, scores, verify
-from rewards import ToyShapesReward
+from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, all_prompts, parse_prompt
+from flowrl.benchmarks.toyshapes.render import BACKGROUND, PALETTE, draw_shape, render, render_batch, size_range
+from flowrl.benchmarks.toyshapes.scene import SceneObject, assess
+from flowrl.benchmarks.toyshapes.verify import classify_shape, detect_objects, scores, verify
+from flowrl.rewards import ToyShapesReward
 
 N = 600
 

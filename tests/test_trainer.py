@@ -56,8 +56,8 @@ def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
 def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp_path, capsys):
     """`flowrl train` ends with the held-out accuracy and, image by image against iteration 0's
     evaluation (the starting model), the difference with its interval and p-value."""
-    from benchmarks.report import format_difference, format_interval, format_p
-    from benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
+    from flowrl.benchmarks.report import format_difference, format_interval, format_p
+    from flowrl.benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
     from flowrl.cli import main
 
     recipe = tmp_path / "tiny.yaml"
@@ -174,7 +174,7 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
 
 def fail_the_second_evaluation(monkeypatch) -> None:
     """The ToyShapes evaluation raises on its second call (the first after iteration 0's)."""
-    import benchmarks.toyshapes.evaluate as evaluation
+    import flowrl.benchmarks.toyshapes.evaluate as evaluation
 
     real, calls = evaluation.evaluate_toyshapes, []
 
@@ -416,7 +416,7 @@ def test_every_method_trains_through_the_same_loop(tiny_dir, tmp_path, method, o
 
 
 def test_a_nan_reward_stops_naming_the_samples_or_drops_their_prompts(tiny_dir, tmp_path):
-    from rewards import InvalidRewardError
+    from flowrl.rewards import InvalidRewardError
 
     with pytest.raises(InvalidRewardError, match=r"reward 'conftest:brightness_nan_for_dark' returned NaN or inf for samples \d"):
         train(tiny_run(tiny_dir, tmp_path / "error", "reward=conftest:brightness_nan_for_dark"))
@@ -472,7 +472,7 @@ def test_every_shipped_recipe_validates_and_covers_every_method():
 
     from flowrl.cli import resolve_recipe
     from flowrl.config import load_config
-    from samplers.methods import METHODS
+    from flowrl.samplers.methods import METHODS
 
     recipes = sorted((Path(__file__).resolve().parent.parent / "flowrl" / "recipes").glob("*.yaml"))
     methods = {load_config(path).method for path in recipes}
@@ -490,7 +490,7 @@ def test_every_shipped_recipe_validates_and_covers_every_method():
 def test_toyshapes_prompts_are_category_balanced_and_reproducible():
     from collections import Counter
 
-    from benchmarks.toyshapes.prompts import CATEGORIES, parse_prompt, split_of
+    from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, parse_prompt, split_of
     from flowrl.trainer import PromptSource
 
     source = PromptSource("toyshapes:train", seed=3)
@@ -507,7 +507,7 @@ def test_toyshapes_prompts_are_category_balanced_and_reproducible():
 def test_toyshapes_prompts_of_some_categories_are_balanced_among_them():
     from collections import Counter
 
-    from benchmarks.toyshapes.prompts import parse_prompt, prompts_for, split_of
+    from flowrl.benchmarks.toyshapes.prompts import parse_prompt, prompts_for, split_of
     from flowrl.trainer import PromptSource
 
     source = PromptSource("toyshapes:train:two_object, color_attr", seed=1)
@@ -648,7 +648,7 @@ def test_a_warmed_up_ema_every_other_step_is_the_hand_computed_average(tiny_dir,
 
 def test_raw_weights_export_equals_a_run_without_ema(tiny_dir, tmp_path):
     # The EMA does not change training, so a run with ema=0 is an independent reference for the raw weights.
-    from benchmarks.raw_weights import export_raw_weights
+    from flowrl.benchmarks.raw_weights import export_raw_weights
 
     train(tiny_run(tiny_dir, tmp_path / "ema", "lora_rank=4", "ema=0.5"))
     train(tiny_run(tiny_dir, tmp_path / "plain", "lora_rank=4", "ema=0"))

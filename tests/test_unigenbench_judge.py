@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.unigenbench.judge import Judge, UnparseableJudgment, parse_answer, read_flag
-from benchmarks.unigenbench.prompts import PromptFileError, PromptFileWarning, load_prompts, load_prompts_report, write_prompts
-from benchmarks.unigenbench.store import JudgmentStore, StoreError
-from benchmarks.unigenbench.types import BenchPrompt, Verdict
-from benchmarks.unigenbench.types import TestPoint as Point  # aliased: pytest would try to collect a Test* class
+from flowrl.benchmarks.unigenbench.judge import Judge, UnparseableJudgment, parse_answer, read_flag
+from flowrl.benchmarks.unigenbench.prompts import PromptFileError, PromptFileWarning, load_prompts, load_prompts_report, write_prompts
+from flowrl.benchmarks.unigenbench.store import JudgmentStore, StoreError
+from flowrl.benchmarks.unigenbench.types import BenchPrompt, Verdict
+from flowrl.benchmarks.unigenbench.types import TestPoint as Point  # aliased: pytest would try to collect a Test* class
 
 from openai_stub import server_fixture
 
@@ -227,8 +227,8 @@ def test_store_failure_mid_record_leaves_nothing(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import os, sys
-from benchmarks.unigenbench.store import JudgmentStore
-from benchmarks.unigenbench.types import Verdict
+from flowrl.benchmarks.unigenbench.store import JudgmentStore
+from flowrl.benchmarks.unigenbench.types import Verdict
 store = JudgmentStore(sys.argv[1])
 make = lambda image: [Verdict(image, 7, f"Style {i}", True, "r") for i in range(4)]
 store.record("7_0.png", 7, make("7_0.png"), model="m", raw="first")

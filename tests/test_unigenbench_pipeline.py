@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.unigenbench.prompts import write_prompts
-from benchmarks.unigenbench.types import BenchPrompt, TestPoint
+from flowrl.benchmarks.unigenbench.prompts import write_prompts
+from flowrl.benchmarks.unigenbench.types import BenchPrompt, TestPoint
 
 from openai_stub import start_server, stop_server
 
@@ -145,7 +145,7 @@ def test_short_names_download_the_official_file_once_into_the_cache(prompts_file
     import http.server
     import threading
 
-    from benchmarks.unigenbench.download import resolve_prompt_file
+    from flowrl.benchmarks.unigenbench.download import resolve_prompt_file
 
     served = tmp_path / "release"
     served.mkdir()

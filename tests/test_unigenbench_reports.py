@@ -15,15 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.report import Row, Table, compare_tables, read_csv
-from benchmarks.toyshapes.evaluate import EvalReport, report_from_images
-from benchmarks.toyshapes.prompts import eval_prompts
-from benchmarks.toyshapes.render import render_batch
-from benchmarks.toyshapes.report import compare_toyshapes, load_report, toyshapes_tables, write_toyshapes_reports
-from benchmarks.unigenbench.aggregate import Results, Tally, aggregate
-from benchmarks.unigenbench.report import compare_results, load_results, results_tables, write_reports
-from benchmarks.unigenbench.types import BenchPrompt, Verdict
-from benchmarks.unigenbench.types import TestPoint as Point  # a Test* name would be collected by pytest
+from flowrl.benchmarks.report import Row, Table, compare_tables, read_csv
+from flowrl.benchmarks.toyshapes.evaluate import EvalReport, report_from_images
+from flowrl.benchmarks.toyshapes.prompts import eval_prompts
+from flowrl.benchmarks.toyshapes.render import render_batch
+from flowrl.benchmarks.toyshapes.report import compare_toyshapes, load_report, toyshapes_tables, write_toyshapes_reports
+from flowrl.benchmarks.unigenbench.aggregate import Results, Tally, aggregate
+from flowrl.benchmarks.unigenbench.report import compare_results, load_results, results_tables, write_reports
+from flowrl.benchmarks.unigenbench.types import BenchPrompt, Verdict
+from flowrl.benchmarks.unigenbench.types import TestPoint as Point  # a Test* name would be collected by pytest
 
 slow = pytest.mark.slow
 

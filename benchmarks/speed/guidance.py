@@ -1,6 +1,6 @@
 """The cost of a guided velocity as two calls (`sd3_velocity`) against one batched call.
 
-    python -m benchmarks.speed.guidance [--batch 48] [--repeats 3] [--threads 2]
+    python -m flowrl.benchmarks.speed.guidance [--batch 48] [--repeats 3] [--threads 2]
 
 Times, in this one process and interleaved, the shipped toy model's guided velocity at one noise
 level: sampling (no grad) and a training pass (forward plus backward of a scalar loss). The
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name} {getattr(args, name)}: need at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    from benchmarks.toyshapes.prompts import sample_prompts
+    from flowrl.benchmarks.toyshapes.prompts import sample_prompts
     from flowrl.policies.toy import load_toy
 
     policy = load_toy()

@@ -1,6 +1,6 @@
 """The toy default run's iteration cost in float32 against bf16 autocast (`mixed_precision`).
 
-    python -m benchmarks.speed.precision [--iterations 4] [--threads 2] [key=value ...]
+    python -m flowrl.benchmarks.speed.precision [--iterations 4] [--threads 2] [key=value ...]
 
 Both settings train the toy recipe (with any overrides) for a few iterations in this one process,
 with the same prompts and noise, so the time ratios mean something on any machine; bf16 pays on

@@ -1,6 +1,6 @@
 """Rollout cost of the methods on the toy model: NFE, wall time and time per scored sample.
 
-    python -m benchmarks.speed.rollout [--prompts 2] [--repeats 2] [--threads 2]
+    python -m flowrl.benchmarks.speed.rollout [--prompts 2] [--repeats 2] [--threads 2]
 
 Every method runs in this one process on the same model and prompts, so the ratios between rows
 are meaningful on any machine; the absolute times are this machine's. It also compares one
@@ -23,8 +23,8 @@ from flowrl.config import load_config, method_config
 from flowrl.policies import load_toy
 from flowrl.policies.base import rollout_velocity
 from flowrl.trainer import PromptSource
-from samplers.methods import get_method
-from samplers.rollout import rollout, score_transitions
+from flowrl.samplers.methods import get_method
+from flowrl.samplers.rollout import rollout, score_transitions
 
 # Each method at toy scale with 16 scored samples per prompt where the method allows it.
 SETTINGS = {

@@ -40,7 +40,7 @@ from typing import Iterable
 import requests
 from tqdm.auto import tqdm
 
-from rewards.http import chat_answer_text, check_client_numbers, check_url, pooled_session, post_with_retries, request_headers
+from flowrl.rewards.http import chat_answer_text, check_client_numbers, check_url, pooled_session, post_with_retries, request_headers
 
 from .store import JudgmentStore
 from .types import BenchPrompt, Verdict

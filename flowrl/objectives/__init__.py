@@ -1,0 +1,1 @@
+"""Objectives: how advantages become a loss (sde, matching, nft)."""
