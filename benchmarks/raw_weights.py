@@ -28,7 +28,7 @@ def export_raw_weights(run: str | Path, out: str | Path) -> Path:
     shutil.copytree(run / "checkpoint", out / "checkpoint", dirs_exist_ok=True)
     trainer = Trainer(dataclasses.replace(load_config(run / "config.json"), out=str(out)))
     try:
-        if not trainer.try_resume():
+        if not trainer.checkpoints.resume():
             raise ValueError(f"{run}/checkpoint could not be resumed")
         trainer.ema = None
         return trainer.export()

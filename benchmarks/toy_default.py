@@ -24,17 +24,19 @@ from flowrl.benchmarks.report import format_difference, format_interval, format_
 from flowrl.benchmarks.toyshapes.evaluate import EvalReport
 from flowrl.benchmarks.toyshapes.prompts import SPLITS
 from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
-from flowrl.cli import non_negative_float
+from flowrl.cli_args import non_negative_float
 
 
 def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> tuple[dict, EvalReport]:
     """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
     the shipped model), and the full report (its per-image records pair runs with the base)."""
     from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
+    from flowrl.generate import sampler
     from flowrl.policies import load_toy
 
     steps = 20 if eta == 0 else 10  # the SDE evaluation uses the toy recipes' 10-step grid
-    report, _ = evaluate_toyshapes(load_toy(directory), per_category, steps=steps, guidance=4.0, progress=False, split=split, eta=eta)
+    sample = sampler(load_toy(directory), steps, 4.0, eta=eta, batch_size=128)
+    report, _ = evaluate_toyshapes(sample, per_category, steps=steps, guidance=4.0, eta=eta, split=split)
     return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}, report
 
 
@@ -52,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from flowrl.cli_args import resolve_recipe
     from flowrl.config import load_config
-    from flowrl.cli import resolve_recipe
     from flowrl.trainer import train
 
     if args.base is not None and not (Path(args.base) / "config.json").is_file():

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import sys
 from pathlib import Path
+
+from .cli_args import non_negative_float, resolve_recipe
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """argparse type of a finite number >= 0 (noise levels); shared with the benchmark scripts."""
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
@@ -47,6 +40,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
 
+    from .generate import sampler
     from .images import save_grid
     from .policies.toy import load_toy
 
@@ -61,8 +55,9 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
             parse_prompt(text)
     policy = load_toy(args.checkpoint, args.device)
     per_group = (args.images_per_category or 32) if args.prompt is None else (args.images_per_prompt or 32)
+    sample = sampler(policy, args.steps, args.guidance, eta=args.eta, batch_size=args.batch_size, progress=True)
     report, images = evaluate_toyshapes(
-        policy, per_group, args.steps, args.guidance, args.seed, args.batch_size, split=args.split or "heldout", eta=args.eta, prompts=args.prompt
+        sample, per_group, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, split=args.split or "heldout", prompts=args.prompt
     )
     print(report.table() if args.prompt is None else report.prompt_table())
     print("\nwhere images fail (fractions of each category's images; shapes and objects need the exact count):")
@@ -154,6 +149,23 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_objectives(args: argparse.Namespace) -> int:
+    """The objectives and the advantage estimators, each with its options and their defaults."""
+    from flowrl.advantage import ADVANTAGES
+    from flowrl.objectives import OBJECTIVES
+    from flowrl.registry import options_dict
+
+    for title, registry, key in (("objectives (objective=NAME, objective.KEY=VALUE)", OBJECTIVES, "objective"),
+                                 ("advantage estimators of chain methods (method.advantage=NAME)", ADVANTAGES, "method.advantage")):
+        print(title)
+        width = max(len(name) for name in registry)
+        for name, entry in registry.entries.items():
+            defaults = ", ".join(f"{k}={v!r}" for k, v in options_dict(entry.options()).items()) or "no options"
+            note = " (not for image methods: keeps per-prompt state)" if entry.traits.get("stateful") else ""
+            print(f"  {name:<{width}}  {entry.description}{note}\n  {'':<{width}}  {defaults}")
+    return 0
+
+
 def cmd_rewards(args: argparse.Namespace) -> int:
     from flowrl.rewards.registry import available
 
@@ -170,20 +182,6 @@ def cmd_serve_reward(args: argparse.Namespace, rest: list[str]) -> int:
     from flowrl.rewards.serve import main as serve_main
 
     return serve_main(rest)
-
-
-def resolve_recipe(name: str | None) -> Path | None:
-    """A recipe path: an existing file, or the name of a shipped recipe (flowrl/recipes/NAME.yaml)."""
-    if name is None:
-        return None
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
-    raise ValueError(f"recipe {name!r} is neither a file nor a shipped recipe; shipped: {known}")
 
 
 def paired_with_start(samples: Path) -> str | None:
@@ -318,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="list the RL methods (plans of the solver layer) with their papers")
     methods.add_argument("--verbose", "-v", action="store_true", help="also show each method's default options and plan")
     methods.set_defaults(func=cmd_methods)
+
+    objectives = sub.add_parser("objectives", help="list the objectives (how advantages become a loss) and advantage estimators with their options")
+    objectives.set_defaults(func=cmd_objectives)
 
     train = sub.add_parser("train", help="RL fine-tuning (default: the toy recipe on the CPU)")
     train.add_argument("recipe", nargs="?", default=None, help="a YAML recipe path or a shipped recipe name (default: toy)")

@@ -2,7 +2,8 @@
 
 Everything is validated before any model loads: an unknown key or a bad value fails naming the
 key, the value and what is allowed. Method hyperparameters go under `method_options` (override
-them as `method.window=3`) and are checked by the method's own config class.
+them as `method.window=3`), the objective's under `objective_options` (`objective.clip_low=1e-4`);
+each is checked by its registry entry's options dataclass.
 """
 
 from __future__ import annotations
@@ -64,22 +65,12 @@ class TrainConfig:
     # advantages and loss
     advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
     drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
-    objective: str = option("sde", "what the ratio compares: sde (log-probs of the rollout's SDE transitions; Flow-GRPO and the rest) "
-                            "or matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only), "
-                            "or nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only)", choices=("sde", "matching", "nft"))
-    nft_beta: float = option(1.0, "objective=nft: DiffusionNFT's beta, how far the implicit policies v_old +- beta (v - v_old) move with the trained v; "
-                             "each point's loss is minimal at v = v_old + (2r - 1)(target - v_old) / nft_beta, r = 1/2 + advantage / (2 advantage_clip)")
-    nft_sampler: str = option("current", "objective=nft: the weights that sample the rollouts and give v_old: current (the trained weights at the iteration's start), "
-                              "ema (the EMA kept by `ema`, which the run also evaluates and exports), or old (the paper's: an average of its own, "
-                              "updated after each iteration with the ramped decay of nft_old_decay), so the trained weights run ahead of a slower sampling policy",
-                              choices=("current", "ema", "old"))
-    nft_old_decay: list = option([0.001, 0.5, 0], "nft_sampler=old: [rate, max, flat]: after each iteration old = d old + (1 - d) trained with "
-                                 "d = min(rate (steps - flat), max), 0 before `flat`, steps the optimizer steps so far (DiffusionNFT: [0.001, 0.5, 0]; its OCR run [0.0075, 0.999, 75])")
-    nft_weighting: str = option("adaptive", "objective=nft: how each implicit policy's error is weighted: adaptive (the paper's: the squared error of the implied clean image over its own mean absolute value) "
-                                "or uniform (the plain mean squared velocity error; its first step is then exactly AWM's)", choices=("adaptive", "uniform"))
+    objective: str = option("sde", "how advantages become a loss: sde (the ratio of the rollout's SDE transition log-probs; Flow-GRPO and the rest), "
+                            "matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only), "
+                            "nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only), "
+                            "or a registered name (flowrl objectives lists them)")
+    objective_options: dict = option({}, "the objective's options, e.g. objective.clip_low=1e-4 (flowrl objectives shows them)")
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
-    clip_low: float = option(1e-3, "lower clip range eps_low of the ratio (Flow-GRPO uses 1e-4 on SD3.5)")
-    clip_high: float = option(1e-3, "upper clip range eps_high (> clip_low is clip-higher)")
     beta: float = option(0.0, "weight of the KL to the reference (adapters disabled, or the initial weights)")
     # optimisation
     lr: float = option(3e-5, "AdamW learning rate")
@@ -119,7 +110,7 @@ def _expected(name: str) -> type:
 def check_value(name: str, value: Any) -> Any:
     """value converted to the field's type, or a ValueError naming the key, value and type."""
     if name not in FIELDS:
-        raise ValueError(f"unknown config key {name!r}; known keys: {', '.join(sorted(FIELDS))} (and method.<option>)")
+        raise ValueError(f"unknown config key {name!r}; known keys: {', '.join(sorted(FIELDS))} (and method.<option>, objective.<option>)")
     expected = _expected(name)
     if expected in (int, float) and isinstance(value, str):  # YAML reads 1e-4 as a string
         try:
@@ -151,33 +142,56 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+# The parts whose options nest under a key: override prefix -> (name key, options key, registry).
+PARTS = {"method": ("method", "method_options"), "objective": ("objective", "objective_options")}
+
+
+def part_registry(part: str):
+    if part == "method":
+        from flowrl.samplers.methods import METHODS
+
+        return METHODS
+    from flowrl.objectives import OBJECTIVES
+
+    return OBJECTIVES
+
+
 def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
     """A validated TrainConfig from a dict (a recipe) and key=value overrides (applied after)."""
     values = dict(values)
-    method_options = dict(values.pop("method_options", None) or {})
-    recipe_method = values.get("method", TrainConfig.method)
-    cli_options: dict[str, Any] = {}
+    recipe_options = {part: dict(values.pop(options_key, None) or {}) for part, (_, options_key) in PARTS.items()}
+    recipe_names = {part: values.get(name_key, getattr(TrainConfig, name_key)) for part, (name_key, _) in PARTS.items()}
+    cli_options: dict[str, dict[str, Any]] = {part: {} for part in PARTS}
     for text in overrides:
         key, value = parse_override(text)
-        if key.startswith("method."):
-            cli_options[key[len("method."):]] = value
+        prefix, _, rest = key.partition(".")
+        if prefix in PARTS and rest:
+            cli_options[prefix][rest] = value
         else:
             values[key] = value
-    if values.get("method", recipe_method) != recipe_method:
-        # Another method than the recipe's: keep the recipe's options the new method also has
-        # (the grid, the group), drop the rest, and say so.
-        from flowrl.samplers.methods import get_method
-
-        known = {f.name for f in dataclasses.fields(get_method(str(values["method"])).config)}
-        dropped = sorted(set(method_options) - known)
-        method_options = {k: v for k, v in method_options.items() if k in known}
-        if dropped:
-            print(f"note: method {values['method']!r} has no {dropped} (options of the recipe's {recipe_method!r}); ignoring them", file=sys.stderr)
-    method_options.update(cli_options)
+    options = {}
+    for part, (name_key, options_key) in PARTS.items():
+        chosen = values.get(name_key, recipe_names[part])
+        kept = recipe_options[part]
+        if chosen != recipe_names[part]:
+            # Another method or objective than the recipe's: keep the recipe's options the new one
+            # also has (the grid, the group), drop the rest, and say so.
+            known = set(registry_option_names(part, str(chosen)))
+            dropped = sorted(set(kept) - known)
+            kept = {k: v for k, v in kept.items() if k in known}
+            if dropped:
+                print(f"note: {part} {chosen!r} has no {dropped} (options of the recipe's {recipe_names[part]!r}); ignoring them", file=sys.stderr)
+        options[options_key] = {**kept, **cli_options[part]}
     checked = {name: check_value(name, value) for name, value in values.items()}
-    config = TrainConfig(**checked, method_options=method_options)
+    config = TrainConfig(**checked, **options)
     validate(config)
     return config
+
+
+def registry_option_names(part: str, name: str) -> list[str]:
+    from flowrl.registry import option_names
+
+    return option_names(part_registry(part).entry(name).options)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -197,28 +211,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
     return build_config(values, overrides)
 
 
-def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
-    """The split and categories (None: all) of a `prompts=toyshapes:SPLIT[:CATEGORY,...]` value;
-    fails naming the bad part and what is allowed."""
-    from flowrl.benchmarks.toyshapes.prompts import CATEGORIES
-
-    _, split, *rest = spec.split(":", 2)
-    if split not in ("train", "heldout", "all"):
-        raise ValueError(f"config key prompts={spec!r}: unknown split {split!r}; expected toyshapes:train, toyshapes:heldout or toyshapes:all")
-    if not rest:
-        return split, None
-    categories = tuple(c.strip() for c in rest[0].split(","))
-    unknown = [c for c in categories if c not in CATEGORIES]
-    if unknown:
-        raise ValueError(f"config key prompts={spec!r}: unknown categories {unknown}; expected a comma-separated list of {list(CATEGORIES)}")
-    return split, tuple(dict.fromkeys(categories))
-
-
 def validate(config: TrainConfig) -> None:
     """Cross-field and range checks, including the method's options, before anything loads."""
+    from flowrl.advantage import check_credit
     from flowrl.losses import get_loss
+    from flowrl.objectives import OBJECTIVES
     from flowrl.samplers.methods import get_method
-    from flowrl.samplers.plan import deterministic_trained_steps, identical_groups
+    from flowrl.samplers.plan import identical_groups
+
+    from .prompt_source import toyshapes_prompt_spec
 
     def need(condition: bool, key: str, what: str) -> None:
         if not condition:
@@ -226,21 +227,10 @@ def validate(config: TrainConfig) -> None:
 
     for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every", "ema_every"):
         need(getattr(config, key) >= 1, key, "must be at least 1")
-    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "clip_low", "clip_high", "train_batch", "eval_every", "threads", "lr_warmup"):
+    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "train_batch", "eval_every", "threads", "lr_warmup"):
         need(getattr(config, key) >= 0, key, "must not be negative")
     need(config.lr > 0, "lr", "must be positive")
-    if config.objective == "nft":
-        need(config.nft_beta > 0, "nft_beta", "must be positive")
-        need(config.advantage_clip > 0, "advantage_clip", "objective=nft reads advantages as r = 1/2 + advantage / (2 advantage_clip), so it must be positive")
-    if config.nft_sampler != "current":
-        need(config.objective == "nft", "nft_sampler", f"{config.nft_sampler} applies to objective=nft, not objective={config.objective!r}")
-    if config.nft_sampler == "ema":
-        need(config.ema > 0, "nft_sampler", "ema samples with the moving average of the weights, so it needs ema > 0 (or nft_sampler=old, an average of its own)")
-    decay = config.nft_old_decay
-    need(len(decay) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decay), "nft_old_decay", "expected three numbers [rate, max, flat]")
-    need(decay[0] >= 0 and 0 <= decay[1] < 1 and decay[2] >= 0, "nft_old_decay", "expected rate >= 0, 0 <= max < 1 and flat >= 0")
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
-    need(config.clip_low < 1, "clip_low", "must be below 1")
     need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
     check_reward_spec(config)
     need(len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas), "adam_betas", "expected two numbers in [0, 1)")
@@ -266,15 +256,21 @@ def validate(config: TrainConfig) -> None:
     method = get_method(config.method)
     try:
         options = method.configure(**config.method_options)
+        check_credit(method, options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"method {config.method!r}: {error}") from None
+    objective = OBJECTIVES.lookup(config.objective)
+    try:
+        objective_options = OBJECTIVES.configure(config.objective, config.objective_options)
+    except ValueError as error:
+        raise ValueError(f"config key objective_options={config.objective_options!r}: {error}") from None
     if config.fsdp:
-        need(config.objective == "sde", "objective", "fsdp=true supports objective=sde only")
+        need(objective.supports_sharding, "objective", "fsdp=true supports objective=sde only")
         need(config.micro_batch <= config.max_batch, "micro_batch", f"with fsdp=true must not exceed max_batch={config.max_batch}, so that every process makes one model call per micro-batch")
     if config.zero_stage:
         need(config.zero_stage in (1, 2), "zero_stage", "expected 0 (off), 1 or 2; stage 3 partitions the weights, which fsdp=true does")
         need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
-        need(config.objective == "sde", "objective", "zero_stage supports objective=sde only")
+        need(objective.supports_sharding, "objective", "zero_stage supports objective=sde only")
         need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
     try:
         plan = method.plan(options, 0)
@@ -284,21 +280,13 @@ def validate(config: TrainConfig) -> None:
          f"the {config.method} plan's {plan.group_size} samples of a prompt would be identical (every reward ties, nothing trains): they share "
          "their starting noise and no step adds noise (every step is an ODE step or an SDE step at noise level 0); "
          "set method.share_noise=false or give the SDE steps a positive noise level")
-    deterministic = deterministic_trained_steps(plan)
-    need(config.objective != "sde" or not deterministic, "method_options",
-         f"noise level 0 makes the trained steps {deterministic} of the {config.method} plan deterministic (ODE steps), and objective=sde "
-         "trains their log-probability, which a deterministic step does not have; use objective=matching or objective=nft "
-         "(they train on the final samples) or a positive noise level")
-    if config.objective in ("matching", "nft"):
-        need(all(s.branch == 1 and s.probes == 0 for s in plan.steps), "objective",
-             f"needs one final sample per chain, but method {config.method!r} branches (trees or probes); "
-             "use a chain method: flow_grpo, dance_grpo, mix_grpo or mix_grpo_flash")
+    objective.check(objective_options, config, plan, config.method)
 
 
 def check_reward_spec(config: TrainConfig) -> None:
     """The reward spec parses and every name resolves (nothing is built or downloaded)."""
     from flowrl.rewards.combine import parse_reward_spec
-    from flowrl.rewards.registry import check
+    from flowrl.rewards.registry import check, check_options
 
     try:
         terms = parse_reward_spec(config.reward)
@@ -312,6 +300,11 @@ def check_reward_spec(config: TrainConfig) -> None:
     bad = [name for name, value in config.reward_options.items() if not isinstance(value, dict)]
     if bad:
         raise ValueError(f"config key reward_options={config.reward_options!r}: the options of {bad} must be mappings of keyword to value")
+    for name, options in config.reward_options.items():
+        try:
+            check_options(name, options)
+        except ValueError as error:
+            raise ValueError(f"config key reward_options={config.reward_options!r}: {error}") from None
 
 
 def method_config(config: TrainConfig):

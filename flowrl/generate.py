@@ -5,6 +5,7 @@ that holds for the deterministic sampler)."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -36,10 +37,7 @@ def generate(
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if not (math.isfinite(eta) and eta >= 0):
-        raise ValueError(f"eta (the SDE noise level) must be finite and >= 0 (0: deterministic Euler), got {eta}")
+    _check_settings(batch_size, eta)
     sigmas = flow_sigmas(steps, shift).to(policy.device)
     chunks = range(0, len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * steps, desc=f"sampling {len(prompts)} images", unit="step", disable=not progress)
@@ -62,6 +60,27 @@ def generate(
         out.append(policy.decode(x).cpu())
     bar.close()
     return torch.cat(out)
+
+
+def sampler(
+    policy: FlowPolicy, steps: int, guidance: float, eta: float = 0.0, shift: float = 1.0, batch_size: int = 64, progress: bool = False,
+) -> Callable[[list[str], list[int]], torch.Tensor]:
+    """`generate` with the policy and settings bound: sample(prompts, seeds) -> images [B, 3, H, W]
+    in [0, 1], the sampling callable that evaluations take (benchmarks/toyshapes/evaluate.py).
+    Bad settings fail here, before any image is drawn."""
+    _check_settings(batch_size, eta)
+
+    def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        return generate(policy, prompts, seeds, steps=steps, guidance=guidance, shift=shift, batch_size=batch_size, progress=progress, eta=eta)
+
+    return sample
+
+
+def _check_settings(batch_size: int, eta: float) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if not (math.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta (the SDE noise level) must be finite and >= 0 (0: deterministic Euler), got {eta}")
 
 
 def _sde_samples(policy: FlowPolicy, velocity: RolloutVelocity, sigmas: torch.Tensor, eta: float, seeds: list[int]) -> torch.Tensor:

@@ -1,11 +1,36 @@
-"""Name-to-object registries (advantage estimators, policy losses): duplicates and misses fail
-with messages that name the kind and list the known names."""
+"""The one registry pattern of the toolkit: named entries, each with an options dataclass.
+
+Methods, advantage estimators, losses, objectives, rewards and policies are registered with the
+`register(name, options=...)` decorator; a duplicate name fails, a lookup of an unknown name
+lists the known ones, and `configure(name, values)` validates an entry's options (unknown keys,
+bad values) before any model loads. This module imports nothing from the toolkit, so every
+layer (the solver layer and the rewards too) may use it.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, TypeVar
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered object: its name, the object, its options dataclass (None: no options) and
+    traits that callers check (e.g. stateful=True: the entry keeps state across iterations)."""
+
+    name: str
+    target: Any
+    options: type | None
+    description: str
+    traits: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass
+class NoOptions:
+    """An entry without options."""
 
 
 class Registry(dict):
@@ -14,17 +39,67 @@ class Registry(dict):
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+        self.entries: dict[str, Entry] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, *, options: type | None = None, description: str = "", **traits: Any) -> Callable[[T], T]:
+        """Decorator adding an object under `name` with its options dataclass (none: NoOptions)."""
+        options = NoOptions if options is None else options
+        if not dataclasses.is_dataclass(options):
+            raise TypeError(f"the options of {self.kind} {name!r} must be a dataclass, got {options!r}")
+
         def add(obj: T) -> T:
             if name in self:
                 raise ValueError(f"a {self.kind} named {name!r} is already registered")
             self[name] = obj
+            doc = description or ((getattr(obj, "__doc__", None) or "").strip().splitlines() or [""])[0]
+            self.entries[name] = Entry(name, obj, options, doc, dict(traits))
             return obj
 
         return add
 
-    def lookup(self, name: str):
+    def lookup(self, name: str) -> Any:
+        """The object registered as `name`, or a ValueError listing the known names."""
         if name not in self:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {sorted(self)}")
         return self[name]
+
+    def entry(self, name: str) -> Entry:
+        self.lookup(name)
+        return self.entries[name]
+
+    def configure(self, name: str, values: Mapping[str, Any] | None = None) -> Any:
+        """The options dataclass of `name` built from `values`; unknown keys fail naming them and
+        the known ones, and the dataclass's own checks run (no model is involved)."""
+        return build_options(self.entry(name).options, values, f"{self.kind} {name!r}")
+
+
+def option_names(options: type | None) -> list[str]:
+    """The field names of an options dataclass (none for None)."""
+    return [f.name for f in dataclasses.fields(options)] if options is not None else []
+
+
+def build_options(options: type | None, values: Mapping[str, Any] | None, owner: str) -> Any:
+    """`options(**values)`, with unknown keys and type errors reported as a ValueError naming `owner`."""
+    values = dict(values or {})
+    known = option_names(options)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{owner} has no option(s) {unknown}; known options: {known or 'none'}")
+    if options is None:
+        return None
+    floats = {f.name for f in dataclasses.fields(options) if str(f.type).startswith("float")}
+    for key in floats & set(values):
+        if isinstance(values[key], str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                values[key] = float(values[key])
+            except ValueError:
+                pass
+    try:
+        return options(**values)
+    except TypeError as error:
+        raise ValueError(f"{owner}: {error}") from None
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    """The keyword arguments an options dataclass stands for (an empty dict for None)."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)} if options is not None else {}

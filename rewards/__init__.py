@@ -1,7 +1,7 @@
 """Reward models. Pointwise: score(images [B, 3, H, W] in [0, 1], prompts) -> Tensor[B];
 pairwise: compare(images_a, images_b, prompts) -> Tensor[B], the probability that a is preferred.
 
-`rewards.load(name, device=...)` builds one by name (`flowrl rewards` lists them); heavy models
+`flowrl.rewards.load(name, device=...)` builds one by name (`flowrl rewards` lists them); heavy models
 are imported and loaded only then, so importing this package is cheap and never downloads.
 """
 

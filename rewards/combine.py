@@ -16,6 +16,7 @@ import torch
 
 from .base import INVALID_POLICIES, check_scores, is_pairwise, raise_if_invalid, reward_name
 from .registry import load
+from .win_rates import win_rates, within_group_pairs
 
 _TERM = re.compile(r"^\s*(?:(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[^\s*]+)\s*$")
 
@@ -36,26 +37,6 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     if repeated:
         raise ValueError(f"reward spec {spec!r} names {repeated} more than once; give each reward once with its total weight")
     return terms
-
-
-def within_group_pairs(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(index_a, index_b) of every unordered pair i < j with the same group id."""
-    group_ids = torch.as_tensor(group_ids).flatten()
-    same = (group_ids[:, None] == group_ids[None, :]).triu(diagonal=1)
-    index_a, index_b = torch.nonzero(same, as_tuple=True)
-    return index_a, index_b
-
-
-def win_rates(index_a: torch.Tensor, index_b: torch.Tensor, prob_a: torch.Tensor, count: int) -> torch.Tensor:
-    """[count] share of its comparisons each sample won (a gains p, b gains 1 - p); a sample in
-    no pair (a group of one) gets the neutral 0.5."""
-    wins = torch.zeros(count, dtype=torch.float64)
-    comparisons = torch.zeros(count, dtype=torch.float64)
-    prob_a = prob_a.double()
-    wins.index_add_(0, index_a, prob_a).index_add_(0, index_b, 1 - prob_a)
-    comparisons.index_add_(0, index_a, torch.ones_like(prob_a)).index_add_(0, index_b, torch.ones_like(prob_a))
-    rates = torch.where(comparisons > 0, wins / comparisons.clamp(min=1), torch.full_like(wins, 0.5))
-    return rates.float()
 
 
 @dataclass
@@ -176,5 +157,5 @@ class RewardSet:
             for term in self.terms:
                 if term.pairwise:
                     probs = self.judge_pairs(term, images, prompts, index_a, index_b)
-                    components[term.name] = (win_rates(index_a, index_b, probs, count), torch.ones(count, dtype=torch.bool))
+                    components[term.name] = (win_rates(index_a, index_b, probs, count, unjudged="neutral"), torch.ones(count, dtype=torch.bool))
         return self.combine(components)

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from flowrl.registry import Registry
+
 from .base import is_pairwise
 
 ENTRY_POINT_GROUP = "flowrl.rewards"
@@ -37,18 +39,36 @@ BUILTIN: dict[str, tuple[str, dict, str]] = {
     "vlm_judge": ("flowrl.rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),
 }
 
-_registered: dict[str, Callable] = {}
+# Rewards registered in this process; a reward's options are its constructor's keyword arguments,
+# checked against its signature before any weights load (check_options).
+REWARDS = Registry("reward")
+_registered = REWARDS
 
 
 def register_reward(name: str) -> Callable:
     """Decorator: make a reward class, factory or function loadable by `name` in this process."""
-    def add(target: Callable) -> Callable:
-        if name in _registered or name in BUILTIN:
-            raise ValueError(f"a reward named {name!r} is already registered")
-        _registered[name] = target
-        return target
+    if name in BUILTIN:
+        raise ValueError(f"a reward named {name!r} is already registered")
+    return REWARDS.register(name)
 
-    return add
+
+def check_options(name: str, options: dict) -> None:
+    """Fail when `options` are not keyword arguments the reward `name` takes (nothing is built)."""
+    if not options or name.startswith(("remote:", "pairwise:")):
+        return
+    target, fixed = resolve(name)
+    if not (isinstance(target, type) or (callable(target) and _is_factory(target))):
+        raise ValueError(f"reward {name!r} takes no options, got {sorted(options)}")
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        known = sorted(k for k, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k not in fixed)
+        raise ValueError(f"reward {name!r} has no option(s) {unknown}; known options: {known}")
 
 
 def _plugins() -> dict:

@@ -4,7 +4,7 @@
 (with `score`) or a RemotePairwise (with `compare`), so `is_pairwise` sees the right kind. A
 batch is sent `batch_size` images per request, `concurrency` requests at a time, each POST
 retried on connection errors, timeouts, 429 and 5xx (rewards.http). The wire format is in
-rewards.serve.
+rewards.wire, shared with the server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 
 from .base import INVALID_POLICIES, check_images, check_scores
 from .http import RewardServiceError, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
-from .serve import ENDPOINTS, TOKEN_ENV, WIRE_DTYPES, encode_batch
+from .wire import ENDPOINTS, TOKEN_ENV, WIRE_DTYPES, BadResponse, decode_scores, encode_batch
 
 
 class _RemoteBase:
@@ -50,7 +50,10 @@ class _RemoteBase:
                                      f"server with a larger --max-request-mb")
         response = post_with_retries(self.session, self.url + ENDPOINTS[self.kind], what=self.name, timeout=self.timeout, retries=self.retries,
                                      backoff=self.backoff, headers=self.headers, data=body)
-        return _scores_from(response, len(prompts), self.name)
+        try:
+            return decode_scores(response.text, len(prompts))
+        except BadResponse as error:
+            raise RewardServiceError(f"{self.name}: {error}") from None
 
     def _run(self, images: Sequence[torch.Tensor], prompts: Sequence[str]) -> torch.Tensor:
         """float32 [B] scores of a whole batch, batch_size images per request, checked."""
@@ -65,20 +68,6 @@ class _RemoteBase:
         if self.on_invalid == "error":
             check_scores(values, count, self.name, "error")  # NaN/inf fail here, naming the samples
         return values  # with on_invalid="drop", NaN stays NaN for the caller's own drop policy
-
-
-def _scores_from(response: requests.Response, count: int, name: str) -> list[float]:
-    """The `count` scores of a {"scores": [...]} response, null read as NaN."""
-    try:
-        scores = response.json()["scores"]
-    except (ValueError, KeyError, TypeError):
-        raise RewardServiceError(f"{name}: expected a JSON response {{\"scores\": [...]}}, got {response.text[:200]!r}") from None
-    if not isinstance(scores, list) or len(scores) != count:
-        got = f"{len(scores)} scores" if isinstance(scores, list) else type(scores).__name__
-        raise RewardServiceError(f"{name}: sent {count} images and got {got} back; expected {count} scores")
-    if not all(s is None or (isinstance(s, (int, float)) and not isinstance(s, bool)) for s in scores):
-        raise RewardServiceError(f"{name}: expected numbers or null as scores, got {scores[:5]!r}")
-    return [float("nan") if s is None else float(s) for s in scores]
 
 
 class RemotePointwise(_RemoteBase):

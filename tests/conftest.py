@@ -1,6 +1,7 @@
 """Shared fixtures: tiny toy models built from configs, nothing downloaded."""
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,24 @@ import torch
 from safetensors.torch import load_file
 
 from flowrl.benchmarks.toyshapes.prompts import vocabulary
-from flowrl.policies.toy import ToyConfig, ToyModel, ToyPolicy
+from flowrl.config import build_config
+from flowrl.policies.toy import ToyConfig, ToyModel, ToyPolicy, save_toy
+
+# The methods the first plan named, and small settings of each for rollouts of the solver layer
+# alone (tests/test_methods.py, tests/test_shard.py).
+MISSION = ["flow_grpo", "dance_grpo", "mix_grpo", "mix_grpo_flash", "branch_grpo", "branch_grpo_mix", "tree_rpo", "tempflow_grpo", "g2rpo"]
+
+SMALL = {
+    "flow_grpo": dict(num_steps=6, group_size=3),
+    "dance_grpo": dict(num_steps=6, group_size=3),
+    "mix_grpo": dict(num_steps=6, group_size=3, window=2),
+    "mix_grpo_flash": dict(num_steps=8, group_size=3, window=2),
+    "branch_grpo": dict(num_steps=6, split_steps=(0, 2, 4)),
+    "branch_grpo_mix": dict(num_steps=6, split_steps=(0, 2), mix_window=(0, 3)),
+    "tree_rpo": dict(num_steps=6, window=3),
+    "tempflow_grpo": dict(num_steps=5, group_size=2, probes=3),
+    "g2rpo": dict(num_steps=6, sde_steps=(0, 1, 2), probes=3, tail_strides=(1, 2)),
+}
 
 
 def tiny_config(**overrides) -> ToyConfig:
@@ -35,9 +53,41 @@ def same_checkpoint_weights(run_a: Path, run_b: Path) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def metric_records(run: Path, skip_first: bool = False) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order; skip_first leaves out the first (iteration
+    0's, logged before any update). The one place tests read that file."""
+    lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in (lines[1:] if skip_first else lines)]
+
+
 def metric_values(run: Path, key: str) -> list:
     """`key` of each record of a run's metrics.jsonl, in order (None where a record lacks it)."""
-    return [json.loads(line).get(key) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    return [record.get(key) for record in metric_records(run)]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> str:
+    """A tiny toy model saved once per test module, for training runs to start from."""
+    return str(save_toy(tiny_model(), tmp_path_factory.mktemp("tiny"), dtype=torch.float32))
+
+
+def tiny_run_overrides(tiny_dir, out) -> list[str]:
+    return [
+        f"policy={tiny_dir}", f"out={out}", "iterations=2", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3",
+        "method.shift=1.0", "eval_every=0", "checkpoint_every=1", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward",
+    ]
+
+
+def tiny_run(tiny_dir, out, *overrides):
+    """The config of a tiny training run (two iterations of flow_grpo on brightness, a checkpoint
+    after each) into `out`, with `overrides` on top."""
+    return build_config({}, tiny_run_overrides(tiny_dir, out) + list(overrides))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture

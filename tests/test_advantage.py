@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from flowrl.advantage import (
     ADVANTAGES,
+    clip_advantages,
     SpoTracker,
     combine_objectives,
     dr_grpo,
@@ -148,8 +149,9 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_clip_bounds_advantages():
-    a = grpo(T([0.0] * 99 + [1.0]), clip=5.0)
-    assert a.max().item() == 5.0
+    a = clip_advantages(grpo(T([0.0] * 99 + [1.0])), 5.0)
+    assert a.max().item() == 5.0  # unclipped: 99 / sqrt(99) = 9.95
+    assert torch.equal(clip_advantages(a, 0.0), a)  # 0: no clip
 
 
 def test_registry_rejects_duplicates_and_accepts_user_estimators():

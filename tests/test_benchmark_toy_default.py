@@ -9,6 +9,7 @@ import torch
 from flowrl.benchmarks import toy_default
 from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
 from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
+from flowrl.generate import sampler
 from flowrl.policies.toy import load_toy, save_toy
 
 from conftest import tiny_model
@@ -17,9 +18,9 @@ from conftest import tiny_model
 def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, monkeypatch):
     calls = []
 
-    def recorded(policy, per_category, **options):
+    def recorded(sample, per_category, **options):
         calls.append(options)
-        return evaluate_toyshapes(policy, per_category, **options)
+        return evaluate_toyshapes(sample, per_category, **options)
 
     monkeypatch.setattr("flowrl.benchmarks.toyshapes.evaluate.evaluate_toyshapes", recorded)
     base = save_toy(tiny_model(0), tmp_path / "base", dtype=torch.float32)
@@ -30,12 +31,12 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     record = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert record["settings"] == {"per_category": 2, "split": "train", "eta": 0.3, "base": str(base), "overrides": []}
     for name, directory in (("base", base), ("seed 0", tmp_path / "runs" / "seed0" / "final")):
-        direct, _ = evaluate_toyshapes(load_toy(directory), 2, steps=10, progress=False, split="train", eta=0.3)
+        direct, _ = evaluate_toyshapes(sde_sampler(directory), 2, steps=10, guidance=4.0, split="train", eta=0.3)
         assert record["results"][name] == {"overall": direct.overall, **direct.accuracy, "mean_score": direct.mean_score}
     assert [(c["split"], c["eta"], c["steps"]) for c in calls] == [("train", 0.3, 10)] * 2  # base, then the run
     table = capsys.readouterr().out
     assert "| category | base | seed 0 |" in table and "mean overall of 1 run(s)" in table and "| mean dense score |" in table
-    base_report, _ = evaluate_toyshapes(load_toy(base), 2, steps=10, progress=False, split="train", eta=0.3)
+    base_report, _ = evaluate_toyshapes(sde_sampler(base), 2, steps=10, guidance=4.0, split="train", eta=0.3)
     tests, _ = paired_toyshapes(base_report, direct)  # direct: the run's report, from the loop above
     overall = record["paired"]["seed 0"]["Overall"]
     assert overall["difference"] == pytest.approx(direct.overall - base_report.overall) == pytest.approx(tests[-1].difference)
@@ -46,6 +47,11 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     dense = record["paired_scores"]["seed 0"]["Overall"]
     assert dense["difference"] == pytest.approx(direct.mean_score - base_report.mean_score) == pytest.approx(scores[-1].difference)
     assert f"seed 0: dense score {dense['difference']:+.3f} overall" in table
+
+
+def sde_sampler(directory):
+    """The sampler the benchmark judges with --eta 0.3: DanceGRPO's SDE on the 10-step grid, guidance 4."""
+    return sampler(load_toy(directory), 10, 4.0, eta=0.3, batch_size=128)
 
 
 @pytest.mark.parametrize("bad", [["--base", "no_such_model_dir"], ["--eta", "-0.1"], ["--eta", "nan"]])

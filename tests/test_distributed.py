@@ -5,7 +5,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import warnings
@@ -17,7 +16,7 @@ from safetensors.torch import load_file
 
 from flowrl.policies.toy import save_toy
 
-from conftest import tiny_model
+from conftest import free_port, metric_records, tiny_model
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "workers" / "train_and_dump.py"
@@ -39,12 +38,6 @@ def overrides(tiny_dir, out, *extra):
         "threads=1", "reward=conftest:brightness_reward+0.5*pairwise:conftest:brightness_reward", "reward_options={pairwise:conftest:brightness_reward: {temperature: 0.01}}",
         "drop_zero_variance=false", *extra,
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(processes, args, tmp_path, launcher=("--multi_gpu",)):
@@ -85,16 +78,12 @@ def abort_lines(stderr: str) -> str:
     return "\n".join(line for line in stderr.splitlines() if any(k in line for k in keys))[-3000:]
 
 
-def metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
 @pytest.mark.parametrize("objective", [
     [],
     # flow-matching points noised per root (seeds independent of the process), rollouts from the EMA
-    ["objective=nft", "nft_sampler=ema", "ema=0.5"],
-    ["objective=nft", "nft_sampler=old", "nft_old_decay=[0.3,0.5,0]"],
+    ["objective=nft", "objective.sampler=ema", "ema=0.5"],
+    ["objective=nft", "objective.sampler=old", "objective.old_decay=[0.3,0.5,0]"],
 ], ids=["sde", "nft-ema", "nft-old"])
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, objective):
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
@@ -111,7 +100,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ob
     for k in single:
         torch.testing.assert_close(rank0[k], single[k], **WEIGHT_TOL)
 
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = metric_records(tmp_path / "one"), metric_records(tmp_path / "two")
     assert [r["iteration"] for r in two] == [r["iteration"] for r in one] == [0, 1, 2, 3]
     for a, b in zip(one[1:], two[1:]):
         # Rewards and advantages are statistics of the global batch, gathered from both processes.
@@ -141,7 +130,7 @@ def test_accelerates_fsdp_launch_without_cuda_fails_before_any_model_loads(tmp_p
 
 
 def test_megatron_is_named_in_the_refusal():
-    from flowrl.trainer import refuse_sharded_backends
+    from flowrl.launch import refuse_sharded_backends
 
     refuse_sharded_backends({"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "true"})  # FSDP, DeepSpeed and data parallel: fine
     with pytest.raises(ValueError, match="launched with Megatron-LM, which .*use FSDP.*DeepSpeed ZeRO 1-2"):
@@ -151,7 +140,7 @@ def test_megatron_is_named_in_the_refusal():
 @pytest.mark.skipif(not DEEPSPEED, reason="DeepSpeed is not installed")
 def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads(tmp_path):
     from flowrl.config import build_config
-    from flowrl.trainer import adopt_launch
+    from flowrl.launch import adopt_launch
 
     config = build_config({}, [])
     launched = {"ACCELERATE_USE_DEEPSPEED": "true"}
@@ -243,7 +232,7 @@ def test_fsdp_shards_the_weights_and_trains_like_one_process(tmp_path):
             assert max(held[0][name], held[1][name]) < tensor.numel(), name
     # The tied groups left the processes uneven, and the one with fewer micro-batches kept in step.
     assert local(tmp_path / "two", 0)["idle_passes"] + local(tmp_path / "two", 1)["idle_passes"]
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = metric_records(tmp_path / "one"), metric_records(tmp_path / "two")
     assert any(r["zero_variance_prompts"] > 0 for r in one[1:])
     for a, b in zip(one[1:], two[1:]):
         for key in ("reward/mean", "advantage/std", "transitions/global", "loss/policy"):
@@ -276,7 +265,7 @@ def test_deepspeed_zero_partitions_the_optimizer_state_and_trains_like_one_proce
     assert all(h < total for h in held) and total <= sum(held) <= total + 2
     # The tied groups left the processes uneven, and the one with fewer micro-batches kept in step.
     assert local(tmp_path / "two", 0)["idle_passes"] + local(tmp_path / "two", 1)["idle_passes"]
-    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    one, two = metric_records(tmp_path / "one"), metric_records(tmp_path / "two")
     for a, b in zip(one[1:], two[1:]):
         for key in ("reward/mean", "advantage/std", "transitions/global", "loss/policy", "grad_norm"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
@@ -332,6 +321,6 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding,
             torch.testing.assert_close(final[k], load_file(str(c / "final" / "model.safetensors"))[k], **WEIGHT_TOL)
     if "--use_deepspeed" in launcher:  # the launch's ZeRO ran: each process held part of the Adam state
         assert 0 < local(b, 0)["optimizer_numel"] < sum(t.numel() for t in params_c.values())
-    assert [r["iteration"] for r in metrics(a)] == [r["iteration"] for r in metrics(b)] == [0, 1, 2, 3]
-    kl = metrics(a)[3]["loss/kl"]
-    assert kl > 0 and kl == pytest.approx(metrics(c)[3]["loss/kl"], rel=1e-3, abs=1e-9)
+    assert [r["iteration"] for r in metric_records(a)] == [r["iteration"] for r in metric_records(b)] == [0, 1, 2, 3]
+    kl = metric_records(a)[3]["loss/kl"]
+    assert kl > 0 and kl == pytest.approx(metric_records(c)[3]["loss/kl"], rel=1e-3, abs=1e-9)

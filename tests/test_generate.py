@@ -1,12 +1,12 @@
 """`generate`: the deterministic sampler and the SDE one (eta > 0) against a closed form, and
-per-image seeding that does not depend on how images are batched."""
+per-image seeding that does not depend on how images are batched; `sampler` binds its settings."""
 
 import math
 
 import pytest
 import torch
 
-from flowrl.generate import generate
+from flowrl.generate import generate, sampler
 from flowrl.policies.base import TextConditioning
 
 DATA_STD = 0.5
@@ -57,3 +57,15 @@ def test_sde_images_depend_on_their_own_seed_only():
 def test_a_bad_eta_fails_naming_it(eta):
     with pytest.raises(ValueError, match="eta"):
         generate(GaussianDataPolicy(), ["x"], [0], steps=2, eta=eta)
+    with pytest.raises(ValueError, match="eta"):
+        sampler(GaussianDataPolicy(), 2, 1.0, eta=eta)  # when built, before any image is drawn
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3])
+def test_a_sampler_is_generate_with_its_settings_bound(eta):
+    policy = GaussianDataPolicy()
+    sample = sampler(policy, 6, 1.0, eta=eta, batch_size=2)
+    expected = generate(policy, ["x"] * 3, [4, 5, 6], steps=6, guidance=1.0, batch_size=2, eta=eta)
+    assert torch.equal(sample(["x"] * 3, [4, 5, 6]), expected)
+    with pytest.raises(ValueError, match="batch_size"):
+        sampler(policy, 6, 1.0, batch_size=0)

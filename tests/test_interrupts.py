@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,29 +20,70 @@ from flowrl.policies.toy import save_toy
 from flowrl.toy_pretraining import build_parser, pretrain
 from flowrl.trainer import train
 
-from conftest import metric_values, same_checkpoint_weights, tiny_model
+from conftest import free_port, metric_records, metric_values, same_checkpoint_weights, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_first_signal_asks_the_second_ctrl_c_interrupts_and_handlers_come_back():
+@pytest.fixture
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt (Python's own handler) during the test, whatever this process
+    inherited: a suite started in the background of a script (`cmd &` without job control) has
+    SIGINT ignored, and a second Ctrl-C then rightly did nothing ("DID NOT RAISE KeyboardInterrupt")."""
+    inherited = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, inherited)
+
+
+def counted(number: int) -> threading.Semaphore:
+    """Wrap the Python handler now installed for signal `number`: each run of it releases the
+    returned semaphore once it has returned."""
+    handler = signal.getsignal(number)
+    assert callable(handler), f"no Python handler for {signal.Signals(number).name}: {handler}"
+    runs = threading.Semaphore(0)
+
+    def handle_and_count(signum, frame):
+        handler(signum, frame)
+        runs.release()
+
+    signal.signal(number, handle_and_count)
+    return runs
+
+
+def signal_and_wait(number: int, runs: threading.Semaphore) -> None:
+    """Send signal `number` to this thread and wait until its handler has run (a wait on the event,
+    not on the clock: raise_signal delivers to the calling thread and runs the Python handler
+    before it returns, so this never waits on success; the bound only ends a failing test)."""
+    signal.raise_signal(number)
+    assert runs.acquire(timeout=60), f"the {signal.Signals(number).name} handler did not run"
+
+
+def test_the_first_signal_asks_the_second_ctrl_c_interrupts_and_handlers_come_back(ctrl_c_raises):
     before = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     with StopRequests("step") as stop:
         assert not stop.requested and exit_code(stop.signal) == 0
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.01)  # the handler runs at the next bytecode boundary of the main thread
-        os.kill(os.getpid(), signal.SIGTERM)  # a repeated SIGTERM only repeats the request
-        time.sleep(0.01)
+        sigterms = counted(signal.SIGTERM)  # on top of the handler StopRequests installed
+        signal_and_wait(signal.SIGTERM, sigterms)
+        assert stop.signal == signal.SIGTERM and exit_code(stop.signal) == 143
+        signal_and_wait(signal.SIGTERM, sigterms)  # a repeated SIGTERM only repeats the request
         assert stop.signal == signal.SIGTERM and exit_code(stop.signal) == 143
         with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
+            signal.raise_signal(signal.SIGINT)  # the handler from before raises before raise_signal returns
     assert {number: signal.getsignal(number) for number in before} == before
     with StopRequests("step") as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
+        signal_and_wait(signal.SIGINT, counted(signal.SIGINT))
         assert stop.signal == signal.SIGINT and exit_code(stop.signal) == 130
     assert {number: signal.getsignal(number) for number in before} == before
+
+
+def records_so_far(out):
+    """The records a running run has written so far: none while its metrics.jsonl is missing or its
+    last line is half written."""
+    try:
+        return metric_records(out)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
 
 
 def wait_for(condition, process, seconds=120.0):
@@ -62,14 +104,13 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
     run = subprocess.Popen([sys.executable, "-m", "flowrl", "train", str(recipe), *common, f"out={out}", "iterations=1000"], cwd=REPO,
                            env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, run)  # iteration 0 and two trained
+    wait_for(lambda: len(records_so_far(out)) >= 3, run)  # iteration 0 and two trained
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert f"training flow_grpo on {tiny}, 1000 iterations, into {out} (Ctrl-C stops after the current iteration, with a checkpoint)" in stderr
     assert "SIGINT: stopping after this iteration with a checkpoint" in stderr
-    stopped_at = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
+    stopped_at = metric_values(out, "iteration")[-1]
     assert 2 <= stopped_at < 1000
     assert f"done: {stopped_at} iterations in {out} (stopped by SIGINT with a checkpoint; rerun the same command to continue)" in stdout
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["iteration"] == stopped_at
@@ -112,8 +153,6 @@ def test_an_unfinished_pretraining_run_is_not_shipped(tmp_path, monkeypatch, cap
 def test_sigterm_to_an_accelerate_launch_stops_every_process_at_one_iteration_with_a_checkpoint(tmp_path):
     # As a scheduler preempting a job: the launcher (torchrun) passes the signal to both workers,
     # which agree on the iteration to stop at, checkpoint it and exit; the launch reports 143.
-    from test_distributed import free_port
-
     tiny = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("method: flow_grpo\n")
@@ -125,12 +164,11 @@ def test_sigterm_to_an_accelerate_launch_stops_every_process_at_one_iteration_wi
                "threads=1", "reward=conftest:brightness_reward", "minutes=0"]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
     run = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    metrics = out / "metrics.jsonl"
-    wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 3, run)
+    wait_for(lambda: len(records_so_far(out)) >= 3, run)
     os.killpg(run.pid, signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 143, stderr[-3000:]
     assert stderr.count("SIGTERM: stopping after this iteration with a checkpoint") == 2  # one line per worker
-    stopped_at = json.loads(metrics.read_text().splitlines()[-1])["iteration"]
+    stopped_at = metric_values(out, "iteration")[-1]
     assert stopped_at >= 2 and f"done: {stopped_at} iterations" in stdout
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["iteration"] == stopped_at

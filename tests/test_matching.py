@@ -1,7 +1,7 @@
 """objective=matching (Advantage Weighted Matching): flow-matching points from chain rollouts,
 their log-likelihood proxy against closed forms, and the trainer running on it."""
 
-import json
+import math
 
 import numpy as np
 import pytest
@@ -14,8 +14,7 @@ from flowrl.samplers.methods import get_method
 from flowrl.samplers.plan import Plan, StepSpec
 from flowrl.samplers.rollout import rollout
 
-from conftest import tiny_model
-from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)
+from conftest import metric_records, tiny_model, tiny_run
 
 SHAPE = (2, 3)
 
@@ -87,7 +86,7 @@ def test_branching_methods_are_refused_by_name(method):
 def test_a_matching_run_trains_resumes_exactly_and_scores_each_point_once(tiny_dir, tmp_path):
     def run(name, iterations, *extra):
         train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=matching", *extra))
-        return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+        return metric_records(tmp_path / name, skip_first=True)
 
     straight = run("a", 3)
     run("b", 2)
@@ -106,7 +105,7 @@ def test_a_matching_run_trains_resumes_exactly_and_scores_each_point_once(tiny_d
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
     # Several optimizer steps: later steps see moved weights, so their ratios leave 1 and clip.
-    several = run("c", 1, "train_batch=4", "inner_epochs=2", "clip_low=1e-4", "clip_high=1e-4")
+    several = run("c", 1, "train_batch=4", "inner_epochs=2", "objective.clip_low=1e-4", "objective.clip_high=1e-4")
     assert several[0]["ratio/max"] > 1 + 1e-4 or several[0]["ratio/min"] < 1 - 1e-4
     assert several[0]["clip_fraction"] > 0
 
@@ -115,7 +114,7 @@ def test_matching_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, 
     def rewards(name, lr):
         config = tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=matching")
         train(config)
-        return [json.loads(l)["reward/mean"] for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+        return [r["reward/mean"] for r in metric_records(tmp_path / name, skip_first=True)]
 
     control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
     assert control[0] == pytest.approx(trained[0])
@@ -131,7 +130,7 @@ def constant_reward(images, prompts):
 def test_an_iteration_whose_groups_all_tie_skips_the_update(tiny_dir, tmp_path):
     # A collapsed model gives every sample the same reward; the matching points are then empty.
     train(tiny_run(tiny_dir, tmp_path / "tie", "objective=matching", "reward=test_matching:constant_reward"))
-    records = [json.loads(l) for l in (tmp_path / "tie" / "metrics.jsonl").read_text().splitlines()[1:]]
+    records = metric_records(tmp_path / "tie", skip_first=True)
     assert len(records) == 2
     assert all(r["transitions/trained"] == 0 and r.get("skipped_update") == 1.0 for r in records)
     from flowrl.policies.toy import load_toy
@@ -146,10 +145,10 @@ def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path
     # trained steps still set the noise levels the points are drawn at.
     def run(name, *extra):
         train(tiny_run(tiny_dir, tmp_path / name, f"objective={objective}", "method.share_noise=false", *extra))
-        return [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()[1:]]
+        return metric_records(tmp_path / name, skip_first=True)
 
     flow = run("flow", "method.noise_level=0")
-    assert all(r["transitions/trained"] > 0 and np.isfinite(r["loss/total"]) for r in flow)
+    assert all(r["transitions/trained"] > 0 and math.isfinite(r["loss/total"]) for r in flow)
     from flowrl.policies.toy import load_toy
 
     before, after = (load_toy(d).transformer.state_dict() for d in (tiny_dir, tmp_path / "flow" / "final"))
@@ -163,7 +162,7 @@ def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path
     # Another deterministic solver (DiffusionNFT's DPM-Solver 2M) draws other images and trains the same steps.
     dpm = run("dpm", "method.noise_level=0", "method.solver=dpmpp_2m")
     assert dpm[0]["reward/mean"] != flow[0]["reward/mean"]
-    assert [r["transitions/trained"] for r in dpm] == [r["transitions/trained"] for r in flow] and all(np.isfinite(r["loss/total"]) for r in dpm)
+    assert [r["transitions/trained"] for r in dpm] == [r["transitions/trained"] for r in flow] and all(math.isfinite(r["loss/total"]) for r in dpm)
 
 
 @pytest.mark.parametrize("overrides, message", [

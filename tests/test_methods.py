@@ -8,23 +8,11 @@ import sys
 import pytest
 import torch
 
-from flowrl.advantage import grpo
+from flowrl.advantage import assign_credit, grpo
 from flowrl.samplers.methods import METHODS, get_method
 from flowrl.samplers.rollout import rollout
 
-MISSION = ["flow_grpo", "dance_grpo", "mix_grpo", "mix_grpo_flash", "branch_grpo", "branch_grpo_mix", "tree_rpo", "tempflow_grpo", "g2rpo"]
-
-SMALL = {
-    "flow_grpo": dict(num_steps=6, group_size=3),
-    "dance_grpo": dict(num_steps=6, group_size=3),
-    "mix_grpo": dict(num_steps=6, group_size=3, window=2),
-    "mix_grpo_flash": dict(num_steps=8, group_size=3, window=2),
-    "branch_grpo": dict(num_steps=6, split_steps=(0, 2, 4)),
-    "branch_grpo_mix": dict(num_steps=6, split_steps=(0, 2), mix_window=(0, 3)),
-    "tree_rpo": dict(num_steps=6, window=3),
-    "tempflow_grpo": dict(num_steps=5, group_size=2, probes=3),
-    "g2rpo": dict(num_steps=6, sde_steps=(0, 1, 2), probes=3, tail_strides=(1, 2)),
-}
+from conftest import MISSION, SMALL
 
 
 def velocity(x, sigma, prompt):
@@ -37,7 +25,7 @@ def run(name, seed=0):
     plan = method.plan(config)
     result = rollout(velocity, plan, num_prompts=2, sample_shape=(2, 3, 3), seed=seed)
     rewards = result.samples.flatten(1).mean(1) ** 2  # any deterministic function of the image
-    return method, config, result, rewards, method.credit(result, rewards, config)
+    return method, config, result, rewards, assign_credit(method, result, rewards, config)
 
 
 def leaves_below(result):
@@ -104,7 +92,9 @@ def test_credit_is_finite_and_only_on_trained_transitions(name):
 @pytest.mark.parametrize("name", ["flow_grpo", "dance_grpo", "mix_grpo", "mix_grpo_flash"])
 def test_chain_credit_is_the_group_advantage_of_the_chain_leaf(name):
     _, config, result, rewards, credit = run(name)
-    expected = grpo(rewards, result.prompt, std_scope=config.std_scope) if hasattr(config, "std_scope") else grpo(rewards, result.prompt)
+    # The papers' std scopes: Flow-GRPO's std over the whole batch, the others' over the group.
+    scope = config.std_scope or ("batch" if name == "flow_grpo" else "group")
+    expected = grpo(rewards, result.prompt, std_scope=scope)
     below = leaves_below(result)
     for k, child in enumerate(result.transitions.child.tolist()):
         (sample,) = below[child]

@@ -1,7 +1,7 @@
 """objective=nft (DiffusionNFT): the loss against closed forms (value by hand, its minimiser, its
 first step equal to AWM's), and the trainer running on it."""
 
-import json
+import math
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from flowrl.losses.nft import nft_loss, optimality
 from flowrl.trainer import train
 from flowrl.samplers.matching import MatchingPoints, score_matching
 
-from test_trainer import tiny_dir, tiny_run  # noqa: F401 (the module fixture)
+from conftest import metric_records, tiny_run
 
 
 def test_the_loss_is_the_weighted_squared_errors_of_the_two_implicit_policies():
@@ -119,16 +119,12 @@ def test_the_first_step_is_advantage_weighted_matchings():
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
 
 
-def records(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
-
-
 def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
     def run(name, iterations, *extra):
         train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "guidance=1.0", *extra))
-        return records(tmp_path / name)
+        return metric_records(tmp_path / name, skip_first=True)
 
     straight = run("a", 3)
     run("b", 2)
@@ -139,7 +135,7 @@ def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
     assert all(0 < r["nft/r_mean"] < 1 and r["loss/policy"] > 0 for r in straight)
     # several optimizer steps per iteration (v_old scored once, up front), and a KL to the reference
     several = run("c", 2, "train_batch=4", "inner_epochs=2", "beta=0.1")
-    assert all(r["loss/kl"] >= 0 and np.isfinite(r["loss/total"]) for r in several)
+    assert all(r["loss/kl"] >= 0 and math.isfinite(r["loss/total"]) for r in several)
     assert several[-1]["loss/kl"] > 0  # the weights left the reference
 
 
@@ -147,8 +143,8 @@ def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
 def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path, weighting):
     def rewards(name, lr):
         train(tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=nft",
-                       f"nft_weighting={weighting}"))
-        return [r["reward/mean"] for r in records(tmp_path / name)]
+                       f"objective.weighting={weighting}"))
+        return [r["reward/mean"] for r in metric_records(tmp_path / name, skip_first=True)]
 
     control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
     assert control[0] == pytest.approx(trained[0])
@@ -157,35 +153,35 @@ def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_p
 
 
 def test_the_ema_sampler_rolls_out_with_the_moving_average(tiny_dir, tmp_path):
-    """nft_sampler=ema: with an average that hardly moves (ema=0.999999), the rollouts (and so the
+    """objective.sampler=ema: with an average that hardly moves (ema=0.999999), the rollouts (and so the
     rewards) stay those of an untrained control while the trained weights move on; and the run
     resumes exactly."""
     from safetensors.torch import load_file
 
     def run(name, iterations, *extra):
         train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "ema=0.999999", *extra))
-        return records(tmp_path / name)
+        return metric_records(tmp_path / name, skip_first=True)
 
     control = run("control", 4, "lr=1e-12")
-    slow = run("slow", 4, "lr=3e-3", "nft_sampler=ema")
+    slow = run("slow", 4, "lr=3e-3", "objective.sampler=ema")
     current = run("current", 4, "lr=3e-3")
     assert [r["reward/mean"] for r in slow] == pytest.approx([r["reward/mean"] for r in control], abs=1e-4)
     assert abs(current[-1]["reward/mean"] - control[-1]["reward/mean"]) > 1e-3  # the current weights' rollouts do move
     moved = load_file(str(tmp_path / "slow" / "checkpoint" / "trainable.safetensors"))
     still = load_file(str(tmp_path / "control" / "checkpoint" / "trainable.safetensors"))
     assert max((moved[k] - still[k]).abs().max().item() for k in moved) > 1e-3
-    run("resumed", 2, "lr=3e-3", "nft_sampler=ema")
-    resumed = run("resumed", 4, "lr=3e-3", "nft_sampler=ema")
+    run("resumed", 2, "lr=3e-3", "objective.sampler=ema")
+    resumed = run("resumed", 4, "lr=3e-3", "objective.sampler=ema")
     assert [r["loss/policy"] for r in resumed] == [r["loss/policy"] for r in slow]
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["nft_beta=0"], "config key nft_beta=0.0: must be positive"),
+    (["objective.nft_beta=0"], "objective_options=.*nft_beta must be positive, got 0"),
     (["advantage_clip=0"], "config key advantage_clip=0.0: objective=nft reads advantages"),
     (["method=branch_grpo"], "config key objective='nft'.*branches.*use a chain method"),
-    (["nft_weighting=equal"], "nft_weighting='equal'.*adaptive.*uniform"),
-    (["nft_sampler=ema", "ema=0"], "config key nft_sampler='ema': ema samples with the moving average"),
-    (["nft_sampler=ema", "objective=matching"], "config key nft_sampler='ema': ema applies to objective=nft, not objective='matching'"),
+    (["objective.weighting=equal"], "weighting='equal'.*adaptive.*uniform"),
+    (["objective.sampler=ema", "ema=0"], "sampler='ema': ema samples with the moving average"),
+    (["objective.sampler=ema", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
 ])
 def test_bad_nft_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -202,38 +198,38 @@ def test_the_ramped_decay_is_the_papers_schedule():
 
 
 def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir, tmp_path):
-    """nft_sampler=old: after each iteration old = d old + (1 - d) trained, d from the optimizer steps
+    """objective.sampler=old: after each iteration old = d old + (1 - d) trained, d from the optimizer steps
     so far; the average is checkpointed, so a resumed run matches a straight one."""
     from safetensors.torch import load_file
 
     def run(name, iterations, *extra):
-        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "nft_sampler=old", "lr=3e-3", *extra))
+        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "objective.sampler=old", "lr=3e-3", *extra))
         state = torch.load(tmp_path / name / "checkpoint" / "state.pt", weights_only=False)
-        return records(tmp_path / name), state["nft_old"], load_file(str(tmp_path / name / "checkpoint" / "trainable.safetensors"))
+        return metric_records(tmp_path / name, skip_first=True), state["nft_old"], load_file(str(tmp_path / name / "checkpoint" / "trainable.safetensors"))
 
     from flowrl.policies.toy import load_toy
 
     initial = {k: v.detach() for k, v in load_toy(tiny_dir).transformer.named_parameters()}
-    first, old1, w1 = run("b", 1, "nft_old_decay=[0.3,0.5,0]")
+    first, old1, w1 = run("b", 1, "objective.old_decay=[0.3,0.5,0]")
     assert set(old1) == set(w1) and first[0]["nft/sampler_decay"] == pytest.approx(0.3)
     for k in w1:  # one optimizer step: d = 0.3 x 1
         torch.testing.assert_close(old1[k], 0.3 * initial[k] + 0.7 * w1[k], rtol=1e-6, atol=1e-7)
-    resumed, old2, w2 = run("b", 2, "nft_old_decay=[0.3,0.5,0]")
+    resumed, old2, w2 = run("b", 2, "objective.old_decay=[0.3,0.5,0]")
     assert resumed[1]["nft/sampler_decay"] == pytest.approx(0.5)  # min(0.3 x 2, 0.5)
     for k in w2:
         torch.testing.assert_close(old2[k], 0.5 * old1[k] + 0.5 * w2[k], rtol=1e-6, atol=1e-7)
-    straight, old_straight, w_straight = run("a", 2, "nft_old_decay=[0.3,0.5,0]")
+    straight, old_straight, w_straight = run("a", 2, "objective.old_decay=[0.3,0.5,0]")
     assert [r["loss/policy"] for r in straight] == [r["loss/policy"] for r in resumed]
     assert all(torch.equal(w_straight[k], w2[k]) and torch.equal(old_straight[k], old2[k]) for k in w2)
     # The sampler is the average: one that does not move samples like an untrained control ...
-    frozen, _, _ = run("frozen", 3, "nft_old_decay=[1.0,0.999999,0]")
+    frozen, _, _ = run("frozen", 3, "objective.old_decay=[1.0,0.999999,0]")
     train(tiny_run(tiny_dir, tmp_path / "control", "iterations=3", "objective=nft", "lr=1e-12"))
-    control = records(tmp_path / "control")
+    control = metric_records(tmp_path / "control", skip_first=True)
     assert [r["reward/mean"] for r in frozen] == pytest.approx([r["reward/mean"] for r in control], abs=1e-4)
     # ... and one with d = 0 is the current weights (nft_sampler=current) after every update.
-    following, _, _ = run("following", 3, "nft_old_decay=[0,0,0]")
+    following, _, _ = run("following", 3, "objective.old_decay=[0,0,0]")
     train(tiny_run(tiny_dir, tmp_path / "current", "iterations=3", "objective=nft", "lr=3e-3"))
-    current = records(tmp_path / "current")
+    current = metric_records(tmp_path / "current", skip_first=True)
     assert [r["reward/mean"] for r in following] == pytest.approx([r["reward/mean"] for r in current], abs=1e-5)
     assert [r["loss/policy"] for r in following] == pytest.approx([r["loss/policy"] for r in current], rel=1e-4)
     assert abs(following[-1]["reward/mean"] - frozen[-1]["reward/mean"]) > 1e-3
@@ -241,15 +237,15 @@ def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir,
 
 def test_resuming_without_the_old_average_is_refused(tiny_dir, tmp_path):
     train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1", "objective=nft"))
-    with pytest.raises(ValueError, match="has no nft_sampler=old average to resume"):
-        train(tiny_run(tiny_dir, tmp_path / "run", "iterations=2", "objective=nft", "nft_sampler=old"))
+    with pytest.raises(ValueError, match="has no objective.sampler=old average to resume"):
+        train(tiny_run(tiny_dir, tmp_path / "run", "iterations=2", "objective=nft", "objective.sampler=old"))
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["nft_sampler=old", "objective=matching"], "config key nft_sampler='old': old applies to objective=nft, not objective='matching'"),
-    (["nft_old_decay=[0.001,0.5]"], r"config key nft_old_decay=\[0.001, 0.5\]: expected three numbers \[rate, max, flat\]"),
-    (["nft_old_decay=[0.001,1.0,0]"], "expected rate >= 0, 0 <= max < 1 and flat >= 0"),
-    (["nft_old_decay=[-0.1,0.5,0]"], "expected rate >= 0"),
+    (["objective.sampler=old", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
+    (["objective.old_decay=[0.001,0.5]"], r"old_decay=\[0.001, 0.5\]: expected three numbers \[rate, max, flat\]"),
+    (["objective.old_decay=[0.001,1.0,0]"], "expected rate >= 0, 0 <= max < 1 and flat >= 0"),
+    (["objective.old_decay=[-0.1,0.5,0]"], "expected rate >= 0"),
 ])
 def test_bad_old_sampler_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -178,14 +178,15 @@ def test_within_group_pairs_are_every_pair_of_a_group_once():
     assert set(zip(a.tolist(), b.tolist())) == expected and len(a) == len(expected) == 4
 
 
-def test_win_rates_equal_the_advantage_core_and_a_hand_count():
+def test_win_rates_are_a_hand_count_and_a_lone_sample_is_neutral_or_an_error():
     groups = torch.tensor([0, 0, 0, 1, 1, 2])
     a, b = within_group_pairs(groups)
     probs = torch.rand(len(a), generator=torch.Generator().manual_seed(3))
-    rates = win_rates(a, b, probs, 6)
-    reference = pairwise_win_rates(a, b, probs, 5, group_ids=groups[:5])  # the lone sample 5 has no comparison
-    torch.testing.assert_close(rates[:5], reference)
-    assert rates[5] == 0.5
+    rates = win_rates(a, b, probs, 6, unjudged="neutral")
+    assert rates[5] == 0.5  # the lone sample 5 has no comparison
+    with pytest.raises(ValueError, match=r"samples \[5\] took part in no counted comparison"):
+        pairwise_win_rates(a, b, probs, 6, group_ids=groups)  # the advantage core's form refuses it
+    assert rates[3].item() == pytest.approx(probs[3].item()) and rates[4].item() == pytest.approx(1 - probs[3].item())
     # by hand for group 0: pairs (0,1), (0,2), (1,2) with probabilities p0, p1, p2
     p = probs[:3].tolist()
     assert rates[0].item() == pytest.approx((p[0] + p[1]) / 2)

@@ -13,7 +13,7 @@ import torch
 
 from flowrl.policies.toy import save_toy
 
-from conftest import tiny_model
+from conftest import metric_records, tiny_model
 
 PLUGIN = '''
 """A plug-in reward package made by the test."""
@@ -101,7 +101,7 @@ def test_training_uses_a_plugin_reward_by_name(plugin_site, tmp_path):
                "method=flow_grpo", "method.num_steps=2", "method.group_size=2", "eval_every=0", "threads=1",
                "reward=0.5*darkness+contrast", "reward_options={contrast: {gain: 3.0}}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    record = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    record = metric_records(out)[-1]
     assert record["reward/mean"] == pytest.approx(0.5 * record["reward/darkness/mean"] + record["reward/contrast/mean"], rel=1e-5)
     assert 0 < record["reward/darkness/mean"] < 1
 

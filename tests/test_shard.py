@@ -4,10 +4,12 @@ and the same credit as one process running the whole batch."""
 import pytest
 import torch
 
+from flowrl.advantage import assign_credit
 from flowrl.samplers.methods import get_method
 from flowrl.samplers.rollout import rollout
 from flowrl.samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
-from test_methods import MISSION, SMALL
+
+from conftest import MISSION, SMALL
 
 PROMPTS = 2
 
@@ -48,7 +50,7 @@ def test_sharded_rollouts_merge_to_the_single_process_result(name):
     noise = seeded_noise([99 + g // group for g in range(PROMPTS * group)], (2, 3, 3)) if plan.share_noise else None
     whole = rollout(velocity, plan, PROMPTS, (2, 3, 3), root_seeds=seeds, noise=noise)
     whole_rewards = reward(whole.samples, whole.prompt)
-    whole_credit = method.credit(whole, whole_rewards, config)
+    whole_credit = assign_credit(method, whole, whole_rewards, config)
 
     # Every split of the roots into equal shards, including ones that cut a group in two.
     for world in [w for w in range(2, PROMPTS * group + 1) if PROMPTS * group % w == 0]:
@@ -67,7 +69,7 @@ def test_sharded_rollouts_merge_to_the_single_process_result(name):
             root_maps.append(shard.roots)
         merged = merge_rollouts(parts, prompt_maps, root_maps)
         merged_rewards = torch.cat(rewards)
-        merged_credit = method.credit(merged, merged_rewards, config)
+        merged_credit = assign_credit(method, merged, merged_rewards, config)
 
         # The same samples, root by root: a root's noise does not depend on the batch around it.
         assert torch.equal(torch.cat(samples)[by_root(merged.root)], whole.samples[by_root(whole.root)])

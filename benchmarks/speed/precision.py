@@ -23,7 +23,7 @@ PHASES = ("time/rollout", "time/update")
 
 def run(precision: str, iterations: int, overrides: list[str], directory: Path) -> list[dict]:
     """metrics.jsonl records (one per iteration) of a fresh toy run at `precision`."""
-    from flowrl.cli import resolve_recipe
+    from flowrl.cli_args import resolve_recipe
     from flowrl.config import load_config
     from flowrl.trainer import train
 

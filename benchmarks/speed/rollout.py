@@ -18,11 +18,11 @@ import time
 
 import torch
 
-from flowrl.cli import resolve_recipe
+from flowrl.cli_args import resolve_recipe
 from flowrl.config import load_config, method_config
 from flowrl.policies import load_toy
 from flowrl.policies.base import rollout_velocity
-from flowrl.trainer import PromptSource
+from flowrl.prompt_source import PromptSource
 from flowrl.samplers.methods import get_method
 from flowrl.samplers.rollout import rollout, score_transitions
 

@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -100,16 +101,21 @@ def report_from_images(images: torch.Tensor, prompts: list, settings: dict | Non
     return EvalReport(accuracy, overall, mean_score, len(records), settings or {}, records)
 
 
-def evaluate_toyshapes(
-    policy, images_per_category: int = 32, steps: int = 20, guidance: float = 4.0, seed: int = 0, batch_size: int = 128,
-    progress: bool = True, split: str = "heldout", eta: float = 0.0, prompts: list[str] | None = None,
-) -> tuple[EvalReport, torch.Tensor]:
-    """Sample the fixed evaluation set with `policy` and verify it; returns the report and images.
-    The standard figure is the held-out split with the deterministic sampler (eta 0). With
-    `prompts` (ToyShapes prompt texts) those prompts are judged instead, `images_per_category`
-    images each, whatever their split."""
-    from flowrl.generate import generate  # the benchmark needs a policy only when sampling
+# The sampler an evaluation draws its images with: sample(prompts, seeds) -> float [B, 3, H, W] in
+# [0, 1], image i from prompts[i] and seeds[i] alone; the caller binds the model and its settings
+# (steps, guidance, eta, batch size), e.g. flowrl.generate.sampler(policy, steps, guidance).
+Sampler = Callable[[list[str], list[int]], torch.Tensor]
 
+
+def evaluate_toyshapes(
+    sample: Sampler, images_per_category: int = 32, *, steps: int, guidance: float, eta: float, seed: int = 0,
+    split: str = "heldout", prompts: list[str] | None = None,
+) -> tuple[EvalReport, torch.Tensor]:
+    """Draw the fixed evaluation set with `sample` and verify it; returns the report and images.
+    `steps`, `guidance` and `eta` are what `sample` was built with, recorded in the report's
+    settings. The standard figure is the held-out split with the deterministic sampler (eta 0).
+    With `prompts` (ToyShapes prompt texts) those prompts are judged instead,
+    `images_per_category` images each, whatever their split."""
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "eta": eta}
     if prompts is None:
         chosen, seeds = eval_set(images_per_category, seed, split)
@@ -117,5 +123,8 @@ def evaluate_toyshapes(
     else:
         chosen, seeds = prompt_set(prompts, images_per_category, seed)
         settings.update(images_per_prompt=images_per_category, prompts=[p.text for p in chosen[::images_per_category]])
-    images = generate(policy, [p.text for p in chosen], seeds, steps=steps, guidance=guidance, batch_size=batch_size, progress=progress, eta=eta)
+    images = sample([p.text for p in chosen], seeds)
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[:2] != (len(chosen), 3):
+        got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"the sampler returned {got} for {len(chosen)} prompts; expected images [{len(chosen)}, 3, H, W] in [0, 1]")
     return report_from_images(images, chosen, settings), images

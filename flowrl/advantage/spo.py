@@ -9,6 +9,7 @@ observation; SPO ties rho to the policy's drift on that prompt, rho = 2^(-D / D_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 import torch
@@ -71,7 +72,14 @@ def spo_advantages(rewards: torch.Tensor, keys: Sequence[Hashable], tracker: Spo
     return advantages.float()
 
 
-@register_advantage("spo")
+@dataclass
+class SpoOptions:
+    eps: float = 1e-4
+    normalize: bool = True  # z-score r - v over the batch
+
+
+# stateful: the estimator needs a per-prompt tracker carried across iterations (the LLM adapter's).
+@register_advantage("spo", options=SpoOptions, stateful=True, description="SPO: r - a per-prompt Beta value tracked across iterations (arXiv 2509.13232)")
 def spo(rewards: torch.Tensor, group_ids: torch.Tensor, *, tracker: SpoTracker | None = None, drift: Sequence[float] | None = None, eps: float = 1e-4, normalize: bool = True) -> torch.Tensor:
     """The registry form of `spo_advantages`: group_ids are the prompt keys; a tracker is required."""
     if tracker is None:

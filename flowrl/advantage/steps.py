@@ -1,11 +1,13 @@
-"""Per-step credit for flow models: multi-granularity integration (G2RPO) and noise-aware step
-weights (TempFlow-GRPO)."""
+"""Per-step credit for flow models: multi-granularity integration (G2RPO). TempFlow-GRPO's
+noise-aware step weights are part of its plan (flowrl.samplers.methods.tempflow_grpo)."""
 
 from __future__ import annotations
 
 from typing import Mapping
 
 import torch
+
+from flowrl.samplers.methods.tempflow_grpo import noise_aware_step_weights  # noqa: F401  (re-exported)
 
 from .group import grpo
 from .groups import named_weights
@@ -37,13 +39,3 @@ def multi_granularity(
             z = grpo(rewards[scored], group_ids[scored], unbiased=unbiased, eps=eps).double()
             total[scored] += weights.get(name, 1.0) * z
     return total.float()
-
-
-def noise_aware_step_weights(stds: torch.Tensor) -> torch.Tensor:
-    """TempFlow-GRPO (arXiv 2508.04324): step i's loss weight is proportional to its transition
-    std sigma_i * sqrt(-dt_i), normalised to mean 1, so that late (low-noise) steps, whose log-prob
-    gradients are largest, do not dominate."""
-    stds = torch.as_tensor(stds, dtype=torch.float64).flatten()
-    if len(stds) == 0 or not bool((torch.isfinite(stds) & (stds > 0)).all()):
-        raise ValueError(f"step stds must be positive and finite, got {stds.tolist()}")
-    return (stds / stds.mean()).float()

@@ -3,12 +3,31 @@ sequence). Each returns (loss to minimise, clipped mask) with the shape of its i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .registry import register_loss
 
 
-@register_loss("clip")
+@dataclass
+class ClipRange:
+    eps_low: float = 0.2
+    eps_high: float | None = None  # None: eps_low
+
+
+@dataclass
+class GspoClipRange:
+    eps_low: float = 3e-4
+    eps_high: float | None = 4e-4
+
+
+@dataclass
+class RegressionOptions:
+    scale: float = 1.0
+
+
+@register_loss("clip", options=ClipRange)
 def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 0.2, eps_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate with asymmetric bounds [1 - eps_low, 1 + eps_high] (DAPO's
     clip-higher when eps_high > eps_low): -min(rho A, clip(rho) A). The mask marks elements whose
@@ -23,14 +42,14 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_
     return loss, (clipped > unclipped).detach()
 
 
-@register_loss("gspo")
+@register_loss("gspo", options=GspoClipRange)
 def gspo_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 3e-4, eps_high: float | None = 4e-4) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO (arXiv 2507.18071): the clipped surrogate on a sequence-level ratio; pass the log of
     s_i = exp(mean_t log(pi/pi_old)) from `sequence_log_ratio`. Its clip range is tiny (3e-4, 4e-4)."""
     return clipped_surrogate(log_ratio, advantages, eps_low=eps_low, eps_high=eps_high)
 
 
-@register_loss("reg")
+@register_loss("reg", options=RegressionOptions)
 def regression_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, scale: float = 1.0, group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Regression to the advantage in the spirit of Reg-GRPO (DeepVideo-R1, arXiv 2506.07464): no
     clip, no min; the centred log-ratio, divided by `scale`, is regressed onto the advantage:

@@ -1,1 +1,9 @@
-"""Objectives: how advantages become a loss (sde, matching, nft)."""
+"""Objectives: how advantages become a loss. One module per entry (sde, matching, nft), each a
+class with its options dataclass in the OBJECTIVES registry; a new objective is one new file
+plus its registration."""
+
+from .base import Objective, ObjectiveContext
+from .registry import OBJECTIVES, get_objective, register_objective
+from . import sde, matching, nft  # noqa: F401,E402  (registration)
+
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveContext", "get_objective", "register_objective"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Protocol
 
 import torch
@@ -45,6 +46,8 @@ class FlowPolicy(Protocol):
 
     sample_shape: tuple[int, ...]  # shape of one x, e.g. (3, 32, 32)
     device: torch.device
+    network: torch.nn.Module  # the network RL trains (LoRA attaches here; FSDP shards it)
+    native_benchmark: str | None  # a benchmark that judges this model's outputs exactly ("toyshapes"), or None
 
     def encode(self, prompts: list[str]) -> TextConditioning: ...
 
@@ -53,6 +56,8 @@ class FlowPolicy(Protocol):
     def decode(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]: ...
+
+    def export(self, directory: str | Path, lora: bool, network: torch.nn.Module | None = None) -> Path: ...
 
 
 def rollout_velocity(policy: FlowPolicy, cond: TextConditioning, guidance: float = 1.0):

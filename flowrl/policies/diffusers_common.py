@@ -147,6 +147,7 @@ class DiffusersPolicy:
     decoding, trainable parameters and export. Backends add _encode_batch, velocity, sample_shape."""
 
     pipeline_class: type  # the diffusers pipeline class of the backend (for LoRA export)
+    native_benchmark = None  # judged by the run's reward on evaluation prompts
 
     def __init__(self, pipeline, max_sequence_length: int) -> None:
         self.pipeline = pipeline
@@ -172,6 +173,12 @@ class DiffusersPolicy:
         """The transformer's parameters that require grad (LoRA adapters, or all weights)."""
         return (p for p in self.transformer.parameters() if p.requires_grad)
 
-    def export(self, directory: str | Path, lora: bool) -> Path:
-        """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`."""
-        return export_transformer(self.transformer, lora, directory, self.pipeline_class)
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network RL trains: the transformer (text encoders and VAE stay frozen)."""
+        return self.transformer
+
+    def export(self, directory: str | Path, lora: bool, network: torch.nn.Module | None = None) -> Path:
+        """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`;
+        `network`: a copy holding the weights to export (a sharded run's gathered replica)."""
+        return export_transformer(self.transformer if network is None else network, lora, directory, self.pipeline_class)

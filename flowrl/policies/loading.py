@@ -1,4 +1,8 @@
-"""One entry point from a `policy=` setting to a FlowPolicy: the toy model or a diffusers pipeline."""
+"""One entry point from a `policy=` setting to a FlowPolicy: the toy model or a diffusers pipeline.
+
+Diffusers backends are registered by name with the pipeline class they load (`register_policy`);
+a new model family is one module with its loader plus its registration.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,29 @@ from pathlib import Path
 
 import torch
 
-BACKENDS = {"StableDiffusion3Pipeline": "sd3", "FluxPipeline": "flux"}
+from flowrl.registry import Registry
+
+POLICIES = Registry("policy backend")
+register_policy = POLICIES.register  # @register_policy("name", pipeline="DiffusersPipelineClass")
+
+
+@register_policy("sd3", pipeline="StableDiffusion3Pipeline", description="Stable Diffusion 3 / 3.5 (diffusers)")
+def _load_sd3(source: str, device, dtype: torch.dtype, resolution: int):
+    from .sd3 import load_sd3
+
+    return load_sd3(source, device=device, dtype=dtype, resolution=resolution)
+
+
+@register_policy("flux", pipeline="FluxPipeline", description="FLUX.1 (diffusers)")
+def _load_flux(source: str, device, dtype: torch.dtype, resolution: int):
+    from .flux import load_flux
+
+    return load_flux(source, device=device, dtype=dtype, resolution=resolution)
+
+
+def backends() -> dict[str, str]:
+    """Pipeline class name -> registered backend name."""
+    return {entry.traits["pipeline"]: name for name, entry in POLICIES.entries.items()}
 
 
 def is_toy_source(name: str) -> bool:
@@ -35,16 +61,10 @@ def load_policy(name: str, device: torch.device | str = "cpu", dtype: torch.dtyp
 
         return load_toy(None if name == "toy" else name, device=device)
     class_name = pipeline_class_name(name)
-    backend = BACKENDS.get(class_name)
-    if backend == "sd3":
-        from .sd3 import load_sd3
-
-        return load_sd3(name, device=device, dtype=dtype, resolution=resolution)
-    if backend == "flux":
-        from .flux import load_flux
-
-        return load_flux(name, device=device, dtype=dtype, resolution=resolution)
-    raise ValueError(f"policy={name!r} is a {class_name}; supported pipelines: {', '.join(BACKENDS)} (or the toy model)")
+    backend = backends().get(class_name)
+    if backend is None:
+        raise ValueError(f"policy={name!r} is a {class_name}; supported pipelines: {', '.join(backends())} (or the toy model)")
+    return POLICIES.lookup(backend)(name, device, dtype, resolution)
 
 
 def load_trained_policy(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int | None = None):

@@ -6,6 +6,7 @@ ToyShapes vocabulary, so it runs offline and trains on a laptop CPU.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,8 +119,15 @@ class ToyPolicy:
         r = self.config.resolution
         self.sample_shape = (3, r, r)
 
+    native_benchmark = "toyshapes"  # the toy model draws the ToyShapes world: its exact verifier judges it
+
     @property
     def transformer(self) -> SD3Transformer2DModel:
+        return self.model.transformer
+
+    @property
+    def network(self) -> SD3Transformer2DModel:
+        """The network RL trains (the text encoder stays frozen)."""
         return self.model.transformer
 
     def encode(self, prompts: list[str]) -> TextConditioning:
@@ -139,6 +147,34 @@ class ToyPolicy:
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """The transformer's parameters; the text encoder stays frozen during RL."""
         return (p for p in self.transformer.parameters() if p.requires_grad)
+
+    def export(self, directory: str | Path, lora: bool, network: nn.Module | None = None) -> Path:
+        """A loadable toy model directory (float32) with the trained weights, LoRA merged in.
+        `network`: a copy holding the weights to export (a sharded run's gathered replica);
+        default: the live transformer, which stays as it is."""
+        transformer = self.transformer if network is None else network
+        model = self.model
+        if lora or transformer is not self.transformer:
+            if transformer is self.transformer:  # merge into a copy, not the live transformer
+                transformer = copy.deepcopy(transformer)
+            if lora:
+                merge_lora(transformer)
+            with torch.device("meta"):  # a shell for the two modules, no random init
+                merged = ToyModel(model.config)
+            merged.text_encoder, merged.transformer = model.text_encoder, transformer
+            model = merged
+        return save_toy(model, directory, dtype=torch.float32)
+
+
+def merge_lora(module: nn.Module) -> None:
+    """Fold every peft LoRA layer into its base layer in place, leaving plain nn.Linear modules."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, child in list(module.named_modules()):
+        if isinstance(child, LoraLayer):
+            child.merge()
+            parent = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
+            setattr(parent, name.rsplit(".", 1)[-1], child.get_base_layer())
 
 
 def save_toy(model: ToyModel, directory: str | Path, dtype: torch.dtype = torch.float16) -> Path:

@@ -1,9 +1,9 @@
-"""Methods: one small module each, turning a config into a plan and crediting rewards.
+"""Methods: one small module each, turning a config into a plan and naming its credit rule.
 
 `get_method(name)` returns a Method; `METHODS` lists them all in registration order.
 """
 
-from .registry import METHODS, Credit, Method, get_method, register_method
+from .registry import METHODS, Method, get_method, register_method
 from . import flow_grpo, dance_grpo, mix_grpo, branch_grpo, tree_rpo, tempflow_grpo, g2rpo  # noqa: F401,E402  (registration)
 
-__all__ = ["METHODS", "Credit", "Method", "get_method", "register_method"]
+__all__ = ["METHODS", "Method", "get_method", "register_method"]

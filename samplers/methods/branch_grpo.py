@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec
 from .common import GridConfig, require
-from .credit import tree_credit
 from .registry import Method, register_method
 
 
@@ -53,9 +52,10 @@ def make_plan(config: BranchGrpoConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, split_noise_scale=config.split_noise_scale, method=name)
 
 
-def credit(rollout, rewards, config: BranchGrpoConfig, iteration: int = 0):
-    return tree_credit(rollout, rewards, beta=config.fusion_beta, width_pruning=config.width_pruning, depth_pruning=config.depth_pruning, depth_interval=config.depth_interval, iteration=iteration)
+def credit_options(config: BranchGrpoConfig, iteration: int = 0) -> dict:
+    return {"beta": config.fusion_beta, "width_pruning": config.width_pruning, "depth_pruning": config.depth_pruning,
+            "depth_interval": config.depth_interval, "iteration": iteration}
 
 
-METHOD = register_method(Method("branch_grpo", "a branching SDE tree with shared prefixes, leaf rewards fused up the tree, depth-wise advantages, pruning", "BranchGRPO, arXiv 2509.06040", BranchGrpoConfig, make_plan, credit))
-MIX = register_method(Method("branch_grpo_mix", "BranchGRPO with SDE only at split steps and in a window, ODE elsewhere", "BranchGRPO, arXiv 2509.06040", BranchGrpoMixConfig, make_plan, credit))
+METHOD = register_method(Method("branch_grpo", "a branching SDE tree with shared prefixes, leaf rewards fused up the tree, depth-wise advantages, pruning", "BranchGRPO, arXiv 2509.06040", BranchGrpoConfig, make_plan, "tree", credit_options))
+MIX = register_method(Method("branch_grpo_mix", "BranchGRPO with SDE only at split steps and in a window, ODE elsewhere", "BranchGRPO, arXiv 2509.06040", BranchGrpoMixConfig, make_plan, "tree", credit_options))

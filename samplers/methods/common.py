@@ -42,6 +42,25 @@ class GridConfig:
         return flow_sigmas(self.num_steps, self.shift)
 
 
+@dataclass
+class ChainCredit:
+    """The credit options of a chain method: its leaf rewards go through one advantage estimator."""
+
+    advantage: str = "grpo"  # the advantage estimator (flowrl.advantage; grpo, dr_grpo, rloo, ngrpo)
+    std_scope: str | None = None  # grpo's std: group, batch or none; None: the method's default
+
+
+def chain_credit_options(config: ChainCredit, default_std_scope: str) -> dict:
+    """The chain rule's options: the estimator and its own options. `std_scope` is grpo's option;
+    left unset it takes the method's default for grpo and is not passed to other estimators."""
+    options = {}
+    if config.std_scope is not None:
+        options["std_scope"] = config.std_scope
+    elif config.advantage == "grpo":
+        options["std_scope"] = default_std_scope
+    return {"estimator": config.advantage, "estimator_options": options}
+
+
 def sliding_window_start(iteration: int, stride: int, interval: int, max_start: int) -> int:
     """MixGRPO's window start: moves by `stride` steps every `interval` iterations, up to max_start."""
     return min(stride * (max(iteration, 0) // interval), max_start)

@@ -7,21 +7,18 @@ from dataclasses import dataclass
 import torch
 
 from ..plan import Plan, StepSpec
-from .common import GridConfig, require
-from .credit import chain_credit
+from .common import ChainCredit, GridConfig, chain_credit_options, require
 from .registry import Method, register_method
 
 
 @dataclass
-class DanceGrpoConfig(GridConfig):
+class DanceGrpoConfig(ChainCredit, GridConfig):
     num_steps: int = 16
     group_size: int = 12
     share_noise: bool = True  # a group's samples start from one noise
     eta: float = 0.3
     timestep_fraction: float = 0.6  # a random 60% of the steps are trained each iteration
     seed: int = 0  # of the choice of trained steps
-    advantage: str = "grpo"
-    std_scope: str = "group"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -36,8 +33,8 @@ def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo")
 
 
-def credit(rollout, rewards, config: DanceGrpoConfig, iteration: int = 0):
-    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+def credit_options(config: DanceGrpoConfig, iteration: int = 0) -> dict:
+    return chain_credit_options(config, "group")
 
 
-METHOD = register_method(Method("dance_grpo", "DanceGRPO's eta-SDE at every step, shared group noise, a random subset of steps trained", "DanceGRPO, arXiv 2505.07818", DanceGrpoConfig, make_plan, credit))
+METHOD = register_method(Method("dance_grpo", "DanceGRPO's eta-SDE at every step, shared group noise, a random subset of steps trained", "DanceGRPO, arXiv 2505.07818", DanceGrpoConfig, make_plan, "chain", credit_options))

@@ -6,21 +6,17 @@ from dataclasses import dataclass
 
 from ..ode import check_solver
 from ..plan import Plan
-from .common import GridConfig, chain_step, require
-from .credit import chain_credit
+from .common import ChainCredit, GridConfig, chain_credit_options, chain_step, require
 from .registry import Method, register_method
 
 
 @dataclass
-class FlowGrpoConfig(GridConfig):
-    num_steps: int = 10  # training rollouts use 10 steps, evaluation 40 (denoising reduction)
-    eval_steps: int = 40
+class FlowGrpoConfig(ChainCredit, GridConfig):
+    num_steps: int = 10  # training rollouts use 10 steps (evaluation: the eval_steps key)
     group_size: int = 24
     noise_level: float = 0.7  # a in sigma_t = a sqrt(t / (1 - t))
     timestep_fraction: float = 0.99  # train the first int(num_steps * fraction) steps (9 of 10)
     solver: str = "euler"  # noise_level 0 only: the ODE solver of the deterministic rollouts (DiffusionNFT: dpmpp_2m)
-    advantage: str = "grpo"
-    std_scope: str = "batch"  # Flow-GRPO: per-prompt mean, std over the whole batch
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -40,8 +36,8 @@ def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo")
 
 
-def credit(rollout, rewards, config: FlowGrpoConfig, iteration: int = 0):
-    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+def credit_options(config: FlowGrpoConfig, iteration: int = 0) -> dict:
+    return chain_credit_options(config, "batch")  # Flow-GRPO: per-prompt mean, std over the whole batch
 
 
-METHOD = register_method(Method("flow_grpo", "SDE sampling at every step, the first steps trained, prompt-group advantages", "Flow-GRPO, arXiv 2505.05470", FlowGrpoConfig, make_plan, credit))
+METHOD = register_method(Method("flow_grpo", "SDE sampling at every step, the first steps trained, prompt-group advantages", "Flow-GRPO, arXiv 2505.05470", FlowGrpoConfig, make_plan, "chain", credit_options))

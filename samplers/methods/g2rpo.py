@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec, Tail
 from .common import GridConfig, require
-from .credit import probe_credit
 from .registry import Method, register_method
 
 
@@ -38,8 +37,4 @@ def make_plan(config: G2rpoConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), steps, tails=tails, group_size=config.group_size, share_noise=config.share_noise, method="g2rpo")
 
 
-def credit(rollout, rewards, config: G2rpoConfig, iteration: int = 0):
-    return probe_credit(rollout, rewards)
-
-
-METHOD = register_method(Method("g2rpo", "one SDE step per group off an ODE anchor, finished at several ODE granularities whose advantages are summed", "G2RPO, arXiv 2510.01982", G2rpoConfig, make_plan, credit))
+METHOD = register_method(Method("g2rpo", "one SDE step per group off an ODE anchor, finished at several ODE granularities whose advantages are summed", "G2RPO, arXiv 2510.01982", G2rpoConfig, make_plan, "probe"))

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec
-from .common import GridConfig, chain_step, compressed_indices, require, sliding_window_start
-from .credit import chain_credit
+from .common import ChainCredit, GridConfig, chain_credit_options, chain_step, compressed_indices, require, sliding_window_start
 from .registry import Method, register_method
 
 
 @dataclass
-class MixGrpoConfig(GridConfig):
+class MixGrpoConfig(ChainCredit, GridConfig):
     num_steps: int = 25
     group_size: int = 12
     share_noise: bool = True
@@ -21,8 +20,6 @@ class MixGrpoConfig(GridConfig):
     max_start: int | None = None  # last window start (default: num_steps - window)
     noise_level: float = 0.7
     solver: str = "euler"  # ODE solver outside the window
-    advantage: str = "grpo"
-    std_scope: str = "group"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,11 +66,11 @@ def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo_flash", info={"window_start": start})
 
 
-def credit(rollout, rewards, config: MixGrpoConfig, iteration: int = 0):
-    return chain_credit(rollout, rewards, config.advantage, std_scope=config.std_scope)
+def credit_options(config: MixGrpoConfig, iteration: int = 0) -> dict:
+    return chain_credit_options(config, "group")
 
 
-METHOD = register_method(Method("mix_grpo", "SDE and training only inside a sliding window of steps, ODE elsewhere", "MixGRPO, arXiv 2507.21802", MixGrpoConfig, make_plan, credit))
+METHOD = register_method(Method("mix_grpo", "SDE and training only inside a sliding window of steps, ODE elsewhere", "MixGRPO, arXiv 2507.21802", MixGrpoConfig, make_plan, "chain", credit_options))
 FLASH = register_method(
-    Method("mix_grpo_flash", "MixGRPO with the ODE part after the window solved by DPM-Solver++ (2M) on a compressed grid", "MixGRPO, arXiv 2507.21802", MixGrpoFlashConfig, make_flash_plan, credit)
+    Method("mix_grpo_flash", "MixGRPO with the ODE part after the window solved by DPM-Solver++ (2M) on a compressed grid", "MixGRPO, arXiv 2507.21802", MixGrpoFlashConfig, make_flash_plan, "chain", credit_options)
 )

@@ -1,67 +1,54 @@
-"""The method registry and the objects methods hand to the trainer."""
+"""The method registry: a method is a plan generator plus the name of its credit rule.
+
+The credit rules themselves (how rewards become per-transition advantages) live with the
+advantage estimators in flowrl.advantage.credit; a method only says which rule it uses and with
+which options, so the solver layer needs nothing from above it.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
+from flowrl.registry import Registry, build_options
 
 from ..plan import Plan
 
 
-@dataclass
-class Credit:
-    """Rewards turned into per-transition learning signal, aligned with rollout.transitions.
-
-    advantages: [M]; mask: [M] bool, the transitions that get gradients (trained and not pruned);
-    weight: [M] per-transition loss weight; stats: scalars to log.
-    """
-
-    advantages: torch.Tensor
-    mask: torch.Tensor
-    weight: torch.Tensor
-    stats: dict[str, float] = field(default_factory=dict)
+def no_credit_options(config: Any, iteration: int) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
 class Method:
-    """A named method: its config class, plan generator and credit rule."""
+    """A named method: its options dataclass, plan generator and credit rule (`chain`, `tree` or
+    `probe`, with the options `credit_options(config, iteration)` gives)."""
 
     name: str
     description: str
     paper: str
     config: type
     make_plan: Callable[[Any, int], Plan]
-    credit: Callable[..., Credit]
+    credit_rule: str
+    credit_options: Callable[[Any, int], dict[str, Any]] = no_credit_options
 
     def configure(self, **overrides: Any) -> Any:
         """The method's config with overrides; unknown keys fail listing the known ones."""
-        known = {f.name for f in dataclasses.fields(self.config)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"{self.name} has no option(s) {unknown}; known options: {sorted(known)}")
-        return self.config(**overrides)
+        return build_options(self.config, overrides, self.name)
 
     def plan(self, config: Any = None, iteration: int = 0) -> Plan:
         """The plan for training iteration `iteration` (plans may move with it, e.g. MixGRPO)."""
         return self.make_plan(self.config() if config is None else config, iteration)
 
 
-METHODS: dict[str, Method] = {}
+METHODS = Registry("method")
 
 
 def register_method(method: Method) -> Method:
     """Add a method by name; a duplicate name is an error."""
-    if method.name in METHODS:
-        raise ValueError(f"a method named {method.name!r} is already registered")
-    METHODS[method.name] = method
-    return method
+    return METHODS.register(method.name, options=method.config, description=method.description)(method)
 
 
 def get_method(name: str) -> Method:
     """The registered method `name`, or a ValueError listing the known names."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {list(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)

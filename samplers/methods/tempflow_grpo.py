@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..plan import Plan, StepSpec, Tail
+from ..sde import sde_mean_std
 from .common import GridConfig, require
-from .credit import probe_credit, noise_aware_weights
 from .registry import Method, register_method
 
 
@@ -28,6 +30,26 @@ class TempFlowGrpoConfig(GridConfig):
             require(all(0 <= s < self.num_steps for s in self.probe_steps), f"probe_steps must lie in [0, {self.num_steps}), got {self.probe_steps}")
 
 
+def noise_aware_step_weights(stds: torch.Tensor) -> torch.Tensor:
+    """TempFlow-GRPO (arXiv 2508.04324): step i's loss weight is proportional to its transition
+    std sigma_i * sqrt(-dt_i), normalised to mean 1, so that late (low-noise) steps, whose log-prob
+    gradients are largest, do not dominate."""
+    stds = torch.as_tensor(stds, dtype=torch.float64).flatten()
+    if len(stds) == 0 or not bool((torch.isfinite(stds) & (stds > 0)).all()):
+        raise ValueError(f"step stds must be positive and finite, got {stds.tolist()}")
+    return (stds / stds.mean()).float()
+
+
+def noise_aware_weights(sigmas: torch.Tensor, steps: list[int], form: str, noise_level: float) -> dict[int, float]:
+    """The noise-aware weight of each of `steps` on the grid `sigmas`, mean 1 over them."""
+    stds = []
+    for i in steps:
+        _, std = sde_mean_std(torch.zeros(1, 1), torch.zeros(1, 1), sigmas[i], sigmas[i + 1], form, noise_level)
+        stds.append(float(std))
+    weights = noise_aware_step_weights(torch.tensor(stds))
+    return {i: float(w) for i, w in zip(steps, weights)}
+
+
 def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
     sigmas = config.sigmas()
     probed = range(config.num_steps) if config.probe_steps is None else config.probe_steps
@@ -39,8 +61,4 @@ def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
     return Plan(sigmas, steps, tails=(Tail(1, config.tail_solver),), group_size=config.group_size, share_noise=config.share_noise, method="tempflow_grpo")
 
 
-def credit(rollout, rewards, config: TempFlowGrpoConfig, iteration: int = 0):
-    return probe_credit(rollout, rewards)
-
-
-METHOD = register_method(Method("tempflow_grpo", "ODE trunk with one-step SDE probes finished by ODE: a process reward per step, noise-aware step weights", "TempFlow-GRPO, arXiv 2508.04324", TempFlowGrpoConfig, make_plan, credit))
+METHOD = register_method(Method("tempflow_grpo", "ODE trunk with one-step SDE probes finished by ODE: a process reward per step, noise-aware step weights", "TempFlow-GRPO, arXiv 2508.04324", TempFlowGrpoConfig, make_plan, "probe"))

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec
 from .common import GridConfig, require, sliding_window_start
-from .credit import tree_credit
 from .registry import Method, register_method
 
 
@@ -50,8 +49,8 @@ def make_plan(config: TreeRpoConfig, iteration: int = 0) -> Plan:
     return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="tree_rpo", info={"window_start": start})
 
 
-def credit(rollout, rewards, config: TreeRpoConfig, iteration: int = 0):
-    return tree_credit(rollout, rewards, beta=config.fusion_beta)
+def credit_options(config: TreeRpoConfig, iteration: int = 0) -> dict:
+    return {"beta": config.fusion_beta}
 
 
-METHOD = register_method(Method("tree_rpo", "a binary SDE tree inside a sliding window, noise rising with depth, ODE outside", "Dynamic-TreeRPO, arXiv 2509.23352", TreeRpoConfig, make_plan, credit))
+METHOD = register_method(Method("tree_rpo", "a binary SDE tree inside a sliding window, noise rising with depth, ODE outside", "Dynamic-TreeRPO, arXiv 2509.23352", TreeRpoConfig, make_plan, "tree", credit_options))
