@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: train demo test install clean
+.PHONY: train demo test lint install clean
 
 # Create the virtual environment and install the toolkit (editable, with test tools).
 $(VENV)/.installed: pyproject.toml
@@ -25,6 +25,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# ruff's lint and format checks (settings in pyproject.toml); `ruff format .` applies the format.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

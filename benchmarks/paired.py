@@ -15,8 +15,8 @@ Student's t interval and paired t-test per group and a normal approximation over
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
@@ -67,12 +67,16 @@ def _adjusted(n: int, a_only: int, b_only: int) -> tuple[float, float]:
 def paired_difference(name: str, a: Sequence[bool], b: Sequence[bool]) -> PairedDifference:
     """B - A over items judged right (True) or wrong by both evaluations, item i against item i."""
     if len(a) != len(b) or not a:
-        raise ValueError(f"{name}: a paired comparison needs the same non-zero number of items, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"{name}: a paired comparison needs the same non-zero number of items, got {len(a)} and {len(b)}"
+        )
     d = [int(bool(y)) - int(bool(x)) for x, y in zip(a, b)]
     n, a_only, b_only = len(d), d.count(-1), d.count(1)
     centre, variance = _adjusted(n, a_only, b_only)
     half = Z95 * math.sqrt(variance)
-    return PairedDifference(name, n, sum(d) / n, centre - half, centre + half, a_only, b_only, mcnemar_p(a_only, b_only))
+    return PairedDifference(
+        name, n, sum(d) / n, centre - half, centre + half, a_only, b_only, mcnemar_p(a_only, b_only)
+    )
 
 
 def mean_of_groups(name: str, parts: Sequence[PairedDifference]) -> PairedDifference:
@@ -96,13 +100,17 @@ def mean_of_groups(name: str, parts: Sequence[PairedDifference]) -> PairedDiffer
     else:
         null_sd = math.sqrt(sum((p.a_only + p.b_only) / p.n**2 for p in parts)) / groups
         p_value = 1.0 if null_sd == 0 else math.erfc(abs(difference) / null_sd / math.sqrt(2))
-    return PairedDifference(name, sum(p.n for p in parts), difference, centre - half, centre + half, a_only, b_only, p_value)
+    return PairedDifference(
+        name, sum(p.n for p in parts), difference, centre - half, centre + half, a_only, b_only, p_value
+    )
 
 
 def _mean_and_standard_error(name: str, a: Sequence[float], b: Sequence[float]) -> tuple[float, float, list[float]]:
     """Mean of b_i - a_i, its standard error (sample variance / n) and the differences."""
     if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"{name}: a paired comparison of scores needs the same number (at least 2) of items, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"{name}: a paired comparison of scores needs the same number (at least 2) of items, got {len(a)} and {len(b)}"
+        )
     d = [float(y) - float(x) for x, y in zip(a, b)]
     n = len(d)
     mean = sum(d) / n
@@ -118,7 +126,9 @@ def paired_mean_difference(name: str, a: Sequence[float], b: Sequence[float]) ->
     mean, se, d = _mean_and_standard_error(name, a, b)
     half = float(student_t.ppf(0.975, len(d) - 1)) * se
     p_value = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * student_t.sf(abs(mean) / se, len(d) - 1))
-    return PairedDifference(name, len(d), mean, mean - half, mean + half, sum(v < 0 for v in d), sum(v > 0 for v in d), p_value)
+    return PairedDifference(
+        name, len(d), mean, mean - half, mean + half, sum(v < 0 for v in d), sum(v > 0 for v in d), p_value
+    )
 
 
 def mean_of_score_groups(name: str, groups: Sequence[tuple[Sequence[float], Sequence[float]]]) -> PairedDifference:
@@ -134,4 +144,13 @@ def mean_of_score_groups(name: str, groups: Sequence[tuple[Sequence[float], Sequ
     p_value = (1.0 if difference == 0 else 0.0) if se == 0 else math.erfc(abs(difference) / se / math.sqrt(2))
     lower = sum(sum(v < 0 for v in d) for _, _, d in stats)
     higher = sum(sum(v > 0 for v in d) for _, _, d in stats)
-    return PairedDifference(name, sum(len(d) for _, _, d in stats), difference, difference - Z95 * se, difference + Z95 * se, lower, higher, p_value)
+    return PairedDifference(
+        name,
+        sum(len(d) for _, _, d in stats),
+        difference,
+        difference - Z95 * se,
+        difference + Z95 * se,
+        lower,
+        higher,
+        p_value,
+    )

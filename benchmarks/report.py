@@ -16,9 +16,10 @@ import json
 import mimetypes
 import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from .paired import PairedDifference
@@ -118,7 +119,9 @@ def markdown_table(table: Table) -> str:
     """The table as a GitHub Markdown table headed by its title."""
     lines = [f"### {_md_cell(table.title)}", "", "| name | correct | total | accuracy |", "|---|---:|---:|---:|"]
     for row in table.rows:
-        lines.append(f"| {_md_cell(row.name)} | {_count(row.correct)} | {_count(row.total)} | {format_accuracy(row.accuracy)} |")
+        lines.append(
+            f"| {_md_cell(row.name)} | {_count(row.correct)} | {_count(row.total)} | {format_accuracy(row.accuracy)} |"
+        )
     return "\n".join(lines)
 
 
@@ -138,7 +141,11 @@ def write_markdown(path: str | Path, title: str, tables: Sequence[Table], notes:
 
 def write_csv(path: str | Path, tables: Sequence[Table]) -> Path:
     """Write all tables as one long CSV with columns table, name, correct, total, accuracy."""
-    rows = [[table.title, row.name, _count(row.correct), _count(row.total), repr(row.accuracy)] for table in tables for row in table.rows]
+    rows = [
+        [table.title, row.name, _count(row.correct), _count(row.total), repr(row.accuracy)]
+        for table in tables
+        for row in table.rows
+    ]
     return _write_csv_rows(path, CSV_COLUMNS, rows)
 
 
@@ -252,9 +259,12 @@ def _html_image(image: ImageRecord, pixelated: bool) -> str:
         for j in image.judgments
     )
     css = " class='pixelated'" if pixelated else ""
-    picture = (f"<img{css} src='{_esc(image.src)}' alt='{_esc(image.caption)}' loading='lazy'>" if image.src
-               else "<div class='noimage'>no image</div>")
-    return (f"<figure>{picture}<figcaption>{_esc(image.caption)}</figcaption><ul class='judgments'>{items}</ul></figure>")
+    picture = (
+        f"<img{css} src='{_esc(image.src)}' alt='{_esc(image.caption)}' loading='lazy'>"
+        if image.src
+        else "<div class='noimage'>no image</div>"
+    )
+    return f"<figure>{picture}<figcaption>{_esc(image.caption)}</figcaption><ul class='judgments'>{items}</ul></figure>"
 
 
 def _html_entry(entry: Entry, anchor: str, tag_anchors: dict[str, str], pixelated: bool) -> str:
@@ -262,9 +272,11 @@ def _html_entry(entry: Entry, anchor: str, tag_anchors: dict[str, str], pixelate
     tags = "".join(f"<a href='#{tag_anchors[t]}'>{_esc(t)}</a>" for t in entry.tags)
     notes = "".join(f"<div class='sub'>{_esc(n)}</div>" for n in entry.notes)
     images = "".join(_html_image(im, pixelated) for im in entry.images)
-    return (f"<section class='entry' id='{anchor}' data-tags='{_esc(json.dumps(list(entry.tags)))}' data-fail='{int(failed)}'>"
-            f"<h3>{_esc(entry.title)}</h3><div class='sub'>{_esc(entry.subtitle)}</div>"
-            f"<div class='tags'>{tags}</div>{notes}<div class='grid'>{images}</div></section>")
+    return (
+        f"<section class='entry' id='{anchor}' data-tags='{_esc(json.dumps(list(entry.tags)))}' data-fail='{int(failed)}'>"
+        f"<h3>{_esc(entry.title)}</h3><div class='sub'>{_esc(entry.subtitle)}</div>"
+        f"<div class='tags'>{tags}</div>{notes}<div class='grid'>{images}</div></section>"
+    )
 
 
 def _html_tag_index(entries: Sequence[Entry], anchors: dict[str, str], tag_anchors: dict[str, str]) -> str:
@@ -276,8 +288,15 @@ def _html_tag_index(entries: Sequence[Entry], anchors: dict[str, str], tag_ancho
     return "".join(blocks)
 
 
-def html_report(title: str, tables: Sequence[Table], entries: Sequence[Entry] = (), meta: dict[str, Any] | None = None,
-                notes: Sequence[str] = (), thumb_px: int = 192, pixelated: bool = False) -> str:
+def html_report(
+    title: str,
+    tables: Sequence[Table],
+    entries: Sequence[Entry] = (),
+    meta: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    thumb_px: int = 192,
+    pixelated: bool = False,
+) -> str:
     """A self-contained HTML page: tables, a per-tag index, a tag/failure filter, and each entry's
     image grid with its judgments. All text is escaped."""
     taken: set[str] = set()
@@ -287,22 +306,39 @@ def html_report(title: str, tables: Sequence[Table], entries: Sequence[Entry] = 
     meta_html = "".join(f"<div><b>{_esc(k)}</b>: <code>{_esc(v)}</code></div>" for k, v in (meta or {}).items())
     notes_html = "".join(f"<div>{_esc(n)}</div>" for n in notes)
     options = "".join(f"<option value='{_esc(t)}'>{_esc(t)}</option>" for t in tags)
-    filters = (f"<div class='filters'><label>show <select id='tag-filter'><option value=''>all</option>{options}</select></label> "
-               f"<label><input type='checkbox' id='fail-filter'> only with a failed judgment</label> "
-               f"(<span id='shown'>{len(entries)}</span> of {len(entries)} shown)</div>")
+    filters = (
+        f"<div class='filters'><label>show <select id='tag-filter'><option value=''>all</option>{options}</select></label> "
+        f"<label><input type='checkbox' id='fail-filter'> only with a failed judgment</label> "
+        f"(<span id='shown'>{len(entries)}</span> of {len(entries)} shown)</div>"
+    )
     body = [f"<h1>{_esc(title)}</h1><div class='meta'>{meta_html}{notes_html}</div>", "<h2>Results</h2>"]
     body.append(f"<div class='tables'>{''.join(_html_table(t) for t in tables)}</div>")
     if entries:
-        body += [f"<details><summary>Index: the {len(entries)} entries by tag ({len(tags)} tags)</summary>",
-                 _html_tag_index(entries, anchors, tag_anchors), "</details>", "<h2>Images</h2>", filters]
+        body += [
+            f"<details><summary>Index: the {len(entries)} entries by tag ({len(tags)} tags)</summary>",
+            _html_tag_index(entries, anchors, tag_anchors),
+            "</details>",
+            "<h2>Images</h2>",
+            filters,
+        ]
         body += [_html_entry(e, anchors[e.key], tag_anchors, pixelated) for e in entries]
         body.append(f"<script>{_SCRIPT}</script>")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
-            f"<style>:root{{--thumb:{int(thumb_px)}px}}{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title>"
+        f"<style>:root{{--thumb:{int(thumb_px)}px}}{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
-def write_html(path: str | Path, title: str, tables: Sequence[Table], entries: Sequence[Entry] = (),
-               meta: dict[str, Any] | None = None, notes: Sequence[str] = (), thumb_px: int = 192, pixelated: bool = False) -> Path:
+def write_html(
+    path: str | Path,
+    title: str,
+    tables: Sequence[Table],
+    entries: Sequence[Entry] = (),
+    meta: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    thumb_px: int = 192,
+    pixelated: bool = False,
+) -> Path:
     """Write html_report(...) to path (image srcs must be relative to path's folder or data URIs)."""
     return _write_text(path, html_report(title, tables, entries, meta, notes, thumb_px, pixelated))
 
@@ -355,7 +391,9 @@ class Comparison:
             lines = [f"### {_md_cell(title)}", "", f"| name | A: {a} | B: {b} | B - A |", "|---|---:|---:|---:|"]
             for r in self.rows:
                 if r.table == title:
-                    lines.append(f"| {_md_cell(r.name)} | {format_accuracy(r.accuracy_a)} | {format_accuracy(r.accuracy_b)} | {format_difference(r.difference)} |")
+                    lines.append(
+                        f"| {_md_cell(r.name)} | {format_accuracy(r.accuracy_a)} | {format_accuracy(r.accuracy_b)} | {format_difference(r.difference)} |"
+                    )
             parts.append("\n".join(lines))
         for title, note, tests, headers, cells in self._paired_sections():
             lines = [f"### {title}", "", _md_cell(note)]
@@ -367,7 +405,18 @@ class Comparison:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write rows with columns table, name, total_a, accuracy_a, total_b, accuracy_b, difference."""
-        rows = [[r.table, r.name, _count(r.total_a), _opt(r.accuracy_a), _count(r.total_b), _opt(r.accuracy_b), _opt(r.difference)] for r in self.rows]
+        rows = [
+            [
+                r.table,
+                r.name,
+                _count(r.total_a),
+                _opt(r.accuracy_a),
+                _count(r.total_b),
+                _opt(r.accuracy_b),
+                _opt(r.difference),
+            ]
+            for r in self.rows
+        ]
         return _write_csv_rows(path, COMPARISON_COLUMNS, rows)
 
     def html(self) -> str:
@@ -379,7 +428,8 @@ class Comparison:
             rows = "".join(
                 f"<tr><td class='name'>{_esc(r.name)}</td><td>{format_accuracy(r.accuracy_a)}</td><td>{format_accuracy(r.accuracy_b)}</td>"
                 f"<td class='{_direction(r.difference)}'>{format_difference(r.difference)}</td></tr>"
-                for r in self.rows if r.table == title
+                for r in self.rows
+                if r.table == title
             )
             body.append(f"<h3>{_esc(title)}</h3><table>{head}{rows}</table>")
         for title, note, tests, headers, cells in self._paired_sections():
@@ -388,13 +438,18 @@ class Comparison:
                 head = "".join(f"<th>{h}</th>" for h in headers)
                 rows = "".join(
                     f"<tr><td class='name'>{_esc(d.name)}</td>"
-                    + "".join(f"<td class='{_direction(d.difference)}'>{c}</td>" if i == 1 else f"<td>{c}</td>" for i, c in enumerate(cells(d)))
+                    + "".join(
+                        f"<td class='{_direction(d.difference)}'>{c}</td>" if i == 1 else f"<td>{c}</td>"
+                        for i, c in enumerate(cells(d))
+                    )
                     + "</tr>"
                     for d in tests
                 )
                 body.append(f"<table><tr><th class='name'>name</th>{head}</tr>{rows}</table>")
-        return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{a} vs {b}</title>"
-                f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+        return (
+            f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{a} vs {b}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
+        )
 
     def _paired_sections(self) -> list[tuple[str, str, tuple[PairedDifference, ...], Sequence[str], Any]]:
         """(title, note, tests, headers, cell formatter) of each paired section there is."""
@@ -409,7 +464,10 @@ class Comparison:
         """Write paired tests (default: the accuracy tests) with columns name, items, difference,
         low, high, a_only, b_only, p_value."""
         tests = self.paired if tests is None else tests
-        rows = [[d.name, d.n, repr(d.difference), repr(d.low), repr(d.high), d.a_only, d.b_only, repr(d.p_value)] for d in tests]
+        rows = [
+            [d.name, d.n, repr(d.difference), repr(d.low), repr(d.high), d.a_only, d.b_only, repr(d.p_value)]
+            for d in tests
+        ]
         return _write_csv_rows(path, PAIRED_COLUMNS, rows)
 
     def write(self, out_dir: str | Path, stem: str = "comparison") -> dict[str, Path]:
@@ -434,12 +492,26 @@ SCORE_HEADERS = ("items", "B - A", "95% interval", "A higher", "B higher", "p")
 
 def _paired_cells(d: PairedDifference) -> list[str]:
     """A paired test's cells under PAIRED_HEADERS."""
-    return [str(d.n), format_difference(d.difference), format_interval(d), str(d.a_only), str(d.b_only), format_p(d.p_value)]
+    return [
+        str(d.n),
+        format_difference(d.difference),
+        format_interval(d),
+        str(d.a_only),
+        str(d.b_only),
+        format_p(d.p_value),
+    ]
 
 
 def _score_cells(d: PairedDifference) -> list[str]:
     """A paired score difference's cells under SCORE_HEADERS (scores in their own units)."""
-    return [str(d.n), f"{d.difference:+.3f}", format_score_interval(d), str(d.a_only), str(d.b_only), format_p(d.p_value)]
+    return [
+        str(d.n),
+        f"{d.difference:+.3f}",
+        format_score_interval(d),
+        str(d.a_only),
+        str(d.b_only),
+        format_p(d.p_value),
+    ]
 
 
 def _write_csv_rows(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
@@ -471,8 +543,16 @@ def compare_tables(a: Sequence[Table], b: Sequence[Table], label_a: str = "A", l
         rows_b = _rows_by_name(b, title)
         for name in dict.fromkeys(list(rows_a) + list(rows_b)):
             ra, rb = rows_a.get(name), rows_b.get(name)
-            rows.append(ComparisonRow(title, name, ra.total if ra else None, ra.accuracy if ra else None,
-                                      rb.total if rb else None, rb.accuracy if rb else None))
+            rows.append(
+                ComparisonRow(
+                    title,
+                    name,
+                    ra.total if ra else None,
+                    ra.accuracy if ra else None,
+                    rb.total if rb else None,
+                    rb.accuracy if rb else None,
+                )
+            )
     return Comparison(label_a, label_b, tuple(rows))
 
 

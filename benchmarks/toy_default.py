@@ -27,7 +27,9 @@ from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshape
 from flowrl.cli_args import non_negative_float
 
 
-def evaluate(directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0) -> tuple[dict, EvalReport]:
+def evaluate(
+    directory: str | None, per_category: int, split: str = "heldout", eta: float = 0.0
+) -> tuple[dict, EvalReport]:
     """Overall and per-category accuracy and the mean dense score of a toy model directory (None:
     the shipped model), and the full report (its per-image records pair runs with the base)."""
     from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
@@ -44,9 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--per-category", type=int, default=32, help="evaluation images per category")
-    parser.add_argument("--base", default=None, help="toy model directory to train from and compare against (default: the shipped model)")
-    parser.add_argument("--split", choices=SPLITS, default="heldout", help="evaluation prompts (held-out: the standard figure)")
-    parser.add_argument("--eta", type=non_negative_float, default=0.0, help="evaluate with DanceGRPO's SDE at this noise level (10 steps); 0: 20 Euler steps")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="toy model directory to train from and compare against (default: the shipped model)",
+    )
+    parser.add_argument(
+        "--split", choices=SPLITS, default="heldout", help="evaluation prompts (held-out: the standard figure)"
+    )
+    parser.add_argument(
+        "--eta",
+        type=non_negative_float,
+        default=0.0,
+        help="evaluate with DanceGRPO's SDE at this noise level (10 steps); 0: 20 Euler steps",
+    )
     parser.add_argument("--runs", default="runs/toy_default_bench", help="where the runs go")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -81,25 +94,35 @@ def main(argv: list[str] | None = None) -> int:
     paired, paired_scores = {}, {}
     if trained:
         mean = sum(trained) / len(trained)
-        print(f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% ({base} {100 * results[base]['overall']:.1f}%)")
+        print(
+            f"\nmean overall of {len(trained)} run(s): {100 * mean:.1f}% ({base} {100 * results[base]['overall']:.1f}%)"
+        )
         print(f"paired with the {base} model image by image (same prompts and starting noise):")
         for column in columns[1:]:
             tests, _ = paired_toyshapes(reports[base], reports[column])
             paired[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
             overall = tests[-1]
-            print(f"  {column}: {format_difference(overall.difference)} overall, 95% interval {format_interval(overall)}, "
-                  f"p {format_p(overall.p_value)} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})")
+            print(
+                f"  {column}: {format_difference(overall.difference)} overall, 95% interval {format_interval(overall)}, "
+                f"p {format_p(overall.p_value)} ({overall.b_only} images only the run got right, {overall.a_only} only the {base})"
+            )
             tests, why_not = paired_toyshapes_scores(reports[base], reports[column])
             paired_scores[column] = {t.name: {**asdict(t), "interval": list(t.interval)} for t in tests}
             if tests:
                 overall = tests[-1]
-                print(f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {format_score_interval(overall)}, "
-                      f"p {format_p(overall.p_value)}")
+                print(
+                    f"  {column}: dense score {overall.difference:+.3f} overall, 95% interval {format_score_interval(overall)}, "
+                    f"p {format_p(overall.p_value)}"
+                )
             else:
                 print(f"  {column}: {why_not}")
     Path(args.runs).mkdir(parents=True, exist_ok=True)
-    record = {"settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides}, "results": results, "paired": paired,
-              "paired_scores": paired_scores}
+    record = {
+        "settings": {**judged, "base": args.base or "shipped", "overrides": args.overrides},
+        "results": results,
+        "paired": paired,
+        "paired_scores": paired_scores,
+    }
     (Path(args.runs) / "results.json").write_text(json.dumps(record, indent=2))
     return 0
 

@@ -4,7 +4,7 @@ reference policy for the KL term (adapters disabled, or the initial weights swap
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -13,11 +13,17 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: lis
     """Attach LoRA adapters (peft, via diffusers' adapter integration) and freeze everything else."""
     from peft import LoraConfig
 
-    matched = [name for name, _ in transformer.named_modules() if any(name == t or name.endswith("." + t) for t in targets)]
+    matched = [
+        name for name, _ in transformer.named_modules() if any(name == t or name.endswith("." + t) for t in targets)
+    ]
     if not matched:
-        raise ValueError(f"lora_targets {targets} match no module of the transformer; e.g. {[n for n, _ in transformer.named_modules()][1:8]}")
+        raise ValueError(
+            f"lora_targets {targets} match no module of the transformer; e.g. {[n for n, _ in transformer.named_modules()][1:8]}"
+        )
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets)))
+    transformer.add_adapter(
+        LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
+    )
 
 
 def trainable_named_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -32,7 +38,9 @@ class Reference:
     def __init__(self, transformer: torch.nn.Module, lora: bool) -> None:
         self.transformer = transformer
         self.lora = lora
-        self.initial = None if lora else {n: p.detach().clone() for n, p in trainable_named_parameters(transformer).items()}
+        self.initial = (
+            None if lora else {n: p.detach().clone() for n, p in trainable_named_parameters(transformer).items()}
+        )
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:

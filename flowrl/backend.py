@@ -11,7 +11,14 @@ import torch
 
 from . import zero as deepspeed_zero
 from .config import TrainConfig
-from .sharding import full_optimizer_state, plain_replica, shard_optimizer_state, shard_transformer, total_norm, unsharded
+from .sharding import (
+    full_optimizer_state,
+    plain_replica,
+    shard_optimizer_state,
+    shard_transformer,
+    total_norm,
+    unsharded,
+)
 
 
 class TrainingBackend:
@@ -20,15 +27,26 @@ class TrainingBackend:
 
     def __init__(self, config: TrainConfig, network: torch.nn.Module, device: torch.device, world: int) -> None:
         self.config, self.network, self.world = config, network, world
-        self.sharded = shard_transformer(network, device, os.environ) if config.fsdp else None  # the FSDP units, or None
+        self.sharded = (
+            shard_transformer(network, device, os.environ) if config.fsdp else None
+        )  # the FSDP units, or None
         self.zero = None  # the DeepSpeed engine under ZeRO
         self.params: dict[str, torch.nn.Parameter] = {}
         self.optimizer: torch.optim.Optimizer | None = None
 
-    def attach(self, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, offload: str | None) -> None:
+    def attach(
+        self, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer, offload: str | None
+    ) -> None:
         self.params, self.optimizer = params, optimizer
         if self.config.zero_stage:  # the engine partitions this optimizer's state (and the gradients)
-            self.zero = deepspeed_zero.wrap(self.network, optimizer, self.config.zero_stage, self.config.max_grad_norm, offload, self.config.micro_batch)
+            self.zero = deepspeed_zero.wrap(
+                self.network,
+                optimizer,
+                self.config.zero_stage,
+                self.config.max_grad_norm,
+                offload,
+                self.config.micro_batch,
+            )
 
     @property
     def lockstep(self) -> bool:

@@ -12,12 +12,30 @@ import torch
 
 from .backend import TrainingBackend
 from .config import TrainConfig
-from .run_files import append_metrics, forget_earlier_run, load_checkpoint, rng_state, save_checkpoint, set_rng_state, truncate_metrics
+from .run_files import (
+    append_metrics,
+    forget_earlier_run,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+)
 from .sharding import full_tensors, load_full
 
 # Keys that must agree between a checkpoint's run and this one for a resume to continue it.
-SAME_RUN_KEYS = ("policy", "method", "method_options", "lora_rank", "lora_targets", "seed", "prompts", "reward", "reward_options",
-                 "prompts_per_iteration")
+SAME_RUN_KEYS = (
+    "policy",
+    "method",
+    "method_options",
+    "lora_rank",
+    "lora_targets",
+    "seed",
+    "prompts",
+    "reward",
+    "reward_options",
+    "prompts_per_iteration",
+)
 
 
 @dataclass
@@ -42,8 +60,17 @@ class Checkpointer:
     tensors are gathered first), and a sharded run writes the same full tensors as an unsharded
     one, so either resumes the other."""
 
-    def __init__(self, out: Path, config: TrainConfig, rank: int, world: int, backend: TrainingBackend, ema: Any, objective: Any,
-                 progress: Progress) -> None:
+    def __init__(
+        self,
+        out: Path,
+        config: TrainConfig,
+        rank: int,
+        world: int,
+        backend: TrainingBackend,
+        ema: Any,
+        objective: Any,
+        progress: Progress,
+    ) -> None:
         self.out, self.config, self.rank, self.world = out, config, rank, world
         self.backend, self.ema, self.objective, self.progress = backend, ema, objective, progress
         self.directory = out / "checkpoint"
@@ -58,8 +85,15 @@ class Checkpointer:
         optimizer = self.backend.full_optimizer_state()
         if self.rank != 0:
             return
-        state = {"iteration": self.progress.iteration, "optimizer_steps": self.progress.optimizer_steps, "optimizer": optimizer,
-                 "rng": rng or rng_state(), "config": self.config.to_dict(), "evaluation_due": evaluation_due, **self.objective.state_dict()}
+        state = {
+            "iteration": self.progress.iteration,
+            "optimizer_steps": self.progress.optimizer_steps,
+            "optimizer": optimizer,
+            "rng": rng or rng_state(),
+            "config": self.config.to_dict(),
+            "evaluation_due": evaluation_due,
+            **self.objective.state_dict(),
+        }
         save_checkpoint(self.directory, weights, ema, state)
         self.progress.saved_iteration = self.progress.iteration
 
@@ -76,8 +110,11 @@ class Checkpointer:
         if record is not None:
             append_metrics(self.metrics_path, record)
         self.save(rng=rng, evaluation_due=record is not None)
-        print(f"{what} failed; saved a checkpoint of iteration {self.progress.iteration} in {self.directory} "
-              "(rerun the same command to resume from there)", file=sys.stderr)
+        print(
+            f"{what} failed; saved a checkpoint of iteration {self.progress.iteration} in {self.directory} "
+            "(rerun the same command to resume from there)",
+            file=sys.stderr,
+        )
 
     def report_update_failure(self, iteration: int, rng: dict, error: Exception) -> None:
         """An update that failed before its first optimizer step (most often out of memory in a
@@ -86,15 +123,23 @@ class Checkpointer:
         if not self.progress.weights_touched:
             self.save_after_failure(f"the update of iteration {iteration} (before its first optimizer step)", rng)
         else:
-            print(f"the update of iteration {iteration} failed after changing the weights; {self.where_a_rerun_resumes()}", file=sys.stderr)
+            print(
+                f"the update of iteration {iteration} failed after changing the weights; {self.where_a_rerun_resumes()}",
+                file=sys.stderr,
+            )
         if isinstance(error, torch.OutOfMemoryError):
-            print(f"out of memory in the update: a smaller micro_batch= than {self.config.micro_batch} (transitions per backward pass) "
-                  "computes the same update (up to rounding) in less memory, and a rerun may change it", file=sys.stderr)
+            print(
+                f"out of memory in the update: a smaller micro_batch= than {self.config.micro_batch} (transitions per backward pass) "
+                "computes the same update (up to rounding) in less memory, and a rerun may change it",
+                file=sys.stderr,
+            )
 
     def where_a_rerun_resumes(self) -> str:
         """Where a rerun of the same command picks up: the last checkpoint, or the start."""
         if self.progress.saved_iteration:
-            return f"a rerun resumes from the checkpoint of iteration {self.progress.saved_iteration} in {self.directory}"
+            return (
+                f"a rerun resumes from the checkpoint of iteration {self.progress.saved_iteration} in {self.directory}"
+            )
         return "a rerun starts over (no checkpoint yet)"
 
     def resume(self) -> bool:
@@ -109,10 +154,14 @@ class Checkpointer:
         mismatched = [k for k in SAME_RUN_KEYS if k in saved and saved[k] != getattr(self.config, k)]
         if mismatched:
             differences = ", ".join(f"{k}: {saved.get(k)!r} there, {getattr(self.config, k)!r} now" for k in mismatched)
-            raise ValueError(f"{self.out} holds a checkpoint of a different run ({differences}); use another out= or resume=false")
+            raise ValueError(
+                f"{self.out} holds a checkpoint of a different run ({differences}); use another out= or resume=false"
+            )
         params = self.backend.params
         if set(weights) != set(params):
-            raise ValueError(f"checkpoint weights do not match the model's trainable parameters ({len(weights)} vs {len(params)})")
+            raise ValueError(
+                f"checkpoint weights do not match the model's trainable parameters ({len(weights)} vs {len(params)})"
+            )
         load_full(params, weights)
         self.backend.load_optimizer_state(state["optimizer"])
         if self.ema is not None and ema is not None:
@@ -123,7 +172,9 @@ class Checkpointer:
         progress.iteration = progress.saved_iteration = state["iteration"]
         progress.evaluation_due = bool(state.get("evaluation_due"))
         # Checkpoints written before the counter was saved: AdamW's own count (not under ZeRO).
-        progress.optimizer_steps = state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.backend.optimizer)
+        progress.optimizer_steps = (
+            state["optimizer_steps"] if "optimizer_steps" in state else adam_steps(self.backend.optimizer)
+        )
         if self.rank == 0:  # the only writer of metrics.jsonl; other ranks rewriting it raced with it
             truncate_metrics(self.metrics_path, progress.iteration)
         return True
@@ -136,4 +187,6 @@ class Checkpointer:
         removed = forget_earlier_run(self.out)
         if removed:
             why = "resume=false" if not self.config.resume else "no checkpoint to resume from"
-            print(f"{why}: starting over in {self.out}; removed the earlier run's {', '.join(removed)}", file=sys.stderr)
+            print(
+                f"{why}: starting over in {self.out}; removed the earlier run's {', '.join(removed)}", file=sys.stderr
+            )

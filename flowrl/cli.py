@@ -18,9 +18,15 @@ def _positive_int(text: str) -> int:
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="toy model directory (config.json + model.safetensors); default: the shipped weights")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="toy model directory (config.json + model.safetensors); default: the shipped weights",
+    )
     parser.add_argument("--steps", type=_positive_int, default=20, help="sampler steps (default 20)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none; default 4)")
+    parser.add_argument(
+        "--guidance", type=float, default=4.0, help="classifier-free guidance scale (1 = none; default 4)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed + i")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
@@ -31,7 +37,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .policies.toy import load_toy
 
     policy = load_toy(args.checkpoint, args.device)
-    images = generate(policy, [args.prompt] * args.n, [args.seed + i for i in range(args.n)], steps=args.steps, guidance=args.guidance, progress=True)
+    images = generate(
+        policy,
+        [args.prompt] * args.n,
+        [args.seed + i for i in range(args.n)],
+        steps=args.steps,
+        guidance=args.guidance,
+        progress=True,
+    )
     path = save_grid(images, args.out, nrow=min(args.n, 8), scale=args.scale)
     print(f"wrote {args.n} samples of {args.prompt!r} to {path}")
     return 0
@@ -47,7 +60,9 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     if args.prompt is None and args.images_per_prompt is not None:
         raise ValueError("--images-per-prompt goes with --prompt; a split's evaluation takes --images-per-category")
     if args.prompt is not None and (args.images_per_category is not None or args.split is not None):
-        raise ValueError("--prompt judges the prompts given, so --split and --images-per-category do not apply; use --images-per-prompt")
+        raise ValueError(
+            "--prompt judges the prompts given, so --split and --images-per-category do not apply; use --images-per-prompt"
+        )
     if args.prompt is not None:
         from flowrl.benchmarks.toyshapes.prompts import parse_prompt
 
@@ -57,7 +72,14 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     per_group = (args.images_per_category or 32) if args.prompt is None else (args.images_per_prompt or 32)
     sample = sampler(policy, args.steps, args.guidance, eta=args.eta, batch_size=args.batch_size, progress=True)
     report, images = evaluate_toyshapes(
-        sample, per_group, steps=args.steps, guidance=args.guidance, eta=args.eta, seed=args.seed, split=args.split or "heldout", prompts=args.prompt
+        sample,
+        per_group,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        seed=args.seed,
+        split=args.split or "heldout",
+        prompts=args.prompt,
     )
     print(report.table() if args.prompt is None else report.prompt_table())
     print("\nwhere images fail (fractions of each category's images; shapes and objects need the exact count):")
@@ -88,17 +110,34 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
         key, _, value = text.partition("=")
         judge[key] = yaml.safe_load(value)
     run = UniGenBenchRun(
-        prompts=args.prompts, policy=args.checkpoint, out=args.out, images_per_prompt=args.images_per_prompt, seed=args.seed,
-        steps=args.steps, guidance=args.guidance, shift=args.shift, resolution=args.resolution, batch_size=args.batch_size,
-        device=args.device, limit=args.limit, on_bad_row=args.on_bad_row, judge=judge, judge_only=args.judge_only,
+        prompts=args.prompts,
+        policy=args.checkpoint,
+        out=args.out,
+        images_per_prompt=args.images_per_prompt,
+        seed=args.seed,
+        steps=args.steps,
+        guidance=args.guidance,
+        shift=args.shift,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        device=args.device,
+        limit=args.limit,
+        on_bad_row=args.on_bad_row,
+        judge=judge,
+        judge_only=args.judge_only,
     )
     summary = run_unigenbench(run)
     print(Path(summary["reports"]["markdown"]).read_text())
-    print(f"{summary['prompts']} prompts: {summary['generated']} images drawn ({summary['existing']} already there), "
-          f"{summary['judged']} judged ({summary['already_judged']} already judged); reports in {args.out}")
+    print(
+        f"{summary['prompts']} prompts: {summary['generated']} images drawn ({summary['existing']} already there), "
+        f"{summary['judged']} judged ({summary['already_judged']} already judged); reports in {args.out}"
+    )
     if summary["failed"]:
-        print(f"{len(summary['failed'])} images failed to be judged (rerun the same command to judge only those); first: "
-              f"{next(iter(summary['failed'].items()))}", file=sys.stderr)
+        print(
+            f"{len(summary['failed'])} images failed to be judged (rerun the same command to judge only those); first: "
+            f"{next(iter(summary['failed'].items()))}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -114,7 +153,9 @@ def cmd_eval_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"{path}: not a readable results file ({error})") from None
         kinds.append("unigenbench" if "primary_dimensions" in data else "toyshapes")
     if kinds[0] != kinds[1]:
-        raise ValueError(f"{args.a} is a {kinds[0]} result and {args.b} a {kinds[1]} one; compare results of one benchmark")
+        raise ValueError(
+            f"{args.a} is a {kinds[0]} result and {args.b} a {kinds[1]} one; compare results of one benchmark"
+        )
     if kinds[0] == "unigenbench":
         from flowrl.benchmarks.unigenbench.report import compare_results
 
@@ -145,7 +186,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
             plan = method.plan(config)
             options = ", ".join(f"{key}={value!r}" for key, value in vars(config).items())
             print(f"{'':<{width}}  defaults: {options}")
-            print(f"{'':<{width}}  plan: {plan.num_steps} steps, trained {plan.trained_steps()}, {plan.group_size} roots per prompt")
+            print(
+                f"{'':<{width}}  plan: {plan.num_steps} steps, trained {plan.trained_steps()}, {plan.group_size} roots per prompt"
+            )
     return 0
 
 
@@ -155,8 +198,10 @@ def cmd_objectives(args: argparse.Namespace) -> int:
     from flowrl.objectives import OBJECTIVES
     from flowrl.registry import options_dict
 
-    for title, registry, key in (("objectives (objective=NAME, objective.KEY=VALUE)", OBJECTIVES, "objective"),
-                                 ("advantage estimators of chain methods (method.advantage=NAME)", ADVANTAGES, "method.advantage")):
+    for title, registry in (
+        ("objectives (objective=NAME, objective.KEY=VALUE)", OBJECTIVES),
+        ("advantage estimators of chain methods (method.advantage=NAME)", ADVANTAGES),
+    ):
         print(title)
         width = max(len(name) for name in registry)
         for name, entry in registry.entries.items():
@@ -173,7 +218,9 @@ def cmd_rewards(args: argparse.Namespace) -> int:
     width = max(len(name) for name in names)
     for name, description in sorted(names.items()):
         print(f"{name:<{width}}  {description}")
-    print(f"{'':<{width}}  also: remote:http://host:port (a served reward), pairwise:NAME (Bradley-Terry from a pointwise reward),")
+    print(
+        f"{'':<{width}}  also: remote:http://host:port (a served reward), pairwise:NAME (Bradley-Terry from a pointwise reward),"
+    )
     print(f"{'':<{width}}  package.module:object, and weighted sums such as '0.7*pickscore+0.3*ocr'")
     return 0
 
@@ -199,8 +246,10 @@ def paired_with_start(samples: Path) -> str | None:
     if not tests:
         return None
     overall = tests[-1]
-    line = (f"vs iteration 0 (the starting model) on the same {overall.n} images: accuracy {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})")
+    line = (
+        f"vs iteration 0 (the starting model) on the same {overall.n} images: accuracy {format_difference(overall.difference)} "
+        f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})"
+    )
     scores, _ = paired_toyshapes_scores(start, end)
     if scores:
         score = scores[-1]
@@ -226,7 +275,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["rank"] != 0:  # one report per launch, from process 0
         return 0
     if summary["trained_now"] == 0:
-        note = " (already complete: nothing to train" + (f"; the figures are from its last evaluation, iteration {last['iteration']})" if last else ")")
+        note = " (already complete: nothing to train" + (
+            f"; the figures are from its last evaluation, iteration {last['iteration']})" if last else ")"
+        )
     elif summary["stopped_by"] is not None:
         name = signal.Signals(summary["stopped_by"]).name
         note = f" (stopped by {name} with a checkpoint; rerun the same command to continue)"
@@ -234,7 +285,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         note = " (stopped at the time limit; rerun to continue)" if summary["stopped_early"] else ""
     print(f"done: {summary['iterations']} iterations in {config.out}{note}")
     if "eval/overall" in last:
-        print(f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final")
+        print(
+            f"held-out ToyShapes accuracy {100 * last['eval/overall']:.1f}% (mean score {last['eval/mean_score']:.3f}); model in {config.out}/final"
+        )
         against_start = paired_with_start(Path(config.out) / "samples")
         if against_start:
             print(against_start)
@@ -270,39 +323,111 @@ def build_parser() -> argparse.ArgumentParser:
     toy = benches.add_parser("toyshapes", help="GenEval-style accuracy on held-out ToyShapes prompts")
     toy.add_argument("--json", default=None, help="write the report (table and per-image records) here")
     toy.add_argument("--grid", default=None, help="write a PNG grid of all evaluated samples here")
-    toy.add_argument("--images-per-category", type=_positive_int, default=None, help="images per category, cycling its prompts of --split (default 32)")
+    toy.add_argument(
+        "--images-per-category",
+        type=_positive_int,
+        default=None,
+        help="images per category, cycling its prompts of --split (default 32)",
+    )
     toy.add_argument("--batch-size", type=_positive_int, default=128, help="images per model call (default 128)")
-    toy.add_argument("--split", choices=("heldout", "train"), default=None, help="prompts to evaluate: held-out (the standard figure, default) or the RL training split")
-    toy.add_argument("--prompt", action="append", default=None, metavar="TEXT", help="judge this ToyShapes prompt instead of a split (repeat for several); prints a row per prompt")
-    toy.add_argument("--images-per-prompt", type=_positive_int, default=None, help="with --prompt: images of each prompt, seeds seed + i in order (default 32)")
-    toy.add_argument("--eta", type=non_negative_float, default=0.0, help="SDE noise level of the sampler (dance_grpo form, as DanceGRPO rollouts; default 0: deterministic Euler)")
+    toy.add_argument(
+        "--split",
+        choices=("heldout", "train"),
+        default=None,
+        help="prompts to evaluate: held-out (the standard figure, default) or the RL training split",
+    )
+    toy.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="judge this ToyShapes prompt instead of a split (repeat for several); prints a row per prompt",
+    )
+    toy.add_argument(
+        "--images-per-prompt",
+        type=_positive_int,
+        default=None,
+        help="with --prompt: images of each prompt, seeds seed + i in order (default 32)",
+    )
+    toy.add_argument(
+        "--eta",
+        type=non_negative_float,
+        default=0.0,
+        help="SDE noise level of the sampler (dance_grpo form, as DanceGRPO rollouts; default 0: deterministic Euler)",
+    )
     _add_sampling_args(toy)
-    toy.add_argument("--report", default=None, help="write results.md, results.csv, results.json and report.html (with grids) into this folder")
+    toy.add_argument(
+        "--report",
+        default=None,
+        help="write results.md, results.csv, results.json and report.html (with grids) into this folder",
+    )
     toy.set_defaults(func=cmd_eval_toyshapes)
 
-    unigen = benches.add_parser("unigenbench", help="UniGenBench: generate, judge with a VLM over an OpenAI-compatible API, report")
-    unigen.add_argument("prompts", help="a UniGenBench prompt file (data/test_prompts_en.csv of the release), or en, en_long, zh, zh_long to download the official one (cached)")
-    unigen.add_argument("--checkpoint", default="toy", help="what to evaluate: toy, a toy model folder, an SD3/FLUX hub id or folder, or a flowrl train run directory (default toy)")
-    unigen.add_argument("--out", required=True, help="run folder: images/, judgments.sqlite, results.*, report.html; a rerun continues it")
-    unigen.add_argument("--images-per-prompt", type=_positive_int, default=4, help="images per prompt (default 4, the official protocol)")
+    unigen = benches.add_parser(
+        "unigenbench", help="UniGenBench: generate, judge with a VLM over an OpenAI-compatible API, report"
+    )
+    unigen.add_argument(
+        "prompts",
+        help="a UniGenBench prompt file (data/test_prompts_en.csv of the release), or en, en_long, zh, zh_long to download the official one (cached)",
+    )
+    unigen.add_argument(
+        "--checkpoint",
+        default="toy",
+        help="what to evaluate: toy, a toy model folder, an SD3/FLUX hub id or folder, or a flowrl train run directory (default toy)",
+    )
+    unigen.add_argument(
+        "--out",
+        required=True,
+        help="run folder: images/, judgments.sqlite, results.*, report.html; a rerun continues it",
+    )
+    unigen.add_argument(
+        "--images-per-prompt",
+        type=_positive_int,
+        default=4,
+        help="images per prompt (default 4, the official protocol)",
+    )
     unigen.add_argument("--seed", type=int, default=0, help="base seed of the images (default 0)")
-    unigen.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: toy 20, SD3 40, FLUX 28)")
+    unigen.add_argument(
+        "--steps", type=_positive_int, default=None, help="sampling steps (default: toy 20, SD3 40, FLUX 28)"
+    )
     unigen.add_argument("--guidance", type=float, default=None, help="guidance (default: toy 4, SD3 4.5, FLUX 3.5)")
     unigen.add_argument("--shift", type=float, default=None, help="timestep shift (default: toy 1, SD3/FLUX 3)")
-    unigen.add_argument("--resolution", type=_positive_int, default=None, help="SD3/FLUX image size (default: the run's, else 512)")
+    unigen.add_argument(
+        "--resolution", type=_positive_int, default=None, help="SD3/FLUX image size (default: the run's, else 512)"
+    )
     unigen.add_argument("--batch-size", type=_positive_int, default=4, help="images per model call (default 4)")
     unigen.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     unigen.add_argument("--limit", type=int, default=0, help="only the first N prompts (default: all)")
-    unigen.add_argument("--on-bad-row", choices=["stop", "skip"], default="stop", help="a malformed prompt row: stop, or skip it with a warning")
-    unigen.add_argument("--judge-url", default=None, help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (default $FLOWRL_JUDGE_URL)")
+    unigen.add_argument(
+        "--on-bad-row",
+        choices=["stop", "skip"],
+        default="stop",
+        help="a malformed prompt row: stop, or skip it with a warning",
+    )
+    unigen.add_argument(
+        "--judge-url",
+        default=None,
+        help="OpenAI-compatible API root, e.g. http://127.0.0.1:8000/v1 (default $FLOWRL_JUDGE_URL)",
+    )
     unigen.add_argument("--judge-model", default=None, help="the served judge model name")
     unigen.add_argument("--judge-concurrency", type=_positive_int, default=8, help="images judged at once (default 8)")
     unigen.add_argument("--judge-timeout", type=float, default=300.0, help="seconds per judge request (default 300)")
-    unigen.add_argument("--judge-option", action="append", default=[], metavar="KEY=VALUE", help="more Judge options (retries, max_tokens, language, ...)")
-    unigen.add_argument("--judge-only", action="store_true", help="judge and report the images already in OUT/images; load no model")
+    unigen.add_argument(
+        "--judge-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more Judge options (retries, max_tokens, language, ...)",
+    )
+    unigen.add_argument(
+        "--judge-only", action="store_true", help="judge and report the images already in OUT/images; load no model"
+    )
     unigen.set_defaults(func=cmd_eval_unigenbench)
 
-    compare = benches.add_parser("compare", help="two results.json files (UniGenBench or ToyShapes) side by side with differences; ToyShapes also gets paired tests of accuracy and dense score per category")
+    compare = benches.add_parser(
+        "compare",
+        help="two results.json files (UniGenBench or ToyShapes) side by side with differences; ToyShapes also gets paired tests of accuracy and dense score per category",
+    )
     compare.add_argument("a", help="the base results (e.g. the pretrained model's)")
     compare.add_argument("b", help="the results to compare (e.g. the fine-tuned model's)")
     compare.add_argument("--out", default=None, help="also write comparison.md/.csv/.html into this folder")
@@ -314,14 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     prompts.set_defaults(func=cmd_prompts)
 
     methods = sub.add_parser("methods", help="list the RL methods (plans of the solver layer) with their papers")
-    methods.add_argument("--verbose", "-v", action="store_true", help="also show each method's default options and plan")
+    methods.add_argument(
+        "--verbose", "-v", action="store_true", help="also show each method's default options and plan"
+    )
     methods.set_defaults(func=cmd_methods)
 
-    objectives = sub.add_parser("objectives", help="list the objectives (how advantages become a loss) and advantage estimators with their options")
+    objectives = sub.add_parser(
+        "objectives",
+        help="list the objectives (how advantages become a loss) and advantage estimators with their options",
+    )
     objectives.set_defaults(func=cmd_objectives)
 
     train = sub.add_parser("train", help="RL fine-tuning (default: the toy recipe on the CPU)")
-    train.add_argument("recipe", nargs="?", default=None, help="a YAML recipe path or a shipped recipe name (default: toy)")
+    train.add_argument(
+        "recipe", nargs="?", default=None, help="a YAML recipe path or a shipped recipe name (default: toy)"
+    )
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 method.window=3")
     train.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     train.set_defaults(func=cmd_train)
@@ -329,10 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     rewards = sub.add_parser("rewards", help="list the reward models (built-in, registered and installed plug-ins)")
     rewards.set_defaults(func=cmd_rewards)
 
-    serve = sub.add_parser("serve-reward", help="serve a reward over HTTP (see flowrl serve-reward --help)", add_help=False)
+    serve = sub.add_parser(
+        "serve-reward", help="serve a reward over HTTP (see flowrl serve-reward --help)", add_help=False
+    )
     serve.set_defaults(func=cmd_serve_reward)
 
-    pretrain = sub.add_parser("pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False)
+    pretrain = sub.add_parser(
+        "pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False
+    )
     pretrain.set_defaults(func=cmd_pretrain_toy)
     return parser
 

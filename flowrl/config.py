@@ -34,19 +34,38 @@ class TrainConfig:
     seed: int = option(0, "seed of prompts, noise and shuffling: the same seed reruns the same run")
     iterations: int = option(60, "training iterations (rollout + update)")
     minutes: float = option(0.0, "stop (resumably, with a checkpoint) after this many minutes; 0: no limit")
-    resume: bool = option(True, "continue from out/checkpoint when it exists; false (or no checkpoint) starts over, removing an earlier run's metrics, "
-                                  "checkpoint and samples from out")
+    resume: bool = option(
+        True,
+        "continue from out/checkpoint when it exists; false (or no checkpoint) starts over, removing an earlier run's metrics, "
+        "checkpoint and samples from out",
+    )
     device: str = option("auto", "auto (cuda when available), cpu or cuda")
-    mixed_precision: str = option("auto", "bf16 autocast of the model calls: auto (on CUDA only), no, or bf16 (also on the CPU, where AMX makes it fast)", choices=("auto", "no", "bf16"))
+    mixed_precision: str = option(
+        "auto",
+        "bf16 autocast of the model calls: auto (on CUDA only), no, or bf16 (also on the CPU, where AMX makes it fast)",
+        choices=("auto", "no", "bf16"),
+    )
     threads: int = option(0, "torch CPU threads (0: torch's default)")
-    fsdp: bool = option(False, "shard the transformer's weights, gradients and optimizer state across processes (PyTorch FSDP2, one unit per block); "
-                        "also on when accelerate is launched with --use_fsdp")
-    zero_stage: int = option(0, "DeepSpeed ZeRO across processes: 1 partitions the optimizer state, 2 also the gradients (weights stay whole; "
-                             "fsdp=true shards those); 0: off. Set from accelerate's --use_deepspeed launch")
+    fsdp: bool = option(
+        False,
+        "shard the transformer's weights, gradients and optimizer state across processes (PyTorch FSDP2, one unit per block); "
+        "also on when accelerate is launched with --use_fsdp",
+    )
+    zero_stage: int = option(
+        0,
+        "DeepSpeed ZeRO across processes: 1 partitions the optimizer state, 2 also the gradients (weights stay whole; "
+        "fsdp=true shards those); 0: off. Set from accelerate's --use_deepspeed launch",
+    )
     # policy
-    policy: str = option("toy", "toy (the shipped model), a toy model directory, or an SD3/SD3.5/FLUX.1 diffusers hub id or folder")
+    policy: str = option(
+        "toy", "toy (the shipped model), a toy model directory, or an SD3/SD3.5/FLUX.1 diffusers hub id or folder"
+    )
     resolution: int = option(512, "image resolution of SD3/FLUX policies (the toy model is fixed at 32)")
-    weights_dtype: str = option("auto", "dtype of SD3/FLUX weights: auto (bf16 on CUDA with LoRA, else fp32), fp32, bf16 or fp16", choices=("auto", "fp32", "bf16", "fp16"))
+    weights_dtype: str = option(
+        "auto",
+        "dtype of SD3/FLUX weights: auto (bf16 on CUDA with LoRA, else fp32), fp32, bf16 or fp16",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
     lora_rank: int = option(0, "LoRA rank on the transformer; 0 trains all its weights")
     lora_alpha: float = option(0.0, "LoRA alpha (0: equal to the rank)")
     lora_targets: list = option(["to_q", "to_k", "to_v", "to_out.0"], "transformer modules that get LoRA adapters")
@@ -56,26 +75,49 @@ class TrainConfig:
     method: str = option("flow_grpo", "the solver-layer method (flowrl methods lists them)")
     method_options: dict = option({}, "the method's hyperparameters (flowrl methods -v shows them)")
     # data and reward
-    prompts: str = option("toyshapes:train", "toyshapes:SPLIT (train, heldout or all), toyshapes:SPLIT:CATEGORY,... to train on some "
-                          "categories only (drawn balanced among them), or a text file with one prompt per line")
+    prompts: str = option(
+        "toyshapes:train",
+        "toyshapes:SPLIT (train, heldout or all), toyshapes:SPLIT:CATEGORY,... to train on some "
+        "categories only (drawn balanced among them), or a text file with one prompt per line",
+    )
     prompts_per_iteration: int = option(6, "prompts per iteration; each gets the method's group of samples")
-    reward: str = option("toyshapes", "a reward name (flowrl rewards lists them), remote:http://host:port, pairwise:NAME, package.module:object, or a weighted sum like '0.7*pickscore+0.3*ocr'")
-    reward_options: dict = option({}, "keyword options per reward name, e.g. {hpsv2: {checkpoint: /path/HPS_v2_compressed.pt}}")
-    reward_invalid: str = option("error", "a NaN/inf reward: error (stop, naming the samples) or drop (leave those samples' prompts out of the update)", choices=("error", "drop"))
+    reward: str = option(
+        "toyshapes",
+        "a reward name (flowrl rewards lists them), remote:http://host:port, pairwise:NAME, package.module:object, or a weighted sum like '0.7*pickscore+0.3*ocr'",
+    )
+    reward_options: dict = option(
+        {}, "keyword options per reward name, e.g. {hpsv2: {checkpoint: /path/HPS_v2_compressed.pt}}"
+    )
+    reward_invalid: str = option(
+        "error",
+        "a NaN/inf reward: error (stop, naming the samples) or drop (leave those samples' prompts out of the update)",
+        choices=("error", "drop"),
+    )
     # advantages and loss
     advantage_clip: float = option(5.0, "clamp advantages to [-c, c] (Flow-GRPO uses 5); 0: no clamp")
-    drop_zero_variance: bool = option(True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)")
-    objective: str = option("sde", "how advantages become a loss: sde (the ratio of the rollout's SDE transition log-probs; Flow-GRPO and the rest), "
-                            "matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only), "
-                            "nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only), "
-                            "or a registered name (flowrl objectives lists them)")
-    objective_options: dict = option({}, "the objective's options, e.g. objective.clip_low=1e-4 (flowrl objectives shows them)")
+    drop_zero_variance: bool = option(
+        True, "leave groups whose rewards are all equal out of the update (DAPO's dynamic sampling)"
+    )
+    objective: str = option(
+        "sde",
+        "how advantages become a loss: sde (the ratio of the rollout's SDE transition log-probs; Flow-GRPO and the rest), "
+        "matching (Advantage Weighted Matching: the flow-matching error of each final sample, freshly noised at the trained steps' levels; chain methods only), "
+        "nft (DiffusionNFT: the same points, a bounded negative-aware flow-matching loss instead of a ratio; chain methods only), "
+        "or a registered name (flowrl objectives lists them)",
+    )
+    objective_options: dict = option(
+        {}, "the objective's options, e.g. objective.clip_low=1e-4 (flowrl objectives shows them)"
+    )
     loss: str = option("clip", "policy surrogate: clip, reg, or a registered name")
     beta: float = option(0.0, "weight of the KL to the reference (adapters disabled, or the initial weights)")
     # optimisation
     lr: float = option(3e-5, "AdamW learning rate")
     lr_warmup: int = option(0, "iterations of linear learning-rate warm-up")
-    lr_schedule: str = option("constant", "after warm-up: constant, or cosine decay to 10% of lr at the last iteration", choices=("constant", "cosine"))
+    lr_schedule: str = option(
+        "constant",
+        "after warm-up: constant, or cosine decay to 10% of lr at the last iteration",
+        choices=("constant", "cosine"),
+    )
     weight_decay: float = option(0.0, "AdamW weight decay")
     adam_betas: list = option([0.9, 0.999], "AdamW betas")
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0: off")
@@ -84,14 +126,25 @@ class TrainConfig:
     micro_batch: int = option(64, "transitions per forward/backward (gradient accumulation inside a step)")
     ema: float = option(0.0, "EMA decay of the trained weights used for evaluation and export; 0: off")
     ema_every: int = option(1, "update the EMA every this many optimizer steps (Flow-GRPO's code: 8)")
-    ema_warmup: bool = option(False, "warm the EMA up as Flow-GRPO's and DiffusionNFT's code do: at optimizer step k its decay is min((1 + k) / (10 + k), ema), "
-                              "so early averages follow the trained weights instead of holding on to the initial ones")
+    ema_warmup: bool = option(
+        False,
+        "warm the EMA up as Flow-GRPO's and DiffusionNFT's code do: at optimizer step k its decay is min((1 + k) / (10 + k), ema), "
+        "so early averages follow the trained weights instead of holding on to the initial ones",
+    )
     # evaluation and checkpoints
-    eval_every: int = option(0, "evaluate at iteration 0, every this many iterations and at the end; 0: never (judge the export with flowrl eval)")
-    eval_prompts: str = option("", "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts")
+    eval_every: int = option(
+        0,
+        "evaluate at iteration 0, every this many iterations and at the end; 0: never (judge the export with flowrl eval)",
+    )
+    eval_prompts: str = option(
+        "",
+        "prompts for periodic evaluation (a text file); empty: the ToyShapes held-out split for ToyShapes prompts, else the first 16 training prompts",
+    )
     eval_per_category: int = option(8, "held-out ToyShapes images per category at each evaluation")
     eval_steps: int = option(20, "ODE steps of evaluation sampling")
-    log_with: str = option("", "also log metrics to tensorboard, wandb or both (comma-separated); metrics.jsonl is always written")
+    log_with: str = option(
+        "", "also log metrics to tensorboard, wandb or both (comma-separated); metrics.jsonl is always written"
+    )
     checkpoint_every: int = option(10, "checkpoint every this many iterations (and at the end)")
     max_batch: int = option(256, "rows per model call in rollouts and scoring (memory knob)")
 
@@ -110,7 +163,9 @@ def _expected(name: str) -> type:
 def check_value(name: str, value: Any) -> Any:
     """value converted to the field's type, or a ValueError naming the key, value and type."""
     if name not in FIELDS:
-        raise ValueError(f"unknown config key {name!r}; known keys: {', '.join(sorted(FIELDS))} (and method.<option>, objective.<option>)")
+        raise ValueError(
+            f"unknown config key {name!r}; known keys: {', '.join(sorted(FIELDS))} (and method.<option>, objective.<option>)"
+        )
     expected = _expected(name)
     if expected in (int, float) and isinstance(value, str):  # YAML reads 1e-4 as a string
         try:
@@ -180,7 +235,10 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
             dropped = sorted(set(kept) - known)
             kept = {k: v for k, v in kept.items() if k in known}
             if dropped:
-                print(f"note: {part} {chosen!r} has no {dropped} (options of the recipe's {recipe_names[part]!r}); ignoring them", file=sys.stderr)
+                print(
+                    f"note: {part} {chosen!r} has no {dropped} (options of the recipe's {recipe_names[part]!r}); ignoring them",
+                    file=sys.stderr,
+                )
         options[options_key] = {**kept, **cli_options[part]}
     checked = {name: check_value(name, value) for name, value in values.items()}
     config = TrainConfig(**checked, **options)
@@ -225,34 +283,86 @@ def validate(config: TrainConfig) -> None:
         if not condition:
             raise ValueError(f"config key {key}={getattr(config, key)!r}: {what}")
 
-    for key in ("iterations", "prompts_per_iteration", "inner_epochs", "micro_batch", "max_batch", "eval_steps", "eval_per_category", "checkpoint_every", "ema_every"):
+    for key in (
+        "iterations",
+        "prompts_per_iteration",
+        "inner_epochs",
+        "micro_batch",
+        "max_batch",
+        "eval_steps",
+        "eval_per_category",
+        "checkpoint_every",
+        "ema_every",
+    ):
         need(getattr(config, key) >= 1, key, "must be at least 1")
-    for key in ("minutes", "lora_rank", "lora_alpha", "beta", "lr", "weight_decay", "max_grad_norm", "advantage_clip", "train_batch", "eval_every", "threads", "lr_warmup"):
+    for key in (
+        "minutes",
+        "lora_rank",
+        "lora_alpha",
+        "beta",
+        "lr",
+        "weight_decay",
+        "max_grad_norm",
+        "advantage_clip",
+        "train_batch",
+        "eval_every",
+        "threads",
+        "lr_warmup",
+    ):
         need(getattr(config, key) >= 0, key, "must not be negative")
     need(config.lr > 0, "lr", "must be positive")
     need(0 <= config.ema < 1, "ema", "must be in [0, 1)")
-    need(config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"), "device", "expected auto, cpu, cuda or cuda:N")
+    need(
+        config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:"),
+        "device",
+        "expected auto, cpu, cuda or cuda:N",
+    )
     check_reward_spec(config)
-    need(len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas), "adam_betas", "expected two numbers in [0, 1)")
+    need(
+        len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas),
+        "adam_betas",
+        "expected two numbers in [0, 1)",
+    )
     get_loss(config.loss)
     need(config.resolution >= 8, "resolution", "must be at least 8")
     policy_path = Path(config.policy).expanduser()
     if config.policy != "toy" and policy_path.exists():
         from flowrl.policies.loading import is_toy_source
 
-        need(is_toy_source(config.policy) or (policy_path / "model_index.json").is_file(), "policy",
-             "this path is neither a toy model directory (config.json + model.safetensors) nor a diffusers pipeline folder (model_index.json)")
+        need(
+            is_toy_source(config.policy) or (policy_path / "model_index.json").is_file(),
+            "policy",
+            "this path is neither a toy model directory (config.json + model.safetensors) nor a diffusers pipeline folder (model_index.json)",
+        )
     elif config.policy != "toy":
-        need(config.policy.count("/") == 1 and not config.policy.startswith((".", "/", "~")), "policy", "no such directory, and not a hub id of the form org/name")
+        need(
+            config.policy.count("/") == 1 and not config.policy.startswith((".", "/", "~")),
+            "policy",
+            "no such directory, and not a hub id of the form org/name",
+        )
     for tracker in filter(None, config.log_with.split(",")):
-        need(tracker in ("tensorboard", "wandb"), "log_with", f"unknown tracker {tracker!r}; expected tensorboard, wandb or tensorboard,wandb")
-        need(importlib.util.find_spec(tracker) is not None, "log_with", f"{tracker} is not installed (pip install 'flowrl-toolkit[tracking]')")
+        need(
+            tracker in ("tensorboard", "wandb"),
+            "log_with",
+            f"unknown tracker {tracker!r}; expected tensorboard, wandb or tensorboard,wandb",
+        )
+        need(
+            importlib.util.find_spec(tracker) is not None,
+            "log_with",
+            f"{tracker} is not installed (pip install 'flowrl-toolkit[tracking]')",
+        )
     if config.eval_prompts:
-        need(Path(config.eval_prompts).is_file(), "eval_prompts", "expected an existing text file with one prompt per line")
+        need(
+            Path(config.eval_prompts).is_file(),
+            "eval_prompts",
+            "expected an existing text file with one prompt per line",
+        )
     if config.prompts.startswith("toyshapes:"):
         toyshapes_prompt_spec(config.prompts)
     elif not Path(config.prompts).is_file():
-        raise ValueError(f"config key prompts={config.prompts!r}: expected toyshapes:SPLIT[:CATEGORY,...] or an existing text file")
+        raise ValueError(
+            f"config key prompts={config.prompts!r}: expected toyshapes:SPLIT[:CATEGORY,...] or an existing text file"
+        )
     method = get_method(config.method)
     try:
         options = method.configure(**config.method_options)
@@ -266,20 +376,39 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config key objective_options={config.objective_options!r}: {error}") from None
     if config.fsdp:
         need(objective.supports_sharding, "objective", "fsdp=true supports objective=sde only")
-        need(config.micro_batch <= config.max_batch, "micro_batch", f"with fsdp=true must not exceed max_batch={config.max_batch}, so that every process makes one model call per micro-batch")
+        need(
+            config.micro_batch <= config.max_batch,
+            "micro_batch",
+            f"with fsdp=true must not exceed max_batch={config.max_batch}, so that every process makes one model call per micro-batch",
+        )
     if config.zero_stage:
-        need(config.zero_stage in (1, 2), "zero_stage", "expected 0 (off), 1 or 2; stage 3 partitions the weights, which fsdp=true does")
-        need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state and gradients; use one of the two")
+        need(
+            config.zero_stage in (1, 2),
+            "zero_stage",
+            "expected 0 (off), 1 or 2; stage 3 partitions the weights, which fsdp=true does",
+        )
+        need(
+            not config.fsdp,
+            "zero_stage",
+            "fsdp=true already shards the optimizer state and gradients; use one of the two",
+        )
         need(objective.supports_sharding, "objective", "zero_stage supports objective=sde only")
-        need(importlib.util.find_spec("deepspeed") is not None, "zero_stage", "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')")
+        need(
+            importlib.util.find_spec("deepspeed") is not None,
+            "zero_stage",
+            "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')",
+        )
     try:
         plan = method.plan(options, 0)
     except ValueError as error:
         raise ValueError(f"method {config.method!r} with method_options={config.method_options!r}: {error}") from None
-    need(not identical_groups(plan), "method_options",
-         f"the {config.method} plan's {plan.group_size} samples of a prompt would be identical (every reward ties, nothing trains): they share "
-         "their starting noise and no step adds noise (every step is an ODE step or an SDE step at noise level 0); "
-         "set method.share_noise=false or give the SDE steps a positive noise level")
+    need(
+        not identical_groups(plan),
+        "method_options",
+        f"the {config.method} plan's {plan.group_size} samples of a prompt would be identical (every reward ties, nothing trains): they share "
+        "their starting noise and no step adds noise (every step is an ODE step or an SDE step at noise level 0); "
+        "set method.share_noise=false or give the SDE steps a positive noise level",
+    )
     objective.check(objective_options, config, plan, config.method)
 
 
@@ -296,10 +425,14 @@ def check_reward_spec(config: TrainConfig) -> None:
         raise ValueError(f"config key reward={config.reward!r}: {error}") from None
     unknown = sorted(set(config.reward_options) - {name for name, _ in terms})
     if unknown:
-        raise ValueError(f"config key reward_options={config.reward_options!r}: options for {unknown}, which reward={config.reward!r} does not name")
+        raise ValueError(
+            f"config key reward_options={config.reward_options!r}: options for {unknown}, which reward={config.reward!r} does not name"
+        )
     bad = [name for name, value in config.reward_options.items() if not isinstance(value, dict)]
     if bad:
-        raise ValueError(f"config key reward_options={config.reward_options!r}: the options of {bad} must be mappings of keyword to value")
+        raise ValueError(
+            f"config key reward_options={config.reward_options!r}: the options of {bad} must be mappings of keyword to value"
+        )
     for name, options in config.reward_options.items():
         try:
             check_options(name, options)

@@ -5,7 +5,7 @@ that holds for the deterministic sampler)."""
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -63,7 +63,13 @@ def generate(
 
 
 def sampler(
-    policy: FlowPolicy, steps: int, guidance: float, eta: float = 0.0, shift: float = 1.0, batch_size: int = 64, progress: bool = False,
+    policy: FlowPolicy,
+    steps: int,
+    guidance: float,
+    eta: float = 0.0,
+    shift: float = 1.0,
+    batch_size: int = 64,
+    progress: bool = False,
 ) -> Callable[[list[str], list[int]], torch.Tensor]:
     """`generate` with the policy and settings bound: sample(prompts, seeds) -> images [B, 3, H, W]
     in [0, 1], the sampling callable that evaluations take (benchmarks/toyshapes/evaluate.py).
@@ -71,7 +77,17 @@ def sampler(
     _check_settings(batch_size, eta)
 
     def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        return generate(policy, prompts, seeds, steps=steps, guidance=guidance, shift=shift, batch_size=batch_size, progress=progress, eta=eta)
+        return generate(
+            policy,
+            prompts,
+            seeds,
+            steps=steps,
+            guidance=guidance,
+            shift=shift,
+            batch_size=batch_size,
+            progress=progress,
+            eta=eta,
+        )
 
     return sample
 
@@ -83,10 +99,19 @@ def _check_settings(batch_size: int, eta: float) -> None:
         raise ValueError(f"eta (the SDE noise level) must be finite and >= 0 (0: deterministic Euler), got {eta}")
 
 
-def _sde_samples(policy: FlowPolicy, velocity: RolloutVelocity, sigmas: torch.Tensor, eta: float, seeds: list[int]) -> torch.Tensor:
+def _sde_samples(
+    policy: FlowPolicy, velocity: RolloutVelocity, sigmas: torch.Tensor, eta: float, seeds: list[int]
+) -> torch.Tensor:
     """The final states of the solver layer's rollout of one chain per image with dance_grpo SDE
     steps at noise level eta; image i's noise (initial, then per step) comes from seed i alone."""
     steps = tuple(StepSpec("sde", sde="dance_grpo", noise_level=eta) for _ in range(len(sigmas) - 1))
-    result = rollout(velocity, Plan(sigmas.cpu(), steps, method="generate"), len(seeds), policy.sample_shape, device=policy.device,
-                     max_batch=len(seeds), root_seeds=list(seeds))
+    result = rollout(
+        velocity,
+        Plan(sigmas.cpu(), steps, method="generate"),
+        len(seeds),
+        policy.sample_shape,
+        device=policy.device,
+        max_batch=len(seeds),
+        root_seeds=list(seeds),
+    )
     return result.samples[torch.argsort(result.root.to(result.samples.device))]

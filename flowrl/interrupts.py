@@ -32,7 +32,7 @@ class StopRequests:
     def requested(self) -> bool:
         return self.signal is not None
 
-    def __enter__(self) -> "StopRequests":
+    def __enter__(self) -> StopRequests:
         if threading.current_thread() is threading.main_thread():
             for number in SIGNALS:
                 self._previous[number] = signal.getsignal(number)

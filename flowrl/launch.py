@@ -42,13 +42,19 @@ def adopt_launch(config: TrainConfig, environ: dict[str, str]) -> tuple[TrainCon
         settings = deepspeed_zero.launch_settings(environ)
         stage = 2 if settings["stage"] is None else int(settings["stage"])
         if config.zero_stage and config.zero_stage != stage:
-            raise ValueError(f"config key zero_stage={config.zero_stage}, but accelerate was launched with DeepSpeed ZeRO stage {stage}; make them agree")
+            raise ValueError(
+                f"config key zero_stage={config.zero_stage}, but accelerate was launched with DeepSpeed ZeRO stage {stage}; make them agree"
+            )
         if stage not in (1, 2):
-            raise ValueError(f"accelerate was launched with DeepSpeed ZeRO stage {stage}; flowrl drives stages 1 and 2 "
-                             "(stage 3 partitions the weights: use --use_fsdp, or fsdp=true)")
+            raise ValueError(
+                f"accelerate was launched with DeepSpeed ZeRO stage {stage}; flowrl drives stages 1 and 2 "
+                "(stage 3 partitions the weights: use --use_fsdp, or fsdp=true)"
+            )
         if settings["clipping"] is not None and settings["clipping"] != config.max_grad_norm:
-            raise ValueError(f"accelerate was launched with DeepSpeed gradient clipping {settings['clipping']}, but config key "
-                             f"max_grad_norm={config.max_grad_norm}; flowrl clips by max_grad_norm: set it, or drop the launch's value")
+            raise ValueError(
+                f"accelerate was launched with DeepSpeed gradient clipping {settings['clipping']}, but config key "
+                f"max_grad_norm={config.max_grad_norm}; flowrl clips by max_grad_norm: set it, or drop the launch's value"
+            )
         changes["zero_stage"] = stage
         offload = settings["offload"]
     if not changes:
@@ -97,7 +103,9 @@ class Processes:
         if self.trackers:
             import json
 
-            flat = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()}
+            flat = {
+                k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in config.to_dict().items()
+            }
             self.accelerator.init_trackers("flowrl", config=flat)
 
     def log(self, record: dict[str, Any]) -> None:

@@ -37,7 +37,9 @@ class UpdateStats:
                 pick = min if kind == "min" else max
                 self.values[key] = pick(self.values.get(key, value), value)
             else:
-                self.values[key] = self.values.get(key, 0.0) + value * micro_size / (self.transitions * self.inner_epochs)
+                self.values[key] = self.values.get(key, 0.0) + value * micro_size / (
+                    self.transitions * self.inner_epochs
+                )
 
     def add_grad_norm(self, norm: float) -> None:
         self.values["grad_norm"] = max(self.values.get("grad_norm", 0.0), norm)
@@ -64,7 +66,11 @@ def combine_processes(parts: list[tuple[dict[str, float], int]]) -> dict[str, fl
 
 def reward_stats(rewards: torch.Tensor) -> dict[str, float]:
     """Mean, std and max of the scored rewards of an iteration."""
-    return {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)), "reward/max": float(rewards.max())}
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std(unbiased=False)),
+        "reward/max": float(rewards.max()),
+    }
 
 
 def component_stats(components: list[dict[str, torch.Tensor]]) -> dict[str, float]:

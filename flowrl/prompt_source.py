@@ -13,13 +13,17 @@ def toyshapes_prompt_spec(spec: str) -> tuple[str, tuple[str, ...] | None]:
 
     _, split, *rest = spec.split(":", 2)
     if split not in ("train", "heldout", "all"):
-        raise ValueError(f"config key prompts={spec!r}: unknown split {split!r}; expected toyshapes:train, toyshapes:heldout or toyshapes:all")
+        raise ValueError(
+            f"config key prompts={spec!r}: unknown split {split!r}; expected toyshapes:train, toyshapes:heldout or toyshapes:all"
+        )
     if not rest:
         return split, None
     categories = tuple(c.strip() for c in rest[0].split(","))
     unknown = [c for c in categories if c not in CATEGORIES]
     if unknown:
-        raise ValueError(f"config key prompts={spec!r}: unknown categories {unknown}; expected a comma-separated list of {list(CATEGORIES)}")
+        raise ValueError(
+            f"config key prompts={spec!r}: unknown categories {unknown}; expected a comma-separated list of {list(CATEGORIES)}"
+        )
     return split, tuple(dict.fromkeys(categories))
 
 
@@ -51,7 +55,9 @@ class PromptSource:
             from flowrl.benchmarks.toyshapes.prompts import sample_prompts
 
             seed = hash((self.seed, iteration)) & 0x7FFFFFFF
-            return [p.text for p in sample_prompts(n, self.toyshapes_split, seed=seed, categories=self.toyshapes_categories)]
+            return [
+                p.text for p in sample_prompts(n, self.toyshapes_split, seed=seed, categories=self.toyshapes_categories)
+            ]
         rng = random.Random(f"{self.seed}/{iteration}")
         return [rng.choice(self.pool) for _ in range(n)]
 

@@ -10,8 +10,9 @@ layer (the solver layer and the rewards too) may use it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -41,7 +42,9 @@ class Registry(dict):
         self.kind = kind
         self.entries: dict[str, Entry] = {}
 
-    def register(self, name: str, *, options: type | None = None, description: str = "", **traits: Any) -> Callable[[T], T]:
+    def register(
+        self, name: str, *, options: type | None = None, description: str = "", **traits: Any
+    ) -> Callable[[T], T]:
         """Decorator adding an object under `name` with its options dataclass (none: NoOptions)."""
         options = NoOptions if options is None else options
         if not dataclasses.is_dataclass(options):

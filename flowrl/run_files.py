@@ -58,6 +58,19 @@ def complete_record(path: Path, iteration: int, values: dict[str, Any]) -> dict[
     return matching[-1]
 
 
+def write_config(out: Path, values: dict[str, Any]) -> None:
+    """out/config.json: the run's whole config (what `flowrl eval --checkpoint RUN` reads the base model from)."""
+    (out / "config.json").write_text(json.dumps(values, indent=2))
+
+
+def finish_run_files(out: Path) -> dict[str, Any]:
+    """Draw out/reward_curve.png from out/metrics.jsonl; returns the last record with an evaluation."""
+    records = read_metrics(out / "metrics.jsonl")
+    eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
+    draw_curve(records, out / "reward_curve.png", eval_key=eval_key)
+    return next((r for r in reversed(records) if eval_key in r), {})
+
+
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:
     """A small PNG of the training reward per iteration (blue) and eval accuracy (red dots)."""
     width, height, pad = 640, 360, 40
@@ -69,14 +82,23 @@ def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_k
     if points:
         x_max = max(1, max(i for i, _ in points + evals))
         lo, hi = min(values + [0.0]), max(values + [1.0])
-        scale = lambda i, v: (pad + (width - 2 * pad) * i / x_max, height - pad - (height - 2 * pad) * (v - lo) / (hi - lo or 1))
+
+        def scale(i, v):
+            return (pad + (width - 2 * pad) * i / x_max, height - pad - (height - 2 * pad) * (v - lo) / (hi - lo or 1))
+
         draw.line([(pad, height - pad), (width - pad, height - pad)], fill="black")
         draw.line([(pad, pad), (pad, height - pad)], fill="black")
-        draw.line([scale(i, v) for i, v in points] if len(points) > 1 else [scale(*points[0])] * 2, fill="blue", width=2)
+        draw.line(
+            [scale(i, v) for i, v in points] if len(points) > 1 else [scale(*points[0])] * 2, fill="blue", width=2
+        )
         for i, v in evals:
             x, y = scale(i, v)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="red")
-        draw.text((pad, 8), f"{key} (blue), {eval_key} (red); y in [{lo:.2f}, {hi:.2f}], x: iteration 0..{x_max}", fill="black")
+        draw.text(
+            (pad, 8),
+            f"{key} (blue), {eval_key} (red); y in [{lo:.2f}, {hi:.2f}], x: iteration 0..{x_max}",
+            fill="black",
+        )
     image.save(path)
     return path
 
@@ -99,8 +121,10 @@ def lock_run_directory(directory: Path, option: str) -> IO[str] | None:
         handle.close()
         if holder == str(os.getpid()):
             holder += ", this one: a run started here has not ended (a Trainer's close() frees it)"
-        raise ValueError(f"{directory} is in use by another run (process {holder}); wait for it to finish, or give this one "
-                         f"another {option}") from None
+        raise ValueError(
+            f"{directory} is in use by another run (process {holder}); wait for it to finish, or give this one "
+            f"another {option}"
+        ) from None
     handle.truncate(0)
     handle.write(f"{os.getpid()}\n")
     handle.flush()
@@ -124,7 +148,12 @@ def forget_earlier_run(directory: Path) -> list[str]:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -135,7 +164,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, state: dict) -> Path:
+def save_checkpoint(
+    directory: Path, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, state: dict
+) -> Path:
     """Write weights (safetensors), EMA and the rest (optimizer, RNG, iteration) to a temporary
     directory, then swap it in: an interrupted save never damages the previous checkpoint."""
     tmp = directory.with_name(directory.name + ".tmp")

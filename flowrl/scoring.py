@@ -3,7 +3,8 @@ whole batch (each pair judged once by one process), failed scores imputed within
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -11,8 +12,15 @@ from flowrl.rewards.combine import RewardScores, RewardSet
 from flowrl.rewards.win_rates import win_rates, within_group_pairs
 
 
-def score_batch(reward: RewardSet, images: torch.Tensor, prompts: list[str], groups: torch.Tensor, rank: int, world: int,
-                gather: Callable[[Any], list[Any]]) -> RewardScores:
+def score_batch(
+    reward: RewardSet,
+    images: torch.Tensor,
+    prompts: list[str],
+    groups: torch.Tensor,
+    rank: int,
+    world: int,
+    gather: Callable[[Any], list[Any]],
+) -> RewardScores:
     """This process's samples scored by the reward set. Pairwise terms judge every pair within a
     group (global prompt id) over the whole batch: images are gathered, each process judges every
     world-th pair, and the judgments are gathered back, so no pair is judged twice."""
@@ -39,7 +47,9 @@ def score_batch(reward: RewardSet, images: torch.Tensor, prompts: list[str], gro
     return reward.combine(components)
 
 
-def impute_group_means(rewards: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+def impute_group_means(
+    rewards: torch.Tensor, valid: torch.Tensor, groups: torch.Tensor, scored: torch.Tensor
+) -> torch.Tensor:
     """rewards with each invalid value replaced by the mean of its group's valid scored values (0
     when none is valid), so a failed score neither rewards nor punishes its group's other samples."""
     rewards = rewards.clone()
@@ -48,3 +58,33 @@ def impute_group_means(rewards: torch.Tensor, valid: torch.Tensor, groups: torch
         good = members & valid & scored
         rewards[members & ~valid] = rewards[good].mean() if bool(good.any()) else 0.0
     return rewards
+
+
+def score_rollout(
+    reward: RewardSet,
+    policy: Any,
+    rollout: Any,
+    prompts: list[str],
+    groups: torch.Tensor,
+    rank: int,
+    world: int,
+    gather: Callable[[Any], list[Any]],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """(rewards [N], valid [N], components name -> [N] with NaN where invalid) of a rollout's
+    samples; samples the credit does not use (rollout.reward_mask false) get 0 and count as valid.
+    `prompts`: this shard's prompts; `groups`: their global prompt ids."""
+    scored = torch.nonzero(rollout.reward_mask).flatten()
+    images = policy.decode(rollout.samples[scored])
+    scores = score_batch(
+        reward,
+        images,
+        [prompts[int(p)] for p in rollout.prompt[scored]],
+        groups[rollout.prompt[scored]],
+        rank,
+        world,
+        gather,
+    )
+    rewards, valid = torch.zeros(len(rollout.samples)), torch.ones(len(rollout.samples), dtype=torch.bool)
+    rewards[scored], valid[scored] = scores.total, scores.valid
+    components = {name: torch.where(scores.valid, values, torch.nan) for name, values in scores.components.items()}
+    return rewards, valid, components

@@ -10,8 +10,8 @@ all-gathered once and the forwards are local.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator, Mapping
 
 import torch
 
@@ -37,10 +37,17 @@ def check_sharding_world(world: int, environ: Mapping[str, str], key: str = "fsd
         return
     launched = int(environ.get("WORLD_SIZE", "1"))
     if launched > world:  # accelerate's --use_fsdp forms no process group without CUDA
-        advice = ("accelerate's --use_fsdp joins processes on CUDA only; on the CPU launch with --multi_gpu and fsdp=true (they join over gloo)"
-                  if key == "fsdp" else "launch with accelerate launch --multi_gpu (or --use_deepspeed) --num_processes N")
-        raise ValueError(f"{key}: {launched} processes were launched but they did not join (this one sees {world}); {advice}")
-    raise ValueError(f"{key} shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)")
+        advice = (
+            "accelerate's --use_fsdp joins processes on CUDA only; on the CPU launch with --multi_gpu and fsdp=true (they join over gloo)"
+            if key == "fsdp"
+            else "launch with accelerate launch --multi_gpu (or --use_deepspeed) --num_processes N"
+        )
+        raise ValueError(
+            f"{key}: {launched} processes were launched but they did not join (this one sees {world}); {advice}"
+        )
+    raise ValueError(
+        f"{key} shards across processes, but this run has {world}; launch 2 or more (accelerate launch --num_processes N ...)"
+    )
 
 
 @dataclass
@@ -148,7 +155,9 @@ def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
 
     def cut(value, param):
         if is_sharded(param) and isinstance(value, torch.Tensor) and value.shape == param.shape:
-            return distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None)
+            return distribute_tensor(
+                value.to(param.device, param.dtype), param.device_mesh, param.placements, src_data_rank=None
+            )
         return value
 
     return {**state, "state": {i: {k: cut(v, params[int(i)]) for k, v in s.items()} for i, s in state["state"].items()}}
@@ -170,7 +179,9 @@ def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
             replica.add_adapter(adapter, adapter_name=name)
     names = [n for n, _ in replica.named_parameters()] + [n for n, _ in replica.named_buffers()]
     if sorted(names) != sorted(tensors):
-        raise RuntimeError(f"the replica's tensors differ from the transformer's: {sorted(set(names) ^ set(tensors))[:5]}")
+        raise RuntimeError(
+            f"the replica's tensors differ from the transformer's: {sorted(set(names) ^ set(tensors))[:5]}"
+        )
     for name in names:
         module_name, _, leaf = name.rpartition(".")
         module = replica.get_submodule(module_name)

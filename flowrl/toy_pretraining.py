@@ -22,16 +22,18 @@ from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabul
 from flowrl.benchmarks.toyshapes.render import render_batch
 
 from .interrupts import StopRequests, exit_code
+from .policies.base import TextConditioning
+from .policies.sd3_velocity import sd3_velocity
+from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
 from .run_files import lock_run_directory, truncate_metrics
 from .schedules import learning_rate
-from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
-from .policies.sd3_velocity import sd3_velocity
-from .policies.base import TextConditioning
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-def training_batch(step: int, batch_size: int, seed: int, resolution: int, caption_dropout: float) -> tuple[list[str], torch.Tensor]:
+def training_batch(
+    step: int, batch_size: int, seed: int, resolution: int, caption_dropout: float
+) -> tuple[list[str], torch.Tensor]:
     """The prompts and images [B, 3, H, W] in [-1, 1] of one step, a function of (seed, step) only.
 
     Categories are drawn uniformly, then a prompt of the category from the whole world (both
@@ -59,7 +61,9 @@ def flow_matching_loss(model: ToyModel, texts: list[str], x0: torch.Tensor, gene
 
 def _save_checkpoint(path: Path, model, ema, optimizer, step: int) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp)
+    torch.save(
+        {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp
+    )
     tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
 
@@ -71,11 +75,19 @@ def _initial_model(args: argparse.Namespace) -> ToyModel:
         return ToyModel(ToyConfig(vocabulary=list(vocabulary()), num_layers=layers, num_heads=heads))
     model = load_toy(args.init).model.train()  # float32 weights; load_toy leaves it in eval mode
     asked = {"layers": (args.layers, model.config.num_layers), "heads": (args.heads, model.config.num_heads)}
-    conflicts = [f"--{name} {given} but the model has {has}" for name, (given, has) in asked.items() if given is not None and given != has]
+    conflicts = [
+        f"--{name} {given} but the model has {has}"
+        for name, (given, has) in asked.items()
+        if given is not None and given != has
+    ]
     if conflicts:
-        raise ValueError(f"--init {args.init}: the architecture comes from its config.json ({', '.join(conflicts)}); drop --layers/--heads")
+        raise ValueError(
+            f"--init {args.init}: the architecture comes from its config.json ({', '.join(conflicts)}); drop --layers/--heads"
+        )
     if set(model.config.vocabulary) != set(vocabulary()):
-        raise ValueError(f"--init {args.init}: its vocabulary {model.config.vocabulary} is not the ToyShapes vocabulary")
+        raise ValueError(
+            f"--init {args.init}: its vocabulary {model.config.vocabulary} is not the ToyShapes vocabulary"
+        )
     return model
 
 
@@ -138,7 +150,18 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
                     p_ema.lerp_(p, 1 - decay)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % 25 == 0:
-                log.write(json.dumps({"step": step, "loss": loss.item(), "grad_norm": grad_norm.item(), "lr": optimizer.param_groups[0]["lr"], "time": time.time()}) + "\n")
+                log.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "loss": loss.item(),
+                            "grad_norm": grad_norm.item(),
+                            "lr": optimizer.param_groups[0]["lr"],
+                            "time": time.time(),
+                        }
+                    )
+                    + "\n"
+                )
                 log.flush()
             done = step + 1
             out_of_time = time.time() > deadline
@@ -146,7 +169,11 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
                 _save_checkpoint(checkpoint, model, ema, optimizer, done)
                 save_toy(ema, out / "ema")
             if done < args.steps and (out_of_time or stop.requested):
-                why = f"time budget of {args.minutes} min reached" if out_of_time else f"stopped by {signal.Signals(stop.signal).name}"
+                why = (
+                    f"time budget of {args.minutes} min reached"
+                    if out_of_time
+                    else f"stopped by {signal.Signals(stop.signal).name}"
+                )
                 print(f"{why} at step {done} of {args.steps}, with a checkpoint; rerun the same command to continue")
                 break
     bar.close()
@@ -170,10 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the shipped weights")
     parser.add_argument("--caption-dropout", type=float, default=0.1, help="share of empty prompts (for guidance)")
-    parser.add_argument("--layers", type=int, default=None, help="transformer layers (default 4; with --init, the model's)")
-    parser.add_argument("--heads", type=int, default=None, help="attention heads of 32 channels (default 4; with --init, the model's)")
-    parser.add_argument("--init", default=None, help="start from this toy model directory (e.g. flowrl/assets/toy_t2i) instead of random "
-                        "weights; give a --seed other than its run's to draw fresh renders")
+    parser.add_argument(
+        "--layers", type=int, default=None, help="transformer layers (default 4; with --init, the model's)"
+    )
+    parser.add_argument(
+        "--heads", type=int, default=None, help="attention heads of 32 channels (default 4; with --init, the model's)"
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="start from this toy model directory (e.g. flowrl/assets/toy_t2i) instead of random "
+        "weights; give a --seed other than its run's to draw fresh renders",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--minutes", type=float, default=0, help="stop (resumably) after this many minutes")

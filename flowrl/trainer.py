@@ -23,24 +23,24 @@ from tqdm.auto import tqdm
 from flowrl.rewards.combine import RewardSet
 from flowrl.samplers.methods import get_method
 from flowrl.samplers.rollout import rollout
-from flowrl.samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
+from flowrl.samplers.shard import seeded_noise, shard_roots
 
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters, warmed_up_decay
-from .advantage import assign_credit, learning_signal
 from .backend import TrainingBackend
 from .checkpointing import Checkpointer, Progress
 from .config import TrainConfig, method_config
 from .evaluation import Evaluator
 from .experience import Batch
+from .global_credit import credit_global_batch
 from .interrupts import StopRequests
 from .launch import Processes, adopt_launch, choose_device, load_policy, refuse_sharded_backends, uses_autocast
-from .metrics import UpdateStats, combine_processes, component_stats, reward_stats
+from .metrics import UpdateStats, combine_processes
 from .objectives import OBJECTIVES, ObjectiveContext
 from .policies.base import rollout_velocity
 from .prompt_source import PromptSource
-from .run_files import append_metrics, complete_record, draw_curve, lock_run_directory, read_metrics, rng_state
+from .run_files import append_metrics, finish_run_files, lock_run_directory, read_metrics, rng_state, write_config
 from .schedules import learning_rate
-from .scoring import impute_group_means, score_batch
+from .scoring import score_rollout
 
 
 class Trainer:
@@ -59,14 +59,14 @@ class Trainer:
         self.lock = lock_run_directory(self.out, "out=") if self.rank == 0 else None
         try:
             self._build(config, offload)
-        except BaseException:  # a failed start frees the directory (a notebook keeps the traceback, and with it this object)
+        except (
+            BaseException
+        ):  # a failed start frees the directory (a notebook keeps the traceback, and with it this object)
             self.close()
             raise
 
     def _build(self, config: TrainConfig, offload: str | None) -> None:
         """The parts: policy with adapters, backend, optimizer, EMA, objective, prompts, reward."""
-        import json
-
         self.processes.start_trackers(config)
         self.method, self.method_config = get_method(config.method), method_config(config)
         torch.manual_seed(config.seed)
@@ -80,20 +80,35 @@ class Trainer:
         self.backend = TrainingBackend(config, network, self.device, self.world)
         self.params = trainable_named_parameters(network)
         self.reference = Reference(network, self.lora) if config.beta > 0 else None
-        self.optimizer = torch.optim.AdamW(self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.params.values(), lr=config.lr, betas=tuple(config.adam_betas), weight_decay=config.weight_decay
+        )
         self.backend.attach(self.params, self.optimizer, offload)
         self.ema = Ema(self.params, config.ema) if config.ema > 0 else None
-        context = ObjectiveContext(self.params, self.ema, self.reference, config.beta, config.loss, config.advantage_clip, config.max_batch,
-                                   config.micro_batch, self.policy.sample_shape, self.root_seeds)
-        self.objective = OBJECTIVES.lookup(config.objective)(OBJECTIVES.configure(config.objective, config.objective_options), context)
+        context = ObjectiveContext.of(
+            config, self.params, self.ema, self.reference, self.policy.sample_shape, self.root_seeds
+        )
+        options = OBJECTIVES.configure(config.objective, config.objective_options)
+        self.objective = OBJECTIVES.lookup(config.objective)(options, context)
         self.prompts = PromptSource(config.prompts, config.seed)
-        self.reward = RewardSet.load(config.reward, config.reward_options, device=self.device, on_invalid=config.reward_invalid, batch_size=config.max_batch)
-        self.evaluator = Evaluator(config, self.policy, self.reward, self.prompts, self.out, float(getattr(self.method_config, "shift", 1.0)))
+        self.reward = RewardSet.load(
+            config.reward,
+            config.reward_options,
+            device=self.device,
+            on_invalid=config.reward_invalid,
+            batch_size=config.max_batch,
+        )
+        shift = float(getattr(self.method_config, "shift", 1.0))
+        self.evaluator = Evaluator(
+            config, self.policy, self.reward, self.prompts, self.out, shift, self.final_weights, self.rank
+        )
         self.progress = Progress()
-        self.checkpoints = Checkpointer(self.out, config, self.rank, self.world, self.backend, self.ema, self.objective, self.progress)
+        self.checkpoints = Checkpointer(
+            self.out, config, self.rank, self.world, self.backend, self.ema, self.objective, self.progress
+        )
         self.metrics_path = self.out / "metrics.jsonl"
         if self.rank == 0:  # one writer per run-directory file
-            (self.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+            write_config(self.out, config.to_dict())
 
     # --- evaluation and export ----------------------------------------------------------------
 
@@ -105,23 +120,6 @@ class Trainer:
         swap = self.ema is not None and (self.backend.sharded is not None or self.rank == 0)
         with self.ema.swapped_in(self.params) if swap else contextlib.nullcontext(), self.backend.unsharded():
             yield
-
-    def evaluate_on_rank0(self) -> dict[str, float]:
-        """An evaluation with the final weights; every process calls it, rank 0 evaluates ({} elsewhere)."""
-        with self.final_weights():
-            return self.evaluator.evaluate(self.progress.iteration) if self.rank == 0 else {}
-
-    def redo_failed_evaluation(self) -> None:
-        """The resumed iteration's evaluation failed in the last run (its record was kept without it):
-        evaluate now, with the random state it would have started from, and complete the record."""
-        self.progress.evaluation_due = False
-        if not self.config.eval_every:
-            return
-        if self.rank == 0:
-            print(f"evaluating iteration {self.progress.iteration} again (its evaluation failed in the last run)", file=sys.stderr)
-        stats = self.evaluate_on_rank0()
-        if self.rank == 0:  # the trackers missed the whole record: the failure came before logging it
-            self.processes.log(complete_record(self.metrics_path, self.progress.iteration, stats))
 
     def export(self) -> Path:
         """The trained weights (EMA when enabled) in out/final, as the policy exports them. Every
@@ -151,18 +149,29 @@ class Trainer:
         resumed = checkpoints.resume()
         checkpoints.start_over_unless_resumed(resumed)
         started = time.perf_counter()
-        fresh = self.processes.gather(progress.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path))[0]
+        fresh = self.processes.gather(
+            progress.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path)
+        )[0]
         if self.rank == 0 and progress.iteration < config.iterations:
-            where = f"from iteration {progress.iteration} of {config.iterations}" if resumed else f"{config.iterations} iterations"
+            where = (
+                f"from iteration {progress.iteration} of {config.iterations}"
+                if resumed
+                else f"{config.iterations} iterations"
+            )
             first = "; evaluating the starting model first" if fresh and config.eval_every else ""
-            print(f"training {config.method} on {config.policy}, {where}, into {self.out}{first} "
-                  "(Ctrl-C stops after the current iteration, with a checkpoint)", file=sys.stderr)
+            print(
+                f"training {config.method} on {config.policy}, {where}, into {self.out}{first} "
+                "(Ctrl-C stops after the current iteration, with a checkpoint)",
+                file=sys.stderr,
+            )
         if fresh:
-            record = {"iteration": 0, **(self.evaluate_on_rank0() if config.eval_every else {})}
+            record = {"iteration": 0, **(self.evaluator.run(0) if config.eval_every else {})}
             if self.rank == 0:
                 append_metrics(self.metrics_path, record)
-        if progress.evaluation_due:
-            self.redo_failed_evaluation()
+        if progress.evaluation_due:  # the resumed iteration's evaluation failed in the last run
+            progress.evaluation_due = False
+            if config.eval_every:
+                self.evaluator.redo(progress.iteration, self.metrics_path, self.processes.log)
         bar = tqdm(total=config.iterations, initial=progress.iteration, desc="train", unit="it", disable=self.rank != 0)
         first_iteration, last = progress.iteration, {}
         stopped_early, stopped_by = False, None
@@ -180,7 +189,12 @@ class Trainer:
                 except Exception as error:
                     checkpoints.report_update_failure(iteration + 1, random_state, error)
                     raise
-                record = {"iteration": iteration + 1, **batch.stats, **update_stats, **self.objective.after_iteration(progress.optimizer_steps)}
+                record = {
+                    "iteration": iteration + 1,
+                    **batch.stats,
+                    **update_stats,
+                    **self.objective.after_iteration(progress.optimizer_steps),
+                }
                 progress.iteration = iteration + 1
                 at_end = progress.iteration == config.iterations
                 out_of_time = config.minutes > 0 and time.perf_counter() - started > 60 * config.minutes
@@ -192,9 +206,11 @@ class Trainer:
                 if config.eval_every and (progress.iteration % config.eval_every == 0 or at_end or out_of_time):
                     before_evaluation = rng_state()
                     try:
-                        record.update(self.evaluate_on_rank0())
+                        record.update(self.evaluator.run(progress.iteration))
                     except Exception:  # the iteration itself is done: keep it, without its evaluation
-                        checkpoints.save_after_failure(f"the evaluation after iteration {progress.iteration}", before_evaluation, record)
+                        checkpoints.save_after_failure(
+                            f"the evaluation after iteration {progress.iteration}", before_evaluation, record
+                        )
                         raise
                 if self.rank == 0:
                     append_metrics(self.metrics_path, record)
@@ -202,7 +218,9 @@ class Trainer:
                 if progress.iteration % config.checkpoint_every == 0 or at_end or out_of_time or stopped_by is not None:
                     checkpoints.save()
                 last = record
-                evaluation = {"eval": f"{record[k]:.3f}" for k in ("eval/overall", "eval/reward") if k in record}
+                evaluation = next(
+                    ({"eval": f"{record[k]:.3f}"} for k in ("eval/overall", "eval/reward") if k in record), {}
+                )
                 bar.set_postfix(reward=f"{record['reward/mean']:.3f}", **evaluation)
                 bar.update(1)
                 if (out_of_time or stopped_by is not None) and not at_end:
@@ -212,28 +230,25 @@ class Trainer:
                 stopped_by = None  # a signal during the last iteration: the run finished anyway
         bar.close()
         if self.rank == 0:
-            records = read_metrics(self.metrics_path)
-            eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
-            draw_curve(records, self.out / "reward_curve.png", eval_key=eval_key)
-            if not last:  # nothing left to train: report the run's last evaluation
-                last = next((r for r in reversed(records) if eval_key in r), {})
+            last_evaluation = finish_run_files(self.out)  # the reward curve
+            last = last or last_evaluation  # nothing left to train: report the run's last evaluation
         self.export()  # before the process group ends: a sharded export needs it
         self.processes.end()
-        return {"iterations": progress.iteration, "trained_now": progress.iteration - first_iteration, "resumed": resumed,
-                "stopped_early": stopped_early, "stopped_by": stopped_by, "last": last, "rank": self.rank}
+        return {
+            "iterations": progress.iteration,
+            "trained_now": progress.iteration - first_iteration,
+            "resumed": resumed,
+            "stopped_early": stopped_early,
+            "stopped_by": stopped_by,
+            "last": last,
+            "rank": self.rank,
+        }
 
     # --- one iteration ------------------------------------------------------------------------
 
     def velocity_fn(self, cond):
-        base = rollout_velocity(self.policy, cond, self.config.guidance)
-        if not self.autocast:
-            return base
-
-        def velocity(x, sigma, prompt_index):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return base(x, sigma, prompt_index).float()
-
-        return velocity
+        """The policy's velocity for encoded prompts, under bf16 autocast when the run uses it."""
+        return rollout_velocity(self.policy, cond, self.config.guidance, self.device.type if self.autocast else None)
 
     def root_seeds(self, iteration: int, roots: torch.Tensor) -> list[int]:
         """A seed per global root of this iteration: the same sample whichever process runs it."""
@@ -253,52 +268,55 @@ class Trainer:
         prompts = [global_prompts[int(p)] for p in shard.prompts]
         noise = None
         if plan.share_noise:  # one initial noise per prompt, whichever process holds its roots
-            noise = seeded_noise(self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape)
+            noise = seeded_noise(
+                self.root_seeds(iteration, -1 - shard.roots // plan.group_size), self.policy.sample_shape
+            )
         cond = self.policy.encode(prompts)
-        with self.backend.unsharded(), self.objective.sampling_weights():  # sharded: one all-gather, then local forwards
+        with (
+            self.backend.unsharded(),
+            self.objective.sampling_weights(),
+        ):  # sharded: one all-gather, then local forwards
             result = rollout(
-                self.velocity_fn(cond), plan, len(prompts), self.policy.sample_shape, device=self.device, max_batch=config.max_batch,
-                root_prompt=shard.root_prompt, root_seeds=self.root_seeds(iteration, shard.roots), noise=noise,
+                self.velocity_fn(cond),
+                plan,
+                len(prompts),
+                self.policy.sample_shape,
+                device=self.device,
+                max_batch=config.max_batch,
+                root_prompt=shard.root_prompt,
+                root_seeds=self.root_seeds(iteration, shard.roots),
+                noise=noise,
             )
         timings = {"time/rollout": time.perf_counter() - start}
         start = time.perf_counter()
-        scored = torch.nonzero(result.reward_mask).flatten()
-        images = self.policy.decode(result.samples[scored])
-        scores = score_batch(self.reward, images, [prompts[int(p)] for p in result.prompt[scored]], shard.prompts[result.prompt[scored]],
-                             self.rank, self.world, gather)
-        rewards, valid = torch.zeros(len(result.samples)), torch.ones(len(result.samples), dtype=torch.bool)
-        rewards[scored], valid[scored] = scores.total, scores.valid
-        components = {name: torch.where(scores.valid, values, torch.nan) for name, values in scores.components.items()}
+        scores = score_rollout(self.reward, self.policy, result, prompts, shard.prompts, self.rank, self.world, gather)
         timings["time/reward"] = time.perf_counter() - start
-
-        # Credit over the global batch; this process's transitions are one contiguous block of it.
-        gathered = gather((rollout_metadata(result), rewards, shard.prompts, shard.roots, valid, components))
-        whole = merge_rollouts([g[0] for g in gathered], [g[2] for g in gathered], [g[3] for g in gathered])
-        all_rewards, all_valid = torch.cat([g[1] for g in gathered]), torch.cat([g[4] for g in gathered])
-        invalid_prompts = whole.prompt[~all_valid].unique()
-        if len(invalid_prompts):  # reward_invalid=drop: neutral values in, the whole group out of the update
-            all_rewards = impute_group_means(all_rewards, all_valid, whole.prompt, whole.reward_mask.cpu().bool())
-        first = sum(len(g[0].transitions) for g in gathered[: self.rank])
-        credit = assign_credit(self.method, whole, all_rewards, self.method_config, iteration)
-        signal = learning_signal(credit, whole, all_rewards, slice(first, first + len(result.transitions)), invalid_prompts=invalid_prompts,
-                                 drop_zero_variance=config.drop_zero_variance, clip=config.advantage_clip)
-        kept_advantages = torch.cat(gather(signal.advantages))
-        all_scored = torch.nonzero(whole.reward_mask).flatten()
-        stats = {
-            **reward_stats(all_rewards[all_scored]),
-            **component_stats([g[5] for g in gathered]),
-            "reward/invalid": float((~all_valid[all_scored]).sum()),
-            "zero_variance_prompts": float(len(signal.constant_prompts)) / len(global_prompts),
-            "advantage/mean": float(kept_advantages.mean()) if len(kept_advantages) else 0.0,
-            "advantage/std": float(kept_advantages.std(unbiased=False)) if len(kept_advantages) else 0.0,
-            "nfe": float(whole.nfe),
-            "samples": float(len(all_scored)),
-            "transitions/trained": float(len(kept_advantages)),
-            **{k: v for k, v in credit.stats.items() if not k.startswith("reward/")},
-            **timings,
-        }
+        signal, stats = credit_global_batch(
+            self.method,
+            self.method_config,
+            config,
+            iteration,
+            result,
+            scores,
+            shard,
+            len(global_prompts),
+            self.rank,
+            gather,
+        )
         transitions = result.transitions.select(signal.keep.to(result.transitions.logp.device))
-        batch = Batch(iteration, result, prompts, cond, shard.roots, rewards, signal.keep, transitions, signal.advantages, signal.weights, stats)
+        batch = Batch(
+            iteration,
+            result,
+            prompts,
+            cond,
+            shard.roots,
+            scores[0],
+            signal.keep,
+            transitions,
+            signal.advantages,
+            signal.weights,
+            {**stats, **timings},
+        )
         self.objective.prepare(batch)
         return batch
 
@@ -349,7 +367,9 @@ class Trainer:
                     stats.add_grad_norm(norm)
                 self.progress.optimizer_steps += 1
                 if self.ema is not None and self.progress.optimizer_steps % config.ema_every == 0:
-                    self.ema.update(self.params, warmed_up_decay(self.progress.optimizer_steps, config.ema, config.ema_warmup))
+                    self.ema.update(
+                        self.params, warmed_up_decay(self.progress.optimizer_steps, config.ema, config.ema_warmup)
+                    )
         values = combine_processes(gather((stats.values, count))) if self.world > 1 else stats.values
         return {**values, "lr": lr, "transitions/global": total_count, "time/update": time.perf_counter() - start}
 

@@ -10,9 +10,10 @@ plain or FSDP run resume each other. Stage 3 partitions the weights too; `fsdp=t
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -36,12 +37,16 @@ def launch_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         ds = json.loads(Path(file).read_text())
         for section in ("optimizer", "scheduler"):
             if section in ds:
-                raise ValueError(f"DeepSpeed config {file}: a {section!r} section is not supported; flowrl builds AdamW and its "
-                                 "learning-rate schedule from its own keys (lr, lr_warmup, lr_schedule, weight_decay, adam_betas)")
+                raise ValueError(
+                    f"DeepSpeed config {file}: a {section!r} section is not supported; flowrl builds AdamW and its "
+                    "learning-rate schedule from its own keys (lr, lr_warmup, lr_schedule, weight_decay, adam_betas)"
+                )
         for precision in ("fp16", "bf16"):
             if ds.get(precision, {}).get("enabled") is True:
-                raise ValueError(f"DeepSpeed config {file}: {precision}.enabled=true is not supported; flowrl trains fp32 weights "
-                                 "with bf16 autocast of the model calls (mixed_precision=bf16, on by default on CUDA)")
+                raise ValueError(
+                    f"DeepSpeed config {file}: {precision}.enabled=true is not supported; flowrl trains fp32 weights "
+                    "with bf16 autocast of the model calls (mixed_precision=bf16, on by default on CUDA)"
+                )
         zero = ds.get("zero_optimization", {})
         settings["stage"] = zero.get("stage")
         settings["offload"] = (zero.get("offload_optimizer") or {}).get("device")
@@ -57,8 +62,10 @@ def launch_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         settings["offload"] = None
     offload_param = environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none").lower()
     if offload_param not in ("none", ""):
-        raise ValueError(f"DeepSpeed offload_param_device={offload_param!r} needs ZeRO stage 3, which flowrl does not drive; "
-                         "use fsdp=true to shard the weights (accelerate's fsdp_offload_params is honoured there)")
+        raise ValueError(
+            f"DeepSpeed offload_param_device={offload_param!r} needs ZeRO stage 3, which flowrl does not drive; "
+            "use fsdp=true to shard the weights (accelerate's fsdp_offload_params is honoured there)"
+        )
     return settings
 
 
@@ -71,16 +78,27 @@ class Zero:
     param_groups: list[dict]
 
 
-def wrap(transformer: torch.nn.Module, optimizer: torch.optim.Optimizer, stage: int, max_grad_norm: float, offload: str | None, micro_batch: int) -> Zero:
+def wrap(
+    transformer: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stage: int,
+    max_grad_norm: float,
+    offload: str | None,
+    micro_batch: int,
+) -> Zero:
     """Hand `optimizer` (AdamW over the transformer's trainable weights) to a DeepSpeed engine
     with ZeRO `stage` (1 or 2); the engine clips the gradient norm to `max_grad_norm` (0: off)."""
     try:
         import deepspeed
     except ImportError:
         raise ValueError("zero_stage needs DeepSpeed: pip install 'flowrl-toolkit[deepspeed]'") from None
-    odd = sorted({str(p.dtype) for group in optimizer.param_groups for p in group["params"] if p.dtype != torch.float32})
+    odd = sorted(
+        {str(p.dtype) for group in optimizer.param_groups for p in group["params"] if p.dtype != torch.float32}
+    )
     if odd:
-        raise ValueError(f"zero_stage: the trained weights are {odd}, but DeepSpeed's fp32 mode needs float32 ones (weights_dtype=fp32, or LoRA)")
+        raise ValueError(
+            f"zero_stage: the trained weights are {odd}, but DeepSpeed's fp32 mode needs float32 ones (weights_dtype=fp32, or LoRA)"
+        )
     param_groups = optimizer.state_dict()["param_groups"]
     zero: dict[str, Any] = {"stage": stage}
     if offload:
@@ -129,7 +147,11 @@ def _fragments(zero: Zero, params: list[torch.Tensor]):
             yield None
             continue
         lp, hp = mapping.lp_fragment_address, mapping.hp_fragment_address
-        yield slice(lp.start, lp.start + lp.numel), partitions[mapping.param_group_index], slice(hp.start, hp.start + hp.numel)
+        yield (
+            slice(lp.start, lp.start + lp.numel),
+            partitions[mapping.param_group_index],
+            slice(hp.start, hp.start + hp.numel),
+        )
 
 
 def full_optimizer_state(zero: Zero, params: list[torch.Tensor]) -> dict:
@@ -156,7 +178,10 @@ def full_optimizer_state(zero: Zero, params: list[torch.Tensor]) -> dict:
         dist.all_reduce(flat)  # each element is held by exactly one process
         full[key] = flat.cpu()
     state = {
-        index: {"step": first["step"].detach().cpu().clone(), **{key: full[key][offsets[index] : offsets[index + 1]].view_as(p).clone() for key in ADAM_STATE}}
+        index: {
+            "step": first["step"].detach().cpu().clone(),
+            **{key: full[key][offsets[index] : offsets[index + 1]].view_as(p).clone() for key in ADAM_STATE},
+        }
         for index, p in enumerate(params)
     }
     return {"state": state, **groups}

@@ -12,6 +12,19 @@ from .registry import FunctionReward, available, load, register_reward
 from .toyshapes import ToyShapesReward
 
 __all__ = [
-    "BradleyTerry", "FunctionReward", "InvalidRewardError", "PairwiseReward", "PointwiseReward", "RewardScores", "RewardSet",
-    "ToyShapesReward", "available", "check_images", "check_scores", "is_pairwise", "load", "parse_reward_spec", "register_reward",
+    "BradleyTerry",
+    "FunctionReward",
+    "InvalidRewardError",
+    "PairwiseReward",
+    "PointwiseReward",
+    "RewardScores",
+    "RewardSet",
+    "ToyShapesReward",
+    "available",
+    "check_images",
+    "check_scores",
+    "is_pairwise",
+    "load",
+    "parse_reward_spec",
+    "register_reward",
 ]

@@ -10,13 +10,20 @@ activations (the "linear" in the file name), and the dropouts are identities at 
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from .base import check_images
-from .clip_common import check_batch_size, checkpoint_file, load_open_clip, normalized_features, quick_gelu_for, score_in_batches
+from .clip_common import (
+    check_batch_size,
+    checkpoint_file,
+    load_open_clip,
+    normalized_features,
+    quick_gelu_for,
+    score_in_batches,
+)
 
 # The authors publish the head in their GitHub repository; this hub repo mirrors the same file.
 HEAD_REPO = "camenduru/improved-aesthetic-predictor"
@@ -32,7 +39,9 @@ class AestheticHead(nn.Module):
     def __init__(self, widths: Sequence[int]) -> None:
         super().__init__()
         if len(widths) != len(LINEAR_INDICES) + 1:
-            raise ValueError(f"the aesthetic head has {len(LINEAR_INDICES)} Linear layers, so {len(LINEAR_INDICES) + 1} widths; got {list(widths)}")
+            raise ValueError(
+                f"the aesthetic head has {len(LINEAR_INDICES)} Linear layers, so {len(LINEAR_INDICES) + 1} widths; got {list(widths)}"
+            )
         modules: list[nn.Module] = []
         for index, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
             modules.append(nn.Linear(width_in, width_out))
@@ -53,12 +62,16 @@ def load_head(path: str) -> AestheticHead:
         state = state["state_dict"]
     if not isinstance(state, dict) or set(state) != HEAD_KEYS:
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path!r} is not an aesthetic predictor head: expected the keys {sorted(HEAD_KEYS)}, found {found}")
+        raise ValueError(
+            f"{path!r} is not an aesthetic predictor head: expected the keys {sorted(HEAD_KEYS)}, found {found}"
+        )
     weights = [state[f"layers.{i}.weight"] for i in LINEAR_INDICES]  # each [out, in]
     widths = [weights[0].shape[1]] + [w.shape[0] for w in weights]
     for index, (w, width_in) in enumerate(zip(weights, widths[:-1])):
         if w.ndim != 2 or w.shape[1] != width_in:
-            raise ValueError(f"{path!r}: layers.{LINEAR_INDICES[index]}.weight has shape {tuple(w.shape)}, expected [*, {width_in}]")
+            raise ValueError(
+                f"{path!r}: layers.{LINEAR_INDICES[index]}.weight has shape {tuple(w.shape)}, expected [*, {width_in}]"
+            )
     head = AestheticHead(widths)
     head.load_state_dict({k: v.float() for k, v in state.items()})
     return head.eval().requires_grad_(False)
@@ -75,9 +88,15 @@ class AestheticReward:
 
     name = "aesthetic"
 
-    def __init__(self, head: str | None = None, clip_pretrained: str = "openai", architecture: str = "ViT-L-14",
-                 device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        head: str | None = None,
+        clip_pretrained: str = "openai",
+        architecture: str = "ViT-L-14",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 32,
+    ) -> None:
         self.batch_size = check_batch_size(batch_size)
         self.head = load_head(checkpoint_file(head, HEAD_REPO, HEAD_FILE, what="aesthetic head"))
         # A local file cannot say its activation; the head was trained on OpenAI CLIP (QuickGELU).
@@ -87,7 +106,9 @@ class AestheticReward:
         embed_dim = getattr(self.clip.model.visual, "output_dim", None)
         width_in = self.head.layers[0].in_features
         if embed_dim is not None and embed_dim != width_in:
-            raise ValueError(f"the aesthetic head reads {width_in}-d embeddings but {architecture!r} gives {embed_dim}-d ones (the head is for ViT-L-14, 768-d)")
+            raise ValueError(
+                f"the aesthetic head reads {width_in}-d embeddings but {architecture!r} gives {embed_dim}-d ones (the head is for ViT-L-14, 768-d)"
+            )
         self.head.to(self.clip.device)  # kept in float32: it is tiny and was trained in float32
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

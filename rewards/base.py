@@ -8,7 +8,8 @@ the way it was trained.
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -74,7 +75,9 @@ def check_scores(values: object, count: int, name: str, on_invalid: str = "error
     if scores.ndim > 1 and scores.numel() == count:
         scores = scores.reshape(count)  # [B, 1] is a common and harmless shape
     if scores.ndim != 1 or scores.shape[0] != count:
-        raise InvalidRewardError(f"reward {name!r} returned shape {tuple(scores.shape)}; expected [{count}] (one value per image)")
+        raise InvalidRewardError(
+            f"reward {name!r} returned shape {tuple(scores.shape)}; expected [{count}] (one value per image)"
+        )
     valid = torch.isfinite(scores)
     if on_invalid == "error":
         raise_if_invalid(valid, name)
@@ -86,7 +89,9 @@ def raise_if_invalid(valid: torch.Tensor, name: str, what: str = "samples") -> N
     if not bool(valid.all()):
         bad = torch.nonzero(~valid).flatten().tolist()
         shown = ", ".join(map(str, bad[:20])) + (" ..." if len(bad) > 20 else "")
-        raise InvalidRewardError(f"reward {name!r} returned NaN or inf for {what} {shown} of {len(valid)} (set reward_invalid=drop to leave them out of the update)")
+        raise InvalidRewardError(
+            f"reward {name!r} returned NaN or inf for {what} {shown} of {len(valid)} (set reward_invalid=drop to leave them out of the update)"
+        )
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

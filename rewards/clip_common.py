@@ -10,8 +10,9 @@ huggingface_hub) are imported inside the functions that need them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +27,14 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 _DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
 }
 
 
@@ -57,7 +63,9 @@ class ImageTransform:
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"ImageTransform size must be (height, width) of positive ints, got {self.size!r}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"ImageTransform needs 3 means and 3 positive stds, got mean={self.mean!r} std={self.std!r}")
+            raise ValueError(
+                f"ImageTransform needs 3 means and 3 positive stds, got mean={self.mean!r} std={self.std!r}"
+            )
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
@@ -99,7 +107,7 @@ def center_crop(images: torch.Tensor, size: tuple[int, int], rounding: str = "ro
         top, left = (height - crop_h) // 2, (width - crop_w) // 2
     else:
         raise ValueError(f"rounding must be one of {CROP_ROUNDINGS}, got {rounding!r}")
-    return images[..., top:top + crop_h, left:left + crop_w]
+    return images[..., top : top + crop_h, left : left + crop_w]
 
 
 def _fit_longest_and_pad(images: torch.Tensor, side: int, interpolation: str, clamp: bool) -> torch.Tensor:
@@ -115,8 +123,12 @@ def _fit_longest_and_pad(images: torch.Tensor, side: int, interpolation: str, cl
     return F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
 
 
-def preprocess(images: torch.Tensor, transform: ImageTransform, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> torch.Tensor:
+def preprocess(
+    images: torch.Tensor,
+    transform: ImageTransform,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Model input [B, 3, h, w] from images [B, 3, H, W] in [0, 1]: resize, crop or pad and
     normalise as `transform` says, on `device`, returned in `dtype` (default float32)."""
     # Resize and normalise in float32 whatever the model dtype: bf16 bicubic loses ~1/128 per pixel.
@@ -136,7 +148,9 @@ def preprocess(images: torch.Tensor, transform: ImageTransform, device: torch.de
     return ((x - mean) / std).to(dtype or torch.float32)
 
 
-def transform_from_open_clip(model: torch.nn.Module, resize_mode: str | None = None, clamp: bool = True) -> ImageTransform:
+def transform_from_open_clip(
+    model: torch.nn.Module, resize_mode: str | None = None, clamp: bool = True
+) -> ImageTransform:
     """The eval transform open_clip attaches to a model (`model.visual.preprocess_cfg`)."""
     cfg = dict(getattr(model.visual, "preprocess_cfg", None) or {})
     size = cfg.get("size", getattr(model.visual, "image_size", 224))
@@ -162,18 +176,26 @@ def transform_from_hf_processor(image_processor: Any) -> ImageTransform:
     resample = getattr(image_processor, "resample", 3)
     interpolation = _PIL_RESAMPLE.get(int(resample))
     if interpolation is None:
-        raise ValueError(f"image processor resample={resample!r} is not supported; expected one of {sorted(_PIL_RESAMPLE)} (bilinear, bicubic)")
+        raise ValueError(
+            f"image processor resample={resample!r} is not supported; expected one of {sorted(_PIL_RESAMPLE)} (bilinear, bicubic)"
+        )
     if not getattr(image_processor, "do_resize", True) or not getattr(image_processor, "do_normalize", True):
         raise ValueError("image processor with do_resize=False or do_normalize=False is not supported")
-    common = dict(mean=tuple(_three(image_processor.image_mean)), std=tuple(_three(image_processor.image_std)),
-                  interpolation=interpolation, crop_rounding="floor")
+    common = dict(
+        mean=tuple(_three(image_processor.image_mean)),
+        std=tuple(_three(image_processor.image_std)),
+        interpolation=interpolation,
+        crop_rounding="floor",
+    )
     if size.get("shortest_edge"):
         edge = int(size["shortest_edge"])
         crop_size = (int(crop["height"]), int(crop["width"])) if crop else (edge, edge)
         return ImageTransform(size=crop_size, resize_mode="shortest", resize_to=edge, **common)
     if size.get("height") and size.get("width") and not crop:
         return ImageTransform(size=(int(size["height"]), int(size["width"])), resize_mode="squash", **common)
-    raise ValueError(f"image processor size={size!r}, crop_size={crop!r} is not supported; expected a shortest_edge resize (CLIP)")
+    raise ValueError(
+        f"image processor size={size!r}, crop_size={crop!r} is not supported; expected a shortest_edge resize (CLIP)"
+    )
 
 
 def _three(values: Any) -> list[float]:
@@ -236,14 +258,18 @@ def checkpoint_file(path: str | os.PathLike | None, repo_id: str, filename: str,
     if path is not None:
         path = os.path.expanduser(os.fspath(path))
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{what} checkpoint not found: {path!r} (expected a file; leave it unset to download {filename} from the hub repo {repo_id})")
+            raise FileNotFoundError(
+                f"{what} checkpoint not found: {path!r} (expected a file; leave it unset to download {filename} from the hub repo {repo_id})"
+            )
         return path
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(repo_id, filename)
     except Exception as error:  # offline, no cache, gated, ...: say what was wanted
-        raise RuntimeError(f"could not get the {what} checkpoint {filename!r} from the hub repo {repo_id!r} ({type(error).__name__}: {error}); download it and pass its local path instead") from error
+        raise RuntimeError(
+            f"could not get the {what} checkpoint {filename!r} from the hub repo {repo_id!r} ({type(error).__name__}: {error}); download it and pass its local path instead"
+        ) from error
 
 
 def quick_gelu_for(architecture: str, pretrained: str | None) -> bool:
@@ -271,9 +297,15 @@ class OpenClipModel(NamedTuple):
     dtype: torch.dtype
 
 
-def load_open_clip(architecture: str, pretrained: str | None, device: torch.device | str | None = None,
-                   dtype: torch.dtype | str | None = None, quick_gelu: bool | None = None,
-                   resize_mode: str | None = None, clamp: bool = True) -> OpenClipModel:
+def load_open_clip(
+    architecture: str,
+    pretrained: str | None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    quick_gelu: bool | None = None,
+    resize_mode: str | None = None,
+    clamp: bool = True,
+) -> OpenClipModel:
     """An open_clip model of `architecture` with weights from `pretrained`: an open_clip tag
     (downloaded by open_clip), a local checkpoint file (an open_clip state dict, optionally
     wrapped as {"state_dict": ...} as training checkpoints and HPS are), or None (random).
@@ -282,7 +314,9 @@ def load_open_clip(architecture: str, pretrained: str | None, device: torch.devi
     import open_clip
 
     if open_clip.get_model_config(architecture) is None:
-        raise ValueError(f"unknown open_clip architecture {architecture!r}; see open_clip.list_models() for the {len(open_clip.list_models())} known ones")
+        raise ValueError(
+            f"unknown open_clip architecture {architecture!r}; see open_clip.list_models() for the {len(open_clip.list_models())} known ones"
+        )
     if pretrained is not None:
         pretrained = os.path.expanduser(os.fspath(pretrained))
         is_tag = bool(open_clip.get_pretrained_cfg(architecture, pretrained))
@@ -290,7 +324,9 @@ def load_open_clip(architecture: str, pretrained: str | None, device: torch.devi
             if looks_like_path(pretrained):
                 raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained!r} (expected a file)")
             tags = open_clip.list_pretrained_tags_by_model(architecture)
-            raise ValueError(f"{pretrained!r} is neither a pretrained tag of {architecture!r} (known: {tags}) nor an existing file")
+            raise ValueError(
+                f"{pretrained!r} is neither a pretrained tag of {architecture!r} (known: {tags}) nor an existing file"
+            )
     if quick_gelu is None:
         quick_gelu = quick_gelu_for(architecture, pretrained)
     device, dtype = resolve_device(device), resolve_dtype(dtype)
@@ -301,7 +337,9 @@ def load_open_clip(architecture: str, pretrained: str | None, device: torch.devi
     return OpenClipModel(model, tokenizer, transform, device, dtype)
 
 
-def normalized_features(clip: OpenClipModel, images: torch.Tensor, prompts: list[str] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def normalized_features(
+    clip: OpenClipModel, images: torch.Tensor, prompts: list[str] | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """L2-normalised float32 (image features [B, D], text features [B, D] or None) of an open_clip
     model; normalising in float32 keeps bf16 models from losing the last digits of a cosine."""
     pixels = preprocess(images, clip.transform, clip.device, clip.dtype)
@@ -318,8 +356,12 @@ def empty_scores() -> torch.Tensor:
     return torch.zeros(0, dtype=torch.float32)
 
 
-def score_in_batches(score_batch: Callable[[torch.Tensor, list[str]], torch.Tensor], images: torch.Tensor, prompts: Sequence[str],
-                     batch_size: int) -> torch.Tensor:
+def score_in_batches(
+    score_batch: Callable[[torch.Tensor, list[str]], torch.Tensor],
+    images: torch.Tensor,
+    prompts: Sequence[str],
+    batch_size: int,
+) -> torch.Tensor:
     """score_batch(images, prompts) over `batch_size` images at a time, without gradients:
     float32 [B] on the CPU (empty for an empty batch)."""
     if images.shape[0] == 0:

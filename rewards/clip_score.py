@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -20,11 +20,19 @@ class CLIPScoreReward:
 
     name = "clip"
 
-    def __init__(self, architecture: str = "ViT-L-14", pretrained: str | None = "openai",
-                 device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                 batch_size: int = 32, quick_gelu: bool | None = None) -> None:
+    def __init__(
+        self,
+        architecture: str = "ViT-L-14",
+        pretrained: str | None = "openai",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 32,
+        quick_gelu: bool | None = None,
+    ) -> None:
         if pretrained is None:
-            raise ValueError("CLIPScoreReward needs pretrained weights: an open_clip tag such as 'openai' or a checkpoint file, got None")
+            raise ValueError(
+                "CLIPScoreReward needs pretrained weights: an open_clip tag such as 'openai' or a checkpoint file, got None"
+            )
         self.batch_size = check_batch_size(batch_size)
         self.clip = load_open_clip(architecture, pretrained, device, dtype, quick_gelu=quick_gelu)
 

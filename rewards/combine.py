@@ -9,8 +9,8 @@ of its comparisons it won (Pref-GRPO). The total is the weighted sum of the term
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -29,13 +29,17 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
     for part in spec.split("+"):
         match = _TERM.match(part)
         if match is None:
-            raise ValueError(f"reward spec {spec!r}: cannot read the term {part.strip()!r}; expected NAME or WEIGHT*NAME")
+            raise ValueError(
+                f"reward spec {spec!r}: cannot read the term {part.strip()!r}; expected NAME or WEIGHT*NAME"
+            )
         weight = float(match["weight"]) if match["weight"] else 1.0
         terms.append((match["name"], weight))
     names = [name for name, _ in terms]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ValueError(f"reward spec {spec!r} names {repeated} more than once; give each reward once with its total weight")
+        raise ValueError(
+            f"reward spec {spec!r} names {repeated} more than once; give each reward once with its total weight"
+        )
     return terms
 
 
@@ -73,7 +77,15 @@ class RewardSet:
         self.batch_size = batch_size
 
     @classmethod
-    def load(cls, spec: str, options: dict | None = None, device=None, dtype=None, on_invalid: str = "error", batch_size: int = 64) -> "RewardSet":
+    def load(
+        cls,
+        spec: str,
+        options: dict | None = None,
+        device=None,
+        dtype=None,
+        on_invalid: str = "error",
+        batch_size: int = 64,
+    ) -> RewardSet:
         """Build every reward of a spec; `options` maps a reward name to its keyword options."""
         options = dict(options or {})
         parsed = parse_reward_spec(spec)
@@ -89,7 +101,7 @@ class RewardSet:
         return cls(terms, on_invalid=on_invalid, batch_size=batch_size)
 
     @classmethod
-    def of(cls, reward: object, name: str | None = None, **kwargs) -> "RewardSet":
+    def of(cls, reward: object, name: str | None = None, **kwargs) -> RewardSet:
         """A set of one already-built reward (weight 1)."""
         return cls([RewardTerm(name or reward_name(reward), 1.0, reward)], **kwargs)
 
@@ -97,33 +109,49 @@ class RewardSet:
     def pairwise(self) -> bool:
         return any(term.pairwise for term in self.terms)
 
-    def pointwise_only(self) -> "RewardSet | None":
+    def pointwise_only(self) -> RewardSet | None:
         """The set of this set's pointwise terms (same weights), or None when all are pairwise."""
         terms = [term for term in self.terms if not term.pairwise]
         return RewardSet(terms, self.on_invalid, self.batch_size) if terms else None
 
-    def score_pointwise(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def score_pointwise(
+        self, images: torch.Tensor, prompts: Sequence[str]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """name -> (values [B], valid [B]) for every pointwise term, batch_size images at a time."""
         out = {}
         for term in self.terms:
             if not term.pairwise:
-                chunks = [(term.reward.score(images[s:s + self.batch_size], list(prompts[s:s + self.batch_size])), min(self.batch_size, images.shape[0] - s))
-                          for s in range(0, images.shape[0], self.batch_size)]
+                chunks = [
+                    (
+                        term.reward.score(images[s : s + self.batch_size], list(prompts[s : s + self.batch_size])),
+                        min(self.batch_size, images.shape[0] - s),
+                    )
+                    for s in range(0, images.shape[0], self.batch_size)
+                ]
                 out[term.name] = self._checked(term.name, chunks, "samples")
         return out
 
-    def judge_pairs(self, term: RewardTerm, images: torch.Tensor, prompts: Sequence[str], index_a: torch.Tensor, index_b: torch.Tensor) -> torch.Tensor:
+    def judge_pairs(
+        self,
+        term: RewardTerm,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        index_a: torch.Tensor,
+        index_b: torch.Tensor,
+    ) -> torch.Tensor:
         """[P] probability that images[index_a[k]] beats images[index_b[k]], batch_size pairs at
         a time. A failed judgment (NaN or inf) is an error naming the pairs, or a tie (0.5) under
         on_invalid="drop"; a probability outside [0, 1] is always an error."""
         chunks = []
         for start in range(0, len(index_a), self.batch_size):
-            a, b = index_a[start:start + self.batch_size], index_b[start:start + self.batch_size]
+            a, b = index_a[start : start + self.batch_size], index_b[start : start + self.batch_size]
             chunks.append((term.reward.compare(images[a], images[b], [prompts[int(i)] for i in a]), len(a)))
         probs, valid = self._checked(term.name, chunks, "pairs")
         outside = valid & ((probs < 0) | (probs > 1))
         if bool(outside.any()):
-            raise ValueError(f"reward {term.name!r} returned probabilities outside [0, 1] for pairs {torch.nonzero(outside).flatten().tolist()[:20]}")
+            raise ValueError(
+                f"reward {term.name!r} returned probabilities outside [0, 1] for pairs {torch.nonzero(outside).flatten().tolist()[:20]}"
+            )
         return torch.where(valid, probs, torch.full_like(probs, 0.5))
 
     def _checked(self, name: str, chunks: list, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,16 +174,25 @@ class RewardSet:
             valid &= ok
         return RewardScores(total, {name: values for name, (values, _) in components.items()}, valid)
 
-    def evaluate(self, images: torch.Tensor, prompts: Sequence[str], group_ids: torch.Tensor | None = None) -> RewardScores:
+    def evaluate(
+        self, images: torch.Tensor, prompts: Sequence[str], group_ids: torch.Tensor | None = None
+    ) -> RewardScores:
         """Score a batch in one process: pointwise terms per image, pairwise terms by win rates
         within groups (all images one group when `group_ids` is None)."""
         components = self.score_pointwise(images, prompts)
         if self.pairwise:
             count = images.shape[0]
-            group_ids = torch.zeros(count, dtype=torch.long) if group_ids is None else torch.as_tensor(group_ids).flatten().cpu()
+            group_ids = (
+                torch.zeros(count, dtype=torch.long)
+                if group_ids is None
+                else torch.as_tensor(group_ids).flatten().cpu()
+            )
             index_a, index_b = within_group_pairs(group_ids)
             for term in self.terms:
                 if term.pairwise:
                     probs = self.judge_pairs(term, images, prompts, index_a, index_b)
-                    components[term.name] = (win_rates(index_a, index_b, probs, count, unjudged="neutral"), torch.ones(count, dtype=torch.bool))
+                    components[term.name] = (
+                        win_rates(index_a, index_b, probs, count, unjudged="neutral"),
+                        torch.ones(count, dtype=torch.bool),
+                    )
         return self.combine(components)

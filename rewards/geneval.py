@@ -48,16 +48,24 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .base import check_images
-from .clip_common import (check_batch_size, looks_like_path, preprocess, resolve_device, resolve_dtype,
-                          score_in_batches, transform_from_hf_processor)
-from .geneval_prompts import CLASSES, COLORS, ACCEPTED_FORMS, Task, load_metadata, parse_prompt
+from .clip_common import (
+    check_batch_size,
+    looks_like_path,
+    preprocess,
+    resolve_device,
+    resolve_dtype,
+    score_in_batches,
+    transform_from_hf_processor,
+)
+from .geneval_prompts import ACCEPTED_FORMS, CLASSES, COLORS, Task, load_metadata, parse_prompt
 
 DETECTOR = "google/owlv2-base-patch16-ensemble"
 COLOR_MODEL = "openai/clip-vit-large-patch14"
@@ -92,7 +100,9 @@ class Judgment:
 # ---------------------------------------------------------------- the rules, on detections as data
 
 
-def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> set[str]:
+def relative_position(
+    box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD
+) -> set[str]:
     """The relations of box A to box B by GenEval's centre rule (see the module docstring)."""
     center_a = ((box_a[0] + box_a[2]) / 2, (box_a[1] + box_a[3]) / 2)
     center_b = ((box_b[0] + box_b[2]) / 2, (box_b[1] + box_b[3]) / 2)
@@ -117,6 +127,7 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold:
 
 def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     """IoU with GenEval's inclusive-pixel convention (a box spans x2 - x1 + 1 pixels)."""
+
     def area(x1: float, y1: float, x2: float, y2: float) -> float:
         return max(x2 - x1 + 1, 0) * max(y2 - y1 + 1, 0)
 
@@ -125,8 +136,9 @@ def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     return inter / union if union else 0.0
 
 
-def select_detections(detections: Iterable[Detection], threshold: float, max_objects: int = 16,
-                      max_overlap: float = 1.0) -> dict[str, list[Detection]]:
+def select_detections(
+    detections: Iterable[Detection], threshold: float, max_objects: int = 16, max_overlap: float = 1.0
+) -> dict[str, list[Detection]]:
     """class -> its kept detections, best first: score > threshold, at most `max_objects`, then
     greedy NMS dropping boxes with IoU >= max_overlap against a kept one (1.0: no NMS)."""
     by_class: dict[str, list[Detection]] = {}
@@ -146,13 +158,15 @@ def select_detections(detections: Iterable[Detection], threshold: float, max_obj
     return kept
 
 
-def judge(task: Task, objects: Mapping[str, Sequence[Detection]], position_threshold: float = POSITION_THRESHOLD) -> Judgment:
+def judge(
+    task: Task, objects: Mapping[str, Sequence[Detection]], position_threshold: float = POSITION_THRESHOLD
+) -> Judgment:
     """GenEval's judgment of detections (class -> detections, best first, as select_detections
     gives) against a task, with our partial value (see the module docstring). Colour
     requirements read `Detection.color` of the class's best min(found, count) detections."""
     correct, reasons, groups, include_scores = True, [], [], []
     for index, req in enumerate(task.include):
-        top = list(objects.get(req.name, ()))[:req.count]
+        top = list(objects.get(req.name, ()))[: req.count]
         matched = len(top) == req.count
         parts = [len(top) / req.count]
         if not matched:
@@ -160,12 +174,16 @@ def judge(task: Task, objects: Mapping[str, Sequence[Detection]], position_thres
         if req.color is not None:
             missing = [d for d in top if d.color is None]
             if missing:
-                raise ValueError(f"GenEval include {index} ({req.color} {req.name}) needs colours, but {len(missing)} detections have none")
+                raise ValueError(
+                    f"GenEval include {index} ({req.color} {req.name}) needs colours, but {len(missing)} detections have none"
+                )
             hits = sum(d.color == req.color for d in top)
             parts.append(hits / req.count)
             if matched and hits < req.count:
                 matched = False
-                reasons.append(f"expected {req.color} {req.name}>={req.count}, found {hits} {req.color} ({', '.join(d.color for d in top)})")
+                reasons.append(
+                    f"expected {req.color} {req.name}>={req.count}, found {hits} {req.color} ({', '.join(d.color for d in top)})"
+                )
         if req.position is not None:
             relation, target = req.position
             targets = groups[target]
@@ -175,11 +193,15 @@ def judge(task: Task, objects: Mapping[str, Sequence[Detection]], position_thres
                     matched = False
                     reasons.append(f"no target for {req.name} to be {relation}")
             else:
-                good = sum(relation in relative_position(d.box, t.box, position_threshold) for d in top for t in targets)
+                good = sum(
+                    relation in relative_position(d.box, t.box, position_threshold) for d in top for t in targets
+                )
                 parts.append(good / (req.count * len(targets)))
                 if matched and good < req.count * len(targets):
                     matched = False
-                    reasons.append(f"expected {req.name} {relation} {task.include[target].name} for every pair, {good} of {req.count * len(targets)} are")
+                    reasons.append(
+                        f"expected {req.name} {relation} {task.include[target].name} for every pair, {good} of {req.count * len(targets)} are"
+                    )
         correct = correct and matched
         groups.append(top if matched else None)
         include_scores.append(sum(parts) / len(parts))
@@ -203,7 +225,9 @@ def _source(value: str | os.PathLike, what: str, default: str) -> str:
     if os.path.isdir(value):
         return value
     if looks_like_path(value) or os.path.exists(value):
-        raise FileNotFoundError(f"GenEval {what} directory not found: {value!r} (expected a save_pretrained folder or a hub id such as {default!r})")
+        raise FileNotFoundError(
+            f"GenEval {what} directory not found: {value!r} (expected a save_pretrained folder or a hub id such as {default!r})"
+        )
     return value
 
 
@@ -222,6 +246,7 @@ def _threshold(value: object, what: str) -> float:
 def crop_box(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
     """Integer pixel window (x1, y1, x2, y2) of a box: rounded as PIL's crop does, clamped to the
     image, at least one pixel wide and high."""
+
     def window(low: float, high: float, size: int) -> tuple[int, int]:
         low, high = sorted((int(round(low)), int(round(high))))
         start = min(max(low, 0), size - 1)
@@ -241,11 +266,21 @@ class GenEvalReward:
 
     name = "geneval"
 
-    def __init__(self, detector: str = DETECTOR, color_model: str = COLOR_MODEL,
-                 device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                 threshold: float = 0.3, counting_threshold: float = 0.9, max_objects: int = 16,
-                 mode: str = "partial", metadata: str | os.PathLike | None = None, batch_size: int = 16,
-                 max_overlap: float = 1.0, position_threshold: float = POSITION_THRESHOLD) -> None:
+    def __init__(
+        self,
+        detector: str = DETECTOR,
+        color_model: str = COLOR_MODEL,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        threshold: float = 0.3,
+        counting_threshold: float = 0.9,
+        max_objects: int = 16,
+        mode: str = "partial",
+        metadata: str | os.PathLike | None = None,
+        batch_size: int = 16,
+        max_overlap: float = 1.0,
+        position_threshold: float = POSITION_THRESHOLD,
+    ) -> None:
         """detector: OWLv2 hub id or save_pretrained folder (model and Owlv2Processor);
         color_model: CLIP hub id or folder (CLIPModel and CLIPProcessor); threshold,
         counting_threshold: detection scores must exceed them (the latter for "counting" tasks);
@@ -259,10 +294,18 @@ class GenEvalReward:
         if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects < 1:
             raise ValueError(f"GenEvalReward: max_objects must be a positive int, got {max_objects!r}")
         self.max_objects = max_objects
-        if isinstance(max_overlap, bool) or not isinstance(max_overlap, (int, float)) or not 0.0 < float(max_overlap) <= 1.0:
+        if (
+            isinstance(max_overlap, bool)
+            or not isinstance(max_overlap, (int, float))
+            or not 0.0 < float(max_overlap) <= 1.0
+        ):
             raise ValueError(f"GenEvalReward: max_overlap must be in (0, 1] (1 turns NMS off), got {max_overlap!r}")
         self.max_overlap = float(max_overlap)
-        if isinstance(position_threshold, bool) or not isinstance(position_threshold, (int, float)) or position_threshold < 0:
+        if (
+            isinstance(position_threshold, bool)
+            or not isinstance(position_threshold, (int, float))
+            or position_threshold < 0
+        ):
             raise ValueError(f"GenEvalReward: position_threshold must be a number >= 0, got {position_threshold!r}")
         self.position_threshold = float(position_threshold)
         self.batch_size = check_batch_size(batch_size)
@@ -277,10 +320,17 @@ class GenEvalReward:
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         source = _source(detector, "detector", DETECTOR)
         self.detector_processor = Owlv2Processor.from_pretrained(source)
-        self.detector = Owlv2ForObjectDetection.from_pretrained(source).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.detector = (
+            Owlv2ForObjectDetection.from_pretrained(source)
+            .to(device=self.device, dtype=self.dtype)
+            .eval()
+            .requires_grad_(False)
+        )
         source = _source(color_model, "color_model", COLOR_MODEL)
         self.color_processor = CLIPProcessor.from_pretrained(source)
-        self.color_model = CLIPModel.from_pretrained(source).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.color_model = (
+            CLIPModel.from_pretrained(source).to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        )
         self.color_transform = transform_from_hf_processor(self.color_processor.image_processor)
         self._color_classifiers: dict[str, torch.Tensor] = {}
         with torch.no_grad():
@@ -295,8 +345,14 @@ class GenEvalReward:
             try:
                 self._tasks[prompt] = parse_prompt(prompt)
             except ValueError:
-                where = f"not in the metadata file {self.metadata_path!r} and" if self.metadata_path else "has no metadata (metadata= a GenEval JSONL file) and is"
-                raise ValueError(f"reward {self.name!r}: prompt {prompt!r} {where} not in GenEval's templates; {ACCEPTED_FORMS}") from None
+                where = (
+                    f"not in the metadata file {self.metadata_path!r} and"
+                    if self.metadata_path
+                    else "has no metadata (metadata= a GenEval JSONL file) and is"
+                )
+                raise ValueError(
+                    f"reward {self.name!r}: prompt {prompt!r} {where} not in GenEval's templates; {ACCEPTED_FORMS}"
+                ) from None
         return self._tasks[prompt]
 
     # -------------------------------------------------------- detection
@@ -304,15 +360,23 @@ class GenEvalReward:
     def _query_embeds(self, texts: list[str]) -> torch.Tensor:
         """Normalised OWLv2 text-query embeddings [Q, D], as the detector's forward computes them."""
         length = int(self.detector.config.text_config.max_position_embeddings)
-        tokens = self.detector_processor.tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt").to(self.device)
-        embeds = _embeds(self.detector.owlv2.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
+        tokens = self.detector_processor.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        ).to(self.device)
+        embeds = _embeds(
+            self.detector.owlv2.get_text_features(
+                input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+            )
+        )
         return embeds / torch.linalg.norm(embeds, ord=2, dim=-1, keepdim=True)
 
     def raw_detections(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores [b, P], query indices [b, P], boxes [b, P, 4] as x1, y1, x2, y2 pixels) of every
         OWLv2 box of each image: the best query per box and the sigmoid of its logit."""
         images = images.to(self.device, torch.float32)
-        pixels = self.detector_processor.image_processor(images=list(images), do_rescale=False, return_tensors="pt")["pixel_values"]
+        pixels = self.detector_processor.image_processor(images=list(images), do_rescale=False, return_tensors="pt")[
+            "pixel_values"
+        ]
         feature_map, _ = self.detector.image_embedder(pixel_values=pixels.to(self.device, self.dtype))
         b, h, w, d = feature_map.shape
         features = feature_map.reshape(b, h * w, d)
@@ -324,7 +388,9 @@ class GenEvalReward:
         boxes = torch.stack([cx - 0.5 * bw, cy - 0.5 * bh, cx + 0.5 * bw, cy + 0.5 * bh], dim=-1) * side
         return torch.sigmoid(best.values), best.indices, boxes
 
-    def detect(self, images: torch.Tensor, thresholds: Sequence[float] | float | None = None) -> list[dict[str, list[Detection]]]:
+    def detect(
+        self, images: torch.Tensor, thresholds: Sequence[float] | float | None = None
+    ) -> list[dict[str, list[Detection]]]:
         """Per image, class -> kept detections best first (score > its threshold, default
         `threshold`; at most max_objects; NMS at max_overlap)."""
         count = images.shape[0]
@@ -335,7 +401,10 @@ class GenEvalReward:
         results = []
         for i in range(count):
             keep = torch.nonzero(scores[i] > thresholds[i]).flatten().tolist()
-            found = [Detection(self.vocabulary[int(labels[i, k])], float(scores[i, k]), tuple(boxes[i, k].tolist())) for k in keep]
+            found = [
+                Detection(self.vocabulary[int(labels[i, k])], float(scores[i, k]), tuple(boxes[i, k].tolist()))
+                for k in keep
+            ]
             results.append(select_detections(found, thresholds[i], self.max_objects, self.max_overlap))
         return results
 
@@ -346,7 +415,9 @@ class GenEvalReward:
         if name not in self._color_classifiers:
             texts = [t.format(color=c, name=name) for c in COLORS for t in COLOR_TEMPLATES]
             length = int(self.color_model.config.text_config.max_position_embeddings)
-            tokens = self.color_processor.tokenizer(texts, padding=True, truncation=True, max_length=length, return_tensors="pt").to(self.device)
+            tokens = self.color_processor.tokenizer(
+                texts, padding=True, truncation=True, max_length=length, return_tensors="pt"
+            ).to(self.device)
             embeds = F.normalize(_embeds(self.color_model.get_text_features(**tokens)).float(), dim=-1)
             weights = embeds.reshape(len(COLORS), len(COLOR_TEMPLATES), -1).mean(dim=1)
             self._color_classifiers[name] = F.normalize(weights, dim=-1)
@@ -362,7 +433,9 @@ class GenEvalReward:
             x1, y1, x2, y2 = crop_box(detection.box, height, width)
             crops.append(preprocess(image[None, :, y1:y2, x1:x2], self.color_transform, self.device, self.dtype))
         with torch.no_grad():
-            features = F.normalize(_embeds(self.color_model.get_image_features(pixel_values=torch.cat(crops))).float(), dim=-1)
+            features = F.normalize(
+                _embeds(self.color_model.get_image_features(pixel_values=torch.cat(crops))).float(), dim=-1
+            )
             colors = []
             for feature, detection in zip(features, detections):
                 colors.append(COLORS[int((self._color_classifier(detection.label) @ feature).argmax())])

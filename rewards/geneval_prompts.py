@@ -23,22 +23,93 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 # COCO's 80 categories in GenEval's spelling and order (its object_names.txt).
 CLASSES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "computer mouse", "tv remote",
-    "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
-    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "computer mouse",
+    "tv remote",
+    "computer keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -49,9 +120,17 @@ COLORABLE: tuple[str, ...] = tuple(name for name in CLASSES if name != "person")
 
 # English plurals where appending "s"/"es" as GenEval does is not the English word.
 ENGLISH_PLURALS: dict[str, str] = {
-    "person": "people", "sheep": "sheep", "knife": "knives", "skis": "skis", "scissors": "scissors",
-    "broccoli": "broccoli", "bench": "benches", "couch": "couches", "sandwich": "sandwiches",
-    "toothbrush": "toothbrushes", "computer mouse": "computer mice",
+    "person": "people",
+    "sheep": "sheep",
+    "knife": "knives",
+    "skis": "skis",
+    "scissors": "scissors",
+    "broccoli": "broccoli",
+    "bench": "benches",
+    "couch": "couches",
+    "sandwich": "sandwiches",
+    "toothbrush": "toothbrushes",
+    "computer mouse": "computer mice",
 }
 
 ACCEPTED_FORMS = (
@@ -112,6 +191,7 @@ class Task:
 
     def to_metadata(self) -> dict:
         """The record in GenEval's evaluation_metadata.jsonl format."""
+
         def clause(r: Requirement) -> dict:
             out: dict = {"class": r.name, "count": r.count}
             if r.color is not None:
@@ -134,8 +214,13 @@ def task_from_metadata(record: Mapping, where: str = "metadata") -> Task:
     for key in ("tag", "include", "prompt"):
         if key not in record:
             raise ValueError(f"{where}: missing {key!r} (GenEval records have tag, include, optional exclude, prompt)")
-    include = tuple(_clause(c, f"{where} include[{i}]", i) for i, c in enumerate(_clauses(record["include"], f"{where} include")))
-    exclude = tuple(_clause(c, f"{where} exclude[{i}]", None) for i, c in enumerate(_clauses(record.get("exclude", []), f"{where} exclude")))
+    include = tuple(
+        _clause(c, f"{where} include[{i}]", i) for i, c in enumerate(_clauses(record["include"], f"{where} include"))
+    )
+    exclude = tuple(
+        _clause(c, f"{where} exclude[{i}]", None)
+        for i, c in enumerate(_clauses(record.get("exclude", []), f"{where} exclude"))
+    )
     if not isinstance(record["prompt"], str) or not isinstance(record["tag"], str):
         raise ValueError(f"{where}: 'prompt' and 'tag' must be strings")
     return Task(record["prompt"], record["tag"], include, exclude)
@@ -160,10 +245,18 @@ def _clause(value: object, where: str, index: int | None) -> Requirement:
         raise ValueError(f"{where}: color {color!r} is not supported here; expected one of {COLORS} on an include")
     position = value.get("position")
     if position is not None:
-        valid = (index is not None and isinstance(position, (list, tuple)) and len(position) == 2
-                 and position[0] in RELATIONS and isinstance(position[1], int) and 0 <= position[1] < index)
+        valid = (
+            index is not None
+            and isinstance(position, (list, tuple))
+            and len(position) == 2
+            and position[0] in RELATIONS
+            and isinstance(position[1], int)
+            and 0 <= position[1] < index
+        )
         if not valid:
-            raise ValueError(f"{where}: position must be [relation, index of an earlier include] with relation in {RELATIONS}, got {position!r}")
+            raise ValueError(
+                f"{where}: position must be [relation, index of an earlier include] with relation in {RELATIONS}, got {position!r}"
+            )
         position = (position[0], position[1])
     return Requirement(value["class"], count, color, position)
 
@@ -173,7 +266,9 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Task]:
     blank lines skipped). A missing file or a bad line fails naming the path and line."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"GenEval metadata file not found: {path!r} (expected a JSONL file like GenEval's prompts/evaluation_metadata.jsonl)")
+        raise FileNotFoundError(
+            f"GenEval metadata file not found: {path!r} (expected a JSONL file like GenEval's prompts/evaluation_metadata.jsonl)"
+        )
     tasks: dict[str, Task] = {}
     with open(path, encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -199,14 +294,17 @@ def _alternation(words: Iterable[str]) -> str:
 _NAME = f"(?:{_alternation(CLASSES)})"
 _COLOR = f"(?:{_alternation(COLORS)})"
 _ART = "an? "
-_PATTERNS: tuple[tuple[str, re.Pattern], ...] = tuple((tag, re.compile("a photo of " + body + "$")) for tag, body in (
-    ("single_object", f"{_ART}(?P<a>{_NAME})"),
-    ("two_object", f"{_ART}(?P<a>{_NAME}) and {_ART}(?P<b>{_NAME})"),
-    ("counting", f"(?P<n>{_alternation(COUNT_WORDS)}) (?P<a>{_alternation(PLURALS)})"),
-    ("colors", f"{_ART}(?P<ca>{_COLOR}) (?P<a>{_NAME})"),
-    ("position", f"{_ART}(?P<a>{_NAME}) (?P<rel>{_alternation(RELATIONS)}) {_ART}(?P<b>{_NAME})"),
-    ("color_attr", f"{_ART}(?P<ca>{_COLOR}) (?P<a>{_NAME}) and {_ART}(?P<cb>{_COLOR}) (?P<b>{_NAME})"),
-))
+_PATTERNS: tuple[tuple[str, re.Pattern], ...] = tuple(
+    (tag, re.compile("a photo of " + body + "$"))
+    for tag, body in (
+        ("single_object", f"{_ART}(?P<a>{_NAME})"),
+        ("two_object", f"{_ART}(?P<a>{_NAME}) and {_ART}(?P<b>{_NAME})"),
+        ("counting", f"(?P<n>{_alternation(COUNT_WORDS)}) (?P<a>{_alternation(PLURALS)})"),
+        ("colors", f"{_ART}(?P<ca>{_COLOR}) (?P<a>{_NAME})"),
+        ("position", f"{_ART}(?P<a>{_NAME}) (?P<rel>{_alternation(RELATIONS)}) {_ART}(?P<b>{_NAME})"),
+        ("color_attr", f"{_ART}(?P<ca>{_COLOR}) (?P<a>{_NAME}) and {_ART}(?P<cb>{_COLOR}) (?P<b>{_NAME})"),
+    )
+)
 
 
 def normalize_prompt(prompt: str) -> str:
@@ -238,8 +336,10 @@ def parse_prompt(prompt: str) -> Task:
         else:
             include = (Requirement(g["a"], color=g["ca"]), Requirement(g["b"], color=g["cb"]))
         return Task(prompt, tag, include)
-    raise ValueError(f"GenEval prompt {prompt!r} is not in GenEval's templates and has no metadata record; {ACCEPTED_FORMS}; "
-                     "other prompts need metadata= a GenEval evaluation_metadata.jsonl file that lists them")
+    raise ValueError(
+        f"GenEval prompt {prompt!r} is not in GenEval's templates and has no metadata record; {ACCEPTED_FORMS}; "
+        "other prompts need metadata= a GenEval evaluation_metadata.jsonl file that lists them"
+    )
 
 
 def render_prompt(task: Task, plural: str = "geneval") -> str:
@@ -254,7 +354,9 @@ def render_prompt(task: Task, plural: str = "geneval") -> str:
     if task.tag == "counting":
         words = {v: k for k, v in COUNT_WORDS.items()}
         if inc[0].count not in words:
-            raise ValueError(f"cannot render a counting prompt for {inc[0].count} objects; GenEval's templates count {sorted(words)}")
+            raise ValueError(
+                f"cannot render a counting prompt for {inc[0].count} objects; GenEval's templates count {sorted(words)}"
+            )
         number = words[inc[0].count]
         noun = geneval_plural(inc[0].name) if plural == "geneval" else english_plural(inc[0].name)
         return f"a photo of {number} {noun}"
@@ -272,8 +374,14 @@ def render_prompt(task: Task, plural: str = "geneval") -> str:
 
 def _space_size(tag: str) -> int:
     n, m, c = len(CLASSES), len(COLORABLE), len(COLORS)
-    return {"single_object": n, "two_object": n * (n - 1), "counting": n * len(COUNT_WORDS), "colors": m * c,
-            "position": n * (n - 1) * len(RELATIONS), "color_attr": m * (m - 1) * c * (c - 1)}[tag]
+    return {
+        "single_object": n,
+        "two_object": n * (n - 1),
+        "counting": n * len(COUNT_WORDS),
+        "colors": m * c,
+        "position": n * (n - 1) * len(RELATIONS),
+        "color_attr": m * (m - 1) * c * (c - 1),
+    }[tag]
 
 
 def _pair(index: int, items: Sequence[str]) -> tuple[str, str]:

@@ -9,12 +9,19 @@ no logit scale, as `hpsv2.img_score.score` computes it.
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .base import check_images, to_pil
-from .clip_common import check_batch_size, checkpoint_file, empty_scores, load_open_clip, normalized_features, score_in_batches
+from .clip_common import (
+    check_batch_size,
+    checkpoint_file,
+    empty_scores,
+    load_open_clip,
+    normalized_features,
+    score_in_batches,
+)
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -29,9 +36,16 @@ class HPSReward:
     preprocessing; backend="hpsv2" calls the optional hpsv2 package on 8-bit PIL images (slow:
     it reloads the checkpoint on every call), for cross-checking only."""
 
-    def __init__(self, version: str = "v2.0", checkpoint: str | None = None, architecture: str = "ViT-H-14",
-                 device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                 batch_size: int = 32, backend: str = "open_clip") -> None:
+    def __init__(
+        self,
+        version: str = "v2.0",
+        checkpoint: str | None = None,
+        architecture: str = "ViT-H-14",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 32,
+        backend: str = "open_clip",
+    ) -> None:
         if version not in HPS_FILES:
             raise ValueError(f"HPS version must be one of {sorted(HPS_FILES)}, got {version!r}")
         if backend not in BACKENDS:
@@ -45,18 +59,25 @@ class HPSReward:
         path = checkpoint_file(checkpoint, HPS_REPO, HPS_FILES[version], what=f"HPS {version}")
         # HPS was trained from laion2B ViT-H-14 (plain GELU) and evaluates with its "light
         # augmentation" transform: long side to 224, zero padding, resized as a float tensor.
-        self.clip = load_open_clip(architecture, path, device, dtype, quick_gelu=False, resize_mode="longest", clamp=False)
+        self.clip = load_open_clip(
+            architecture, path, device, dtype, quick_gelu=False, resize_mode="longest", clamp=False
+        )
 
     def _init_hpsv2_package(self, checkpoint: str | None, device, dtype) -> None:
         try:
             from hpsv2 import img_score
         except ImportError as error:
-            raise ImportError(f"HPSReward(backend='hpsv2') needs the hpsv2 package, which is not installed or failed to import ({error}); "
-                              "install it with `pip install 'flowrl-toolkit[hpsv2]'` (it pins old libraries) "
-                              "or use the default backend='open_clip', which needs no extra package") from None
+            raise ImportError(
+                f"HPSReward(backend='hpsv2') needs the hpsv2 package, which is not installed or failed to import ({error}); "
+                "install it with `pip install 'flowrl-toolkit[hpsv2]'` (it pins old libraries) "
+                "or use the default backend='open_clip', which needs no extra package"
+            ) from None
         if device is not None or dtype is not None:
-            warnings.warn("HPSReward(backend='hpsv2'): the hpsv2 package picks its own device (cuda when available) "
-                          f"and precision (amp); device={device!r} and dtype={dtype!r} are ignored", stacklevel=3)
+            warnings.warn(
+                "HPSReward(backend='hpsv2'): the hpsv2 package picks its own device (cuda when available) "
+                f"and precision (amp); device={device!r} and dtype={dtype!r} are ignored",
+                stacklevel=3,
+            )
         self._img_score = img_score  # img_score.score(image, prompt, cp=..., hps_version=...) -> [score]
         self._checkpoint = checkpoint
 
@@ -75,8 +96,10 @@ class HPSReward:
 
     def _score_hpsv2_package(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         pictures = to_pil(images)
-        values = [float(self._img_score.score(picture, prompt, cp=self._checkpoint, hps_version=self.version)[0])
-                  for picture, prompt in zip(pictures, prompts)]
+        values = [
+            float(self._img_score.score(picture, prompt, cp=self._checkpoint, hps_version=self.version)[0])
+            for picture, prompt in zip(pictures, prompts)
+        ]
         return torch.tensor(values, dtype=torch.float32)
 
     __call__ = score

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 import requests
 
@@ -42,14 +43,20 @@ def post_with_retries(
             time.sleep(min(backoff * 2 ** (attempt - 1), 30.0) * (0.5 + random.random()))
         try:
             response = session.post(url, json=json, data=data, headers=headers, timeout=timeout)
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:  # a reply cut off mid-body too
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as error:  # a reply cut off mid-body too
             last = f"{type(error).__name__}: {error}"
             continue
         if response.status_code in RETRY_STATUS:
             last = f"HTTP {response.status_code}: {response.text[:300]}"
             continue
         if not response.ok:
-            raise RewardServiceError(f"{what}: {url} refused the request with HTTP {response.status_code}: {response.text[:500]}")
+            raise RewardServiceError(
+                f"{what}: {url} refused the request with HTTP {response.status_code}: {response.text[:500]}"
+            )
         return response
     raise RewardServiceError(f"{what}: {url} failed after {retries + 1} attempts; last error: {last}")
 
@@ -73,12 +80,18 @@ def request_headers(content_type: str, token_env: str | None) -> dict:
 
 def check_url(url: object, what: str, example: str) -> str:
     """`url` without a trailing slash, or a ValueError naming `what` and an example."""
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url.rstrip("/")) <= len("https://"):
+    if (
+        not isinstance(url, str)
+        or not url.startswith(("http://", "https://"))
+        or len(url.rstrip("/")) <= len("https://")
+    ):
         raise ValueError(f"{what} {url!r}: expected an http(s) address such as {example}")
     return url.rstrip("/")
 
 
-def check_client_numbers(what: str, integers: dict[str, tuple[object, int]], reals: dict[str, tuple[object, bool]]) -> None:
+def check_client_numbers(
+    what: str, integers: dict[str, tuple[object, int]], reals: dict[str, tuple[object, bool]]
+) -> None:
     """Client options: integers[name] = (value, lowest allowed), reals[name] = (value, must be
     positive rather than non-negative); the first bad one fails naming `what`, the key and the value."""
     for key, (value, low) in integers.items():
@@ -86,7 +99,9 @@ def check_client_numbers(what: str, integers: dict[str, tuple[object, int]], rea
             raise ValueError(f"{what} {key} must be an integer >= {low}, got {value!r}")
     for key, (value, positive) in reals.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
-            raise ValueError(f"{what} {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+            raise ValueError(
+                f"{what} {key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
+            )
 
 
 def chat_answer_text(response: requests.Response) -> tuple[str, object, str | None]:
@@ -96,11 +111,19 @@ def chat_answer_text(response: requests.Response) -> tuple[str, object, str | No
         choice = response.json()["choices"][0]
         content = choice["message"].get("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return "", None, f"expected a chat completion (JSON with choices[0].message.content), got {response.text[:200]!r}"
+        return (
+            "",
+            None,
+            f"expected a chat completion (JSON with choices[0].message.content), got {response.text[:200]!r}",
+        )
     if isinstance(content, list):  # some servers return content parts
         content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     if not isinstance(content, str):
-        return "", None, f"the answer has no text content (content {content!r}, finish_reason {choice.get('finish_reason')!r})"
+        return (
+            "",
+            None,
+            f"the answer has no text content (content {content!r}, finish_reason {choice.get('finish_reason')!r})",
+        )
     return content, choice.get("finish_reason"), None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,14 +25,21 @@ class ImageRewardReward:
 
     name = "imagereward"
 
-    def __init__(self, model: str = "ImageReward-v1.0", device: torch.device | str | None = None,
-                 dtype: torch.dtype | str | None = None, download_root: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "ImageReward-v1.0",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        download_root: str | None = None,
+    ) -> None:
         try:
             import ImageReward as image_reward
         except ImportError:
             raise ImportError(EXTRA_MESSAGE) from None
         if resolve_dtype(dtype) != torch.float32:
-            raise ValueError(f"ImageRewardReward runs in float32 only (the package feeds float32 inputs), got dtype {dtype!r}")
+            raise ValueError(
+                f"ImageRewardReward runs in float32 only (the package feeds float32 inputs), got dtype {dtype!r}"
+            )
         self.device = resolve_device(device)
         self.model = image_reward.load(model, device=str(self.device), download_root=download_root).eval()
 

@@ -9,7 +9,7 @@ depend on the libjpeg that Pillow was built with.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

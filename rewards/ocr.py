@@ -18,7 +18,7 @@ px renders beforehand did not read better (worse at 32 px), so there is none.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -95,8 +95,10 @@ class OCRReward:
         try:
             from rapidocr_onnxruntime import RapidOCR  # imported here: importing rewards.ocr stays cheap
         except ImportError as error:
-            raise ImportError(f"the ocr reward needs rapidocr-onnxruntime, a core dependency on Python < 3.13 (its wheels stop there): "
-                              f"pip install rapidocr-onnxruntime ({error})") from None
+            raise ImportError(
+                f"the ocr reward needs rapidocr-onnxruntime, a core dependency on Python < 3.13 (its wheels stop there): "
+                f"pip install rapidocr-onnxruntime ({error})"
+            ) from None
 
         self.device = device  # unused: the engine is CPU onnxruntime
         self.min_confidence = float(min_confidence)
@@ -115,10 +117,14 @@ class OCRReward:
         """The text prompt `index` asks for; fails naming the prompt if it quotes nothing."""
         parts = quoted_texts(prompt)
         if not parts:
-            raise ValueError(f"reward {self.name!r}: prompt {index} has no text in double quotes (\"...\" or \u201c...\u201d) to compare the image with: {prompt!r}")
+            raise ValueError(
+                f'reward {self.name!r}: prompt {index} has no text in double quotes ("..." or \u201c...\u201d) to compare the image with: {prompt!r}'
+            )
         text = " ".join(parts) if self.join_quotes else parts[0]
         if not normalize_text(text):
-            raise ValueError(f"reward {self.name!r}: prompt {index} quotes no characters (only {text!r}); expected some text to render: {prompt!r}")
+            raise ValueError(
+                f"reward {self.name!r}: prompt {index} quotes no characters (only {text!r}); expected some text to render: {prompt!r}"
+            )
         return text
 
     def recognize(self, images: torch.Tensor) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -15,7 +15,9 @@ class BradleyTerry:
 
     def __init__(self, inner, temperature: float = 1.0) -> None:
         if not callable(getattr(inner, "score", None)):
-            raise ValueError(f"BradleyTerry needs a pointwise reward with score(images, prompts), got {type(inner).__name__}")
+            raise ValueError(
+                f"BradleyTerry needs a pointwise reward with score(images, prompts), got {type(inner).__name__}"
+            )
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         self.inner = inner

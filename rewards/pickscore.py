@@ -5,14 +5,22 @@ yuvalkirstain/PickScore_v1); score = logit_scale.exp() * cos(image_embeds, text_
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .base import check_images
-from .clip_common import (check_batch_size, looks_like_path, preprocess, resolve_device,
-                          resolve_dtype, score_in_batches, transform_from_hf_processor)
+from .clip_common import (
+    check_batch_size,
+    looks_like_path,
+    preprocess,
+    resolve_device,
+    resolve_dtype,
+    score_in_batches,
+    transform_from_hf_processor,
+)
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -24,7 +32,9 @@ def _source(value: str | os.PathLike, what: str) -> str:
     if os.path.isdir(value):
         return value
     if looks_like_path(value) or os.path.exists(value):
-        raise FileNotFoundError(f"PickScore {what} directory not found: {value!r} (expected a save_pretrained folder or a hub id such as {PICKSCORE_MODEL!r})")
+        raise FileNotFoundError(
+            f"PickScore {what} directory not found: {value!r} (expected a save_pretrained folder or a hub id such as {PICKSCORE_MODEL!r})"
+        )
     return value
 
 
@@ -43,9 +53,14 @@ class PickScoreReward:
 
     name = "pickscore"
 
-    def __init__(self, model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR,
-                 device: torch.device | str | None = None, dtype: torch.dtype | str | None = None,
-                 batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: str = PICKSCORE_MODEL,
+        processor: str = PICKSCORE_PROCESSOR,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 32,
+    ) -> None:
         from transformers import AutoModel, AutoProcessor
 
         self.batch_size = check_batch_size(batch_size)
@@ -63,8 +78,12 @@ class PickScoreReward:
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         pixels = preprocess(images, self.transform, self.device, self.dtype)  # [b, 3, 224, 224]
-        text = self.processor.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
-        image_embeds = F.normalize(_embeds(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1)  # [b, D]
+        text = self.processor.tokenizer(
+            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        image_embeds = F.normalize(
+            _embeds(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1
+        )  # [b, D]
         text_embeds = F.normalize(_embeds(self.model.get_text_features(**text)).float(), dim=-1)  # [b, D]
         return self.model.logit_scale.exp().float() * (image_embeds * text_embeds).sum(dim=-1)  # [b]
 

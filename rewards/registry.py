@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Callable, Sequence
 
 import torch
 
@@ -24,19 +24,39 @@ ENTRY_POINT_GROUP = "flowrl.rewards"
 
 # name -> (target "module:object", fixed options, one-line description)
 BUILTIN: dict[str, tuple[str, dict, str]] = {
-    "toyshapes": ("flowrl.rewards.toyshapes:ToyShapesReward", {}, "ToyShapes verifier, partial credit per object and attribute"),
-    "toyshapes_binary": ("flowrl.rewards.toyshapes:ToyShapesReward", {"binary": True}, "ToyShapes verifier, 1 only when the image is exactly right"),
+    "toyshapes": (
+        "flowrl.rewards.toyshapes:ToyShapesReward",
+        {},
+        "ToyShapes verifier, partial credit per object and attribute",
+    ),
+    "toyshapes_binary": (
+        "flowrl.rewards.toyshapes:ToyShapesReward",
+        {"binary": True},
+        "ToyShapes verifier, 1 only when the image is exactly right",
+    ),
     "hpsv2": ("flowrl.rewards.hps:HPSReward", {"version": "v2.0"}, "HPSv2 human preference score (open_clip ViT-H-14)"),
-    "hpsv2.1": ("flowrl.rewards.hps:HPSReward", {"version": "v2.1"}, "HPSv2.1 human preference score (open_clip ViT-H-14)"),
+    "hpsv2.1": (
+        "flowrl.rewards.hps:HPSReward",
+        {"version": "v2.1"},
+        "HPSv2.1 human preference score (open_clip ViT-H-14)",
+    ),
     "pickscore": ("flowrl.rewards.pickscore:PickScoreReward", {}, "PickScore (transformers CLIPModel)"),
     "imagereward": ("flowrl.rewards.image_reward:ImageRewardReward", {}, "ImageReward (needs the image-reward extra)"),
     "clip": ("flowrl.rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
     "aesthetic": ("flowrl.rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
     "ocr": ("flowrl.rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
-    "geneval": ("flowrl.rewards.geneval:GenEvalReward", {}, "GenEval-style compositional check: OWLv2 detector + CLIP colours (partial or strict)"),
+    "geneval": (
+        "flowrl.rewards.geneval:GenEvalReward",
+        {},
+        "GenEval-style compositional check: OWLv2 detector + CLIP colours (partial or strict)",
+    ),
     "jpeg_compressibility": ("flowrl.rewards.jpeg:JPEGReward", {"sign": -1.0}, "minus the JPEG size in kB (DDPO)"),
     "jpeg_incompressibility": ("flowrl.rewards.jpeg:JPEGReward", {"sign": 1.0}, "the JPEG size in kB (DDPO)"),
-    "vlm_judge": ("flowrl.rewards.vlm_judge:VLMJudge", {}, "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)"),
+    "vlm_judge": (
+        "flowrl.rewards.vlm_judge:VLMJudge",
+        {},
+        "pairwise VLM judge over an OpenAI-compatible API (UnifiedReward-Think)",
+    ),
 }
 
 # Rewards registered in this process; a reward's options are its constructor's keyword arguments,
@@ -67,7 +87,9 @@ def check_options(name: str, options: dict) -> None:
         return
     unknown = sorted(set(options) - set(parameters))
     if unknown:
-        known = sorted(k for k, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k not in fixed)
+        known = sorted(
+            k for k, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and k not in fixed
+        )
         raise ValueError(f"reward {name!r} has no option(s) {unknown}; known options: {known}")
 
 
@@ -119,7 +141,9 @@ def instantiate(target: object, name: str, device=None, dtype=None, **options):
         except TypeError as error:
             raise ValueError(f"reward {name!r}: bad options {sorted(options)} ({error})") from None
         if not _is_reward(reward):
-            raise ValueError(f"reward {name!r}: {target!r} built {type(reward).__name__}, which has neither score(images, prompts) nor compare(images_a, images_b, prompts)")
+            raise ValueError(
+                f"reward {name!r}: {target!r} built {type(reward).__name__}, which has neither score(images, prompts) nor compare(images_a, images_b, prompts)"
+            )
         if not getattr(reward, "name", None):
             try:
                 reward.name = name
@@ -130,7 +154,9 @@ def instantiate(target: object, name: str, device=None, dtype=None, **options):
         if options:
             raise ValueError(f"reward {name!r} is a plain function; it takes no options, got {sorted(options)}")
         return FunctionReward(target, name)
-    raise ValueError(f"reward {name!r} resolved to {type(target).__name__}, which is neither a reward, a class, nor a function")
+    raise ValueError(
+        f"reward {name!r} resolved to {type(target).__name__}, which is neither a reward, a class, nor a function"
+    )
 
 
 def _is_reward(target: object) -> bool:
@@ -144,7 +170,9 @@ def _is_factory(target: Callable) -> bool:
         parameters = inspect.signature(target).parameters.values()
     except (TypeError, ValueError):
         return False
-    required = [p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [
+        p for p in parameters if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     return not required
 
 
@@ -180,16 +208,18 @@ def resolve(name: str) -> tuple[object, dict]:
         raise ValueError(f"reward {name!r}: use load() for remote: and pairwise: rewards")
     if ":" in name:
         return import_object(name), {}
-    raise ValueError(f"unknown reward {name!r}; known: {sorted(available())}, or remote:http://host:port, pairwise:NAME, package.module:object")
+    raise ValueError(
+        f"unknown reward {name!r}; known: {sorted(available())}, or remote:http://host:port, pairwise:NAME, package.module:object"
+    )
 
 
 def check(name: str) -> None:
     """Fail as load() would on a bad name, without building anything (no weights, no requests)."""
     if name.startswith("remote:"):
-        if not name[len("remote:"):].startswith(("http://", "https://")):
+        if not name[len("remote:") :].startswith(("http://", "https://")):
             raise ValueError(f"reward {name!r}: expected remote:http://host:port")
     elif name.startswith("pairwise:"):
-        check(name[len("pairwise:"):])
+        check(name[len("pairwise:") :])
     else:
         resolve(name)
 
@@ -199,12 +229,12 @@ def load(name: str, device: str | torch.device | None = None, dtype: torch.dtype
     if name.startswith("remote:"):
         from .remote import RemoteReward
 
-        return RemoteReward(name[len("remote:"):], **options)
+        return RemoteReward(name[len("remote:") :], **options)
     if name.startswith("pairwise:"):
         from .pairwise import BradleyTerry
 
         temperature = options.pop("temperature", 1.0)  # the comparison's own option; the rest build the inner reward
-        inner = load(name[len("pairwise:"):], device=device, dtype=dtype, **options)
+        inner = load(name[len("pairwise:") :], device=device, dtype=dtype, **options)
         if is_pairwise(inner):
             raise ValueError(f"reward {name!r}: {inner.name!r} is already pairwise")
         return BradleyTerry(inner, temperature=temperature)

@@ -9,7 +9,7 @@ rewards.wire, shared with the server.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import requests
 import torch
@@ -24,8 +24,21 @@ class _RemoteBase:
 
     kind = ""
 
-    def __init__(self, url: str, info: dict, session: requests.Session, headers: dict, *, timeout: float, retries: int, backoff: float,
-                 batch_size: int, concurrency: int, wire_dtype: str, on_invalid: str) -> None:
+    def __init__(
+        self,
+        url: str,
+        info: dict,
+        session: requests.Session,
+        headers: dict,
+        *,
+        timeout: float,
+        retries: int,
+        backoff: float,
+        batch_size: int,
+        concurrency: int,
+        wire_dtype: str,
+        on_invalid: str,
+    ) -> None:
         self.url = url
         self.name = f"remote:{url}"
         self.served_name = str(info.get("name", "?"))
@@ -45,11 +58,21 @@ class _RemoteBase:
         """One request: the scores of one chunk (None from the server becomes NaN)."""
         body = encode_batch(images, prompts, self.kind, self.wire_dtype)
         if self.max_request_bytes is not None and len(body) > self.max_request_bytes:
-            raise RewardServiceError(f"{self.name}: a request of {len(prompts)} images is {len(body)} bytes, over the limit of "
-                                     f"{self.max_request_bytes} bytes of {self.url}; lower batch_size (now {self.batch_size}) or start the "
-                                     f"server with a larger --max-request-mb")
-        response = post_with_retries(self.session, self.url + ENDPOINTS[self.kind], what=self.name, timeout=self.timeout, retries=self.retries,
-                                     backoff=self.backoff, headers=self.headers, data=body)
+            raise RewardServiceError(
+                f"{self.name}: a request of {len(prompts)} images is {len(body)} bytes, over the limit of "
+                f"{self.max_request_bytes} bytes of {self.url}; lower batch_size (now {self.batch_size}) or start the "
+                f"server with a larger --max-request-mb"
+            )
+        response = post_with_retries(
+            self.session,
+            self.url + ENDPOINTS[self.kind],
+            what=self.name,
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            headers=self.headers,
+            data=body,
+        )
         try:
             return decode_scores(response.text, len(prompts))
         except BadResponse as error:
@@ -62,8 +85,13 @@ class _RemoteBase:
             check_images(image, prompts, self.name)
         count = len(prompts)
         starts = range(0, count, self.batch_size)
-        chunks = map_in_threads(lambda s: self._post([image[s:s + self.batch_size] for image in images], prompts[s:s + self.batch_size]),
-                                starts, self.concurrency)
+        chunks = map_in_threads(
+            lambda s: self._post(
+                [image[s : s + self.batch_size] for image in images], prompts[s : s + self.batch_size]
+            ),
+            starts,
+            self.concurrency,
+        )
         values = torch.tensor([value for chunk in chunks for value in chunk], dtype=torch.float32)
         if self.on_invalid == "error":
             check_scores(values, count, self.name, "error")  # NaN/inf fail here, naming the samples
@@ -88,15 +116,26 @@ class RemotePairwise(_RemoteBase):
     def compare(self, images_a: torch.Tensor, images_b: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """float32 [B] probabilities that images_a is preferred, from the server."""
         if images_a.shape != images_b.shape:
-            raise ValueError(f"{self.name}: images_a {tuple(images_a.shape)} and images_b {tuple(images_b.shape)} must have the same shape")
+            raise ValueError(
+                f"{self.name}: images_a {tuple(images_a.shape)} and images_b {tuple(images_b.shape)} must have the same shape"
+            )
         return self._run([images_a, images_b], prompts)
 
 
 KINDS = {"pointwise": RemotePointwise, "pairwise": RemotePairwise}
 
 
-def RemoteReward(url: str, token_env: str | None = TOKEN_ENV, timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, batch_size: int = 16,
-                 concurrency: int = 4, wire_dtype: str = "float16", on_invalid: str = "error") -> RemotePointwise | RemotePairwise:
+def RemoteReward(
+    url: str,
+    token_env: str | None = TOKEN_ENV,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    batch_size: int = 16,
+    concurrency: int = 4,
+    wire_dtype: str = "float16",
+    on_invalid: str = "error",
+) -> RemotePointwise | RemotePairwise:
     """The reward served at `url` (http://host:port), pointwise or pairwise as its /info says.
 
     The bearer token is read from the environment variable `token_env` when set. `wire_dtype`
@@ -108,13 +147,35 @@ def RemoteReward(url: str, token_env: str | None = TOKEN_ENV, timeout: float = 6
     _check_options(timeout, retries, backoff, batch_size, concurrency, wire_dtype, on_invalid)
     headers = request_headers("application/octet-stream", token_env)
     session = pooled_session(concurrency)
-    response = post_with_retries(session, url + "/info", what=f"remote:{url}", timeout=timeout, retries=retries, backoff=backoff, headers=headers, data=b"")
+    response = post_with_retries(
+        session,
+        url + "/info",
+        what=f"remote:{url}",
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        headers=headers,
+        data=b"",
+    )
     info = _info_from(response, url)
-    return KINDS[info["kind"]](url, info, session, headers, timeout=timeout, retries=retries, backoff=backoff, batch_size=batch_size,
-                              concurrency=concurrency, wire_dtype=wire_dtype, on_invalid=on_invalid)
+    return KINDS[info["kind"]](
+        url,
+        info,
+        session,
+        headers,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        wire_dtype=wire_dtype,
+        on_invalid=on_invalid,
+    )
 
 
-def _check_options(timeout: float, retries: int, backoff: float, batch_size: int, concurrency: int, wire_dtype: str, on_invalid: str) -> None:
+def _check_options(
+    timeout: float, retries: int, backoff: float, batch_size: int, concurrency: int, wire_dtype: str, on_invalid: str
+) -> None:
     if wire_dtype not in WIRE_DTYPES:
         raise ValueError(f"remote reward wire_dtype must be one of {sorted(WIRE_DTYPES)}, got {wire_dtype!r}")
     if on_invalid not in INVALID_POLICIES:
@@ -124,7 +185,9 @@ def _check_options(timeout: float, retries: int, backoff: float, batch_size: int
             raise ValueError(f"remote reward {key} must be an integer >= {low}, got {value!r}")
     for key, value, positive in (("timeout", timeout, True), ("backoff", backoff, False)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (positive and value == 0):
-            raise ValueError(f"remote reward {key} must be a {'positive' if positive else 'non-negative'} number of seconds, got {value!r}")
+            raise ValueError(
+                f"remote reward {key} must be a {'positive' if positive else 'non-negative'} number of seconds, got {value!r}"
+            )
 
 
 def _info_from(response: requests.Response, url: str) -> dict:
@@ -134,6 +197,8 @@ def _info_from(response: requests.Response, url: str) -> dict:
     except ValueError:
         info = None
     if not isinstance(info, dict) or info.get("kind") not in KINDS:
-        raise RewardServiceError(f"remote:{url}: {url}/info did not answer like serve-reward (expected JSON with kind pointwise or pairwise), "
-                                 f"got {response.text[:200]!r}")
+        raise RewardServiceError(
+            f"remote:{url}: {url}/info did not answer like serve-reward (expected JSON with kind pointwise or pairwise), "
+            f"got {response.text[:200]!r}"
+        )
     return info

@@ -22,8 +22,8 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 import torch
@@ -46,7 +46,9 @@ class RewardServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 64
 
-    def __init__(self, address: tuple, reward: object, token: str | None, max_request_bytes: int, max_batch: int) -> None:
+    def __init__(
+        self, address: tuple, reward: object, token: str | None, max_request_bytes: int, max_batch: int
+    ) -> None:
         self.reward = reward
         self.reward_name = reward_name(reward)
         self.kind = "pairwise" if is_pairwise(reward) else "pointwise"
@@ -63,7 +65,12 @@ class RewardServer(ThreadingHTTPServer):
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def info(self) -> dict:
-        return {"name": self.reward_name, "kind": self.kind, "max_request_bytes": self.max_request_bytes, "max_batch": self.max_batch}
+        return {
+            "name": self.reward_name,
+            "kind": self.kind,
+            "max_request_bytes": self.max_request_bytes,
+            "max_batch": self.max_batch,
+        }
 
     def run_reward(self, images: list[torch.Tensor], prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(scores, valid) of one batch; a wrong output shape raises InvalidRewardError."""
@@ -95,10 +102,17 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint = ENDPOINTS[self.server.kind]
         if path not in ("/info", endpoint):
             other = "/compare" if endpoint == "/score" else "/score"
-            why = f"reward {self.server.reward_name!r} is {self.server.kind}; use POST {endpoint}" if path == other else f"no endpoint {path!r}; use GET /info or POST {endpoint}"
+            why = (
+                f"reward {self.server.reward_name!r} is {self.server.kind}; use POST {endpoint}"
+                if path == other
+                else f"no endpoint {path!r}; use GET /info or POST {endpoint}"
+            )
             return self._error(404, why)
         if not self._authorized():
-            return self._error(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>'; the token is the server's --token-env variable)")
+            return self._error(
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>'; the token is the server's --token-env variable)",
+            )
         if path == "/info":
             if method == "POST" and self._read_body() is None:
                 return
@@ -127,7 +141,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0:
-            return self._error(400, f"Content-Length {self.headers.get('Content-Length')!r} is not a non-negative integer")
+            return self._error(
+                400, f"Content-Length {self.headers.get('Content-Length')!r} is not a non-negative integer"
+            )
         if length > self.server.max_request_bytes:
             return self._too_large(length)
         body = self.rfile.read(length)
@@ -137,7 +153,10 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _too_large(self, length: int) -> None:
-        self._error(413, f"request body of {length} bytes is over this server's limit of {self.server.max_request_bytes} bytes; send fewer images per request")
+        self._error(
+            413,
+            f"request body of {length} bytes is over this server's limit of {self.server.max_request_bytes} bytes; send fewer images per request",
+        )
 
     def handle_expect_100(self) -> bool:
         """Refuse an announced oversized body (curl sends `Expect: 100-continue`) before it comes."""
@@ -195,23 +214,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_server(reward: object, host: str = "127.0.0.1", port: int = 0, token: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES, max_batch: int = MAX_BATCH) -> RewardServer:
+def make_server(
+    reward: object,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_batch: int = MAX_BATCH,
+) -> RewardServer:
     """A bound (not yet serving) RewardServer for `reward`; see the module docstring."""
     if not (callable(getattr(reward, "score", None)) or callable(getattr(reward, "compare", None))):
-        raise ValueError(f"serve needs a reward with score(images, prompts) or compare(images_a, images_b, prompts), got {type(reward).__name__}")
+        raise ValueError(
+            f"serve needs a reward with score(images, prompts) or compare(images_a, images_b, prompts), got {type(reward).__name__}"
+        )
     if token is not None and (not token or not token.isascii() or not token.isprintable() or " " in token):
         raise ValueError("the token must be non-empty printable ASCII without spaces")
     if max_request_bytes < 1 or max_batch < 1:
         raise ValueError(f"max_request_bytes and max_batch must be positive, got {max_request_bytes} and {max_batch}")
     if token is None and not is_loopback(host):
-        print(f"WARNING: serving reward {reward_name(reward)!r} on {host}, which is not loopback, WITHOUT A TOKEN: anyone who can reach "
-              f"this port can use the model. Set {TOKEN_ENV} (or --token-env VAR) on the server and the clients.", file=sys.stderr, flush=True)
+        print(
+            f"WARNING: serving reward {reward_name(reward)!r} on {host}, which is not loopback, WITHOUT A TOKEN: anyone who can reach "
+            f"this port can use the model. Set {TOKEN_ENV} (or --token-env VAR) on the server and the clients.",
+            file=sys.stderr,
+            flush=True,
+        )
     server_class = _RewardServer6 if ":" in host else RewardServer
     return server_class((host.strip("[]"), port), reward, token, int(max_request_bytes), int(max_batch))
 
 
-def serve(reward: object, host: str = "127.0.0.1", port: int = 0, token: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES,
-          max_batch: int = MAX_BATCH, ready: Callable[[str], None] | None = None) -> None:
+def serve(
+    reward: object,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_batch: int = MAX_BATCH,
+    ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve `reward` until interrupted; `ready(url)` is called once the socket is listening."""
     server = make_server(reward, host, port, token, max_request_bytes, max_batch)
     try:
@@ -243,15 +282,40 @@ def parse_options(pairs: Sequence[str]) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowrl serve-reward", description="Serve a reward over HTTP (GET /info, POST /score or /compare).")
-    parser.add_argument("name", help="reward name: a built-in, a registered or plug-in reward, pairwise:NAME or package.module:object")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)")
+    parser = argparse.ArgumentParser(
+        prog="flowrl serve-reward", description="Serve a reward over HTTP (GET /info, POST /score or /compare)."
+    )
+    parser.add_argument(
+        "name", help="reward name: a built-in, a registered or plug-in reward, pairwise:NAME or package.module:object"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)"
+    )
     parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed on start)")
-    parser.add_argument("--token-env", default=None, help=f"environment variable holding the shared bearer token (default {TOKEN_ENV} when set)")
-    parser.add_argument("--device", default=None, help="device for the reward model, e.g. cuda:0 (default: the reward's own)")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="reward option, value read as YAML (repeatable)")
-    parser.add_argument("--max-request-mb", type=float, default=MAX_REQUEST_BYTES / 2**20, help="largest request body in MiB (default 64)")
-    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"most images per request (default {MAX_BATCH})")
+    parser.add_argument(
+        "--token-env",
+        default=None,
+        help=f"environment variable holding the shared bearer token (default {TOKEN_ENV} when set)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="device for the reward model, e.g. cuda:0 (default: the reward's own)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reward option, value read as YAML (repeatable)",
+    )
+    parser.add_argument(
+        "--max-request-mb",
+        type=float,
+        default=MAX_REQUEST_BYTES / 2**20,
+        help="largest request body in MiB (default 64)",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, default=MAX_BATCH, help=f"most images per request (default {MAX_BATCH})"
+    )
     return parser
 
 
@@ -268,6 +332,7 @@ def _token(token_env: str | None) -> str | None:
 def _stop_on_sigterm() -> None:
     """Make SIGTERM end serve_forever the way Ctrl-C does (main thread only); a second SIGTERM
     during the shutdown ends the process at once."""
+
     def interrupt(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise KeyboardInterrupt
@@ -298,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"serve-reward: error: {error}", file=sys.stderr, flush=True)
         return 2
     except OSError as error:  # the port is taken, or the host is not an address of this machine
-        print(f"serve-reward: error: cannot listen on {args.host} port {args.port}: {error}", file=sys.stderr, flush=True)
+        print(
+            f"serve-reward: error: cannot listen on {args.host} port {args.port}: {error}", file=sys.stderr, flush=True
+        )
         return 1
     return 0
 

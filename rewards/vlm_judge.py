@@ -27,12 +27,20 @@ import os
 import re
 import threading
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from .base import InvalidRewardError, check_images, to_uint8
-from .http import chat_answer_text, check_client_numbers, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
+from .http import (
+    chat_answer_text,
+    check_client_numbers,
+    check_url,
+    map_in_threads,
+    pooled_session,
+    post_with_retries,
+    request_headers,
+)
 
 URL_ENV = "FLOWRL_JUDGE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -40,7 +48,12 @@ DEFAULT_URL = "http://127.0.0.1:8000/v1"
 # --served-model-name (Pref-GRPO's scripts use "UnifiedReward") must be called with that name.
 DEFAULT_MODEL = "CodeGoat24/UnifiedReward-Think-qwen-7b"
 UNPARSEABLE_POLICIES = ("tie", "error")
-IMAGE_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+IMAGE_FORMATS = {
+    "png": ("PNG", "image/png"),
+    "jpeg": ("JPEG", "image/jpeg"),
+    "jpg": ("JPEG", "image/jpeg"),
+    "webp": ("WEBP", "image/webp"),
+}
 
 # Our judging prompt. The images come first in the message (Image 1, then Image 2), as the
 # UnifiedReward models were trained; the verdict format is the one those models answer in.
@@ -65,8 +78,10 @@ class UnparseableVerdictError(InvalidRewardError):
 # A/B count only in capitals, since "a" is also an article.
 
 _SIDES = {"1": 1.0, "a": 1.0, "first": 1.0, "2": 0.0, "b": 0.0, "second": 0.0}
-_SUBJECT = (r"(?:(?:image|picture|img|option|candidate)\s*[#-]?\s*(?P<label>[12ab])\b"
-            r"|(?:the\s+)?(?P<ordinal>first|second)\b(?:\s+(?:image|picture|one|option|candidate)\b)?)")
+_SUBJECT = (
+    r"(?:(?:image|picture|img|option|candidate)\s*[#-]?\s*(?P<label>[12ab])\b"
+    r"|(?:the\s+)?(?P<ordinal>first|second)\b(?:\s+(?:image|picture|one|option|candidate)\b)?)"
+)
 # after a keyword: also a bare digit or capital letter, when no word follows it ("answer is 2 cats" is not a verdict)
 _TARGET = rf"(?:{_SUBJECT}|(?P<digit>[12])(?!\.?\d|\s*\w)|(?-i:(?P<letter>[AB]))(?!\s*\w))"
 _COPULA = r"(?:is|was|looks|seems|appears|comes\s+out|would\s+be)"
@@ -76,22 +91,48 @@ _SEPARATOR = r"\s*(?:is\s*|[:=\-\u2013\u2014]\s*)?"
 
 # (pattern, True when it names the preferred side, False when it names the worse one)
 _SIDE_PATTERNS = [
-    (re.compile(rf"{_SUBJECT}\s+(?:{_COPULA}\s+{_FILLER})?(?:better|preferred|preferable|superior|stronger|the\s+winner|wins)\b", re.I), True),
+    (
+        re.compile(
+            rf"{_SUBJECT}\s+(?:{_COPULA}\s+{_FILLER})?(?:better|preferred|preferable|superior|stronger|the\s+winner|wins)\b",
+            re.I,
+        ),
+        True,
+    ),
     (re.compile(rf"{_SUBJECT}\s+{_COPULA}\s+{_FILLER}(?:worse|inferior|weaker|the\s+loser)\b", re.I), False),
-    (re.compile(r"(?-i:\b(?P<letter>[AB]))\s+(?:is\s+(?:(?:clearly|slightly|much|the)\s+)*(?:better|preferred|superior|the\s+winner)|wins)\b", re.I), True),
-    (re.compile(rf"\b(?:prefer|preferring|choose|choosing|chose|pick|picking|select|selecting|favou?r|go\s+with|recommend)\s+(?:the\s+)?{_TARGET}", re.I), True),
+    (
+        re.compile(
+            r"(?-i:\b(?P<letter>[AB]))\s+(?:is\s+(?:(?:clearly|slightly|much|the)\s+)*(?:better|preferred|superior|the\s+winner)|wins)\b",
+            re.I,
+        ),
+        True,
+    ),
+    (
+        re.compile(
+            rf"\b(?:prefer|preferring|choose|choosing|chose|pick|picking|select|selecting|favou?r|go\s+with|recommend)\s+(?:the\s+)?{_TARGET}",
+            re.I,
+        ),
+        True,
+    ),
     (re.compile(rf"{_KEYWORD}{_SEPARATOR}(?:that\s+)?(?:the\s+)?{_TARGET}", re.I), True),
 ]
 _TIE_PATTERNS = [
-    re.compile(r"\b(?:it'?s|it\s+is|is|as|call\s+it|ends\s+in)\s+a\s+tie\b|\bequally\s+(?:good|bad|well|strong|matched|aligned|preferable|acceptable|poor)\b"
-               r"|\bboth\s+(?:images\s+)?(?:are\s+)?(?:equally|equal|the\s+same)\b|\bneither\s+(?:image\s+|one\s+)?is\s+(?:clearly\s+)?better\b"
-               r"|\bno\s+(?:clear\s+)?(?:preference|winner)\b", re.I),
+    re.compile(
+        r"\b(?:it'?s|it\s+is|is|as|call\s+it|ends\s+in)\s+a\s+tie\b|\bequally\s+(?:good|bad|well|strong|matched|aligned|preferable|acceptable|poor)\b"
+        r"|\bboth\s+(?:images\s+)?(?:are\s+)?(?:equally|equal|the\s+same)\b|\bneither\s+(?:image\s+|one\s+)?is\s+(?:clearly\s+)?better\b"
+        r"|\bno\s+(?:clear\s+)?(?:preference|winner)\b",
+        re.I,
+    ),
     re.compile(rf"{_KEYWORD}{_SEPARATOR}(?:a\s+)?(?:tie|draw|equal|neither|none|both|same)\b", re.I),
 ]
 # a whole answer that is only a side or a tie ("2", "Image B", "the first one", "Tie")
 _ANSWER_PREFIX = re.compile(rf"^(?:{_KEYWORD}){_SEPARATOR}", re.I)
-_SHORT_SIDE = re.compile(r"(?:the\s+)?(?:(?:image|picture|option)\s*[#-]?\s*)?(?P<label>[12ab])|(?:the\s+)?(?P<ordinal>first|second)(?:\s+(?:image|picture|one))?", re.I)
-_SHORT_TIE = re.compile(r"(?:a\s+)?(?:tie|draw|equal|equally\s+good|equally\s+bad|the\s+same|same|both|neither|none|no\s+preference)", re.I)
+_SHORT_SIDE = re.compile(
+    r"(?:the\s+)?(?:(?:image|picture|option)\s*[#-]?\s*)?(?P<label>[12ab])|(?:the\s+)?(?P<ordinal>first|second)(?:\s+(?:image|picture|one))?",
+    re.I,
+)
+_SHORT_TIE = re.compile(
+    r"(?:a\s+)?(?:tie|draw|equal|equally\s+good|equally\s+bad|the\s+same|same|both|neither|none|no\s+preference)", re.I
+)
 _ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.I | re.S)
 
 
@@ -144,7 +185,7 @@ def parse_verdict(text: str) -> float | None:
     tail = text.rsplit("</answer>", 1)[-1] if blocks else text
     opened = tail.lower().rfind("<answer>")
     if opened >= 0:
-        return _read(tail[opened + len("<answer>"):])
+        return _read(tail[opened + len("<answer>") :])
     if blocks:
         return _read(blocks[-1])
     lowered = text.lower()
@@ -186,12 +227,33 @@ class VLMJudge:
         (max_tokens=None leaves it to the server); on_unparseable: "tie" records an unreadable
         answer as 0.5 and counts it in `failures`, "error" raises; image_format: png, jpeg or
         webp; instruction: the judging prompt, with {prompt} where the image prompt goes."""
-        self.base_url = check_url(base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL, "vlm_judge base_url", DEFAULT_URL)
-        self.endpoint = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
-        _check_options(model=model, concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff, temperature=temperature,
-                       max_tokens=max_tokens, on_unparseable=on_unparseable, image_format=image_format, instruction=instruction)
+        self.base_url = check_url(
+            base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL,
+            "vlm_judge base_url",
+            DEFAULT_URL,
+        )
+        self.endpoint = (
+            self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
+        )
+        _check_options(
+            model=model,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            on_unparseable=on_unparseable,
+            image_format=image_format,
+            instruction=instruction,
+        )
         self.model = model
-        self.concurrency, self.timeout, self.retries, self.backoff = concurrency, float(timeout), retries, float(backoff)
+        self.concurrency, self.timeout, self.retries, self.backoff = (
+            concurrency,
+            float(timeout),
+            retries,
+            float(backoff),
+        )
         self.both_orders = bool(both_orders)
         self.temperature, self.max_tokens = float(temperature), max_tokens
         self.on_unparseable = on_unparseable
@@ -214,30 +276,44 @@ class VLMJudge:
         check_images(images_a, prompts, self.name)
         check_images(images_b, prompts, self.name)
         if images_a.shape != images_b.shape:
-            raise ValueError(f"reward {self.name!r}: images_a {tuple(images_a.shape)} and images_b {tuple(images_b.shape)} must have the same shape")
+            raise ValueError(
+                f"reward {self.name!r}: images_a {tuple(images_a.shape)} and images_b {tuple(images_b.shape)} must have the same shape"
+            )
         count = len(prompts)
         if count == 0:
             return torch.zeros(0, dtype=torch.float32)
         pixels = to_uint8(torch.cat([images_a, images_b]))  # [2B, H, W, 3]: a then b
         urls = map_in_threads(self._data_url, list(pixels), self.concurrency)
         jobs = [(i, False) for i in range(count)] + ([(i, True) for i in range(count)] if self.both_orders else [])
-        results = map_in_threads(lambda job: self._judge(job[1], urls[job[0]], urls[count + job[0]], prompts[job[0]]), jobs, self.concurrency)
+        results = map_in_threads(
+            lambda job: self._judge(job[1], urls[job[0]], urls[count + job[0]], prompts[job[0]]), jobs, self.concurrency
+        )
         failed = [(job, problem) for job, (_, problem) in zip(jobs, results) if problem is not None]
         with self._lock:
             self.judged += len(jobs)
             self.failures += len(failed)
         if failed:
-            described = "; ".join(f"pair {i} {'(b, a)' if swapped else '(a, b)'}: {problem}" for (i, swapped), problem in failed[:3])
+            described = "; ".join(
+                f"pair {i} {'(b, a)' if swapped else '(a, b)'}: {problem}" for (i, swapped), problem in failed[:3]
+            )
             if self.on_unparseable == "error":
-                raise UnparseableVerdictError(f"reward {self.name!r}: {len(failed)} of {len(jobs)} answers from {self.endpoint} had no verdict; {described}. "
-                                              f"Expected an answer ending in <answer>Image 1 is better</answer> or <answer>Image 2 is better</answer> "
-                                              f"(or set on_unparseable='tie' to record them as ties)")
-            warnings.warn(f"reward {self.name!r}: {len(failed)} of {len(jobs)} answers from {self.endpoint} had no verdict and count as ties "
-                          f"({self.failures} so far); {described}", RuntimeWarning, stacklevel=2)
+                raise UnparseableVerdictError(
+                    f"reward {self.name!r}: {len(failed)} of {len(jobs)} answers from {self.endpoint} had no verdict; {described}. "
+                    f"Expected an answer ending in <answer>Image 1 is better</answer> or <answer>Image 2 is better</answer> "
+                    f"(or set on_unparseable='tie' to record them as ties)"
+                )
+            warnings.warn(
+                f"reward {self.name!r}: {len(failed)} of {len(jobs)} answers from {self.endpoint} had no verdict and count as ties "
+                f"({self.failures} so far); {described}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         verdicts = [verdict for verdict, _ in results]
         prob_a = torch.tensor(verdicts[:count], dtype=torch.float64)
         if self.both_orders:
-            prob_a = (prob_a + 1.0 - torch.tensor(verdicts[count:], dtype=torch.float64)) / 2  # the second half was judged b first
+            prob_a = (
+                prob_a + 1.0 - torch.tensor(verdicts[count:], dtype=torch.float64)
+            ) / 2  # the second half was judged b first
         return prob_a.float()
 
     def _data_url(self, pixels) -> str:
@@ -246,14 +322,23 @@ class VLMJudge:
 
         pil_format, mime = IMAGE_FORMATS[self.image_format]
         buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format=pil_format, **({"quality": 95} if pil_format in ("JPEG", "WEBP") else {}))
+        Image.fromarray(pixels).save(
+            buffer, format=pil_format, **({"quality": 95} if pil_format in ("JPEG", "WEBP") else {})
+        )
         return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
 
     def request_body(self, first_url: str, second_url: str, prompt: str) -> dict:
         """The chat completions request judging one ordered pair (first_url shown as Image 1)."""
-        content = [{"type": "image_url", "image_url": {"url": first_url}}, {"type": "image_url", "image_url": {"url": second_url}},
-                   {"type": "text", "text": self.instruction.format(prompt=prompt)}]
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": self.temperature}
+        content = [
+            {"type": "image_url", "image_url": {"url": first_url}},
+            {"type": "image_url", "image_url": {"url": second_url}},
+            {"type": "text", "text": self.instruction.format(prompt=prompt)},
+        ]
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+        }
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         return body
@@ -262,8 +347,16 @@ class VLMJudge:
         """(P(the first image shown is preferred), None) for one pair, shown as (b, a) when
         swapped; (0.5, what went wrong) when the answer has no verdict."""
         first, second = (url_b, url_a) if swapped else (url_a, url_b)
-        response = post_with_retries(self.session, self.endpoint, what=f"reward {self.name!r}", timeout=self.timeout, retries=self.retries,
-                                     backoff=self.backoff, headers=self.headers, json=self.request_body(first, second, prompt))
+        response = post_with_retries(
+            self.session,
+            self.endpoint,
+            what=f"reward {self.name!r}",
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            headers=self.headers,
+            json=self.request_body(first, second, prompt),
+        )
         text, finish, problem = chat_answer_text(response)
         verdict = parse_verdict(text) if problem is None else None
         if verdict is not None:
@@ -275,19 +368,39 @@ class VLMJudge:
         return 0.5, problem
 
 
-def _check_options(*, model: object, concurrency: object, timeout: object, retries: object, backoff: object, temperature: object,
-                   max_tokens: object, on_unparseable: object, image_format: object, instruction: object) -> None:
+def _check_options(
+    *,
+    model: object,
+    concurrency: object,
+    timeout: object,
+    retries: object,
+    backoff: object,
+    temperature: object,
+    max_tokens: object,
+    on_unparseable: object,
+    image_format: object,
+    instruction: object,
+) -> None:
     if not isinstance(model, str) or not model:
         raise ValueError(f"vlm_judge model must be the served model name, such as {DEFAULT_MODEL!r}, got {model!r}")
     if on_unparseable not in UNPARSEABLE_POLICIES:
         raise ValueError(f"vlm_judge on_unparseable must be one of {UNPARSEABLE_POLICIES}, got {on_unparseable!r}")
     if not isinstance(image_format, str) or image_format.lower() not in IMAGE_FORMATS:
         raise ValueError(f"vlm_judge image_format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
-    check_client_numbers("vlm_judge", {"concurrency": (concurrency, 1), "retries": (retries, 0), "max_tokens": (1 if max_tokens is None else max_tokens, 1)},
-                         {"timeout": (timeout, True), "backoff": (backoff, False), "temperature": (temperature, False)})
+    check_client_numbers(
+        "vlm_judge",
+        {
+            "concurrency": (concurrency, 1),
+            "retries": (retries, 0),
+            "max_tokens": (1 if max_tokens is None else max_tokens, 1),
+        },
+        {"timeout": (timeout, True), "backoff": (backoff, False), "temperature": (temperature, False)},
+    )
     try:
         if not isinstance(instruction, str) or "{prompt}" not in instruction:
             raise ValueError
         instruction.format(prompt="")
     except (ValueError, KeyError, IndexError):
-        raise ValueError(f"vlm_judge instruction must be a str.format template with a {{prompt}} field (braces doubled elsewhere), got {instruction!r:.120}") from None
+        raise ValueError(
+            f"vlm_judge instruction must be a str.format template with a {{prompt}} field (braces doubled elsewhere), got {instruction!r:.120}"
+        ) from None

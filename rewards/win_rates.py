@@ -46,14 +46,20 @@ def win_rates(
     index_b = torch.as_tensor(index_b).long().flatten()
     prob_a = torch.as_tensor(prob_a, dtype=torch.float64).flatten()
     if not (len(index_a) == len(index_b) == len(prob_a)):
-        raise ValueError(f"index_a, index_b and prob_a must have one entry per pair, got {len(index_a)}, {len(index_b)}, {len(prob_a)}")
+        raise ValueError(
+            f"index_a, index_b and prob_a must have one entry per pair, got {len(index_a)}, {len(index_b)}, {len(prob_a)}"
+        )
     bad = (prob_a < 0) | (prob_a > 1) | ~torch.isfinite(prob_a)
     if bool(bad.any()):
-        raise ValueError(f"preference probabilities must lie in [0, 1]; pairs {torch.nonzero(bad).flatten().tolist()[:10]} do not "
-                         "(record a failed judgment as a tie, 0.5)")
+        raise ValueError(
+            f"preference probabilities must lie in [0, 1]; pairs {torch.nonzero(bad).flatten().tolist()[:10]} do not "
+            "(record a failed judgment as a tie, 0.5)"
+        )
     for name, index in (("index_a", index_a), ("index_b", index_b)):
         if len(index) and (int(index.min()) < 0 or int(index.max()) >= num_samples):
-            raise ValueError(f"{name} must lie in [0, {num_samples}), got values in [{int(index.min())}, {int(index.max())}]")
+            raise ValueError(
+                f"{name} must lie in [0, {num_samples}), got values in [{int(index.min())}, {int(index.max())}]"
+            )
     if bool((index_a == index_b).any()):
         raise ValueError("a sample cannot be compared with itself")
     if group_ids is not None:
@@ -71,6 +77,8 @@ def win_rates(
     comparisons.index_add_(0, index_a, counted).index_add_(0, index_b, counted)
     missing = comparisons == 0
     if unjudged == "error" and bool(missing.any()):
-        raise ValueError(f"samples {torch.nonzero(missing).flatten().tolist()[:10]} took part in no counted comparison, "
-                         "so their win rate is undefined")
+        raise ValueError(
+            f"samples {torch.nonzero(missing).flatten().tolist()[:10]} took part in no counted comparison, "
+            "so their win rate is undefined"
+        )
     return torch.where(missing, torch.full_like(wins, 0.5), wins / comparisons.clamp(min=1)).float()

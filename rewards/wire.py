@@ -15,7 +15,7 @@ URLs, only pixels and prompts. With a token, every request carries `Authorizatio
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -47,14 +47,16 @@ def encode_batch(images: Sequence[torch.Tensor], prompts: Sequence[str], kind: s
 
     if dtype not in WIRE_DTYPES:
         raise ValueError(f"wire dtype must be one of {sorted(WIRE_DTYPES)}, got {dtype!r}")
-    tensors = {key: image.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous() for key, image in zip(IMAGE_KEYS[kind], images)}
+    tensors = {
+        key: image.detach().to("cpu", WIRE_DTYPES[dtype]).contiguous() for key, image in zip(IMAGE_KEYS[kind], images)
+    }
     return safetensors.torch.save(tensors, metadata={"prompts": json.dumps(list(prompts))})
 
 
 def _metadata(body: bytes) -> dict:
     """The `__metadata__` of a safetensors blob (its header is an 8-byte length then JSON)."""
     length = int.from_bytes(body[:8], "little")
-    header = json.loads(body[8:8 + length])
+    header = json.loads(body[8 : 8 + length])
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
         raise BadRequest("the safetensors metadata is not a JSON object")
@@ -106,8 +108,12 @@ def _image_batch(key: str, images: torch.Tensor, count: int, max_batch: int) -> 
     if not bool(torch.isfinite(images).all()):
         raise BadRequest(f"{key} holds NaN or inf pixels; expected values in [0, 1]")
     if images.shape[0] != count:
-        raise BadRequest(f"{key} holds {images.shape[0]} images but the metadata has {count} prompts; expected one prompt per image")
-    if images.numel() and (float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3):  # the tolerance of base.check_images
+        raise BadRequest(
+            f"{key} holds {images.shape[0]} images but the metadata has {count} prompts; expected one prompt per image"
+        )
+    if images.numel() and (
+        float(images.min()) < -1e-3 or float(images.max()) > 1 + 1e-3
+    ):  # the tolerance of base.check_images
         raise BadRequest(f"{key} has values in [{float(images.min()):.3g}, {float(images.max()):.3g}]; expected [0, 1]")
     return images
 
@@ -127,7 +133,7 @@ def decode_scores(text: str, count: int) -> list[float]:
     try:
         scores = json.loads(text)["scores"]
     except (ValueError, KeyError, TypeError):
-        raise BadResponse(f"expected a JSON response {{\"scores\": [...]}}, got {text[:200]!r}") from None
+        raise BadResponse(f'expected a JSON response {{"scores": [...]}}, got {text[:200]!r}') from None
     if not isinstance(scores, list) or len(scores) != count:
         got = f"{len(scores)} scores" if isinstance(scores, list) else type(scores).__name__
         raise BadResponse(f"sent {count} images and got {got} back; expected {count} scores")

@@ -28,7 +28,7 @@ class MatchingPoints:
     def __len__(self) -> int:
         return self.sigma.shape[0]
 
-    def select(self, index: torch.Tensor) -> "MatchingPoints":
+    def select(self, index: torch.Tensor) -> MatchingPoints:
         return MatchingPoints(self.x0[index], self.noise[index], self.sigma[index], self.prompt[index])
 
 

@@ -8,8 +8,8 @@ grid points (coarse ODE tails beside fine ones).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -38,12 +38,16 @@ def check_solver(name: str) -> str:
     return name
 
 
-def euler_step(velocity: torch.Tensor, x: torch.Tensor, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
+def euler_step(
+    velocity: torch.Tensor, x: torch.Tensor, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor
+) -> torch.Tensor:
     """One explicit Euler step of dx/dsigma = velocity from sigma to sigma_next."""
     return x + (per_sample(sigma_next, x) - per_sample(sigma, x)) * velocity
 
 
-def heun_step(velocity: torch.Tensor, velocity_at_prediction: torch.Tensor, x: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+def heun_step(
+    velocity: torch.Tensor, velocity_at_prediction: torch.Tensor, x: torch.Tensor, sigma, sigma_next
+) -> torch.Tensor:
     """Heun's trapezoidal correction: the mean of the velocity at x and at the Euler prediction.
 
     velocity_at_prediction is v(euler_step(velocity, x, sigma, sigma_next), sigma_next).
@@ -92,7 +96,9 @@ def dpmpp_2m_step(
 
 
 @torch.no_grad()
-def sample_ode(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, solver: str = "euler", progress: bool = False) -> torch.Tensor:
+def sample_ode(
+    velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, solver: str = "euler", progress: bool = False
+) -> torch.Tensor:
     """Integrate from noise at sigmas[0] to sigmas[-1] with a fixed-step solver; returns the final x."""
     check_solver(solver)
     x, history = noise, None
@@ -109,7 +115,9 @@ def sample_ode(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tenso
     return x
 
 
-def sample_euler(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, progress: bool = False) -> torch.Tensor:
+def sample_euler(
+    velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, progress: bool = False
+) -> torch.Tensor:
     """Integrate from noise at sigmas[0] to sigmas[-1] with Euler steps; returns the final x."""
     return sample_ode(velocity_fn, noise, sigmas, "euler", progress)
 

@@ -98,7 +98,7 @@ class Plan:
         """Spine-visited grid indices whose SDE transitions are trained."""
         return [i for i in self.visited() if self.steps[i].trained]
 
-    def with_steps(self, **changes) -> "Plan":
+    def with_steps(self, **changes) -> Plan:
         """A copy with plan fields changed (validated again)."""
         return replace(self, **changes)
 
@@ -107,7 +107,9 @@ def validate(plan: Plan) -> None:
     """Raise ValueError naming the first inconsistent field of a plan."""
     sigmas = plan.sigmas
     if sigmas.ndim != 1 or len(sigmas) != len(plan.steps) + 1:
-        raise ValueError(f"a plan needs len(sigmas) == len(steps) + 1, got {tuple(sigmas.shape)} sigmas for {len(plan.steps)} steps")
+        raise ValueError(
+            f"a plan needs len(sigmas) == len(steps) + 1, got {tuple(sigmas.shape)} sigmas for {len(plan.steps)} steps"
+        )
     if not bool(torch.all(sigmas[1:] < sigmas[:-1])) or float(sigmas[0]) > 1 or float(sigmas[-1]) != 0:
         raise ValueError("plan sigmas must decrease strictly from at most 1 to exactly 0")
     if plan.group_size < 1:
@@ -127,17 +129,25 @@ def validate(plan: Plan) -> None:
         check_solver(spec.solver)
         check_form(spec.sde)
         if spec.branch < 1 or spec.probes < 0:
-            raise ValueError(f"{where}: branch must be >= 1 and probes >= 0, got branch={spec.branch} probes={spec.probes}")
+            raise ValueError(
+                f"{where}: branch must be >= 1 and probes >= 0, got branch={spec.branch} probes={spec.probes}"
+            )
         if spec.mode == "ode" and spec.branch != 1:
             raise ValueError(f"{where}: an ODE step is deterministic and cannot branch (branch={spec.branch})")
         if spec.level() < 0:
-            raise ValueError(f"{where}: noise_level must be >= 0 (0: the deterministic Euler step), got {spec.noise_level}")
+            raise ValueError(
+                f"{where}: noise_level must be >= 0 (0: the deterministic Euler step), got {spec.noise_level}"
+            )
         if spec.level() == 0 and (spec.branch > 1 or spec.probes > 0):
-            raise ValueError(f"{where}: noise_level 0 makes the step deterministic, so it cannot branch or send probes "
-                             f"(got branch={spec.branch} probes={spec.probes}); give it a positive noise level")
+            raise ValueError(
+                f"{where}: noise_level 0 makes the step deterministic, so it cannot branch or send probes "
+                f"(got branch={spec.branch} probes={spec.probes}); give it a positive noise level"
+            )
         if spec.next_index is not None:
             if spec.mode != "ode" or not i < spec.next_index <= len(plan.steps):
-                raise ValueError(f"{where}: next_index={spec.next_index} needs an ODE step and {i} < next_index <= {len(plan.steps)}")
+                raise ValueError(
+                    f"{where}: next_index={spec.next_index} needs an ODE step and {i} < next_index <= {len(plan.steps)}"
+                )
 
 
 def identical_groups(plan: Plan) -> bool:
@@ -148,7 +158,11 @@ def identical_groups(plan: Plan) -> bool:
 def deterministic_trained_steps(plan: Plan) -> list[int]:
     """Trained steps whose transitions have no log-probability: ODE steps without probes, and SDE
     steps at noise level 0 (only the matching objectives can train them)."""
-    return [i for i, spec in enumerate(plan.steps) if spec.trained and ((spec.mode == "ode" and spec.probes == 0) or spec.level() == 0)]
+    return [
+        i
+        for i, spec in enumerate(plan.steps)
+        if spec.trained and ((spec.mode == "ode" and spec.probes == 0) or spec.level() == 0)
+    ]
 
 
 def is_stochastic(spec: StepSpec) -> bool:

@@ -11,9 +11,9 @@ counts one velocity evaluation per node per call, the sampler's cost model, what
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 import torch
 
@@ -53,7 +53,7 @@ class Transitions:
     def __len__(self) -> int:
         return self.logp.shape[0]
 
-    def select(self, index: torch.Tensor) -> "Transitions":
+    def select(self, index: torch.Tensor) -> Transitions:
         """The transitions at `index` (a LongTensor or bool mask)."""
         return Transitions(**{name: getattr(self, name)[index] for name in self.__dataclass_fields__})
 
@@ -111,17 +111,27 @@ class _Front:
     history: DpmHistory | None
 
     @staticmethod
-    def cat(parts: list["_Front"]) -> "_Front":
+    def cat(parts: list[_Front]) -> _Front:
         histories = [p.history for p in parts]
         history = None
         if any(h is not None for h in histories):
             # A node without history yet (first step of a DPM stretch) gets sigma = 1: first order.
             x0 = torch.cat([h.x0 if h is not None else torch.zeros_like(p.x) for h, p in zip(histories, parts)])
-            sig = torch.cat([h.sigma if h is not None else torch.ones(len(p.node), dtype=p.x.dtype, device=p.x.device) for h, p in zip(histories, parts)])
+            sig = torch.cat(
+                [
+                    h.sigma if h is not None else torch.ones(len(p.node), dtype=p.x.dtype, device=p.x.device)
+                    for h, p in zip(histories, parts)
+                ]
+            )
             history = DpmHistory(x0, sig)
-        return _Front(torch.cat([p.x for p in parts]), torch.cat([p.node for p in parts]), torch.cat([p.tail for p in parts]), history)
+        return _Front(
+            torch.cat([p.x for p in parts]),
+            torch.cat([p.node for p in parts]),
+            torch.cat([p.tail for p in parts]),
+            history,
+        )
 
-    def take(self, mask: torch.Tensor) -> "_Front":
+    def take(self, mask: torch.Tensor) -> _Front:
         history = None if self.history is None else DpmHistory(self.history.x0[mask], self.history.sigma[mask])
         return _Front(self.x[mask], self.node[mask], self.tail[mask], history)
 
@@ -139,7 +149,14 @@ class _Tree:
         self._root_of = torch.empty(0, dtype=torch.long)
         self._prompt_of = torch.empty(0, dtype=torch.long)
 
-    def add(self, parent: torch.Tensor, index: int, kind: int, root: torch.Tensor | None = None, prompt: torch.Tensor | None = None) -> torch.Tensor:
+    def add(
+        self,
+        parent: torch.Tensor,
+        index: int,
+        kind: int,
+        root: torch.Tensor | None = None,
+        prompt: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         n = parent.shape[0]
         ids = torch.arange(self.size, self.size + n)
         if root is None:
@@ -161,8 +178,15 @@ class _Tree:
         return self._root_of[nodes]
 
 
-def _chunked_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int) -> torch.Tensor:
-    return torch.cat([velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch]) for i in range(0, x.shape[0], max_batch)])
+def _chunked_velocity(
+    velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int
+) -> torch.Tensor:
+    return torch.cat(
+        [
+            velocity(x[i : i + max_batch], sigma[i : i + max_batch], prompt[i : i + max_batch])
+            for i in range(0, x.shape[0], max_batch)
+        ]
+    )
 
 
 @lru_cache(maxsize=8)
@@ -181,17 +205,28 @@ def distinct_rows(x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor) ->
     """
     n = x.shape[0]
     flat = x.reshape(n, -1)
-    keys = torch.stack([flat.double() @ _projection(flat.shape[1], x.device), sigma.to(x.device).double().expand(n), prompt.to(x.device).double()], 1)
+    keys = torch.stack(
+        [
+            flat.double() @ _projection(flat.shape[1], x.device),
+            sigma.to(x.device).double().expand(n),
+            prompt.to(x.device).double(),
+        ],
+        1,
+    )
     unique_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
     rows = torch.arange(n, device=x.device)
-    first = torch.full((len(unique_keys),), n, dtype=torch.long, device=x.device).scatter_reduce(0, inverse, rows, reduce="amin")
+    first = torch.full((len(unique_keys),), n, dtype=torch.long, device=x.device).scatter_reduce(
+        0, inverse, rows, reduce="amin"
+    )
     same = (flat == flat[first[inverse]]).all(1)
     if not bool(same.all()):
         first, inverse = torch.unique(torch.where(same, first[inverse], rows), return_inverse=True)
     return first, inverse
 
 
-def _shared_velocity(velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int) -> torch.Tensor:
+def _shared_velocity(
+    velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int
+) -> torch.Tensor:
     """The velocity of every row, each distinct (state, sigma, prompt) computed once."""
     first, inverse = distinct_rows(x, sigma, prompt)
     if len(first) == x.shape[0]:
@@ -229,7 +264,9 @@ def rollout(
     root_prompt = torch.as_tensor(root_prompt, dtype=torch.long).cpu()
     roots = len(root_prompt)
     if roots == 0 or int(root_prompt.min()) < 0 or int(root_prompt.max()) >= num_prompts:
-        raise ValueError(f"root_prompt must be non-empty prompt indices in [0, {num_prompts}), got {root_prompt.tolist()[:16]}")
+        raise ValueError(
+            f"root_prompt must be non-empty prompt indices in [0, {num_prompts}), got {root_prompt.tolist()[:16]}"
+        )
     generator = torch.Generator().manual_seed(int(seed))
     generators = None
     if root_seeds is not None:
@@ -263,7 +300,9 @@ def rollout(
 
     tree = _Tree()
     nodes = tree.add(torch.full((roots,), -1), 0, SPINE, root=root_ids, prompt=root_prompt)
-    waiting: dict[int, list[_Front]] = {0: [_Front(noise.to(device=device, dtype=dtype), nodes, torch.full((roots,), -1), None)]}
+    waiting: dict[int, list[_Front]] = {
+        0: [_Front(noise.to(device=device, dtype=dtype), nodes, torch.full((roots,), -1), None)]
+    }
     finished: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (x, node, tail)
     records: list[dict[str, torch.Tensor]] = []
     probe_of_node: dict[int, int] = {}
@@ -282,10 +321,18 @@ def rollout(
         m = x.shape[0]
         records.append(
             dict(
-                x=x, x_next=step.sample, sigma=sigmas[j].expand(m), sigma_next=(sigmas[j + 1] if sigma_next is None else sigma_next).expand(m),
-                logp=step.logp, noise_level=torch.full((m,), spec.level() if level is None else level, device=device), sde_form=torch.full((m,), SDE_FORMS.index(spec.sde), device=device),
-                step=torch.full((m,), j, device=device), parent=parent.to(device), child=child.to(device),
-                prompt=tree.prompt_of(parent).to(device), trained=torch.full((m,), trained, device=device),
+                x=x,
+                x_next=step.sample,
+                sigma=sigmas[j].expand(m),
+                sigma_next=(sigmas[j + 1] if sigma_next is None else sigma_next).expand(m),
+                logp=step.logp,
+                noise_level=torch.full((m,), spec.level() if level is None else level, device=device),
+                sde_form=torch.full((m,), SDE_FORMS.index(spec.sde), device=device),
+                step=torch.full((m,), j, device=device),
+                parent=parent.to(device),
+                child=child.to(device),
+                prompt=tree.prompt_of(parent).to(device),
+                trained=torch.full((m,), trained, device=device),
                 weight=torch.full((m,), spec.weight, device=device),
             )
         )
@@ -361,7 +408,9 @@ def rollout(
         heun = torch.tensor([s == "heun" for s in solvers], dtype=torch.bool)
         if bool(heun.any()):
             hd = heun.to(device)
-            v_pred = _chunked_velocity(velocity, x_next[hd], s_next[hd], tree.prompt_of(front.node[rows][heun]).to(device), max_batch)
+            v_pred = _chunked_velocity(
+                velocity, x_next[hd], s_next[hd], tree.prompt_of(front.node[rows][heun]).to(device), max_batch
+            )
             nfe += int(heun.sum())
             x_next[hd] = heun_step(vv[hd], v_pred, x[hd], sigmas[j], s_next[hd])
         dpm = torch.tensor([s == "dpmpp_2m" for s in solvers], dtype=torch.bool)
@@ -395,8 +444,23 @@ def rollout(
                 spine_rows = sd.clone()
                 spine_rows[sd] = (~kinds_are_tail).to(device)
                 m = int(spine_rows.sum())
-                step = SdeStep(x_next[spine_rows], torch.full((m,), torch.nan, device=device), x_next[spine_rows], torch.zeros(m, device=device))
-                record(x[spine_rows], step, j, spec, parents[sel][~kinds_are_tail], ids[~kinds_are_tail], True, sigma_next=sigmas[target], level=0.0)
+                step = SdeStep(
+                    x_next[spine_rows],
+                    torch.full((m,), torch.nan, device=device),
+                    x_next[spine_rows],
+                    torch.zeros(m, device=device),
+                )
+                record(
+                    x[spine_rows],
+                    step,
+                    j,
+                    spec,
+                    parents[sel][~kinds_are_tail],
+                    ids[~kinds_are_tail],
+                    True,
+                    sigma_next=sigmas[target],
+                    level=0.0,
+                )
             hist = None if new_history is None else DpmHistory(new_history.x0[sd], new_history.sigma[sd])
             arrive(target, _Front(x_next[sd], ids, tails[sel], hist))
 
@@ -406,7 +470,11 @@ def rollout(
     node_root = torch.cat(tree.root)
     node_index = torch.cat(tree.index)
     probe = torch.tensor([probe_of_node.get(int(n), -1) for n in sample_node], dtype=torch.long)
-    transitions = Transitions(**{k: torch.cat([r[k] for r in records]) for k in records[0]}) if records else _no_transitions(sample_shape, device, dtype)
+    transitions = (
+        Transitions(**{k: torch.cat([r[k] for r in records]) for k in records[0]})
+        if records
+        else _no_transitions(sample_shape, device, dtype)
+    )
     return Rollout(
         samples=samples,
         sample_node=sample_node,
@@ -449,7 +517,15 @@ def score_transitions(velocity: RolloutVelocity, transitions: Transitions, max_b
         sel = transitions.sde_form == form_index
         if not bool(sel.any()):
             continue
-        step = sde_step(v[sel], transitions.x[sel], transitions.sigma[sel], transitions.sigma_next[sel], form, transitions.noise_level[sel], x_next=transitions.x_next[sel])
+        step = sde_step(
+            v[sel],
+            transitions.x[sel],
+            transitions.sigma[sel],
+            transitions.sigma_next[sel],
+            form,
+            transitions.noise_level[sel],
+            x_next=transitions.x_next[sel],
+        )
         parts.append((sel, step))
     if len(parts) == 1:
         return parts[0][1]

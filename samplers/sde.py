@@ -64,7 +64,12 @@ def gaussian_logprob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> 
 
 
 def sde_mean_std(
-    velocity: torch.Tensor, x: torch.Tensor, sigma, sigma_next, form: str = "flow_grpo", noise_level: float | torch.Tensor | None = None
+    velocity: torch.Tensor,
+    x: torch.Tensor,
+    sigma,
+    sigma_next,
+    form: str = "flow_grpo",
+    noise_level: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [B, ...] and std [B] of the Gaussian transition from x at sigma to sigma_next."""
     noise_level = DEFAULT_NOISE_LEVEL[check_form(form)] if noise_level is None else noise_level
@@ -75,7 +80,9 @@ def sde_mean_std(
     if torch.any(s_next >= s) or torch.any(s > 1) or torch.any(s_next < 0):
         raise ValueError(f"an SDE step needs 1 >= sigma > sigma_next >= 0, got sigma={sigma} sigma_next={sigma_next}")
     if torch.any(level < 0) or not bool(torch.isfinite(level).all()):
-        raise ValueError(f"the noise level of an SDE step must be finite and >= 0 (0 is the ODE step), got {noise_level}")
+        raise ValueError(
+            f"the noise level of an SDE step must be finite and >= 0 (0 is the ODE step), got {noise_level}"
+        )
     g = diffusion(form, s, s_next, level)  # [B]
     d = s_next - s  # [B], negative
     gv, dv, sv = per_sample(g, x), per_sample(d, x), per_sample(s, x)
@@ -104,7 +111,9 @@ def sde_step(
     mean, std = sde_mean_std(velocity32, x32, sigma, sigma_next, form, noise_level)
     if x_next is None:
         if noise is None:
-            noise = torch.randn(x.shape, generator=generator, device=generator.device if generator is not None else x.device)
+            noise = torch.randn(
+                x.shape, generator=generator, device=generator.device if generator is not None else x.device
+            )
         x_next = mean + per_sample(std, mean) * noise.to(mean)
     x_next = x_next.to(dtype)  # score exactly the sample that is stored and returned
     logp = gaussian_logprob(x_next.float(), mean, std)

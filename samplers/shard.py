@@ -35,7 +35,9 @@ def shard_roots(num_prompts: int, group_size: int, world: int, rank: int) -> Sha
     if world < 1 or not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in a world of {world} processes")
     if total % world:
-        raise ValueError(f"{num_prompts} prompts x group {group_size} = {total} samples do not split evenly over {world} processes; choose prompts_per_iteration so that prompts x group is a multiple of {world}")
+        raise ValueError(
+            f"{num_prompts} prompts x group {group_size} = {total} samples do not split evenly over {world} processes; choose prompts_per_iteration so that prompts x group is a multiple of {world}"
+        )
     per = total // world
     roots = torch.arange(rank * per, (rank + 1) * per)
     prompts, root_prompt = torch.unique(roots // group_size, return_inverse=True)
@@ -99,5 +101,7 @@ def merge_rollouts(parts: list[Rollout], prompts: list[torch.Tensor], roots: lis
         offset += len(part.node_parent)
     tensor_fields = [k for k in Rollout.__dataclass_fields__ if k not in ("transitions", "nfe", "plan")]
     merged = {k: torch.cat([getattr(p, k).cpu() for p in pieces]) for k in tensor_fields}
-    transitions = Transitions(**{k: torch.cat([getattr(p.transitions, k).cpu() for p in pieces]) for k in Transitions.__dataclass_fields__})
+    transitions = Transitions(
+        **{k: torch.cat([getattr(p.transitions, k).cpu() for p in pieces]) for k in Transitions.__dataclass_fields__}
+    )
     return Rollout(**merged, transitions=transitions, nfe=sum(p.nfe for p in pieces), plan=parts[0].plan)

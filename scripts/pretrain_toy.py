@@ -1,6 +1,6 @@
 """Pretrain the built-in toy model on rendered ToyShapes data (reproduces the shipped weights).
 
-    python scripts/pretrain_toy.py --steps 3000 --ship
+python scripts/pretrain_toy.py --steps 3000 --ship
 """
 
 import sys

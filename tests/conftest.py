@@ -14,7 +14,17 @@ from flowrl.policies.toy import ToyConfig, ToyModel, ToyPolicy, save_toy
 
 # The methods the first plan named, and small settings of each for rollouts of the solver layer
 # alone (tests/test_methods.py, tests/test_shard.py).
-MISSION = ["flow_grpo", "dance_grpo", "mix_grpo", "mix_grpo_flash", "branch_grpo", "branch_grpo_mix", "tree_rpo", "tempflow_grpo", "g2rpo"]
+MISSION = [
+    "flow_grpo",
+    "dance_grpo",
+    "mix_grpo",
+    "mix_grpo_flash",
+    "branch_grpo",
+    "branch_grpo_mix",
+    "tree_rpo",
+    "tempflow_grpo",
+    "g2rpo",
+]
 
 SMALL = {
     "flow_grpo": dict(num_steps=6, group_size=3),
@@ -73,8 +83,18 @@ def tiny_dir(tmp_path_factory) -> str:
 
 def tiny_run_overrides(tiny_dir, out) -> list[str]:
     return [
-        f"policy={tiny_dir}", f"out={out}", "iterations=2", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3",
-        "method.shift=1.0", "eval_every=0", "checkpoint_every=1", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward",
+        f"policy={tiny_dir}",
+        f"out={out}",
+        "iterations=2",
+        "prompts_per_iteration=2",
+        "method.num_steps=4",
+        "method.group_size=3",
+        "method.shift=1.0",
+        "eval_every=0",
+        "checkpoint_every=1",
+        "lr=1e-3",
+        "threads=1",
+        "reward=conftest:brightness_reward",
     ]
 
 
@@ -82,6 +102,22 @@ def tiny_run(tiny_dir, out, *overrides):
     """The config of a tiny training run (two iterations of flow_grpo on brightness, a checkpoint
     after each) into `out`, with `overrides` on top."""
     return build_config({}, tiny_run_overrides(tiny_dir, out) + list(overrides))
+
+
+def train_one_iteration(tiny_dir, out, *overrides) -> dict:
+    """Train one iteration of the tiny run with `overrides`; assert that credit reached the update
+    (trained transitions whose advantages are not all alike, so some are non-zero) and that the
+    update moved the weights. Returns the iteration's record."""
+    from flowrl.policies.toy import load_toy
+    from flowrl.trainer import train
+
+    record = train(tiny_run(tiny_dir, out, "iterations=1", *overrides))["last"]
+    assert record["transitions/trained"] > 0 and record["advantage/std"] > 0, record
+    initial = dict(load_toy(tiny_dir).network.named_parameters())
+    trained = load_file(str(Path(out) / "checkpoint" / "trainable.safetensors"))
+    assert trained and trained.keys() <= initial.keys()
+    assert any(not torch.equal(trained[k], initial[k].detach()) for k in trained), "no parameter changed"
+    return record
 
 
 def free_port() -> int:

@@ -104,7 +104,9 @@ def main() -> None:
     command.add_argument("--fail-first", type=int, default=3, help="flaky: how many requests fail")
     command.add_argument("--slow-count", type=int, default=1, help="slow: how many requests are slow")
     command.add_argument("--slow-seconds", type=float, default=5.0, help="slow: how long they take")
-    command.add_argument("--die-at", type=int, default=2, help="die: the request (from 1) during which the process exits")
+    command.add_argument(
+        "--die-at", type=int, default=2, help="die: the request (from 1) during which the process exits"
+    )
     serve(Handler, command.parse_args(), JudgeState())
 
 

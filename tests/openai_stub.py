@@ -108,7 +108,7 @@ def decode_image(url: str) -> tuple[bytes, str]:
     header, _, payload = url.partition(",")
     if not header.startswith("data:image/") or not header.endswith(";base64"):
         raise ValueError(f"expected a base64 image data URL, got {url[:40]!r}")
-    return base64.b64decode(payload), header[len("data:"):-len(";base64")]
+    return base64.b64decode(payload), header[len("data:") : -len(";base64")]
 
 
 def mean_level(data: bytes) -> float:
@@ -118,13 +118,22 @@ def mean_level(data: bytes) -> float:
 
 def sampling(request: dict) -> dict:
     """The model, temperature and max_tokens a request asked for."""
-    return dict(model=request.get("model"), temperature=request.get("temperature"), max_tokens=request.get("max_tokens"))
+    return dict(
+        model=request.get("model"), temperature=request.get("temperature"), max_tokens=request.get("max_tokens")
+    )
 
 
 def completion(number: int, model: str | None, content: str) -> bytes:
     """The JSON body of a chat.completion answering `content`."""
-    return json.dumps({"id": f"chatcmpl-{number}", "object": "chat.completion", "created": int(time.time()), "model": model,
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}).encode()
+    return json.dumps(
+        {
+            "id": f"chatcmpl-{number}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        }
+    ).encode()
 
 
 def parser(description: str, modes: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -149,8 +158,13 @@ def serve(handler: type[StubHandler], args: argparse.Namespace, state: State) ->
 
 def start_server(script: Path, *args: str) -> tuple[subprocess.Popen, str]:
     """Run `python SCRIPT --port 0 ARGS`; (the process, its API root http://127.0.0.1:PORT/v1)."""
-    process = subprocess.Popen([sys.executable, str(script), "--port", "0", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(
+        [sys.executable, str(script), "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
     try:

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from flowrl.advantage import (
     ADVANTAGES,
-    clip_advantages,
     SpoTracker,
+    clip_advantages,
     combine_objectives,
     dr_grpo,
     fuse_tree_rewards,
@@ -33,6 +33,7 @@ T = torch.tensor
 
 
 # --- hand-computed examples ---------------------------------------------------------------
+
 
 def test_grpo_hand_computed_biased_and_unbiased():
     # group [1, 2, 3, 6]: mean 3; squared deviations 4, 1, 0, 9 -> biased var 14/4, unbiased 14/3
@@ -96,6 +97,7 @@ def test_group_order_does_not_matter():
 
 
 # --- invariances --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["grpo", "dr_grpo", "rloo"])
 def test_adding_a_constant_to_a_group_changes_nothing(name):
@@ -174,7 +176,9 @@ finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinit
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(finite, st.integers(0, 4)), min_size=1, max_size=30), st.sampled_from(["group", "batch", "none"]))
+@given(
+    st.lists(st.tuples(finite, st.integers(0, 4)), min_size=1, max_size=30), st.sampled_from(["group", "batch", "none"])
+)
 def test_grpo_is_finite_for_any_finite_input(pairs, scope):
     r = T([p[0] for p in pairs], dtype=torch.float64)
     g = T([p[1] for p in pairs])
@@ -207,6 +211,7 @@ def test_win_rates_in_unit_interval_and_mean_half(probs):
 
 
 # --- preferences --------------------------------------------------------------------------
+
 
 def test_win_rates_hand_computed_with_ties():
     nan = float("nan")
@@ -278,7 +283,9 @@ def test_tree_advantages_keep_prompts_apart():
     parent = torch.cat([PARENT, torch.where(PARENT >= 0, PARENT + 7, -1)])
     depth = torch.cat([DEPTH, DEPTH])
     groups = T([0] * 7 + [1] * 7)
-    a = tree_advantages(parent, depth, groups, torch.cat([LEAVES, LEAVES + 7]), torch.cat([REWARDS, 100 * REWARDS]), eps=0)
+    a = tree_advantages(
+        parent, depth, groups, torch.cat([LEAVES, LEAVES + 7]), torch.cat([REWARDS, 100 * REWARDS]), eps=0
+    )
     assert torch.allclose(a[:7], a[7:], atol=1e-6)  # scale-free and separated per prompt
 
 
@@ -292,6 +299,7 @@ def test_tree_rejects_cycles_and_bad_indices():
 
 
 # --- step credit --------------------------------------------------------------------------
+
 
 def test_multi_granularity_sums_group_z_scores_and_skips_missing():
     g = T([0, 0, 0, 1, 1])
@@ -316,6 +324,7 @@ def test_noise_aware_weights_proportional_to_std_with_mean_one():
 
 # --- SPO ----------------------------------------------------------------------------------
 
+
 def test_spo_tracker_hand_computed():
     tracker = SpoTracker(prior_mean=0.5, prior_strength=2.0, rho_max=0.9)
     # first batch: both prompts start at 0.5; advantages r - 0.5 = (+0.5, -0.5) -> z (+1, -1)
@@ -339,6 +348,7 @@ def test_spo_tracker_hand_computed():
 
 # --- several rewards ----------------------------------------------------------------------
 
+
 def test_combine_before_and_after_normalisation():
     g = T([0, 0, 0, 0])
     hps = T([0.30, 0.31, 0.29, 0.30])
@@ -347,7 +357,9 @@ def test_combine_before_and_after_normalisation():
     assert torch.allclose(before, grpo(10 * hps.double() + ocr.double(), g, eps=0).float(), atol=1e-6)
     after, _ = combine_objectives({"hps": hps, "ocr": ocr}, g, weights={"hps": 10.0}, mode="after", eps=0)
     assert torch.allclose(after, 10 * grpo(hps, g, eps=0) + grpo(ocr, g, eps=0), atol=1e-5)
-    assert stats["reward/hps/mean"] == pytest.approx(0.30) and stats["reward/ocr/std"] == pytest.approx(ocr.std(unbiased=False).item())
+    assert stats["reward/hps/mean"] == pytest.approx(0.30) and stats["reward/ocr/std"] == pytest.approx(
+        ocr.std(unbiased=False).item()
+    )
     with pytest.raises(ValueError, match="clip_score"):
         combine_objectives({"hps": hps}, g, weights={"clip_score": 1.0})
     with pytest.raises(ValueError, match="mode"):

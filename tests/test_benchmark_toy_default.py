@@ -6,13 +6,12 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_model
 from flowrl.benchmarks import toy_default
 from flowrl.benchmarks.toyshapes.evaluate import evaluate_toyshapes
 from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
 from flowrl.generate import sampler
 from flowrl.policies.toy import load_toy, save_toy
-
-from conftest import tiny_model
 
 
 def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, monkeypatch):
@@ -25,27 +24,60 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     monkeypatch.setattr("flowrl.benchmarks.toyshapes.evaluate.evaluate_toyshapes", recorded)
     base = save_toy(tiny_model(0), tmp_path / "base", dtype=torch.float32)
     save_toy(tiny_model(1), tmp_path / "runs" / "seed0" / "final", dtype=torch.float32)
-    args = ["--seeds", "0", "--skip-train", "--runs", str(tmp_path / "runs"), "--per-category", "2",
-            "--base", str(base), "--split", "train", "--eta", "0.3"]
+    args = [
+        "--seeds",
+        "0",
+        "--skip-train",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--per-category",
+        "2",
+        "--base",
+        str(base),
+        "--split",
+        "train",
+        "--eta",
+        "0.3",
+    ]
     assert toy_default.main(args) == 0
     record = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert record["settings"] == {"per_category": 2, "split": "train", "eta": 0.3, "base": str(base), "overrides": []}
     for name, directory in (("base", base), ("seed 0", tmp_path / "runs" / "seed0" / "final")):
         direct, _ = evaluate_toyshapes(sde_sampler(directory), 2, steps=10, guidance=4.0, split="train", eta=0.3)
-        assert record["results"][name] == {"overall": direct.overall, **direct.accuracy, "mean_score": direct.mean_score}
+        assert record["results"][name] == {
+            "overall": direct.overall,
+            **direct.accuracy,
+            "mean_score": direct.mean_score,
+        }
     assert [(c["split"], c["eta"], c["steps"]) for c in calls] == [("train", 0.3, 10)] * 2  # base, then the run
     table = capsys.readouterr().out
-    assert "| category | base | seed 0 |" in table and "mean overall of 1 run(s)" in table and "| mean dense score |" in table
+    assert (
+        "| category | base | seed 0 |" in table
+        and "mean overall of 1 run(s)" in table
+        and "| mean dense score |" in table
+    )
     base_report, _ = evaluate_toyshapes(sde_sampler(base), 2, steps=10, guidance=4.0, split="train", eta=0.3)
     tests, _ = paired_toyshapes(base_report, direct)  # direct: the run's report, from the loop above
     overall = record["paired"]["seed 0"]["Overall"]
-    assert overall["difference"] == pytest.approx(direct.overall - base_report.overall) == pytest.approx(tests[-1].difference)
-    assert (overall["a_only"], overall["b_only"], overall["p_value"]) == (tests[-1].a_only, tests[-1].b_only, tests[-1].p_value)
+    assert (
+        overall["difference"]
+        == pytest.approx(direct.overall - base_report.overall)
+        == pytest.approx(tests[-1].difference)
+    )
+    assert (overall["a_only"], overall["b_only"], overall["p_value"]) == (
+        tests[-1].a_only,
+        tests[-1].b_only,
+        tests[-1].p_value,
+    )
     assert set(record["paired"]["seed 0"]) == {*direct.accuracy, "Overall"}
     assert f"seed 0: {100 * overall['difference']:+.1f} pp overall" in table
     scores, _ = paired_toyshapes_scores(base_report, direct)
     dense = record["paired_scores"]["seed 0"]["Overall"]
-    assert dense["difference"] == pytest.approx(direct.mean_score - base_report.mean_score) == pytest.approx(scores[-1].difference)
+    assert (
+        dense["difference"]
+        == pytest.approx(direct.mean_score - base_report.mean_score)
+        == pytest.approx(scores[-1].difference)
+    )
     assert f"seed 0: dense score {dense['difference']:+.3f} overall" in table
 
 

@@ -37,25 +37,39 @@ def run(capsys, monkeypatch):
 
 
 def test_the_module_entry_point_runs():
-    result = subprocess.run([sys.executable, "-m", "flowrl", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert result.returncode == 0 and result.stdout.startswith("usage: flowrl")
-    result = subprocess.run([sys.executable, "-m", "flowrl", "sample", "--prompt", "a circle", "--n", "0"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl", "sample", "--prompt", "a circle", "--n", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert result.returncode == 2 and "expected a positive integer, got 0" in result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"], ["rewards"], ["serve-reward"]])
+@pytest.mark.parametrize(
+    "command", [[], ["sample"], ["eval"], ["eval", "toyshapes"], ["prompts"], ["rewards"], ["serve-reward"]]
+)
 def test_help(run, command):
     out = run(*command, "--help").stdout
     assert out.startswith("usage: flowrl")
 
 
 def test_pretrain_from_a_missing_model_fails_with_a_message(run, tmp_path):
-    result = run("pretrain-toy", "--init", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--steps", "1", ok=False)
+    result = run(
+        "pretrain-toy", "--init", str(tmp_path / "none"), "--out", str(tmp_path / "out"), "--steps", "1", ok=False
+    )
     assert result.returncode == 2 and "none/config.json not found" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_pretrain_script_help(run):
-    result = subprocess.run([sys.executable, "scripts/pretrain_toy.py", "--help"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "scripts/pretrain_toy.py", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0 and "--steps" in result.stdout
     assert "--ship" in run("pretrain-toy", "--help").stdout
 
@@ -81,7 +95,20 @@ def test_eval_writes_a_report(run, tmp_path):
 
 def test_eval_on_the_train_split_with_the_sde_sampler(run, tmp_path):
     out = tmp_path / "report.json"
-    run("eval", "toyshapes", "--images-per-category", "1", "--steps", "2", "--split", "train", "--eta", "0.3", "--json", str(out))
+    run(
+        "eval",
+        "toyshapes",
+        "--images-per-category",
+        "1",
+        "--steps",
+        "2",
+        "--split",
+        "train",
+        "--eta",
+        "0.3",
+        "--json",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert report["settings"]["split"] == "train" and report["settings"]["eta"] == 0.3
     assert len(report["records"]) == 6 and all(split_of(r["prompt"]) in ("train", "both") for r in report["records"])
@@ -98,18 +125,37 @@ def test_eval_of_chosen_prompts(run, tmp_path):
 
     texts = ["a circle and a square", "three triangles"]
     out = tmp_path / "prompts.json"
-    result = run("eval", "toyshapes", "--prompt", texts[0], "--prompt", texts[1], "--images-per-prompt", "3", "--steps", "2", "--json", str(out))
+    result = run(
+        "eval",
+        "toyshapes",
+        "--prompt",
+        texts[0],
+        "--prompt",
+        texts[1],
+        "--images-per-prompt",
+        "3",
+        "--steps",
+        "2",
+        "--json",
+        str(out),
+    )
     report = json.loads(out.read_text())
     assert [r["prompt"] for r in report["records"]] == [texts[0]] * 3 + [texts[1]] * 3
     assert report["settings"]["prompts"] == texts and report["settings"]["images_per_prompt"] == 3
     assert set(report["accuracy"]) == {"two_object", "counting"}
-    direct = verify(generate(load_toy(), [texts[0]] * 3 + [texts[1]] * 3, list(range(6)), steps=2), texts[:1] * 3 + texts[1:] * 3)
+    direct = verify(
+        generate(load_toy(), [texts[0]] * 3 + [texts[1]] * 3, list(range(6)), steps=2), texts[:1] * 3 + texts[1:] * 3
+    )
     assert [r["correct"] for r in report["records"]] == [a.correct for a in direct]
     assert [r["score"] for r in report["records"]] == pytest.approx([a.score for a in direct])
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith(tuple(texts))]
     for text, rows_of in zip(texts, rows):
         mine = [a for a, t in zip(direct, texts[:1] * 3 + texts[1:] * 3) if t == text]
-        assert rows_of[-3:] == [f"{100 * sum(a.correct for a in mine) / 3:.1f}%", f"{sum(a.score for a in mine) / 3:.3f}", "3"]
+        assert rows_of[-3:] == [
+            f"{100 * sum(a.correct for a in mine) / 3:.1f}%",
+            f"{sum(a.score for a in mine) / 3:.3f}",
+            "3",
+        ]
     compared = run("eval", "compare", str(out), str(out)).stdout
     assert "the same prompts and starting noise" in compared
 

@@ -14,9 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flowrl.policies.toy import save_toy
-
 from conftest import free_port, metric_records, tiny_model
+from flowrl.policies.toy import save_toy
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "workers" / "train_and_dump.py"
@@ -32,24 +31,54 @@ WEIGHT_TOL = {"rtol": 1e-4, "atol": 1e-5}
 def overrides(tiny_dir, out, *extra):
     # 3 prompts x group 2 = 6 samples, 3 per process: prompt 1's group is split across the two.
     return [
-        f"policy={tiny_dir}", f"out={out}", "iterations=3", "prompts_per_iteration=3", "method=flow_grpo", "method.num_steps=3",
-        "method.group_size=2", "method.shift=1.0", "method.std_scope=group", "eval_every=0", "checkpoint_every=10", "lr=1e-3",
+        f"policy={tiny_dir}",
+        f"out={out}",
+        "iterations=3",
+        "prompts_per_iteration=3",
+        "method=flow_grpo",
+        "method.num_steps=3",
+        "method.group_size=2",
+        "method.shift=1.0",
+        "method.std_scope=group",
+        "eval_every=0",
+        "checkpoint_every=10",
+        "lr=1e-3",
         # A pointwise and a pairwise term: the split group's pair is judged across processes.
-        "threads=1", "reward=conftest:brightness_reward+0.5*pairwise:conftest:brightness_reward", "reward_options={pairwise:conftest:brightness_reward: {temperature: 0.01}}",
-        "drop_zero_variance=false", *extra,
+        "threads=1",
+        "reward=conftest:brightness_reward+0.5*pairwise:conftest:brightness_reward",
+        "reward_options={pairwise:conftest:brightness_reward: {temperature: 0.01}}",
+        "drop_zero_variance=false",
+        *extra,
     ]
 
 
 def launch(processes, args, tmp_path, launcher=("--multi_gpu",)):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
 
     def run():
         if processes == 1:
             command = [sys.executable, str(WORKER), *args]
         else:
             # --multi_gpu picks accelerate's torchrun launcher; without a GPU the processes join over gloo.
-            command = [ACCELERATE, "launch", *launcher, "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
-                       "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(WORKER), *args]
+            command = [
+                ACCELERATE,
+                "launch",
+                *launcher,
+                "--num_processes",
+                str(processes),
+                "--num_machines",
+                "1",
+                "--mixed_precision",
+                "no",
+                "--dynamo_backend",
+                "no",
+                "--main_process_port",
+                str(free_port()),
+                str(WORKER),
+                *args,
+            ]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
     saved = None
@@ -64,7 +93,7 @@ def launch(processes, args, tmp_path, launcher=("--multi_gpu",)):
         # Rarely (2 of about 150 launches on 2 loaded cores; not reproducible on demand) gloo aborts
         # a worker in C++ and its peer reports "Connection closed by peer". Once more from the same
         # starting state; any other failure, or a second abort, fails the test.
-        warnings.warn(f"a worker aborted (SIGABRT); launching once more: {abort_lines(done.stderr)}")
+        warnings.warn(f"a worker aborted (SIGABRT); launching once more: {abort_lines(done.stderr)}", stacklevel=2)
         shutil.rmtree(out, ignore_errors=True)
         if saved.is_dir():
             shutil.copytree(saved, out)
@@ -79,12 +108,16 @@ def abort_lines(stderr: str) -> str:
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-@pytest.mark.parametrize("objective", [
-    [],
-    # flow-matching points noised per root (seeds independent of the process), rollouts from the EMA
-    ["objective=nft", "objective.sampler=ema", "ema=0.5"],
-    ["objective=nft", "objective.sampler=old", "objective.old_decay=[0.3,0.5,0]"],
-], ids=["sde", "nft-ema", "nft-old"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        [],
+        # flow-matching points noised per root (seeds independent of the process), rollouts from the EMA
+        ["objective=nft", "objective.sampler=ema", "ema=0.5"],
+        ["objective=nft", "objective.sampler=old", "objective.old_decay=[0.3,0.5,0]"],
+    ],
+    ids=["sde", "nft-ema", "nft-old"],
+)
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, objective):
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     launch(1, overrides(tiny_dir, tmp_path / "one", *objective), tmp_path)
@@ -105,8 +138,18 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, ob
     for a, b in zip(one[1:], two[1:]):
         # Rewards and advantages are statistics of the global batch, gathered from both processes.
         assert b["samples"] == a["samples"] == 6 and b["transitions/global"] == a["transitions/global"]
-        assert b["reward/pairwise:conftest:brightness_reward/mean"] == a["reward/pairwise:conftest:brightness_reward/mean"] == pytest.approx(0.5)
-        for key in ("reward/mean", "reward/std", "reward/conftest:brightness_reward/mean", "advantage/mean", "advantage/std"):
+        assert (
+            b["reward/pairwise:conftest:brightness_reward/mean"]
+            == a["reward/pairwise:conftest:brightness_reward/mean"]
+            == pytest.approx(0.5)
+        )
+        for key in (
+            "reward/mean",
+            "reward/std",
+            "reward/conftest:brightness_reward/mean",
+            "advantage/mean",
+            "advantage/std",
+        ):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
@@ -121,9 +164,31 @@ def test_a_batch_that_does_not_split_evenly_fails_by_name():
 def test_accelerates_fsdp_launch_without_cuda_fails_before_any_model_loads(tmp_path):
     # Without CUDA accelerate's --use_fsdp does not shard; the launch must stop, not train N unsharded copies.
     out = tmp_path / "run"
-    command = [ACCELERATE, "launch", "--use_fsdp", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "flowrl", "train", "toy", f"out={out}", "iterations=1", "threads=1"]
-    done = subprocess.run(command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    command = [
+        ACCELERATE,
+        "launch",
+        "--use_fsdp",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "flowrl",
+        "train",
+        "toy",
+        f"out={out}",
+        "iterations=1",
+        "threads=1",
+    ]
+    done = subprocess.run(
+        command, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert done.returncode != 0
     assert "not supported on cpu" in done.stderr  # accelerate's own refusal, before our trainer starts
     assert not out.exists()  # failed before the run directory or any model
@@ -132,7 +197,9 @@ def test_accelerates_fsdp_launch_without_cuda_fails_before_any_model_loads(tmp_p
 def test_megatron_is_named_in_the_refusal():
     from flowrl.launch import refuse_sharded_backends
 
-    refuse_sharded_backends({"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "true"})  # FSDP, DeepSpeed and data parallel: fine
+    refuse_sharded_backends(
+        {"ACCELERATE_USE_FSDP": "true", "ACCELERATE_USE_DEEPSPEED": "true"}
+    )  # FSDP, DeepSpeed and data parallel: fine
     with pytest.raises(ValueError, match="launched with Megatron-LM, which .*use FSDP.*DeepSpeed ZeRO 1-2"):
         refuse_sharded_backends({"ACCELERATE_USE_MEGATRON_LM": "TRUE"})
 
@@ -145,8 +212,9 @@ def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads
     config = build_config({}, [])
     launched = {"ACCELERATE_USE_DEEPSPEED": "true"}
     assert adopt_launch(config, launched)[0].zero_stage == 2  # accelerate's default stage
-    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "1.0"}) == (
-        build_config({}, ["zero_stage=1"]), None)
+    assert adopt_launch(
+        config, {**launched, "ACCELERATE_DEEPSPEED_ZERO_STAGE": "1", "ACCELERATE_GRADIENT_CLIPPING": "1.0"}
+    ) == (build_config({}, ["zero_stage=1"]), None)
     assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"})[1] == "cpu"
     assert adopt_launch(config, {})[0].zero_stage == 0
     with pytest.raises(ValueError, match="ZeRO stage 3; flowrl drives stages 1 and 2.*fsdp=true"):
@@ -159,9 +227,23 @@ def test_a_deepspeed_launch_is_adopted_or_refused_by_name_before_any_model_loads
         adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE": "cpu"})
     # A DeepSpeed config file: its stage and offload device are read; sections flowrl owns are refused.
     file = tmp_path / "ds.json"
-    file.write_text(json.dumps({"zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}}, "gradient_clipping": "auto", "bf16": {"enabled": "auto"}}))
-    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(file)}) == (build_config({}, ["zero_stage=1"]), "cpu")
-    for section, message in [({"optimizer": {"type": "Adam"}}, "'optimizer' section is not supported"), ({"fp16": {"enabled": True}}, "fp16.enabled=true is not supported")]:
+    file.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 1, "offload_optimizer": {"device": "cpu"}},
+                "gradient_clipping": "auto",
+                "bf16": {"enabled": "auto"},
+            }
+        )
+    )
+    assert adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(file)}) == (
+        build_config({}, ["zero_stage=1"]),
+        "cpu",
+    )
+    for section, message in [
+        ({"optimizer": {"type": "Adam"}}, "'optimizer' section is not supported"),
+        ({"fp16": {"enabled": True}}, "fp16.enabled=true is not supported"),
+    ]:
         file.write_text(json.dumps({"zero_optimization": {"stage": 2}, **section}))
         with pytest.raises(ValueError, match=message):
             adopt_launch(config, {**launched, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(file)})
@@ -196,8 +278,10 @@ def test_accelerates_reshard_setting_is_read_in_both_of_its_spellings():
     from flowrl.sharding import reshard_after_forward
 
     assert reshard_after_forward({}) is True  # FSDP2's default
-    assert [reshard_after_forward({"FSDP_RESHARD_AFTER_FORWARD": v}) for v in ("true", "false", "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")] == [
-        True, False, True, False, False, True]
+    assert [
+        reshard_after_forward({"FSDP_RESHARD_AFTER_FORWARD": v})
+        for v in ("true", "false", "FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD")
+    ] == [True, False, True, False, False, True]
 
 
 def fsdp_overrides(tiny_dir, out, tmp_path, *extra):
@@ -205,8 +289,18 @@ def fsdp_overrides(tiny_dir, out, tmp_path, *extra):
     different numbers of transitions, and one micro-batch per transition makes that show."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle\na blue square\n")
-    return overrides(tiny_dir, out, f"prompts={prompts}", "reward=conftest:brightness_tied_for_squares", "reward_options={}",
-                     "drop_zero_variance=true", "micro_batch=1", "ema=0.5", "seed=3", *extra)  # seed 3: uneven in iteration 1
+    return overrides(
+        tiny_dir,
+        out,
+        f"prompts={prompts}",
+        "reward=conftest:brightness_tied_for_squares",
+        "reward_options={}",
+        "drop_zero_variance=true",
+        "micro_batch=1",
+        "ema=0.5",
+        "seed=3",
+        *extra,
+    )  # seed 3: uneven in iteration 1
 
 
 def local(out, rank):
@@ -249,7 +343,12 @@ def test_deepspeed_zero_partitions_the_optimizer_state_and_trains_like_one_proce
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     launch(1, fsdp_overrides(tiny_dir, tmp_path / "one", tmp_path), tmp_path)
     # accelerate's own DeepSpeed launch (it joins CPU processes over gloo): the trainer adopts its stage.
-    launch(2, fsdp_overrides(tiny_dir, tmp_path / "two", tmp_path), tmp_path, launcher=("--use_deepspeed", "--zero_stage", "2"))
+    launch(
+        2,
+        fsdp_overrides(tiny_dir, tmp_path / "two", tmp_path),
+        tmp_path,
+        launcher=("--use_deepspeed", "--zero_stage", "2"),
+    )
 
     single = load_file(str(tmp_path / "one" / "params_rank0.safetensors"))
     rank0 = load_file(str(tmp_path / "two" / "params_rank0.safetensors"))
@@ -289,11 +388,19 @@ def assert_equal_up_to_roundoff(weights: dict, reference: dict, initial: dict) -
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-@pytest.mark.parametrize("sharding, launcher", [
-    (("fsdp=true",), ("--multi_gpu",)),
-    # accelerate's DeepSpeed launch: ZeRO 1 with the AdamW state offloaded to the CPU.
-    pytest.param((), ("--use_deepspeed", "--zero_stage", "1", "--offload_optimizer_device", "cpu"), marks=pytest.mark.skipif(not DEEPSPEED, reason="DeepSpeed is not installed")),
-], ids=["fsdp", "zero1-offload"])
+@pytest.mark.parametrize(
+    "sharding, launcher",
+    [
+        (("fsdp=true",), ("--multi_gpu",)),
+        # accelerate's DeepSpeed launch: ZeRO 1 with the AdamW state offloaded to the CPU.
+        pytest.param(
+            (),
+            ("--use_deepspeed", "--zero_stage", "1", "--offload_optimizer_device", "cpu"),
+            marks=pytest.mark.skipif(not DEEPSPEED, reason="DeepSpeed is not installed"),
+        ),
+    ],
+    ids=["fsdp", "zero1-offload"],
+)
 def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding, launcher):
     # LoRA with a KL to the reference (adapters disabled: one more forward per micro-batch).
     tiny_dir = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
@@ -301,7 +408,10 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding,
     a, b = tmp_path / "a", tmp_path / "b"
     launch(2, fsdp_overrides(tiny_dir, a, tmp_path, *lora, "iterations=2", *sharding), tmp_path, launcher)
     launch(1, fsdp_overrides(tiny_dir, b, tmp_path, *lora, "iterations=2"), tmp_path)
-    first_a, first_b = load_file(str(a / "final" / "model.safetensors")), load_file(str(b / "final" / "model.safetensors"))
+    first_a, first_b = (
+        load_file(str(a / "final" / "model.safetensors")),
+        load_file(str(b / "final" / "model.safetensors")),
+    )
     for k in first_b:  # the LoRA-merged export of the sharded run
         torch.testing.assert_close(first_a[k], first_b[k], **WEIGHT_TOL)
     # Swap: the sharded run's checkpoint continues unsharded, and the other way round.

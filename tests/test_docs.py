@@ -51,6 +51,7 @@ FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)\s*$")
 
 # ---------------------------------------------------------------- reading the Markdown
 
+
 def split_markdown(text: str) -> tuple[list[tuple[str, str]], str]:
     """The fenced code blocks as (language, body) and the text outside them (blocks blanked)."""
     blocks, prose, lines = [], [], text.splitlines()
@@ -64,7 +65,7 @@ def split_markdown(text: str) -> tuple[list[tuple[str, str]], str]:
         indent, fence, language = match.groups()
         body, i = [], i + 1
         while i < len(lines) and lines[i].strip() != fence:
-            body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i].lstrip())
+            body.append(lines[i][len(indent) :] if lines[i].startswith(indent) else lines[i].lstrip())
             i += 1
         blocks.append((language.lower(), "\n".join(body)))
         prose.append("")
@@ -110,6 +111,7 @@ def split_commands(line: str) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------- checking the commands
+
 
 def is_placeholder(value: str) -> bool:
     return value == "..." or any(PLACEHOLDER.fullmatch(part) for part in value.strip("[]").split("/") if part)
@@ -162,11 +164,11 @@ class Checker:
             if i + 1 >= len(args):
                 self.fail(where, "accelerate launch -m without a module")
                 return
-            self.check_module(where, args[i + 1], args[i + 2:])
+            self.check_module(where, args[i + 1], args[i + 2 :])
             return
         scripts = [i for i, a in enumerate(args) if a.endswith(".py")]
         if scripts:
-            self.check_script(where, args[scripts[0]], args[scripts[0] + 1:])
+            self.check_script(where, args[scripts[0]], args[scripts[0] + 1 :])
         elif not all(is_placeholder(a) or a.startswith("-") for a in args):
             self.fail(where, f"accelerate launch {' '.join(args)}: no -m MODULE or script.py")
 
@@ -257,7 +259,7 @@ class Checker:
         else:
             from flowrl.rewards import serve
 
-            build_parser = getattr(serve, "build_parser", None) or getattr(serve, "_parser")
+            build_parser = getattr(serve, "build_parser", None) or serve._parser
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
@@ -395,6 +397,7 @@ def heading_anchors(text: str) -> set[str]:
 
 # ---------------------------------------------------------------- the tests
 
+
 @pytest.fixture
 def checker(tmp_path, monkeypatch):
     """A Checker run from the repository root, with the documented plug-in reward importable."""
@@ -447,7 +450,7 @@ def test_the_check_fails_on_bad_commands_and_links(checker, tmp_path):
         f"`flowrl train {recipe} method.windw=3`": "windw",
         f"`flowrl train {recipe} objective.no_such_option=1`": "no_such_option",
         "`flowrl eval toyshapes --no-such-flag`": "--no-such-flag",
-        "`flowrl eval toyshapes --prompt \"a pink star\"`": "pink",
+        '`flowrl eval toyshapes --prompt "a pink star"`': "pink",
         "`flowrl pretrain-toy --stepz 3`": "--stepz",
         "`python -m flowrl.no_such_module`": "flowrl.no_such_module",
         "`python scripts/no_such_script.py`": "no_such_script",
@@ -464,9 +467,11 @@ def test_the_check_fails_on_bad_commands_and_links(checker, tmp_path):
         checker.problems.clear()
         checker.check_doc(doc)
         assert checker.problems and needle in "\n".join(checker.problems), (example, checker.problems)
-    doc.write_text(f"# Good\n\n```bash\nflowrl train {recipe} lr=1e-4 method.noise_level=0.5 seed=S  # a comment\n"
-                   "flowrl eval toyshapes --images-per-category 96 --checkpoint RUN/final --json run.json\n```\n\n"
-                   "[here](#good)\n")
+    doc.write_text(
+        f"# Good\n\n```bash\nflowrl train {recipe} lr=1e-4 method.noise_level=0.5 seed=S  # a comment\n"
+        "flowrl eval toyshapes --images-per-category 96 --checkpoint RUN/final --json run.json\n```\n\n"
+        "[here](#good)\n"
+    )
     checker.problems.clear()
     checker.check_doc(doc)
     assert not checker.problems, checker.problems

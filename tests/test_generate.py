@@ -37,7 +37,9 @@ def test_both_samplers_reach_the_data_distribution(eta):
     # 2,000 images x 64 pixels: the sample std is within about 0.4% of DATA_STD by chance;
     # a wrongly scaled SDE noise or drift moves it by far more (eta 0.7 without the score
     # correction would add eta^2 = 0.49 of variance)
-    images = generate(GaussianDataPolicy(), ["x"] * 2000, list(range(2000)), steps=200, guidance=1.0, batch_size=500, eta=eta)
+    images = generate(
+        GaussianDataPolicy(), ["x"] * 2000, list(range(2000)), steps=200, guidance=1.0, batch_size=500, eta=eta
+    )
     std = images.double().std().item()
     assert abs(std - DATA_STD) < 0.02, std
     assert abs(images.double().mean().item()) < 0.01

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import free_port, metric_records, metric_values, same_checkpoint_weights, tiny_model
 from flowrl.config import build_config
 from flowrl.interrupts import StopRequests, exit_code
 from flowrl.policies.toy import save_toy
 from flowrl.toy_pretraining import build_parser, pretrain
 from flowrl.trainer import train
-
-from conftest import free_port, metric_records, metric_values, same_checkpoint_weights, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,26 +97,52 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
     tiny = str(save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("method: flow_grpo\n")
-    common = [f"policy={tiny}", "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3", "method.shift=1.0", "eval_every=0",
-              "checkpoint_every=1000", "lr=1e-3", "threads=1", "reward=conftest:brightness_reward", "minutes=0"]
+    common = [
+        f"policy={tiny}",
+        "prompts_per_iteration=2",
+        "method.num_steps=4",
+        "method.group_size=3",
+        "method.shift=1.0",
+        "eval_every=0",
+        "checkpoint_every=1000",
+        "lr=1e-3",
+        "threads=1",
+        "reward=conftest:brightness_reward",
+        "minutes=0",
+    ]
     out = tmp_path / "stopped"
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
-    run = subprocess.Popen([sys.executable, "-m", "flowrl", "train", str(recipe), *common, f"out={out}", "iterations=1000"], cwd=REPO,
-                           env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "flowrl", "train", str(recipe), *common, f"out={out}", "iterations=1000"],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: len(records_so_far(out)) >= 3, run)  # iteration 0 and two trained
     run.send_signal(signal.SIGINT)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
-    assert f"training flow_grpo on {tiny}, 1000 iterations, into {out} (Ctrl-C stops after the current iteration, with a checkpoint)" in stderr
+    assert (
+        f"training flow_grpo on {tiny}, 1000 iterations, into {out} (Ctrl-C stops after the current iteration, with a checkpoint)"
+        in stderr
+    )
     assert "SIGINT: stopping after this iteration with a checkpoint" in stderr
     stopped_at = metric_values(out, "iteration")[-1]
     assert 2 <= stopped_at < 1000
-    assert f"done: {stopped_at} iterations in {out} (stopped by SIGINT with a checkpoint; rerun the same command to continue)" in stdout
+    assert (
+        f"done: {stopped_at} iterations in {out} (stopped by SIGINT with a checkpoint; rerun the same command to continue)"
+        in stdout
+    )
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=False)["iteration"] == stopped_at
 
     # Resumed for one more iteration, it equals a run of that length that was never interrupted.
     train(build_config({}, common + [f"out={out}", f"iterations={stopped_at + 1}"]))
-    assert f"training flow_grpo on {tiny}, from iteration {stopped_at} of {stopped_at + 1}, into {out} (" in capsys.readouterr().err
+    assert (
+        f"training flow_grpo on {tiny}, from iteration {stopped_at} of {stopped_at + 1}, into {out} ("
+        in capsys.readouterr().err
+    )
     train(build_config({}, common + [f"out={tmp_path / 'straight'}", f"iterations={stopped_at + 1}"]))
     assert same_checkpoint_weights(out, tmp_path / "straight")
     rewards = metric_values(out, "reward/mean")
@@ -126,30 +151,73 @@ def test_ctrl_c_ends_training_after_the_iteration_with_a_checkpoint_and_the_resu
 
 def test_sigterm_ends_pretraining_after_the_step_with_a_checkpoint(tmp_path):
     out = tmp_path / "run"
-    run = subprocess.Popen([sys.executable, "scripts/pretrain_toy.py", "--out", str(out), "--steps", "100000", "--batch", "4", "--layers", "1",
-                            "--heads", "1", "--warmup", "2", "--checkpoint-every", "100000", "--threads", "1"], cwd=REPO,
-                           env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "scripts/pretrain_toy.py",
+            "--out",
+            str(out),
+            "--steps",
+            "100000",
+            "--batch",
+            "4",
+            "--layers",
+            "1",
+            "--heads",
+            "1",
+            "--warmup",
+            "2",
+            "--checkpoint-every",
+            "100000",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for(lambda: (out / "log.jsonl").is_file() and (out / "log.jsonl").read_text(), run)  # step 0 logged
     run.send_signal(signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 143, stderr
     step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert 1 <= step < 100000
-    assert f"stopped by SIGTERM at step {step} of 100000, with a checkpoint; rerun the same command to continue" in stdout
+    assert (
+        f"stopped by SIGTERM at step {step} of 100000, with a checkpoint; rerun the same command to continue" in stdout
+    )
     assert (out / "ema" / "model.safetensors").is_file()
 
 
 def test_an_unfinished_pretraining_run_is_not_shipped(tmp_path, monkeypatch, capsys):
     shipped = tmp_path / "shipped"
     monkeypatch.setattr("flowrl.toy_pretraining.SHIPPED_DIR", shipped)
-    arguments = ["--out", str(tmp_path / "run"), "--batch", "4", "--layers", "1", "--heads", "1", "--warmup", "2", "--ship"]
-    pretrain(build_parser().parse_args([*arguments, "--steps", "3", "--minutes", "1e-9"]))  # out of time after the first step
+    arguments = [
+        "--out",
+        str(tmp_path / "run"),
+        "--batch",
+        "4",
+        "--layers",
+        "1",
+        "--heads",
+        "1",
+        "--warmup",
+        "2",
+        "--ship",
+    ]
+    pretrain(
+        build_parser().parse_args([*arguments, "--steps", "3", "--minutes", "1e-9"])
+    )  # out of time after the first step
     assert "not shipped: step 1 of 3" in capsys.readouterr().out and not shipped.exists()
     pretrain(build_parser().parse_args([*arguments, "--steps", "3"]))  # resumed to the end: shipped
     assert (shipped / "model.safetensors").is_file()
 
 
-@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="the accelerate launcher is not installed")
+@pytest.mark.skipif(
+    shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None,
+    reason="the accelerate launcher is not installed",
+)
 def test_sigterm_to_an_accelerate_launch_stops_every_process_at_one_iteration_with_a_checkpoint(tmp_path):
     # As a scheduler preempting a job: the launcher (torchrun) passes the signal to both workers,
     # which agree on the iteration to stop at, checkpoint it and exit; the launch reports 143.
@@ -158,12 +226,51 @@ def test_sigterm_to_an_accelerate_launch_stops_every_process_at_one_iteration_wi
     recipe.write_text("method: flow_grpo\n")
     out = tmp_path / "run"
     launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    command = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "flowrl", "train", str(recipe), f"policy={tiny}", f"out={out}", "iterations=1000",
-               "prompts_per_iteration=2", "method.num_steps=4", "method.group_size=3", "method.shift=1.0", "eval_every=0", "checkpoint_every=1000",
-               "threads=1", "reward=conftest:brightness_reward", "minutes=0"]
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]), "OMP_NUM_THREADS": "1"}
-    run = subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    command = [
+        launcher,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "flowrl",
+        "train",
+        str(recipe),
+        f"policy={tiny}",
+        f"out={out}",
+        "iterations=1000",
+        "prompts_per_iteration=2",
+        "method.num_steps=4",
+        "method.group_size=3",
+        "method.shift=1.0",
+        "eval_every=0",
+        "checkpoint_every=1000",
+        "threads=1",
+        "reward=conftest:brightness_reward",
+        "minutes=0",
+    ]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+        "OMP_NUM_THREADS": "1",
+    }
+    run = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     wait_for(lambda: len(records_so_far(out)) >= 3, run)
     os.killpg(run.pid, signal.SIGTERM)
     stdout, stderr = run.communicate(timeout=120)

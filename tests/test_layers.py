@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 # ToyShapes' world: the prompt grammar, scenes, renderer and exact verifier (a leaf that rewards may use).
-WORLD = frozenset(f"flowrl.benchmarks.toyshapes.{name}" for name in ("prompts", "scene", "render", "verify", "breakdown"))
+WORLD = frozenset(
+    f"flowrl.benchmarks.toyshapes.{name}" for name in ("prompts", "scene", "render", "verify", "breakdown")
+)
 # Pure tensor code: credit, losses and objectives.
 PURE = ("flowrl.advantage", "flowrl.losses", "flowrl.objectives")
 # Importing any module runs the __init__ of each package around it, so these import only what
@@ -53,27 +55,58 @@ class Rule:
 
 
 RULES = [
-    Rule("flowrl.registry imports nothing from flowrl (every layer may use it)",
-         lambda m: m == "flowrl.registry", lambda m, t: False),
-    Rule("flowrl.samplers imports only flowrl.samplers and flowrl.registry",
-         lambda m: under(m, "flowrl.samplers"), lambda m, t: under(t, "flowrl.samplers", "flowrl.registry")),
-    Rule("flowrl.rewards imports only flowrl.rewards, flowrl.registry and the ToyShapes world",
-         lambda m: under(m, "flowrl.rewards"), lambda m, t: under(t, "flowrl.rewards", "flowrl.registry") or t in WORLD),
-    Rule("the ToyShapes world (prompts, scene, render, verify, breakdown) imports only itself",
-         lambda m: m in WORLD, lambda m, t: t in WORLD),
-    Rule("the ToyShapes evaluation imports only the world (it takes a sampling callable, not a model)",
-         lambda m: m == "flowrl.benchmarks.toyshapes.evaluate", lambda m, t: t in WORLD),
-    Rule("the packages around the leaves import only what the leaves may (their __init__ runs with them)",
-         lambda m: m in AROUND_LEAVES, lambda m, t: t in AROUND_LEAVES[m]),
-    Rule("flowrl.advantage, flowrl.losses, flowrl.objectives import no trainer, cli, policies, benchmarks or rewards (but the win-rate rule)",
-         lambda m: under(m, *PURE),
-         lambda m, t: not under(t, "flowrl.trainer", "flowrl.cli", "flowrl.policies", "flowrl.benchmarks", "flowrl.rewards")
-         or t == "flowrl.rewards.win_rates"),
-    Rule("only flowrl.__main__ imports flowrl.cli (shared helpers live in flowrl.cli_args)",
-         lambda m: m not in ("flowrl.cli", "flowrl.__main__"), lambda m, t: not under(t, "flowrl.cli")),
-    Rule("the reward client and server share flowrl.rewards.wire, not each other",
-         lambda m: m in ("flowrl.rewards.remote", "flowrl.rewards.serve"),
-         lambda m, t: not under(t, {"flowrl.rewards.remote": "flowrl.rewards.serve", "flowrl.rewards.serve": "flowrl.rewards.remote"}[m])),
+    Rule(
+        "flowrl.registry imports nothing from flowrl (every layer may use it)",
+        lambda m: m == "flowrl.registry",
+        lambda m, t: False,
+    ),
+    Rule(
+        "flowrl.samplers imports only flowrl.samplers and flowrl.registry",
+        lambda m: under(m, "flowrl.samplers"),
+        lambda m, t: under(t, "flowrl.samplers", "flowrl.registry"),
+    ),
+    Rule(
+        "flowrl.rewards imports only flowrl.rewards, flowrl.registry and the ToyShapes world",
+        lambda m: under(m, "flowrl.rewards"),
+        lambda m, t: under(t, "flowrl.rewards", "flowrl.registry") or t in WORLD,
+    ),
+    Rule(
+        "the ToyShapes world (prompts, scene, render, verify, breakdown) imports only itself",
+        lambda m: m in WORLD,
+        lambda m, t: t in WORLD,
+    ),
+    Rule(
+        "the ToyShapes evaluation imports only the world (it takes a sampling callable, not a model)",
+        lambda m: m == "flowrl.benchmarks.toyshapes.evaluate",
+        lambda m, t: t in WORLD,
+    ),
+    Rule(
+        "the packages around the leaves import only what the leaves may (their __init__ runs with them)",
+        lambda m: m in AROUND_LEAVES,
+        lambda m, t: t in AROUND_LEAVES[m],
+    ),
+    Rule(
+        "flowrl.advantage, flowrl.losses, flowrl.objectives import no trainer, cli, policies, benchmarks or rewards (but the win-rate rule)",
+        lambda m: under(m, *PURE),
+        lambda m, t: (
+            not under(t, "flowrl.trainer", "flowrl.cli", "flowrl.policies", "flowrl.benchmarks", "flowrl.rewards")
+            or t == "flowrl.rewards.win_rates"
+        ),
+    ),
+    Rule(
+        "only flowrl.__main__ imports flowrl.cli (shared helpers live in flowrl.cli_args)",
+        lambda m: m not in ("flowrl.cli", "flowrl.__main__"),
+        lambda m, t: not under(t, "flowrl.cli"),
+    ),
+    Rule(
+        "the reward client and server share flowrl.rewards.wire, not each other",
+        lambda m: m in ("flowrl.rewards.remote", "flowrl.rewards.serve"),
+        lambda m, t: (
+            not under(
+                t, {"flowrl.rewards.remote": "flowrl.rewards.serve", "flowrl.rewards.serve": "flowrl.rewards.remote"}[m]
+            )
+        ),
+    ),
 ]
 
 
@@ -83,11 +116,11 @@ def package_dirs() -> dict[str, Path]:
     section = re.search(r"^\[tool\.setuptools\.package-dir\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
     assert section, "pyproject.toml has no [tool.setuptools.package-dir] table"
     pairs = re.findall(r'^"([\w.]+)"\s*=\s*"([\w./-]+)"', section.group(1), re.M)
-    assert pairs, "pyproject.toml's [tool.setuptools.package-dir] has no \"package\" = \"folder\" lines this test can read"
+    assert pairs, 'pyproject.toml\'s [tool.setuptools.package-dir] has no "package" = "folder" lines this test can read'
     return {package: REPO / folder for package, folder in pairs}
 
 
-@lru_cache(maxsize=None)
+@cache
 def sources() -> dict[str, Path]:
     """{module name: file} of every .py file under the package folders."""
     modules = {}
@@ -109,7 +142,11 @@ def imports_of(module: str, path: Path, source: str, known: frozenset[str] | set
     found, seen = [], set()
 
     def add(node: ast.AST, target: str) -> None:
-        if (node.lineno, node.col_offset, target) in seen:  # `from .serve import a, b`: one import of flowrl.rewards.serve
+        if (
+            node.lineno,
+            node.col_offset,
+            target,
+        ) in seen:  # `from .serve import a, b`: one import of flowrl.rewards.serve
             return
         seen.add((node.lineno, node.col_offset, target))
         statement = " ".join((ast.get_source_segment(source, node) or "").split())
@@ -123,28 +160,41 @@ def imports_of(module: str, path: Path, source: str, known: frozenset[str] | set
             if node.level:
                 parts = package.split(".")
                 if node.level - 1 >= len(parts):
-                    raise AssertionError(f"{path}:{node.lineno}: a relative import above the top-level package {parts[0]}")
+                    raise AssertionError(
+                        f"{path}:{node.lineno}: a relative import above the top-level package {parts[0]}"
+                    )
                 base = ".".join(parts[: len(parts) - (node.level - 1)] + ([node.module] if node.module else []))
             else:
                 base = node.module
             for alias in node.names:
                 child = f"{base}.{alias.name}"
                 add(node, child if child in known else base)
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+        ):
             add(node, node.args[0].value)
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_imports() -> tuple[Import, ...]:
     modules = sources()
     known = frozenset(modules)
-    return tuple(i for module, path in modules.items() for i in imports_of(module, path, path.read_text(encoding="utf-8"), known))
+    return tuple(
+        i for module, path in modules.items() for i in imports_of(module, path, path.read_text(encoding="utf-8"), known)
+    )
 
 
 def violations(rule: Rule) -> list[Import]:
-    return [i for i in all_imports() if rule.constrains(i.module) and under(i.target, "flowrl") and not rule.allows(i.module, i.target)]
+    return [
+        i
+        for i in all_imports()
+        if rule.constrains(i.module) and under(i.target, "flowrl") and not rule.allows(i.module, i.target)
+    ]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.name)
@@ -175,8 +225,15 @@ def test_the_scanner_resolves_relative_imports_and_sees_inside_functions(tmp_pat
     known = {"flowrl.rewards.wire", "flowrl.rewards.base", "flowrl.benchmarks.toyshapes.verify"}
     found = imports_of("flowrl.rewards.remote", tmp_path / "remote.py", source, known)
     assert [(i.line, i.target) for i in found] == [
-        (1, "torch"), (2, "flowrl.rewards.wire"), (3, "flowrl.rewards.base"), (4, "flowrl.benchmarks.toyshapes.verify"),
-        (6, "flowrl.cli"), (7, "flowrl.trainer"), (8, "flowrl.policies"),
+        (1, "torch"),
+        (2, "flowrl.rewards.wire"),
+        (3, "flowrl.rewards.base"),
+        (4, "flowrl.benchmarks.toyshapes.verify"),
+        (6, "flowrl.cli"),
+        (7, "flowrl.trainer"),
+        (8, "flowrl.policies"),
     ]
     init = imports_of("flowrl.rewards", tmp_path / "__init__.py", "from .base import x\n", set())
-    assert [i.target for i in init] == ["flowrl.rewards.base"]  # a package's own __init__ is the base of its relative imports
+    assert [i.target for i in init] == [
+        "flowrl.rewards.base"
+    ]  # a package's own __init__ is the base of its relative imports

@@ -1,6 +1,5 @@
 """Policy losses against hand computations, exact references and gradient checks."""
 
-
 import pytest
 import torch
 
@@ -68,7 +67,9 @@ def test_kl_estimators_are_exact_in_expectation_on_a_categorical():
     exact = float((pi * (pi.log() - ref.log())).sum())
     for name in ("k1", "k3"):
         assert float((pi * kl_estimate(pi.log(), ref.log(), name)).sum()) == pytest.approx(exact, rel=1e-12)
-    assert float((pi * kl_estimate(pi.log(), ref.log(), "k2")).sum()) == pytest.approx(float((pi * 0.5 * (pi.log() - ref.log()) ** 2).sum()))
+    assert float((pi * kl_estimate(pi.log(), ref.log(), "k2")).sum()) == pytest.approx(
+        float((pi * 0.5 * (pi.log() - ref.log()) ** 2).sum())
+    )
     assert bool((kl_estimate(pi.log(), ref.log(), "k3") >= 0).all())
     with pytest.raises(ValueError, match="k4"):
         kl_estimate(pi.log(), ref.log(), "k4")
@@ -78,9 +79,13 @@ def test_gaussian_kl_matches_torch_distributions():
     mean = torch.randn(3, 2, 4, dtype=torch.float64)
     ref = torch.randn(3, 2, 4, dtype=torch.float64)
     std = T([0.5, 1.0, 2.0], dtype=torch.float64)
-    expected = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mean, std.view(3, 1, 1)), torch.distributions.Normal(ref, std.view(3, 1, 1))
-    ).flatten(1).mean(1)
+    expected = (
+        torch.distributions.kl_divergence(
+            torch.distributions.Normal(mean, std.view(3, 1, 1)), torch.distributions.Normal(ref, std.view(3, 1, 1))
+        )
+        .flatten(1)
+        .mean(1)
+    )
     assert torch.allclose(gaussian_kl(mean, ref, std), expected)
     with pytest.raises(ValueError, match="positive"):
         gaussian_kl(mean, ref, torch.zeros(3))
@@ -109,12 +114,16 @@ def test_micro_batches_with_a_global_normaliser_give_the_full_batch_gradient(mod
     adv = torch.randn(6, dtype=torch.float64)
     full, _ = policy_loss(theta, old, adv, mask=mask, aggregation=mode)
     (full_grad,) = torch.autograd.grad(full, theta)
-    normalizer = {"token-mean": float(mask.sum()), "seq-mean-token-sum": 6.0, "seq-mean-token-sum-norm": 6.0 * 5}.get(mode)
+    normalizer = {"token-mean": float(mask.sum()), "seq-mean-token-sum": 6.0, "seq-mean-token-sum-norm": 6.0 * 5}.get(
+        mode
+    )
     if mode == "seq-mean-token-mean":
         normalizer = 6.0  # per-sequence means are local; only the count of sequences is global
     total = 0
     for rows in (slice(0, 2), slice(2, 6)):
-        part, _ = policy_loss(theta[rows], old[rows], adv[rows], mask=mask[rows], aggregation=mode, normalizer=normalizer)
+        part, _ = policy_loss(
+            theta[rows], old[rows], adv[rows], mask=mask[rows], aggregation=mode, normalizer=normalizer
+        )
         total = total + part
     (micro_grad,) = torch.autograd.grad(total, theta)
     assert torch.allclose(full_grad, micro_grad)
@@ -165,14 +174,40 @@ def test_gradcheck_of_the_losses():
     log_ratio = (0.05 * torch.randn(6, dtype=torch.float64)).requires_grad_()
     adv = torch.randn(6, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: clipped_surrogate(x, adv, eps_low=0.2, eps_high=0.28)[0], (log_ratio,))
-    assert torch.autograd.gradcheck(lambda x: regression_surrogate(x, adv, scale=0.3, group_ids=T([0, 0, 0, 1, 1, 1]))[0], (log_ratio,))
+    assert torch.autograd.gradcheck(
+        lambda x: regression_surrogate(x, adv, scale=0.3, group_ids=T([0, 0, 0, 1, 1, 1]))[0], (log_ratio,)
+    )
     ref = torch.randn(6, dtype=torch.float64)
     for name in ("k1", "k2", "k3"):
         assert torch.autograd.gradcheck(lambda x: kl_estimate(x, ref, name), (log_ratio,))
     mean = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda m: gaussian_kl(m, torch.zeros(2, 3, dtype=torch.float64), T([0.5, 2.0], dtype=torch.float64)), (mean,))
+    assert torch.autograd.gradcheck(
+        lambda m: gaussian_kl(m, torch.zeros(2, 3, dtype=torch.float64), T([0.5, 2.0], dtype=torch.float64)), (mean,)
+    )
     logp = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
     old = logp.detach() + 0.01 * torch.randn(3, 4, dtype=torch.float64)
     mask = T([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]).bool()
-    assert torch.autograd.gradcheck(lambda x: policy_loss(x, old, T([1.0, -0.5, 0.2], dtype=torch.float64), mask=mask, logp_ref=old, beta=0.1, aggregation="seq-mean-token-mean")[0], (logp,))
-    assert torch.autograd.gradcheck(lambda x: policy_loss(x, old, T([1.0, -0.5, 0.2], dtype=torch.float64), mask=mask, loss="gspo", sequence_level=True, loss_options=dict(eps_low=0.2, eps_high=0.2))[0], (logp,))
+    assert torch.autograd.gradcheck(
+        lambda x: policy_loss(
+            x,
+            old,
+            T([1.0, -0.5, 0.2], dtype=torch.float64),
+            mask=mask,
+            logp_ref=old,
+            beta=0.1,
+            aggregation="seq-mean-token-mean",
+        )[0],
+        (logp,),
+    )
+    assert torch.autograd.gradcheck(
+        lambda x: policy_loss(
+            x,
+            old,
+            T([1.0, -0.5, 0.2], dtype=torch.float64),
+            mask=mask,
+            loss="gspo",
+            sequence_level=True,
+            loss_options=dict(eps_low=0.2, eps_high=0.2),
+        )[0],
+        (logp,),
+    )

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import metric_records, tiny_model, tiny_run
 from flowrl.config import build_config
-from flowrl.trainer import train
 from flowrl.samplers.matching import MatchingPoints, matching_points, score_matching, transition_samples
 from flowrl.samplers.methods import get_method
 from flowrl.samplers.plan import Plan, StepSpec
 from flowrl.samplers.rollout import rollout
-
-from conftest import metric_records, tiny_model, tiny_run
+from flowrl.trainer import train
 
 SHAPE = (2, 3)
 
@@ -26,11 +25,20 @@ def linear_velocity(x, sigma, prompt):
 
 def test_score_matching_is_minus_the_mean_squared_flow_matching_error():
     g = torch.Generator().manual_seed(0)
-    points = MatchingPoints(torch.randn(5, *SHAPE, generator=g), torch.randn(5, *SHAPE, generator=g),
-                            torch.tensor([0.9, 0.5, 0.3, 0.1, 0.7]), torch.tensor([0, 1, 1, 0, 2]))
+    points = MatchingPoints(
+        torch.randn(5, *SHAPE, generator=g),
+        torch.randn(5, *SHAPE, generator=g),
+        torch.tensor([0.9, 0.5, 0.3, 0.1, 0.7]),
+        torch.tensor([0, 1, 1, 0, 2]),
+    )
     scored = score_matching(linear_velocity, points, max_batch=2)  # chunked calls: same values
     # by hand in float64: x_t = (1 - s) x0 + s eps, target eps - x0
-    x0, eps, s, p = (points.x0.double().numpy(), points.noise.double().numpy(), points.sigma.double().numpy(), points.prompt.double().numpy())
+    x0, eps, s, p = (
+        points.x0.double().numpy(),
+        points.noise.double().numpy(),
+        points.sigma.double().numpy(),
+        points.prompt.double().numpy(),
+    )
     expected = []
     for i in range(5):
         x_t = (1 - s[i]) * x0[i] + s[i] * eps[i]
@@ -43,9 +51,14 @@ def test_score_matching_is_minus_the_mean_squared_flow_matching_error():
 def test_the_exact_velocity_of_a_point_mass_scores_zero():
     # Data = one point c: the flow-matching velocity is (x_t - c) / sigma = eps - c exactly.
     c = torch.tensor([[0.5, -1.0, 2.0], [0.0, 0.3, -0.7]])
-    velocity = lambda x, sigma, prompt: (x - c) / sigma.view(-1, 1, 1)
+
+    def velocity(x, sigma, prompt):
+        return (x - c) / sigma.view(-1, 1, 1)
+
     noise = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
-    points = MatchingPoints(c.expand(4, *SHAPE), noise, torch.tensor([1.0, 0.6, 0.25, 0.05]), torch.zeros(4, dtype=torch.long))
+    points = MatchingPoints(
+        c.expand(4, *SHAPE), noise, torch.tensor([1.0, 0.6, 0.25, 0.05]), torch.zeros(4, dtype=torch.long)
+    )
     assert score_matching(velocity, points).logp.abs().max() < 1e-10
     # ...and any other sample scores below it, by its squared distance to c over sigma
     moved = MatchingPoints(points.x0 + 0.1, noise, points.sigma, points.prompt)
@@ -55,7 +68,9 @@ def test_the_exact_velocity_of_a_point_mass_scores_zero():
 
 def test_each_transition_of_a_chain_leads_to_its_own_chains_sample():
     steps = 5
-    plan = Plan(torch.linspace(1, 0, steps + 1), tuple(StepSpec(mode="sde", trained=True) for _ in range(steps)), group_size=3)
+    plan = Plan(
+        torch.linspace(1, 0, steps + 1), tuple(StepSpec(mode="sde", trained=True) for _ in range(steps)), group_size=3
+    )
     result = rollout(linear_velocity, plan, 2, SHAPE, seed=2)
     t = result.transitions
     samples = transition_samples(result, t)
@@ -70,7 +85,11 @@ def test_each_transition_of_a_chain_leads_to_its_own_chains_sample():
 
     noise = torch.randn(len(t), *SHAPE)
     points = matching_points(result, t, noise)
-    assert torch.equal(points.x0, result.samples[samples]) and torch.equal(points.sigma, t.sigma) and torch.equal(points.noise, noise)
+    assert (
+        torch.equal(points.x0, result.samples[samples])
+        and torch.equal(points.sigma, t.sigma)
+        and torch.equal(points.noise, noise)
+    )
 
 
 @pytest.mark.parametrize("method", ["branch_grpo", "tempflow_grpo"])
@@ -112,7 +131,15 @@ def test_a_matching_run_trains_resumes_exactly_and_scores_each_point_once(tiny_d
 
 def test_matching_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
     def rewards(name, lr):
-        config = tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=matching")
+        config = tiny_run(
+            tiny_dir,
+            tmp_path / name,
+            "iterations=12",
+            "method.group_size=4",
+            f"lr={lr}",
+            "checkpoint_every=100",
+            "objective=matching",
+        )
         train(config)
         return [r["reward/mean"] for r in metric_records(tmp_path / name, skip_first=True)]
 
@@ -162,18 +189,35 @@ def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path
     # Another deterministic solver (DiffusionNFT's DPM-Solver 2M) draws other images and trains the same steps.
     dpm = run("dpm", "method.noise_level=0", "method.solver=dpmpp_2m")
     assert dpm[0]["reward/mean"] != flow[0]["reward/mean"]
-    assert [r["transitions/trained"] for r in dpm] == [r["transitions/trained"] for r in flow] and all(math.isfinite(r["loss/total"]) for r in dpm)
+    assert [r["transitions/trained"] for r in dpm] == [r["transitions/trained"] for r in flow] and all(
+        math.isfinite(r["loss/total"]) for r in dpm
+    )
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["method.noise_level=0"], r"config key method_options=.*noise level 0 makes the trained steps \[0, 1, 2, 3, 4, 5, 6, 7, 8\] of the flow_grpo plan "
-                               "deterministic.*objective=sde trains their log-probability.*use objective=matching or objective=nft"),
-    (["objective=matching", "method=dance_grpo", "method.eta=0"], "the dance_grpo plan's 12 samples of a prompt would be identical.*set method.share_noise=false"),
-    (["objective=matching", "method.noise_level=-0.1"], r"method 'flow_grpo': noise_level must be >= 0 \(0: deterministic ODE steps"),
-    (["objective=matching", "method.solver=dpmpp_2m"], "solver='dpmpp_2m' applies to deterministic rollouts \\(noise_level=0\\); with noise_level=0.7 every step is an SDE step"),
-    (["objective=matching", "method.noise_level=0", "method.solver=rk4"], "unknown ODE solver 'rk4'"),
-    (["objective=matching", "method=branch_grpo", "method.eta=0"], "eta must be positive"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["method.noise_level=0"],
+            r"config key method_options=.*noise level 0 makes the trained steps \[0, 1, 2, 3, 4, 5, 6, 7, 8\] of the flow_grpo plan "
+            "deterministic.*objective=sde trains their log-probability.*use objective=matching or objective=nft",
+        ),
+        (
+            ["objective=matching", "method=dance_grpo", "method.eta=0"],
+            "the dance_grpo plan's 12 samples of a prompt would be identical.*set method.share_noise=false",
+        ),
+        (
+            ["objective=matching", "method.noise_level=-0.1"],
+            r"method 'flow_grpo': noise_level must be >= 0 \(0: deterministic ODE steps",
+        ),
+        (
+            ["objective=matching", "method.solver=dpmpp_2m"],
+            "solver='dpmpp_2m' applies to deterministic rollouts \\(noise_level=0\\); with noise_level=0.7 every step is an SDE step",
+        ),
+        (["objective=matching", "method.noise_level=0", "method.solver=rk4"], "unknown ODE solver 'rk4'"),
+        (["objective=matching", "method=branch_grpo", "method.eta=0"], "eta must be positive"),
+    ],
+)
 def test_zero_noise_settings_that_cannot_train_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config({}, overrides)

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
+from conftest import MISSION, SMALL
 from flowrl.advantage import assign_credit, grpo
 from flowrl.samplers.methods import METHODS, get_method
 from flowrl.samplers.rollout import rollout
-
-from conftest import MISSION, SMALL
 
 
 def velocity(x, sigma, prompt):
@@ -122,7 +121,9 @@ def test_probe_credit_z_scores_probes_of_one_spine_node():
         if child not in probe_reward:
             assert not bool(credit.mask[k])
             continue
-        siblings = [probe_reward[p] for p in probe_reward if int(result.node_parent[p]) == int(result.node_parent[child])]
+        siblings = [
+            probe_reward[p] for p in probe_reward if int(result.node_parent[p]) == int(result.node_parent[child])
+        ]
         mean = sum(siblings) / len(siblings)
         std = math.sqrt(sum((v - mean) ** 2 for v in siblings) / len(siblings))
         assert credit.advantages[k].item() == pytest.approx((probe_reward[child] - mean) / (std + 1e-4), abs=1e-4)
@@ -133,10 +134,18 @@ def test_g2rpo_sums_the_z_scores_of_each_granularity():
     for k, child in enumerate(result.transitions.child.tolist()):
         if not bool(credit.mask[k]):
             continue
-        siblings = {int(p) for p in result.probe.tolist() if p >= 0 and int(result.node_parent[p]) == int(result.node_parent[child])}
+        siblings = {
+            int(p)
+            for p in result.probe.tolist()
+            if p >= 0 and int(result.node_parent[p]) == int(result.node_parent[child])
+        }
         total = 0.0
         for tail in range(len(config.tail_strides)):
-            scores = {int(result.probe[s]): rewards[s].item() for s in range(len(rewards)) if int(result.tail[s]) == tail and int(result.probe[s]) in siblings}
+            scores = {
+                int(result.probe[s]): rewards[s].item()
+                for s in range(len(rewards))
+                if int(result.tail[s]) == tail and int(result.probe[s]) in siblings
+            }
             mean = sum(scores.values()) / len(scores)
             std = math.sqrt(sum((v - mean) ** 2 for v in scores.values()) / len(scores))
             total += (scores[child] - mean) / (std + 1e-4)

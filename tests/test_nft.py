@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import metric_records, tiny_run
 from flowrl.config import build_config
 from flowrl.losses import policy_loss
 from flowrl.losses.nft import nft_loss, optimality
-from flowrl.trainer import train
 from flowrl.samplers.matching import MatchingPoints, score_matching
-
-from conftest import metric_records, tiny_run
+from flowrl.trainer import train
 
 
 def test_the_loss_is_the_weighted_squared_errors_of_the_two_implicit_policies():
@@ -37,7 +36,10 @@ def test_the_loss_is_the_weighted_squared_errors_of_the_two_implicit_policies():
 def test_the_adaptive_loss_divides_each_clean_image_error_by_its_mean_size():
     g = torch.Generator().manual_seed(3)
     v, old, u = (torch.randn(3, 5, generator=g, dtype=torch.float64) for _ in range(3))
-    advantages, sigma = torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64), torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64)
+    advantages, sigma = (
+        torch.tensor([2.0, -1.0, 0.5], dtype=torch.float64),
+        torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64),
+    )
     loss, _ = nft_loss(v, old, u, advantages, nft_beta=0.5, scale=4.0, sigma=sigma)
     expected = 0.0
     for i in range(3):
@@ -64,7 +66,9 @@ def test_the_adaptive_first_step_is_the_error_direction_of_unit_size():
         gradients.append(gradient)
         e = old - u
         r = 0.5 + advantages / 10.0
-        closed = 2 * 5.0 * (2 * r - 1).view(-1, 1) * sigma.view(-1, 1) * e / (6 * e.abs().mean(1, keepdim=True)) / 2  # / 2: mean over points
+        closed = (
+            2 * 5.0 * (2 * r - 1).view(-1, 1) * sigma.view(-1, 1) * e / (6 * e.abs().mean(1, keepdim=True)) / 2
+        )  # / 2: mean over points
         assert torch.allclose(gradient, closed, rtol=1e-9, atol=1e-12)
     assert torch.allclose(gradients[0], gradients[1], rtol=1e-9, atol=1e-12)
 
@@ -91,16 +95,20 @@ def test_the_first_step_is_advantage_weighted_matchings():
     """At v = v_old (the weights that made the rollout), the gradient of the NFT loss through a
     real network equals that of AWM's clipped surrogate with the same advantages."""
     from conftest import tiny_model
-    from flowrl.policies.toy import ToyPolicy
     from flowrl.policies.base import rollout_velocity
+    from flowrl.policies.toy import ToyPolicy
 
     policy = ToyPolicy(tiny_model())
     cond = policy.encode(["a red circle", "two blue squares"])
     velocity = rollout_velocity(policy, cond, 4.0)
     g = torch.Generator().manual_seed(2)
     shape = policy.sample_shape
-    points = MatchingPoints(torch.randn(4, *shape, generator=g), torch.randn(4, *shape, generator=g),
-                            torch.tensor([0.9, 0.7, 0.4, 0.2]), torch.tensor([0, 1, 1, 0]))
+    points = MatchingPoints(
+        torch.randn(4, *shape, generator=g),
+        torch.randn(4, *shape, generator=g),
+        torch.tensor([0.9, 0.7, 0.4, 0.2]),
+        torch.tensor([0, 1, 1, 0]),
+    )
     advantages = torch.tensor([1.3, -0.8, 0.4, -0.9])
     weight = torch.tensor([1.0, 1.0, 0.5, 2.0])
     params = [p for p in policy.transformer.parameters()]
@@ -110,10 +118,26 @@ def test_the_first_step_is_advantage_weighted_matchings():
         return torch.cat([(gr if gr is not None else torch.zeros_like(p)).flatten() for gr, p in zip(grads, params)])
 
     scored = score_matching(velocity, points)
-    nft, _ = nft_loss(scored.velocity, scored.velocity.detach(), points.noise - points.x0, advantages, nft_beta=0.7, scale=5.0, weight=weight, normalizer=4.0)
+    nft, _ = nft_loss(
+        scored.velocity,
+        scored.velocity.detach(),
+        points.noise - points.x0,
+        advantages,
+        nft_beta=0.7,
+        scale=5.0,
+        weight=weight,
+        normalizer=4.0,
+    )
     scored = score_matching(velocity, points)
-    awm, _ = policy_loss(scored.logp, scored.logp.detach(), advantages, loss="clip", loss_options={"eps_low": 1e-3, "eps_high": 1e-3},
-                         weight=weight, normalizer=4.0)
+    awm, _ = policy_loss(
+        scored.logp,
+        scored.logp.detach(),
+        advantages,
+        loss="clip",
+        loss_options={"eps_low": 1e-3, "eps_high": 1e-3},
+        weight=weight,
+        normalizer=4.0,
+    )
     a, b = gradient(nft), gradient(awm)
     assert b.abs().max() > 0
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max().item())
@@ -142,8 +166,18 @@ def test_an_nft_run_trains_and_resumes_exactly(tiny_dir, tmp_path):
 @pytest.mark.parametrize("weighting", ["adaptive", "uniform"])
 def test_nft_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path, weighting):
     def rewards(name, lr):
-        train(tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100", "objective=nft",
-                       f"objective.weighting={weighting}"))
+        train(
+            tiny_run(
+                tiny_dir,
+                tmp_path / name,
+                "iterations=12",
+                "method.group_size=4",
+                f"lr={lr}",
+                "checkpoint_every=100",
+                "objective=nft",
+                f"objective.weighting={weighting}",
+            )
+        )
         return [r["reward/mean"] for r in metric_records(tmp_path / name, skip_first=True)]
 
     control, trained = rewards("control", 1e-12), rewards("trained", 3e-3)
@@ -175,14 +209,17 @@ def test_the_ema_sampler_rolls_out_with_the_moving_average(tiny_dir, tmp_path):
     assert [r["loss/policy"] for r in resumed] == [r["loss/policy"] for r in slow]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.nft_beta=0"], "objective_options=.*nft_beta must be positive, got 0"),
-    (["advantage_clip=0"], "config key advantage_clip=0.0: objective=nft reads advantages"),
-    (["method=branch_grpo"], "config key objective='nft'.*branches.*use a chain method"),
-    (["objective.weighting=equal"], "weighting='equal'.*adaptive.*uniform"),
-    (["objective.sampler=ema", "ema=0"], "sampler='ema': ema samples with the moving average"),
-    (["objective.sampler=ema", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.nft_beta=0"], "objective_options=.*nft_beta must be positive, got 0"),
+        (["advantage_clip=0"], "config key advantage_clip=0.0: objective=nft reads advantages"),
+        (["method=branch_grpo"], "config key objective='nft'.*branches.*use a chain method"),
+        (["objective.weighting=equal"], "weighting='equal'.*adaptive.*uniform"),
+        (["objective.sampler=ema", "ema=0"], "sampler='ema': ema samples with the moving average"),
+        (["objective.sampler=ema", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
+    ],
+)
 def test_bad_nft_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config({}, ["objective=nft", *overrides])
@@ -192,9 +229,13 @@ def test_the_ramped_decay_is_the_papers_schedule():
     from flowrl.adapters import ramped_decay
 
     # DiffusionNFT's default [0.001, 0.5, 0]: 0.001 per optimizer step, held at 0.5 from step 500
-    assert [ramped_decay(s, 0.001, 0.5, 0) for s in (0, 1, 250, 500, 4000)] == pytest.approx([0.0, 0.001, 0.25, 0.5, 0.5])
+    assert [ramped_decay(s, 0.001, 0.5, 0) for s in (0, 1, 250, 500, 4000)] == pytest.approx(
+        [0.0, 0.001, 0.25, 0.5, 0.5]
+    )
     # its OCR run [0.0075, 0.999, 75]: 0 for 75 steps, then 0.0075 per step up to 0.999 (step 208.2)
-    assert [ramped_decay(s, 0.0075, 0.999, 75) for s in (0, 74, 75, 100, 200, 300)] == pytest.approx([0.0, 0.0, 0.0, 0.1875, 0.9375, 0.999])
+    assert [ramped_decay(s, 0.0075, 0.999, 75) for s in (0, 74, 75, 100, 200, 300)] == pytest.approx(
+        [0.0, 0.0, 0.0, 0.1875, 0.9375, 0.999]
+    )
 
 
 def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir, tmp_path):
@@ -203,9 +244,23 @@ def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir,
     from safetensors.torch import load_file
 
     def run(name, iterations, *extra):
-        train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", "objective=nft", "objective.sampler=old", "lr=3e-3", *extra))
+        train(
+            tiny_run(
+                tiny_dir,
+                tmp_path / name,
+                f"iterations={iterations}",
+                "objective=nft",
+                "objective.sampler=old",
+                "lr=3e-3",
+                *extra,
+            )
+        )
         state = torch.load(tmp_path / name / "checkpoint" / "state.pt", weights_only=False)
-        return metric_records(tmp_path / name, skip_first=True), state["nft_old"], load_file(str(tmp_path / name / "checkpoint" / "trainable.safetensors"))
+        return (
+            metric_records(tmp_path / name, skip_first=True),
+            state["nft_old"],
+            load_file(str(tmp_path / name / "checkpoint" / "trainable.safetensors")),
+        )
 
     from flowrl.policies.toy import load_toy
 
@@ -241,12 +296,15 @@ def test_resuming_without_the_old_average_is_refused(tiny_dir, tmp_path):
         train(tiny_run(tiny_dir, tmp_path / "run", "iterations=2", "objective=nft", "objective.sampler=old"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.sampler=old", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
-    (["objective.old_decay=[0.001,0.5]"], r"old_decay=\[0.001, 0.5\]: expected three numbers \[rate, max, flat\]"),
-    (["objective.old_decay=[0.001,1.0,0]"], "expected rate >= 0, 0 <= max < 1 and flat >= 0"),
-    (["objective.old_decay=[-0.1,0.5,0]"], "expected rate >= 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.sampler=old", "objective=matching"], r"objective 'matching' has no option\(s\) \['sampler'\]"),
+        (["objective.old_decay=[0.001,0.5]"], r"old_decay=\[0.001, 0.5\]: expected three numbers \[rate, max, flat\]"),
+        (["objective.old_decay=[0.001,1.0,0]"], "expected rate >= 0, 0 <= max < 1 and flat >= 0"),
+        (["objective.old_decay=[-0.1,0.5,0]"], "expected rate >= 0"),
+    ],
+)
 def test_bad_old_sampler_settings_fail_before_any_model_loads(overrides, message):
     with pytest.raises(ValueError, match=message):
         build_config({}, ["objective=nft", *overrides])

@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, ttest_rel
 
-from flowrl.benchmarks.paired import mcnemar_p, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
+from flowrl.benchmarks.paired import (
+    mcnemar_p,
+    mean_of_groups,
+    mean_of_score_groups,
+    paired_difference,
+    paired_mean_difference,
+)
 from flowrl.benchmarks.toyshapes.evaluate import EvalReport
 from flowrl.benchmarks.toyshapes.report import compare_toyshapes, paired_toyshapes, paired_toyshapes_scores
 
@@ -100,15 +106,21 @@ def test_unequal_groups_match_the_exact_sign_flip_test_approximately():
     overall = mean_of_groups("Overall", parts)
     weights = [1 / 12] * 8 + [1 / 30] * 6  # each discordant item's move of the summed group means
     observed = (6 - 2) / 12 + (5 - 1) / 30
-    extreme = sum(abs(sum(s * w for s, w in zip(signs, weights))) >= observed - 1e-12 for signs in itertools.product((-1, 1), repeat=len(weights)))
+    extreme = sum(
+        abs(sum(s * w for s, w in zip(signs, weights))) >= observed - 1e-12
+        for signs in itertools.product((-1, 1), repeat=len(weights))
+    )
     exact = extreme / 2 ** len(weights)
     assert overall.difference == pytest.approx(observed / 2)
     assert overall.p_value == pytest.approx(exact, abs=0.03)
 
 
 def _report(correct_by_category: dict[str, list[bool]], seed: int = 0) -> EvalReport:
-    records = [{"prompt": f"{c} {i}", "category": c, "correct": ok, "score": float(ok)}
-               for c, values in correct_by_category.items() for i, ok in enumerate(values)]
+    records = [
+        {"prompt": f"{c} {i}", "category": c, "correct": ok, "score": float(ok)}
+        for c, values in correct_by_category.items()
+        for i, ok in enumerate(values)
+    ]
     accuracy = {c: sum(v) / len(v) for c, v in correct_by_category.items()}
     settings = {"images_per_category": len(next(iter(correct_by_category.values()))), "seed": seed, "split": "heldout"}
     return EvalReport(accuracy, sum(accuracy.values()) / len(accuracy), 0.5, len(records), settings, records)
@@ -138,8 +150,13 @@ def test_toyshapes_comparison_says_why_it_cannot_pair():
     a = _report({"single_object": [True, False]})
     longer = _report({"single_object": [True, False, True]})
     other_seed = _report({"single_object": [False, True]}, seed=1)
-    renamed = EvalReport(a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [dict(r, prompt="x") for r in a.records])
-    assert paired_toyshapes(a, longer) == ((), "No paired test: the reports judged different images (2 and 3 images); evaluate both with the same settings.")
+    renamed = EvalReport(
+        a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [dict(r, prompt="x") for r in a.records]
+    )
+    assert paired_toyshapes(a, longer) == (
+        (),
+        "No paired test: the reports judged different images (2 and 3 images); evaluate both with the same settings.",
+    )
     tests, note = paired_toyshapes(a, renamed)
     assert tests == () and "image 0 is 'single_object 0' in A and 'x' in B" in note
     tests, note = paired_toyshapes(a, other_seed)  # same prompts, other noise: still paired, and said so
@@ -210,22 +227,42 @@ def test_toyshapes_comparison_reports_the_paired_dense_score(tmp_path):
     a = _report({"single_object": [True, False, False, False], "counting": [True, True, False, False]})
     b = _report({"single_object": [True, True, True, False], "counting": [False, True, False, True]})
     scores_b = [1.0, 0.5, 0.75, 0.25, 0.5, 1.0, 0.0, 1.0]
-    b = EvalReport(b.accuracy, b.overall, b.mean_score, b.num_images, b.settings, [dict(r, score=s) for r, s in zip(b.records, scores_b)])
+    b = EvalReport(
+        b.accuracy,
+        b.overall,
+        b.mean_score,
+        b.num_images,
+        b.settings,
+        [dict(r, score=s) for r, s in zip(b.records, scores_b)],
+    )
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     markdown = compare_toyshapes(tmp_path / "a.json", tmp_path / "b.json", out_dir=tmp_path / "cmp")
     single = paired_mean_difference("single_object", [1.0, 0.0, 0.0, 0.0], scores_b[:4])  # +0.375
     counting = paired_mean_difference("counting", [1.0, 1.0, 0.0, 0.0], scores_b[4:])  # -0.5, 0, 0, +1: +0.125
     assert "### Paired score" in markdown and "Mean dense score" in markdown
-    assert f"| single_object | 4 | +0.375 | {single.low:+.3f} to {single.high:+.3f} | 0 | 3 | {single.p_value:.3f} |" in markdown
-    assert f"| counting | 4 | +0.125 | {counting.low:+.3f} to {counting.high:+.3f} | 1 | 1 | {counting.p_value:.3f} |" in markdown
+    assert (
+        f"| single_object | 4 | +0.375 | {single.low:+.3f} to {single.high:+.3f} | 0 | 3 | {single.p_value:.3f} |"
+        in markdown
+    )
+    assert (
+        f"| counting | 4 | +0.125 | {counting.low:+.3f} to {counting.high:+.3f} | 1 | 1 | {counting.p_value:.3f} |"
+        in markdown
+    )
     assert "| Overall | 8 | +0.250 |" in markdown
     with open(tmp_path / "cmp" / "comparison_paired_score.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["single_object", "counting", "Overall"]
     assert float(rows[0]["difference"]) == pytest.approx(0.375) and float(rows[2]["difference"]) == pytest.approx(0.25)
     assert "Paired score" in (tmp_path / "cmp" / "comparison.html").read_text()
-    unscored = EvalReport(a.accuracy, a.overall, a.mean_score, a.num_images, a.settings, [{k: v for k, v in r.items() if k != "score"} for r in a.records])
+    unscored = EvalReport(
+        a.accuracy,
+        a.overall,
+        a.mean_score,
+        a.num_images,
+        a.settings,
+        [{k: v for k, v in r.items() if k != "score"} for r in a.records],
+    )
     assert paired_toyshapes_scores(unscored, b) == ((), "No paired score: a report's records have no dense score.")
     one_each = _report({"single_object": [True], "counting": [False]})
     assert paired_toyshapes_scores(one_each, one_each) == ((), "No paired score: a category has fewer than 2 images.")

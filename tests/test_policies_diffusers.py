@@ -6,9 +6,9 @@ hand-written loop over 2x2 patches for FLUX packing, two guidance-1 calls for SD
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -205,7 +205,10 @@ def test_sd3_guidance_is_cfg_of_two_separate_calls(saved):
     x, sigma = inputs(policy)
     cond = policy.encode(PROMPTS)
     null = TextConditioning(
-        cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled), cond.null_embeds, cond.null_pooled
+        cond.null_embeds.expand_as(cond.prompt_embeds),
+        cond.null_pooled.expand_as(cond.pooled),
+        cond.null_embeds,
+        cond.null_pooled,
     )
     with torch.no_grad():
         v_cond = policy.velocity(x, sigma, cond, 1.0)

@@ -7,31 +7,16 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from conftest import metric_records, tiny_run
+from conftest import train_one_iteration
 from flowrl.advantage import ADVANTAGES, CREDIT_RULES, register_advantage
-from flowrl.adapters import trainable_named_parameters
 from flowrl.config import build_config
 from flowrl.losses import LOSSES
 from flowrl.objectives import OBJECTIVES, register_objective
 from flowrl.objectives.sde import SdeObjective
 from flowrl.policies.loading import POLICIES
-from flowrl.policies.toy import load_toy
 from flowrl.rewards.registry import REWARDS, available, check, load
 from flowrl.samplers.methods import METHODS
-from flowrl.trainer import train
-
-
-def weights_changed(tiny_dir, out, *overrides) -> dict:
-    """Train one iteration and assert that credit reached the update and the weights moved."""
-    start = {k: v.detach().clone() for k, v in trainable_named_parameters(load_toy(tiny_dir).network).items()}
-    train(tiny_run(tiny_dir, out / "run", "iterations=1", *overrides))
-    end = load_file(str(out / "run" / "checkpoint" / "trainable.safetensors"))
-    record = metric_records(out / "run")[-1]
-    assert record["transitions/trained"] > 0 and record["advantage/std"] > 0, record
-    assert any(not torch.equal(start[k], end[k]) for k in start), "no parameter changed"
-    return record
 
 
 def usable_estimators() -> list[str]:
@@ -40,7 +25,7 @@ def usable_estimators() -> list[str]:
 
 @pytest.mark.parametrize("name", usable_estimators())
 def test_every_estimator_credits_a_training_iteration(tiny_dir, tmp_path, name):
-    record = weights_changed(tiny_dir, tmp_path, f"method.advantage={name}", "method.group_size=3")
+    record = train_one_iteration(tiny_dir, tmp_path, f"method.advantage={name}", "method.group_size=3")
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
 
 
@@ -62,12 +47,12 @@ def test_estimator_options_are_checked_at_config_time():
 
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_trains_with_its_default_options(tiny_dir, tmp_path, name):
-    weights_changed(tiny_dir, tmp_path, f"objective={name}")
+    train_one_iteration(tiny_dir, tmp_path, f"objective={name}")
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_loss_trains_through_the_sde_objective(tiny_dir, tmp_path, name):
-    weights_changed(tiny_dir, tmp_path, f"loss={name}", "objective.clip_low=0.2", "objective.clip_high=0.2")
+    train_one_iteration(tiny_dir, tmp_path, f"loss={name}", "objective.clip_low=0.2", "objective.clip_high=0.2")
 
 
 def test_objective_options_are_checked_and_follow_the_objective():
@@ -76,7 +61,9 @@ def test_objective_options_are_checked_and_follow_the_objective():
     with pytest.raises(ValueError, match="nft_beta must be positive"):
         build_config({}, ["objective=nft", "objective.nft_beta=0"])
     # A recipe's options of another objective are dropped (with a note) when the objective changes.
-    config = build_config({"objective": "nft", "objective_options": {"sampler": "old", "nft_beta": 0.5}}, ["objective=sde"])
+    config = build_config(
+        {"objective": "nft", "objective_options": {"sampler": "old", "nft_beta": 0.5}}, ["objective=sde"]
+    )
     assert config.objective_options == {}
 
 
@@ -97,8 +84,10 @@ def test_a_new_estimator_is_one_registration(tiny_dir, tmp_path):
     try:
         with pytest.raises(ValueError, match=r"has no option\(s\) \['std_scope'\]"):
             build_config({}, ["method.advantage=test_sign", "method.std_scope=group"])
-        record = weights_changed(tiny_dir, tmp_path, "method.advantage=test_sign")
-        assert record["advantage/std"] == pytest.approx(1.0, abs=0.35)  # signs: |A| = 1 wherever a group's rewards differ
+        record = train_one_iteration(tiny_dir, tmp_path, "method.advantage=test_sign")
+        assert record["advantage/std"] == pytest.approx(
+            1.0, abs=0.35
+        )  # signs: |A| = 1 wherever a group's rewards differ
     finally:
         ADVANTAGES.pop("test_sign"), ADVANTAGES.entries.pop("test_sign")
 
@@ -119,7 +108,7 @@ def test_a_new_objective_is_one_registration(tiny_dir, tmp_path):
             return loss, {"loss/policy": float(loss.detach())}
 
     try:
-        record = weights_changed(tiny_dir, tmp_path, "objective=test_reinforce")
+        record = train_one_iteration(tiny_dir, tmp_path, "objective=test_reinforce")
         assert "loss/policy" in record and "ratio/mean" not in record
     finally:
         OBJECTIVES.pop("test_reinforce"), OBJECTIVES.entries.pop("test_reinforce")
@@ -138,7 +127,9 @@ def test_registries_reject_duplicates_and_list_known_names(registry):
 def test_every_entry_of_a_registry_has_an_options_dataclass_and_a_description():
     for registry in (METHODS, ADVANTAGES, CREDIT_RULES, LOSSES, OBJECTIVES, POLICIES):
         for name, entry in registry.entries.items():
-            if not type(entry.target).__module__.startswith("flowrl") and not getattr(entry.target, "__module__", "").startswith("flowrl"):
+            if not type(entry.target).__module__.startswith("flowrl") and not getattr(
+                entry.target, "__module__", ""
+            ).startswith("flowrl"):
                 continue  # a test's own registration
             assert entry.options is not None, f"{registry.kind} {name!r} has no options dataclass"
             assert entry.description, f"{registry.kind} {name!r} has no description"

@@ -23,7 +23,7 @@ from torch import nn
 from flowrl.rewards import registry
 from flowrl.rewards.aesthetic import HEAD_FILE, HEAD_KEYS, AestheticReward
 from flowrl.rewards.base import to_pil, to_uint8
-from flowrl.rewards.clip_common import ImageTransform, OPENAI_MEAN, OPENAI_STD, preprocess, quick_gelu_for
+from flowrl.rewards.clip_common import OPENAI_MEAN, OPENAI_STD, ImageTransform, preprocess, quick_gelu_for
 from flowrl.rewards.clip_score import CLIPScoreReward
 from flowrl.rewards.hps import HPSReward
 from flowrl.rewards.image_reward import ImageRewardReward
@@ -186,7 +186,7 @@ def hand_shortest_edge(images: torch.Tensor, floor_offset: bool) -> torch.Tensor
     margin_h, margin_w = new[0] - SIDE, new[1] - SIDE
     top = margin_h // 2 if floor_offset else int(round(margin_h / 2))
     left = margin_w // 2 if floor_offset else int(round(margin_w / 2))
-    return normalise(resized[..., top:top + SIDE, left:left + SIDE])
+    return normalise(resized[..., top : top + SIDE, left : left + SIDE])
 
 
 def test_clip_score_is_the_cosine_of_normalised_features(clip_score, clip_file, tiny_arch):
@@ -251,8 +251,14 @@ class ReleaseHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(EMBED, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(EMBED, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,7 +272,7 @@ def aesthetic_files(tmp_path_factory, clip_file):
     with torch.no_grad():  # unit-gain layers, so scores follow the embedding instead of ~constant
         for layer in head.layers:
             if isinstance(layer, nn.Linear):
-                layer.weight.normal_(0, layer.in_features ** -0.5)
+                layer.weight.normal_(0, layer.in_features**-0.5)
                 layer.bias.normal_(0, 0.1)
     path = tmp_path_factory.mktemp("aesthetic") / HEAD_FILE
     torch.save(head.state_dict(), path)
@@ -320,10 +326,20 @@ def pickscore_dirs(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     tokenizer = char_clip_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(image_size=SIDE, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        image_size=SIDE, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
     torch.manual_seed(2)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
     with torch.no_grad():

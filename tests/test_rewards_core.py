@@ -67,7 +67,9 @@ def test_check_scores_names_the_reward_and_the_bad_samples():
 
 def test_check_images_rejects_what_a_model_would_misread():
     check_images(images(2), ["a", "b"], "ok")
-    with pytest.raises(ValueError, match=r"reward 'r': expected images as a float tensor \[B, 3, H, W\], got \(2, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"reward 'r': expected images as a float tensor \[B, 3, H, W\], got \(2, 8, 8\)"
+    ):
         check_images(torch.rand(2, 8, 8), ["a", "b"], "r")
     with pytest.raises(ValueError, match="got dtype torch.uint8"):
         check_images(torch.zeros(1, 3, 4, 4, dtype=torch.uint8), ["a"], "r")
@@ -97,7 +99,9 @@ def test_registry_builds_builtins_functions_classes_and_registrations():
 
     try:
         assert registry.available()["test_half_brightness"] == "Half the mean brightness."
-        torch.testing.assert_close(registry.load("test_half_brightness").score(batch, ["p"] * 3), batch.mean(dim=(1, 2, 3)) / 2)
+        torch.testing.assert_close(
+            registry.load("test_half_brightness").score(batch, ["p"] * 3), batch.mean(dim=(1, 2, 3)) / 2
+        )
         with pytest.raises(ValueError, match="already registered"):
             registry.register_reward("test_half_brightness")(half)
         with pytest.raises(ValueError, match="already registered"):
@@ -134,7 +138,10 @@ class PreferBrighter:
 def test_reward_specs_parse_weights_and_names_with_colons():
     assert parse_reward_spec("pickscore") == [("pickscore", 1.0)]
     assert parse_reward_spec("0.7*pickscore + 0.3*ocr") == [("pickscore", 0.7), ("ocr", 0.3)]
-    assert parse_reward_spec("1e-1*remote:http://127.0.0.1:8000+-2*pkg.mod:fn") == [("remote:http://127.0.0.1:8000", 0.1), ("pkg.mod:fn", -2.0)]
+    assert parse_reward_spec("1e-1*remote:http://127.0.0.1:8000+-2*pkg.mod:fn") == [
+        ("remote:http://127.0.0.1:8000", 0.1),
+        ("pkg.mod:fn", -2.0),
+    ]
     for bad in ("", "0.5*", "a b", "0.5*ocr + 0.5*ocr"):
         with pytest.raises(ValueError, match="reward spec"):
             parse_reward_spec(bad)
@@ -142,7 +149,9 @@ def test_reward_specs_parse_weights_and_names_with_colons():
 
 def test_weighted_total_is_the_weighted_sum_of_each_term():
     batch = images(5, seed=1)
-    rewards = RewardSet.load(f"0.25*{__name__}:brightness + -2*{__name__}:Redness", options={f"{__name__}:Redness": {"scale": 3.0}})
+    rewards = RewardSet.load(
+        f"0.25*{__name__}:brightness + -2*{__name__}:Redness", options={f"{__name__}:Redness": {"scale": 3.0}}
+    )
     scores = rewards.evaluate(batch, ["p"] * 5)
     bright, red = batch.mean(dim=(1, 2, 3)), 3.0 * batch[:, 0].mean(dim=(1, 2))
     torch.testing.assert_close(scores.components[f"{__name__}:brightness"], bright)
@@ -208,7 +217,9 @@ def test_a_pairwise_term_scores_by_win_rate_within_each_prompt():
     # Brightness levels 0.1..0.6; groups {0,1,2} and {3,4,5}; the judge always prefers the brighter.
     levels = torch.tensor([0.3, 0.1, 0.2, 0.6, 0.5, 0.4])
     batch = levels[:, None, None, None].expand(6, 3, 4, 4).clone()
-    rewards = RewardSet([RewardTerm("judge", 2.0, PreferBrighter()), RewardTerm("bright", 1.0, registry.load(f"{__name__}:brightness"))])
+    rewards = RewardSet(
+        [RewardTerm("judge", 2.0, PreferBrighter()), RewardTerm("bright", 1.0, registry.load(f"{__name__}:brightness"))]
+    )
     scores = rewards.evaluate(batch, ["p"] * 6, group_ids=torch.tensor([0, 0, 0, 1, 1, 1]))
     assert scores.components["judge"].tolist() == [1.0, 0.0, 0.5, 1.0, 0.5, 0.0]
     torch.testing.assert_close(scores.total, 2.0 * scores.components["judge"] + levels)

@@ -15,11 +15,35 @@ import torch.nn.functional as F
 
 from flowrl.rewards import registry
 from flowrl.rewards.base import to_pil, to_uint8
-from flowrl.rewards.geneval import (COLOR_TEMPLATES, QUERY_TEMPLATE, Detection, GenEvalReward, box_iou, crop_box, judge,
-                             relative_position, select_detections)
-from flowrl.rewards.geneval_prompts import (CLASSES, COLORABLE, COLORS, COUNT_WORDS, ENGLISH_PLURALS, RELATIONS, TAGS, Requirement,
-                                     Task, english_plural, geneval_plural, load_metadata, parse_prompt, render_prompt,
-                                     task_from_metadata, training_prompts)
+from flowrl.rewards.geneval import (
+    COLOR_TEMPLATES,
+    QUERY_TEMPLATE,
+    Detection,
+    GenEvalReward,
+    box_iou,
+    crop_box,
+    judge,
+    relative_position,
+    select_detections,
+)
+from flowrl.rewards.geneval_prompts import (
+    CLASSES,
+    COLORABLE,
+    COLORS,
+    COUNT_WORDS,
+    ENGLISH_PLURALS,
+    RELATIONS,
+    TAGS,
+    Requirement,
+    Task,
+    english_plural,
+    geneval_plural,
+    load_metadata,
+    parse_prompt,
+    render_prompt,
+    task_from_metadata,
+    training_prompts,
+)
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "flowrl" / "recipes" / "prompts"
 
@@ -74,7 +98,11 @@ def test_colour_is_judged_on_the_best_objects():
     task = parse_prompt("a photo of a red car")  # include car >= 1 with colour red
     assert judge(task, objects(det("car", color="red"))).correct
     blue = judge(task, objects(det("car", color="blue")))  # parts: count 1, colour 0 -> 0.5
-    assert not blue.correct and blue.partial == pytest.approx(0.5) and "expected red car>=1, found 0 red" in blue.reasons[0]
+    assert (
+        not blue.correct
+        and blue.partial == pytest.approx(0.5)
+        and "expected red car>=1, found 0 red" in blue.reasons[0]
+    )
     # only the best car is judged (GenEval looks at the `count` most confident objects)
     best_blue = judge(task, objects(det("car", score=0.9, color="blue"), det("car", score=0.8, color="red")))
     assert not best_blue.correct and best_blue.partial == pytest.approx(0.5)
@@ -89,14 +117,17 @@ def test_colour_is_judged_on_the_best_objects():
     assert judge(pair, objects(det("car", color="red"), det("cup", color="blue"))).partial == 1.0
 
 
-@pytest.mark.parametrize("relation, box", [
-    # reference box (40, 40, 60, 60), centre (50, 50), 20 x 20; the other box is 20 x 20 too, so
-    # each axis shrinks by 0.1 x 40 = 4.
-    ("left of", (10, 40, 30, 60)),   # offset (-30, 0) -> (-26, 0) / 30: dx = -0.87
-    ("right of", (70, 40, 90, 60)),  # offset (30, 0): dx = 0.87
-    ("above", (40, 5, 60, 25)),      # offset (0, -35) -> dy = -31 / 35 = -0.89 (y grows downwards)
-    ("below", (40, 75, 60, 95)),     # offset (0, 35): dy = 0.89
-])
+@pytest.mark.parametrize(
+    "relation, box",
+    [
+        # reference box (40, 40, 60, 60), centre (50, 50), 20 x 20; the other box is 20 x 20 too, so
+        # each axis shrinks by 0.1 x 40 = 4.
+        ("left of", (10, 40, 30, 60)),  # offset (-30, 0) -> (-26, 0) / 30: dx = -0.87
+        ("right of", (70, 40, 90, 60)),  # offset (30, 0): dx = 0.87
+        ("above", (40, 5, 60, 25)),  # offset (0, -35) -> dy = -31 / 35 = -0.89 (y grows downwards)
+        ("below", (40, 75, 60, 95)),  # offset (0, 35): dy = 0.89
+    ],
+)
 def test_each_relation(relation, box):
     task = parse_prompt(f"a photo of a dog {relation} a cat")  # include cat, then dog relative to cat
     assert task.include == (Requirement("cat"), Requirement("dog", position=(relation, 0)))
@@ -105,7 +136,9 @@ def test_each_relation(relation, box):
     assert judge(task, objects(cat, det("dog", box))).correct
     for other in set(RELATIONS) - {relation}:  # the same picture fails every other relation
         wrong = judge(parse_prompt(f"a photo of a dog {other} a cat"), objects(cat, det("dog", box)))
-        assert not wrong.correct and wrong.partial == pytest.approx(0.5 * (1 + 0.5 * (1 + 0)))  # mean(cat 1, dog mean(1, 0))
+        assert not wrong.correct and wrong.partial == pytest.approx(
+            0.5 * (1 + 0.5 * (1 + 0))
+        )  # mean(cat 1, dog mean(1, 0))
 
 
 def test_position_threshold_boundary():
@@ -133,17 +166,25 @@ def test_position_relative_to_a_failed_group():
     assert not no_cat.correct and no_cat.partial == pytest.approx(0.25)
     assert "expected cat>=1, found 0" in no_cat.reasons and "no target for dog to be left of" in no_cat.reasons
     # the target is present but fails its colour: GenEval still says "no target"
-    coloured = Task("custom", "position", (Requirement("cat", color="black"), Requirement("dog", position=("left of", 0))))
+    coloured = Task(
+        "custom", "position", (Requirement("cat", color="black"), Requirement("dog", position=("left of", 0)))
+    )
     found = objects(det("cat", (40, 0, 50, 10), color="white"), det("dog", (0, 0, 10, 10)))
     result = judge(coloured, found)  # cat: (1 + 0) / 2; dog: (1 + 0) / 2 -> 0.5
-    assert not result.correct and result.partial == pytest.approx(0.5) and "no target for dog to be left of" in result.reasons
+    assert (
+        not result.correct
+        and result.partial == pytest.approx(0.5)
+        and "no target for dog to be left of" in result.reasons
+    )
     # own group short of its count: GenEval does not check the position (one reason only)
     two_dogs = Task("custom", "position", (Requirement("cat"), Requirement("dog", 2, position=("left of", 0))))
     short = judge(two_dogs, objects(det("cat", (40, 0, 50, 10)), det("dog", (0, 0, 10, 10))))
     # cat 1; dog: count 1/2, pairs 1 of 2 x 1 -> 0.5 -> mean(1, 0.5) = 0.75
     assert short.reasons == ("expected dog>=2, found 1",) and short.partial == pytest.approx(0.75)
     # both dogs found, one on each side: pairs 1 of 2 -> dog (1 + 0.5) / 2 -> mean(1, 0.75) = 0.875
-    split = judge(two_dogs, objects(det("cat", (40, 0, 50, 10)), det("dog", (0, 0, 10, 10)), det("dog", (80, 0, 90, 10), 0.8)))
+    split = judge(
+        two_dogs, objects(det("cat", (40, 0, 50, 10)), det("dog", (0, 0, 10, 10)), det("dog", (80, 0, 90, 10), 0.8))
+    )
     assert not split.correct and split.partial == pytest.approx(0.875)
 
 
@@ -160,8 +201,14 @@ def test_strict_and_partial_values():
 
 
 def test_plurals_round_trip_for_every_class():
-    assert geneval_plural("bus") == "buses" and geneval_plural("person") == "persons" and geneval_plural("skis") == "skises"
-    assert english_plural("person") == "people" and english_plural("knife") == "knives" and english_plural("cat") == "cats"
+    assert (
+        geneval_plural("bus") == "buses"
+        and geneval_plural("person") == "persons"
+        and geneval_plural("skis") == "skises"
+    )
+    assert (
+        english_plural("person") == "people" and english_plural("knife") == "knives" and english_plural("cat") == "cats"
+    )
     forms = {}
     for name in CLASSES:
         for form in {geneval_plural(name), english_plural(name)}:
@@ -204,17 +251,29 @@ def test_every_template_and_class_round_trips():
     assert parse_prompt("a photo of an orange orange").include == (Requirement("orange", color="orange"),)
     assert parse_prompt("a photo of an orange and an apple").include == (Requirement("orange"), Requirement("apple"))
     assert parse_prompt("a photo of a white scissors").include == (Requirement("scissors", color="white"),)
-    assert parse_prompt("  A photo of a  Computer Mouse.").include == (Requirement("computer mouse"),)  # case, spaces, full stop
+    assert parse_prompt("  A photo of a  Computer Mouse.").include == (
+        Requirement("computer mouse"),
+    )  # case, spaces, full stop
     record = parse_prompt("a photo of a dog right of a teddy bear").to_metadata()
-    assert record == {"tag": "position", "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
-                      "prompt": "a photo of a dog right of a teddy bear"}
+    assert record == {
+        "tag": "position",
+        "include": [{"class": "teddy bear", "count": 1}, {"class": "dog", "count": 1, "position": ["right of", 0]}],
+        "prompt": "a photo of a dog right of a teddy bear",
+    }
 
 
-@pytest.mark.parametrize("prompt", ["a photo of a unicorn", "a cat on a mat", "a photo of five cats", "a photo of two cat", "a photo of a teal car"])
+@pytest.mark.parametrize(
+    "prompt",
+    ["a photo of a unicorn", "a cat on a mat", "a photo of five cats", "a photo of two cat", "a photo of a teal car"],
+)
 def test_bad_prompt_names_itself_and_the_forms(prompt):
     with pytest.raises(ValueError) as error:
         parse_prompt(prompt)
-    assert repr(prompt) in str(error.value) and "accepted forms" in str(error.value) and "a photo of two Xs" in str(error.value)
+    assert (
+        repr(prompt) in str(error.value)
+        and "accepted forms" in str(error.value)
+        and "a photo of two Xs" in str(error.value)
+    )
 
 
 def write_metadata(path: Path, records) -> Path:
@@ -222,8 +281,15 @@ def write_metadata(path: Path, records) -> Path:
     return path
 
 
-CUSTOM = {"tag": "counting", "include": [{"class": "apple", "count": 3, "color": "green"}, {"class": "bowl", "count": 1, "position": ["below", 0]}],
-          "exclude": [{"class": "apple", "count": 4}, {"class": "unicorn", "count": 1}], "prompt": "three green apples above a bowl, no unicorn"}
+CUSTOM = {
+    "tag": "counting",
+    "include": [
+        {"class": "apple", "count": 3, "color": "green"},
+        {"class": "bowl", "count": 1, "position": ["below", 0]},
+    ],
+    "exclude": [{"class": "apple", "count": 4}, {"class": "unicorn", "count": 1}],
+    "prompt": "three green apples above a bowl, no unicorn",
+}
 
 
 def test_metadata_file(tmp_path):
@@ -238,11 +304,16 @@ def test_metadata_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         load_metadata(tmp_path / "nowhere.jsonl")
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
-        load_metadata(tmp_path.joinpath("bad.jsonl").write_text('{"tag": "x", "include": [], "prompt": "p"}\n{oops\n') and tmp_path / "bad.jsonl")
-    bad = [({"tag": "t", "prompt": "p"}, "missing 'include'"),
-           ({"tag": "t", "include": [{"class": "cat", "count": 0}], "prompt": "p"}, "count must be a positive int"),
-           ({"tag": "t", "include": [{"class": "cat", "color": "teal"}], "prompt": "p"}, "color 'teal'"),
-           ({"tag": "t", "include": [{"class": "cat", "position": ["left of", 0]}], "prompt": "p"}, "earlier include")]
+        load_metadata(
+            tmp_path.joinpath("bad.jsonl").write_text('{"tag": "x", "include": [], "prompt": "p"}\n{oops\n')
+            and tmp_path / "bad.jsonl"
+        )
+    bad = [
+        ({"tag": "t", "prompt": "p"}, "missing 'include'"),
+        ({"tag": "t", "include": [{"class": "cat", "count": 0}], "prompt": "p"}, "count must be a positive int"),
+        ({"tag": "t", "include": [{"class": "cat", "color": "teal"}], "prompt": "p"}, "color 'teal'"),
+        ({"tag": "t", "include": [{"class": "cat", "position": ["left of", 0]}], "prompt": "p"}, "earlier include"),
+    ]
     for record, message in bad:
         with pytest.raises(ValueError, match=message):
             task_from_metadata(record, "record")
@@ -264,7 +335,11 @@ def test_training_prompts_are_balanced_deterministic_and_parse():
         assert len({r.name for r in task.include}) == len(task.include)
     assert training_prompts(0, seed=0) == []
     # single_object has only 80 prompts: asking for more repeats them evenly
-    many = [p for p in training_prompts(6 * 100, seed=0, exclude=["a photo of a cat"]) if parse_prompt(p).tag == "single_object"]
+    many = [
+        p
+        for p in training_prompts(6 * 100, seed=0, exclude=["a photo of a cat"])
+        if parse_prompt(p).tag == "single_object"
+    ]
     assert len(many) == 100 and len(set(many)) == 79 and "a photo of a cat" not in many
 
 
@@ -297,23 +372,63 @@ def char_tokenizer(max_length: int = 40):
 def model_dirs(tmp_path_factory):
     """save_pretrained folders: a tiny Owlv2ForObjectDetection + Owlv2Processor (64 px, 16 px
     patches: 16 boxes) and a tiny CLIPModel + CLIPProcessor (32 px)."""
-    from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, Owlv2Config, Owlv2ForObjectDetection,
-                              Owlv2ImageProcessor, Owlv2Processor)
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Owlv2Config,
+        Owlv2ForObjectDetection,
+        Owlv2ImageProcessor,
+        Owlv2Processor,
+    )
 
     root = tmp_path_factory.mktemp("geneval")
     tokenizer = char_tokenizer()
-    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                max_position_embeddings=40, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=40,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
-    owl = Owlv2ForObjectDetection(Owlv2Config(text_config=text, projection_dim=32,  # = text width, as OWLv2's class head needs
-                                              vision_config=dict(image_size=64, patch_size=16, hidden_size=32, intermediate_size=64,
-                                                                 num_hidden_layers=2, num_attention_heads=2))).eval()
+    owl = Owlv2ForObjectDetection(
+        Owlv2Config(
+            text_config=text,
+            projection_dim=32,  # = text width, as OWLv2's class head needs
+            vision_config=dict(
+                image_size=64,
+                patch_size=16,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+            ),
+        )
+    ).eval()
     owl.save_pretrained(root / "owl")
-    Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer).save_pretrained(root / "owl")
-    clip = CLIPModel(CLIPConfig(text_config=text, projection_dim=16,
-                                vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                                                   num_hidden_layers=2, num_attention_heads=2))).eval()
+    Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": 64, "width": 64}), tokenizer=tokenizer
+    ).save_pretrained(root / "owl")
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config=text,
+            projection_dim=16,
+            vision_config=dict(
+                image_size=32,
+                patch_size=8,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+            ),
+        )
+    ).eval()
     clip.save_pretrained(root / "clip")
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(root / "clip")
@@ -323,17 +438,26 @@ def model_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reward(model_dirs) -> GenEvalReward:
     # threshold 0: a random detector's scores are rarely high; every box then counts
-    return GenEvalReward(detector=str(model_dirs[0]), color_model=str(model_dirs[1]), threshold=0.0, counting_threshold=0.0)
+    return GenEvalReward(
+        detector=str(model_dirs[0]), color_model=str(model_dirs[1]), threshold=0.0, counting_threshold=0.0
+    )
 
 
 def smooth_images(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     """[count, 3, height, width] in [0, 1] holding 8-bit values (what a saved PNG holds)."""
     generator = torch.Generator().manual_seed(seed)
-    images = F.interpolate(torch.rand(count, 3, 5, 5, generator=generator), size=(height, width), mode="bilinear", align_corners=False)
+    images = F.interpolate(
+        torch.rand(count, 3, 5, 5, generator=generator), size=(height, width), mode="bilinear", align_corners=False
+    )
     return torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float() / 255
 
 
-SCORED = ["a photo of a red car and a blue cup", "a photo of a dog left of a cat", "a photo of three persons", "a photo of a bench"]
+SCORED = [
+    "a photo of a red car and a blue cup",
+    "a photo of a dog left of a cat",
+    "a photo of three persons",
+    "a photo of a bench",
+]
 
 
 def test_scores_through_the_real_loading_path(reward, model_dirs):
@@ -379,19 +503,29 @@ def test_detections_match_transformers_post_processing(reward, model_dirs):
     ours = reward.detect(images, thresholds=0.0)
     queries = [QUERY_TEMPLATE.format(name) for name in CLASSES]
     for image, got in zip(images, ours):
-        inputs = reward.detector_processor(text=[queries], images=to_pil(image[None]), return_tensors="pt")  # the documented way
+        inputs = reward.detector_processor(
+            text=[queries], images=to_pil(image[None]), return_tensors="pt"
+        )  # the documented way
         # the reward hands the processor float pixels (no 1/255 rescale): the same input up to float rounding
-        pixels = reward.detector_processor.image_processor(images=[image], do_rescale=False, return_tensors="pt")["pixel_values"]
+        pixels = reward.detector_processor.image_processor(images=[image], do_rescale=False, return_tensors="pt")[
+            "pixel_values"
+        ]
         torch.testing.assert_close(pixels, inputs["pixel_values"], atol=1e-5, rtol=0)
         with torch.no_grad():  # a random model amplifies 1e-7 input differences: decode the very same pixels
             outputs = owl(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], pixel_values=pixels)
-        (expected,) = reward.detector_processor.image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=[(40, 56)])
-        assert len(expected["scores"]) == 16 and sum(len(v) for v in got.values()) == 16  # one box per patch, all above 0
+        (expected,) = reward.detector_processor.image_processor.post_process_object_detection(
+            outputs, threshold=0.0, target_sizes=[(40, 56)]
+        )
+        assert (
+            len(expected["scores"]) == 16 and sum(len(v) for v in got.values()) == 16
+        )  # one box per patch, all above 0
         for label in set(expected["labels"].tolist()):
             rows = (expected["labels"] == label).nonzero().flatten()
             rows = rows[expected["scores"][rows].argsort(descending=True)]
             mine = got[CLASSES[label]]
-            torch.testing.assert_close(torch.tensor([d.score for d in mine]), expected["scores"][rows], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor([d.score for d in mine]), expected["scores"][rows], atol=1e-5, rtol=1e-4
+            )
             torch.testing.assert_close(torch.tensor([d.box for d in mine]), expected["boxes"][rows], atol=1e-4, rtol=0)
 
 
@@ -409,12 +543,16 @@ def test_colours_are_clip_zero_shot_on_box_crops(reward, model_dirs):
         size = (32, int(32 * w / h)) if h <= w else (int(32 * h / w), 32)
         resized = F.interpolate(crop, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
         top, left = (size[0] - 32) // 2, (size[1] - 32) // 2
-        pixels = (resized[..., top:top + 32, left:left + 32] - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) \
-            / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+        pixels = (
+            resized[..., top : top + 32, left : left + 32]
+            - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+        ) / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
         texts = [t.format(color=c, name=d.label) for c in COLORS for t in COLOR_TEMPLATES]
         with torch.no_grad():
             feature = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output)[0]
-            text = clip.text_projection(clip.text_model(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output)
+            text = clip.text_projection(
+                clip.text_model(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output
+            )
         weights = F.normalize(F.normalize(text, dim=-1).view(10, 3, -1).mean(dim=1), dim=-1)  # mean of the 3 prompts
         expected.append(COLORS[int((weights @ F.normalize(feature, dim=0)).argmax())])
     assert reward.classify_colors(image, found) == expected
@@ -452,7 +590,9 @@ def test_errors(model_dirs, tmp_path):
 
 
 def test_bad_images_and_prompts(reward):
-    with pytest.raises(ValueError, match=r"reward 'geneval': expected images as a float tensor \[B, 3, H, W\], got \(2, 32, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"reward 'geneval': expected images as a float tensor \[B, 3, H, W\], got \(2, 32, 32\)"
+    ):
         reward.score(torch.rand(2, 32, 32), ["a photo of a cat"] * 2)
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         reward.score(torch.rand(2, 3, 32, 32), ["a photo of a cat"])

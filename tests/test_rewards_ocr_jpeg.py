@@ -61,7 +61,7 @@ def test_edit_distance_hand_cases(a, b, expected):
 
 
 def test_edit_distance_matches_recursive_definition():
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def reference(a: str, b: str) -> int:  # the definition, read literally
         if not a or not b:
             return len(a) + len(b)
@@ -115,7 +115,7 @@ def ocr():
 # shows as such rather than as a wrong score.
 CASES = [
     ("Hello World", 'a neon sign that says "Hello World" at night', "HelloWorld", 1.0),
-    ("CAFE", 'a shop front with \u201ccafe\u201d above the door', "CAFE", 1.0),  # curly quotes, any case
+    ("CAFE", "a shop front with \u201ccafe\u201d above the door", "CAFE", 1.0),  # curly quotes, any case
     ("Hello\nWorld", 'a poster with "hello world" on two lines', "HelloWorld", 1.0),  # two boxes, top to bottom
     ("EXIT", 'a green sign with "EX" on it', "EXIT", 1.0),  # target inside the reading counts as exact
     ("OPEN", 'a door sign reading "OPEN 24"', "OPEN", 1 - 2 / 6),  # "open" vs "open24": 2 insertions of 6

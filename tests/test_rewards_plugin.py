@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowrl.policies.toy import save_toy
-
 from conftest import metric_records, tiny_model
+from flowrl.policies.toy import save_toy
 
 PLUGIN = '''
 """A plug-in reward package made by the test."""
@@ -37,7 +36,7 @@ class Contrast:
         return self.gain * images.flatten(1).std(dim=1)
 '''
 
-PYPROJECT = '''
+PYPROJECT = """
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -49,7 +48,7 @@ version = "0.0.1"
 [project.entry-points."flowrl.rewards"]
 darkness = "flowrl_test_plugin:darkness"
 contrast = "flowrl_test_plugin:Contrast"
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -61,15 +60,33 @@ def plugin_site(tmp_path_factory) -> Path:
     (source / "flowrl_test_plugin" / "__init__.py").write_text(PLUGIN)
     (source / "pyproject.toml").write_text(PYPROJECT)
     site = root / "site"
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(source)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(site),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert any(p.name.startswith("flowrl_test_plugin-") and p.name.endswith(".dist-info") for p in site.iterdir())
     return site
 
 
 def run(site: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1"
+    )
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
@@ -97,16 +114,38 @@ def test_an_installed_plugin_is_listed_and_loads_by_name(plugin_site):
 def test_training_uses_a_plugin_reward_by_name(plugin_site, tmp_path):
     tiny_dir = save_toy(tiny_model(), tmp_path / "tiny", dtype=torch.float32)
     out = tmp_path / "run"
-    done = run(plugin_site, "-m", "flowrl", "train", f"policy={tiny_dir}", f"out={out}", "iterations=1", "prompts_per_iteration=2",
-               "method=flow_grpo", "method.num_steps=2", "method.group_size=2", "eval_every=0", "threads=1",
-               "reward=0.5*darkness+contrast", "reward_options={contrast: {gain: 3.0}}", cwd=tmp_path)
+    done = run(
+        plugin_site,
+        "-m",
+        "flowrl",
+        "train",
+        f"policy={tiny_dir}",
+        f"out={out}",
+        "iterations=1",
+        "prompts_per_iteration=2",
+        "method=flow_grpo",
+        "method.num_steps=2",
+        "method.group_size=2",
+        "eval_every=0",
+        "threads=1",
+        "reward=0.5*darkness+contrast",
+        "reward_options={contrast: {gain: 3.0}}",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = metric_records(out)[-1]
-    assert record["reward/mean"] == pytest.approx(0.5 * record["reward/darkness/mean"] + record["reward/contrast/mean"], rel=1e-5)
+    assert record["reward/mean"] == pytest.approx(
+        0.5 * record["reward/darkness/mean"] + record["reward/contrast/mean"], rel=1e-5
+    )
     assert 0 < record["reward/darkness/mean"] < 1
 
 
 def test_without_the_plugin_the_name_is_unknown(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "flowrl", "train", f"out={tmp_path}", "reward=darkness"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "flowrl", "train", f"out={tmp_path}", "reward=darkness"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "config key reward='darkness': unknown reward 'darkness'; known:" in done.stderr

@@ -19,11 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import remote_rewards_fixture as fixture  # tests/ is on sys.path under pytest, as for `references`
 import requests
 import safetensors.torch
 import torch
 
-import remote_rewards_fixture as fixture  # tests/ is on sys.path under pytest, as for `references`
 from flowrl.rewards.base import InvalidRewardError, is_pairwise
 from flowrl.rewards.combine import RewardSet
 from flowrl.rewards.http import RewardServiceError
@@ -41,10 +41,18 @@ class Server:
 
     def __init__(self, name: str, *args: str, log: Path, env: dict | None = None) -> None:
         environment = {k: v for k, v in os.environ.items() if k != "FLOWRL_REWARD_TOKEN"}
-        environment.update(PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]), OMP_NUM_THREADS="1", **(env or {}))
+        environment.update(
+            PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]), OMP_NUM_THREADS="1", **(env or {})
+        )
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "flowrl.rewards.serve", name, *args], cwd=REPO, env=environment, text=True,
-                                     stdout=subprocess.PIPE, stderr=log.open("w"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flowrl.rewards.serve", name, *args],
+            cwd=REPO,
+            env=environment,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=log.open("w"),
+        )
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
         self._url: str | None = None
@@ -59,7 +67,9 @@ class Server:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no output from the server in {timeout} s; its stderr:\n{self.log.read_text()}") from None
+            raise AssertionError(
+                f"no output from the server in {timeout} s; its stderr:\n{self.log.read_text()}"
+            ) from None
 
     @property
     def url(self) -> str:
@@ -102,7 +112,10 @@ SERVED = {
 def servers(tmp_path_factory):
     """All module-wide servers, started together (each spends a few seconds importing torch)."""
     logs = tmp_path_factory.mktemp("servers")
-    started = {key: Server(name, "--port", "0", *args, log=logs / f"{key}.log", env=env) for key, (name, args, env) in SERVED.items()}
+    started = {
+        key: Server(name, "--port", "0", *args, log=logs / f"{key}.log", env=env)
+        for key, (name, args, env) in SERVED.items()
+    }
     yield started
     for server in started.values():
         server.terminate()  # all at once: each takes a moment to exit
@@ -140,7 +153,12 @@ def test_info_names_the_reward_and_its_kind(servers):
     assert info["name"] == "remote_rewards_fixture:brightness_plus_length" and info["kind"] == "pointwise"
     assert info["max_request_bytes"] == 2**20 and info["max_batch"] == 64
     info = requests.get(servers["pairwise"].url + "/info", headers=AUTH, timeout=10).json()
-    assert info == {"name": "brightness_preference", "kind": "pairwise", "max_request_bytes": 64 * 2**20, "max_batch": 256}
+    assert info == {
+        "name": "brightness_preference",
+        "kind": "pairwise",
+        "max_request_bytes": 64 * 2**20,
+        "max_batch": 256,
+    }
 
 
 def test_the_remote_object_has_only_the_method_of_its_kind(servers):
@@ -168,13 +186,19 @@ def test_float16_transport_rounds_only_the_pixels(servers):
     images, prompts = batch(10)
     remote = RemoteReward(servers["plain"].url, wire_dtype="float16")
     scores = remote.score(images, prompts)
-    assert torch.equal(scores, fixture.brightness_plus_length(images.half().float(), prompts))  # the server sees fp16 pixels upcast exactly
-    torch.testing.assert_close(scores, fixture.brightness_plus_length(images, prompts), rtol=0, atol=1e-3)  # fp16 spacing is <= 2^-11 in [0, 1]
+    assert torch.equal(
+        scores, fixture.brightness_plus_length(images.half().float(), prompts)
+    )  # the server sees fp16 pixels upcast exactly
+    torch.testing.assert_close(
+        scores, fixture.brightness_plus_length(images, prompts), rtol=0, atol=1e-3
+    )  # fp16 spacing is <= 2^-11 in [0, 1]
 
 
 def test_batches_split_across_requests_come_back_in_order(servers):
     images, prompts = batch(23)
-    remote = RemoteReward(servers["plain"].url, wire_dtype="float32", batch_size=4, concurrency=3)  # 6 requests, 3 at a time
+    remote = RemoteReward(
+        servers["plain"].url, wire_dtype="float32", batch_size=4, concurrency=3
+    )  # 6 requests, 3 at a time
     assert torch.equal(remote.score(images, prompts), fixture.brightness_plus_length(images, prompts))
     assert remote.score(images[:0], []).shape == (0,)
 
@@ -198,7 +222,9 @@ def test_pairwise_goes_through_compare(servers):
     remote = RemoteReward(servers["pairwise"].url, token_env=TOKEN_ENV, wire_dtype="float32", batch_size=4)
     expected = fixture.BrightnessPreference().compare(images_a, images_b, prompts)
     assert torch.equal(remote.compare(images_a, images_b, prompts), expected)
-    response = requests.post(servers["pairwise"].url + "/score", data=body({"images": images_a}, prompts), headers=AUTH, timeout=10)
+    response = requests.post(
+        servers["pairwise"].url + "/score", data=body({"images": images_a}, prompts), headers=AUTH, timeout=10
+    )
     assert response.status_code == 404 and "/compare" in response.json()["error"]
 
 
@@ -210,7 +236,11 @@ def test_token_is_required_and_accepted(servers, monkeypatch):
     with pytest.raises(RewardServiceError, match="401") as caught:
         RemoteReward(url, token_env=None, backoff=10.0)
     # refused at once: a retried failure would say "failed after N attempts"
-    assert url in str(caught.value) and "refused the request with HTTP 401" in str(caught.value) and "attempts" not in str(caught.value)
+    assert (
+        url in str(caught.value)
+        and "refused the request with HTTP 401" in str(caught.value)
+        and "attempts" not in str(caught.value)
+    )
     monkeypatch.setenv(TOKEN_ENV, "wrong")
     with pytest.raises(RewardServiceError, match="401"):
         RemoteReward(url, token_env=TOKEN_ENV)
@@ -218,7 +248,12 @@ def test_token_is_required_and_accepted(servers, monkeypatch):
     images_a, prompts = batch(4)
     pair = body({"images_a": images_a, "images_b": images_a.flip(0)}, prompts)
     assert requests.post(url + "/compare", data=pair, timeout=10).status_code == 401
-    assert requests.post(url + "/compare", data=pair, headers={"Authorization": f"Bearer {TOKEN}x"}, timeout=10).status_code == 401
+    assert (
+        requests.post(
+            url + "/compare", data=pair, headers={"Authorization": f"Bearer {TOKEN}x"}, timeout=10
+        ).status_code
+        == 401
+    )
 
     assert requests.post(url + "/compare", data=pair, headers=AUTH, timeout=10).status_code == 200
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
@@ -244,7 +279,9 @@ def raw_post(url: str, path: str, headers: dict) -> tuple[int, str]:
 
 def test_oversized_requests_are_refused_before_reading(servers):
     url = servers["plain"].url  # 1 MiB and 64 images at most
-    status, text = raw_post(url, "/score", {"Content-Length": str(10**9)})  # the body never comes; the answer must not wait for it
+    status, text = raw_post(
+        url, "/score", {"Content-Length": str(10**9)}
+    )  # the body never comes; the answer must not wait for it
     assert status == 413 and "1048576" in text
     status, text = raw_post(url, "/score", {})
     assert status == 411 and "Content-Length" in text
@@ -328,8 +365,12 @@ def test_a_killed_server_fails_after_retries_and_a_restarted_one_answers(servers
     # 8 retries wait at least 0.25 * (1 + 2 + ... + 128) / 2 ~ 32 s in all: ample for a restart
     patient = RemoteReward(url, retries=8, backoff=0.25, wire_dtype="float32")
     outcome: dict = {}
-    threads = [threading.Thread(target=lambda key=key, remote=remote: outcome.update({key: _call(remote.score, images, prompts)}))
-               for key, remote in (("impatient", impatient), ("patient", patient))]
+    threads = [
+        threading.Thread(
+            target=lambda key=key, remote=remote: outcome.update({key: _call(remote.score, images, prompts)})
+        )
+        for key, remote in (("impatient", impatient), ("patient", patient))
+    ]
     for thread in threads:
         thread.start()
     assert first.next_line() == "scoring"  # one request is inside the model, the other waits for it
@@ -340,7 +381,14 @@ def test_a_killed_server_fails_after_retries_and_a_restarted_one_answers(servers
     error = outcome["impatient"]
     assert isinstance(error, RewardServiceError) and url in str(error) and "3 attempts" in str(error), error
 
-    second = Server("remote_rewards_fixture:SlowBrightness", "--port", url.rsplit(":", 1)[1], "--option", "seconds=0", log=tmp_path / "second.log")
+    second = Server(
+        "remote_rewards_fixture:SlowBrightness",
+        "--port",
+        url.rsplit(":", 1)[1],
+        "--option",
+        "seconds=0",
+        log=tmp_path / "second.log",
+    )
     try:
         assert second.url == url
         threads[1].join(timeout=60)
@@ -367,7 +415,13 @@ def test_bad_urls_and_options_fail_naming_the_value():
         RemoteReward("http://127.0.0.1:9", wire_dtype="bfloat16")
     with pytest.raises(ValueError, match="batch_size"):
         RemoteReward("http://127.0.0.1:9", batch_size=0)
-    assert parse_options(["a=1", "b=0.5", "c=true", "d=text", "e="]) == {"a": 1, "b": 0.5, "c": True, "d": "text", "e": ""}
+    assert parse_options(["a=1", "b=0.5", "c=true", "d=text", "e="]) == {
+        "a": 1,
+        "b": 0.5,
+        "c": True,
+        "d": "text",
+        "e": "",
+    }
     with pytest.raises(ValueError, match="'noequals'"):
         parse_options(["noequals"])
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from openai_stub import server_fixture
 
 from flowrl.rewards.base import InvalidRewardError, is_pairwise
 from flowrl.rewards.http import RewardServiceError
 from flowrl.rewards.registry import load
 from flowrl.rewards.vlm_judge import DEFAULT_URL, UnparseableVerdictError, VLMJudge, parse_verdict
-
-from openai_stub import server_fixture
 
 SERVER = Path(__file__).resolve().parent / "judge_server.py"
 KEY_ENV = "FLOWRL_TEST_JUDGE_KEY"
@@ -126,7 +125,9 @@ def test_brighter_image_is_preferred_in_either_position(start_server):
     assert last["model"] == "test-judge" and last["temperature"] == 0.0 and last["max_tokens"] == 64
     assert last["mimes"] == ["image/png", "image/png"]
     assert "<answer>" in last["prompt"]
-    assert sorted(text.split('Prompt: "')[1].split('"\n')[0] for text in stats["prompts"]) == sorted(prompts)  # braces kept as is
+    assert sorted(text.split('Prompt: "')[1].split('"\n')[0] for text in stats["prompts"]) == sorted(
+        prompts
+    )  # braces kept as is
 
 
 def test_jpeg_images_and_the_registry(start_server):
@@ -215,7 +216,9 @@ def test_malformed_answers_can_be_errors_naming_the_pair(start_server):
         judge.compare(grey(0.9, 0.9, 0.9), grey(0.1, 0.1, 0.1), ["good", "good", "json"])
     assert isinstance(error.value, InvalidRewardError) and "on_unparseable='tie'" in str(error.value)
     both = fast(server.url, on_unparseable="error", both_orders=True)
-    with pytest.raises(UnparseableVerdictError, match=r"2 of 2 answers.*pair 0 \(a, b\): no verdict in the answer.*pair 0 \(b, a\)"):
+    with pytest.raises(
+        UnparseableVerdictError, match=r"2 of 2 answers.*pair 0 \(a, b\): no verdict in the answer.*pair 0 \(b, a\)"
+    ):
         both.compare(grey(0.9), grey(0.1), ["none"])
     assert both.failures == 2
 
@@ -246,16 +249,19 @@ def test_default_key_variable_and_url(monkeypatch):
     assert "Authorization" not in VLMJudge(api_key_env=None).headers
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(base_url="localhost:8000"), "base_url 'localhost:8000'"),
-    (dict(concurrency=0), "concurrency must be an integer >= 1, got 0"),
-    (dict(retries=-1), "retries must be an integer >= 0"),
-    (dict(timeout=0), "timeout must be a positive number"),
-    (dict(max_tokens=0), "max_tokens must be an integer >= 1"),
-    (dict(on_unparseable="skip"), "on_unparseable must be one of"),
-    (dict(image_format="gif"), "image_format must be one of"),
-    (dict(instruction="Which is better?"), r"\{prompt\} field"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(base_url="localhost:8000"), "base_url 'localhost:8000'"),
+        (dict(concurrency=0), "concurrency must be an integer >= 1, got 0"),
+        (dict(retries=-1), "retries must be an integer >= 0"),
+        (dict(timeout=0), "timeout must be a positive number"),
+        (dict(max_tokens=0), "max_tokens must be an integer >= 1"),
+        (dict(on_unparseable="skip"), "on_unparseable must be one of"),
+        (dict(image_format="gif"), "image_format must be one of"),
+        (dict(instruction="Which is better?"), r"\{prompt\} field"),
+    ],
+)
 def test_bad_options_fail_naming_the_value(options, message):
     with pytest.raises(ValueError, match=message):
         VLMJudge(**options)

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from references import dpmpp_2m_reference
 from flowrl.samplers.ode import dpmpp_2m_step, sample_adaptive, sample_ode
+from references import dpmpp_2m_reference
 
 MEAN = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
 STD = torch.tensor([0.3, 0.8, 1.5], dtype=torch.float64)
@@ -65,7 +65,11 @@ def observed_orders(velocity, z, reference, grid, solver, counts):
 # which is infinite at sigma = 1 and 0: on a sigma grid touching them its steps near the ends do not
 # shrink in lambda, so it approaches order two only slowly (observed 1.6 -> 1.8 from N = 80 to 640 on a uniform grid, 1.4 -> 1.6 with shift 3);
 # on an interior grid it is cleanly second order.
-FULL_GRID = [("euler", (0.9, 1.1), (20, 40, 80)), ("heun", (1.85, 2.15), (20, 40, 80)), ("dpmpp_2m", (1.3, 2.1), (160, 320, 640))]
+FULL_GRID = [
+    ("euler", (0.9, 1.1), (20, 40, 80)),
+    ("heun", (1.85, 2.15), (20, 40, 80)),
+    ("dpmpp_2m", (1.3, 2.1), (160, 320, 640)),
+]
 
 
 @pytest.mark.parametrize("solver,bounds,counts", FULL_GRID)
@@ -83,12 +87,21 @@ def test_order_on_an_interior_grid(solver, bounds):
     # From exact samples of x_0.95 to sigma = 0.05: no infinite log-SNR, no sigma_next = 0 case.
     z = noise(64, 3, seed=2)
     grid = lambda n: torch.linspace(0.95, 0.05, n + 1, dtype=torch.float64)  # noqa: E731
-    errors, orders = observed_orders(gaussian_velocity, gaussian_solution(z, 0.95), gaussian_solution(z, 0.05), grid, solver, (32, 64, 128))
+    errors, orders = observed_orders(
+        gaussian_velocity, gaussian_solution(z, 0.95), gaussian_solution(z, 0.05), grid, solver, (32, 64, 128)
+    )
     for p in orders:
         assert bounds[0] < p < bounds[1], (errors, orders)
 
 
-@pytest.mark.parametrize("solver,bounds,counts", [("euler", (0.85, 1.1), (160, 320, 640)), ("heun", (1.9, 2.1), (40, 80, 160)), ("dpmpp_2m", (1.7, 2.1), (160, 320, 640))])
+@pytest.mark.parametrize(
+    "solver,bounds,counts",
+    [
+        ("euler", (0.85, 1.1), (160, 320, 640)),
+        ("heun", (1.9, 2.1), (40, 80, 160)),
+        ("dpmpp_2m", (1.7, 2.1), (160, 320, 640)),
+    ],
+)
 def test_order_against_dopri5_on_a_mixture(solver, bounds, counts):
     z = noise(64, 2, seed=3)
     reference = sample_adaptive(mixture_velocity, z, rtol=1e-10, atol=1e-10)
@@ -106,10 +119,19 @@ def test_dopri5_reference_matches_the_closed_form():
 # ---------------------------------------------------------------- DPM-Solver++(2M) by hand
 
 
-@pytest.mark.parametrize("grid", [uniform(10), shifted(7), uniform(12, 0.3), torch.tensor([0.9, 0.6, 0.5, 0.2, 0.05], dtype=torch.float64)], ids=["uniform", "shift3", "to0.3", "ragged"])
+@pytest.mark.parametrize(
+    "grid",
+    [uniform(10), shifted(7), uniform(12, 0.3), torch.tensor([0.9, 0.6, 0.5, 0.2, 0.05], dtype=torch.float64)],
+    ids=["uniform", "shift3", "to0.3", "ragged"],
+)
 def test_dpmpp_2m_matches_the_algorithm_written_in_log_snr(grid):
     z = noise(16, 2, seed=5)
-    torch.testing.assert_close(sample_ode(mixture_velocity, z, grid, "dpmpp_2m"), dpmpp_2m_reference(mixture_velocity, z, grid), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        sample_ode(mixture_velocity, z, grid, "dpmpp_2m"),
+        dpmpp_2m_reference(mixture_velocity, z, grid),
+        atol=1e-12,
+        rtol=1e-12,
+    )
 
 
 def test_dpmpp_2m_second_order_term_is_used_in_the_interior():

@@ -55,7 +55,9 @@ def mixture_cdf(z, direction, s=0.0):
     return (w * 0.5 * (1 + torch.erf((z[:, None] - loc) / (scale * math.sqrt(2))))).sum(1)
 
 
-DIRECTIONS = [torch.tensor(d, dtype=torch.float64) / math.hypot(*d) for d in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, -2.0))]
+DIRECTIONS = [
+    torch.tensor(d, dtype=torch.float64) / math.hypot(*d) for d in ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, -2.0))
+]
 
 
 def ks_distance(samples, s=0.0):
@@ -140,7 +142,9 @@ def test_closed_form_velocity_is_the_conditional_expectation():
         # the velocity has smaller variance than the target (it is a conditional mean)
         torch.testing.assert_close((target - v).mean(0), torch.zeros(2, dtype=torch.float64), atol=0.02, rtol=0)
         torch.testing.assert_close(((target - v).T @ xs) / n, torch.zeros(2, 2, dtype=torch.float64), atol=0.02, rtol=0)
-        torch.testing.assert_close((v.T @ xs) / n, s * torch.eye(2, dtype=torch.float64) - (1 - s) * (x0.T @ x0) / n, atol=0.03, rtol=0)
+        torch.testing.assert_close(
+            (v.T @ xs) / n, s * torch.eye(2, dtype=torch.float64) - (1 - s) * (x0.T @ x0) / n, atol=0.03, rtol=0
+        )
 
 
 def test_closed_form_velocity_at_the_endpoints():
@@ -203,7 +207,9 @@ def sample_sde(x, sigmas, form="flow_grpo", level=0.7, seed=5):
     for i in range(len(sigmas) - 1):
         s, s_next = sigmas[i], sigmas[i + 1]
         v = velocity(x, s.expand(x.shape[0]))
-        x = sde_step(v, x, s, s_next, form, level, noise=torch.randn(x.shape, generator=g, dtype=torch.float64)).sample.double()
+        x = sde_step(
+            v, x, s, s_next, form, level, noise=torch.randn(x.shape, generator=g, dtype=torch.float64)
+        ).sample.double()
     return x
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from references import dpmpp_2m_reference
-from flowrl.samplers.plan import Plan, StepSpec, Tail
 import flowrl.samplers.rollout as rollout_module
+from flowrl.samplers.plan import Plan, StepSpec, Tail
 from flowrl.samplers.rollout import PROBE, SPINE, TAIL, distinct_rows, rollout, score_transitions
 from flowrl.samplers.sde import SDE_FORMS
+from references import dpmpp_2m_reference
 
 SHAPE = (2, 3)
 
@@ -90,7 +90,9 @@ def test_zero_noise_sde_steps_are_the_euler_chain_and_keep_their_transitions(for
     # deterministic rollout is SDE steps at level 0: Euler steps that still record transitions.
     steps, prompts, group = 5, 2, 3
     noise = initial_noise(prompts * group, seed=9)
-    specs = tuple(StepSpec("sde", sde=form, noise_level=0.0, trained=i < 3) if i < 3 else StepSpec() for i in range(steps))
+    specs = tuple(
+        StepSpec("sde", sde=form, noise_level=0.0, trained=i < 3) if i < 3 else StepSpec() for i in range(steps)
+    )
     out = rollout(CountingVelocity(), Plan(grid(steps), specs, group_size=group), prompts, SHAPE, noise=noise, seed=4)
     x = noise.double()
     prompt = torch.arange(prompts).repeat_interleave(group).double().view(-1, 1, 1)
@@ -98,7 +100,9 @@ def test_zero_noise_sde_steps_are_the_euler_chain_and_keep_their_transitions(for
     for i in range(steps):  # the hand-written Euler integration
         x = x + (sig[i + 1] - sig[i]) * (0.1 * x + 0.01 * prompt + 0.05 * sig[i])
     torch.testing.assert_close(out.samples[out.root.argsort()].double(), x, atol=1e-5, rtol=1e-5)
-    euler = rollout(CountingVelocity(), Plan(grid(steps), (StepSpec(),) * steps, group_size=group), prompts, SHAPE, noise=noise)
+    euler = rollout(
+        CountingVelocity(), Plan(grid(steps), (StepSpec(),) * steps, group_size=group), prompts, SHAPE, noise=noise
+    )
     assert torch.equal(out.samples, euler.samples)  # the zero-noise SDE step is exactly the Euler step
     t = out.transitions
     assert len(t) == prompts * group * 3 and sorted(set(t.step.tolist())) == [0, 1, 2] and bool(t.trained.all())
@@ -154,7 +158,9 @@ def test_coarse_ode_stretch_visits_only_its_sub_grid():
 
 def tree_plan(steps, branches, group=1, trained=(), form="flow_grpo", **kw):
     specs = tuple(
-        StepSpec("sde", sde=form, branch=branches.get(i, 1), trained=i in trained, weight=1.0 + i) if i in branches or i in trained else StepSpec()
+        StepSpec("sde", sde=form, branch=branches.get(i, 1), trained=i in trained, weight=1.0 + i)
+        if i in branches or i in trained
+        else StepSpec()
         for i in range(steps)
     )
     return Plan(grid(steps), specs, group_size=group, **kw)
@@ -182,7 +188,9 @@ def test_tree_counts_are_the_closed_form(prompts, group):
     # SDE transitions: one per child at SDE steps (step 5 is an unsplit SDE step)
     sde_steps = (1, 2, 4, 5)
     assert len(out.transitions) == sum(width[j + 1] for j in sde_steps)
-    assert out.transitions.step.bincount(minlength=steps).tolist() == [width[j + 1] if j in sde_steps else 0 for j in range(steps)]
+    assert out.transitions.step.bincount(minlength=steps).tolist() == [
+        width[j + 1] if j in sde_steps else 0 for j in range(steps)
+    ]
     # each leaf traces back through its parents to its root, with grid indices counting down
     parent = out.node_parent
     for leaf, root in zip(out.sample_node.tolist(), out.root.tolist()):
@@ -370,7 +378,9 @@ def test_max_batch_chunking_changes_nothing_but_the_batch_sizes(max_batch):
     assert torch.equal(whole.transitions.logp, chunked.transitions.logp)
     assert whole.nfe == chunked.nfe and whole_v.rows == chunked_v.rows
     probes = len(torch.unique(whole.probe[whole.probe >= 0]))
-    assert whole_v.rows == whole.nfe - probes * (len(mixed_plan().tails) - 1)  # a probe's tails share its first velocity
+    assert whole_v.rows == whole.nfe - probes * (
+        len(mixed_plan().tails) - 1
+    )  # a probe's tails share its first velocity
     assert max(chunked_v.batch_sizes) <= max_batch
     assert sum(math.ceil(n / max_batch) for n in whole_v.batch_sizes) == chunked_v.calls
 
@@ -432,7 +442,10 @@ def test_noise_override_and_its_shape_check():
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: Plan(grid(4), (StepSpec(),) * 3), r"len\(sigmas\) == len\(steps\) \+ 1, got \(5,\) sigmas for 3 steps"),
+        (
+            lambda: Plan(grid(4), (StepSpec(),) * 3),
+            r"len\(sigmas\) == len\(steps\) \+ 1, got \(5,\) sigmas for 3 steps",
+        ),
         (lambda: Plan(torch.tensor([1.0, 0.5, 0.6, 0.0]), (StepSpec(),) * 3), "decrease strictly"),
         (lambda: Plan(torch.tensor([1.2, 0.5, 0.0]), (StepSpec(),) * 2), "from at most 1"),
         (lambda: Plan(torch.tensor([1.0, 0.5, 0.1]), (StepSpec(),) * 2), "to exactly 0"),
@@ -441,18 +454,39 @@ def test_noise_override_and_its_shape_check():
         (lambda: Plan(grid(2), (StepSpec(),) * 2, tails=()), "at least one tail"),
         (lambda: Plan(grid(2), (StepSpec(),) * 2, tails=(Tail(0),)), "tail stride must be at least 1, got 0"),
         (lambda: Plan(grid(2), (StepSpec(),) * 2, tails=(Tail(1, "rk4"),)), "unknown ODE solver 'rk4'"),
-        (lambda: Plan(grid(2), (StepSpec(), StepSpec(mode="ddim"))), "step 1 of the custom plan: mode must be 'ode' or 'sde', got 'ddim'"),
+        (
+            lambda: Plan(grid(2), (StepSpec(), StepSpec(mode="ddim"))),
+            "step 1 of the custom plan: mode must be 'ode' or 'sde', got 'ddim'",
+        ),
         (lambda: Plan(grid(2), (StepSpec(solver="rk45"), StepSpec())), "unknown ODE solver 'rk45'"),
         (lambda: Plan(grid(2), (StepSpec("sde", sde="ddpm"), StepSpec())), "unknown SDE form 'ddpm'"),
-        (lambda: Plan(grid(2), (StepSpec("sde", branch=0), StepSpec())), "step 0 of the custom plan: branch must be >= 1 and probes >= 0, got branch=0 probes=0"),
+        (
+            lambda: Plan(grid(2), (StepSpec("sde", branch=0), StepSpec())),
+            "step 0 of the custom plan: branch must be >= 1 and probes >= 0, got branch=0 probes=0",
+        ),
         (lambda: Plan(grid(2), (StepSpec(probes=-1), StepSpec())), "branch must be >= 1 and probes >= 0"),
         (lambda: Plan(grid(2), (StepSpec(branch=2), StepSpec())), "an ODE step is deterministic and cannot branch"),
-        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=-0.5), StepSpec())), r"noise_level must be >= 0 \(0: the deterministic Euler step\), got -0.5"),
-        (lambda: Plan(grid(2), (StepSpec("sde", noise_level=0.0, branch=2), StepSpec())), "step 0 of the custom plan: noise_level 0 makes the step deterministic, so it cannot branch or send probes"),
-        (lambda: Plan(grid(2), (StepSpec(probes=2, noise_level=0.0), StepSpec())), r"cannot branch or send probes \(got branch=1 probes=2\)"),
-        (lambda: Plan(grid(3), (StepSpec(next_index=4), StepSpec(), StepSpec())), r"next_index=4 needs an ODE step and 0 < next_index <= 3"),
+        (
+            lambda: Plan(grid(2), (StepSpec("sde", noise_level=-0.5), StepSpec())),
+            r"noise_level must be >= 0 \(0: the deterministic Euler step\), got -0.5",
+        ),
+        (
+            lambda: Plan(grid(2), (StepSpec("sde", noise_level=0.0, branch=2), StepSpec())),
+            "step 0 of the custom plan: noise_level 0 makes the step deterministic, so it cannot branch or send probes",
+        ),
+        (
+            lambda: Plan(grid(2), (StepSpec(probes=2, noise_level=0.0), StepSpec())),
+            r"cannot branch or send probes \(got branch=1 probes=2\)",
+        ),
+        (
+            lambda: Plan(grid(3), (StepSpec(next_index=4), StepSpec(), StepSpec())),
+            r"next_index=4 needs an ODE step and 0 < next_index <= 3",
+        ),
         (lambda: Plan(grid(3), (StepSpec(next_index=0), StepSpec(), StepSpec())), "next_index=0 needs an ODE step"),
-        (lambda: Plan(grid(3), (StepSpec("sde", next_index=2), StepSpec(), StepSpec())), "next_index=2 needs an ODE step"),
+        (
+            lambda: Plan(grid(3), (StepSpec("sde", next_index=2), StepSpec(), StepSpec())),
+            "next_index=2 needs an ODE step",
+        ),
     ],
 )
 def test_bad_plans_are_rejected_with_the_field_named(make, message):
@@ -476,7 +510,9 @@ def test_with_steps_revalidates():
 def dpmpp_2m_by_hand(x, sigmas, prompt):
     """DPM-Solver++(2M) by the paper's algorithm (tests/references.py), float64, with the counting
     field's velocity."""
-    return dpmpp_2m_reference(lambda x, s: 0.1 * x + 0.01 * prompt + 0.05 * s.view(-1, *[1] * (x.ndim - 1)), x.double(), sigmas)
+    return dpmpp_2m_reference(
+        lambda x, s: 0.1 * x + 0.01 * prompt + 0.05 * s.view(-1, *[1] * (x.ndim - 1)), x.double(), sigmas
+    )
 
 
 def test_dpmpp_2m_spine_on_a_coarse_sub_grid_matches_the_algorithm():
@@ -503,8 +539,19 @@ def test_trained_ode_steps_record_deterministic_transitions_and_sample_as_untrai
     out = rollout(CountingVelocity(), plan, 2, SHAPE, noise=noise)
     visited = plan.visited() + [steps]
     prompt = torch.arange(2).repeat_interleave(2).double().view(-1, 1, 1)
-    torch.testing.assert_close(out.samples[out.root.argsort()].double(), dpmpp_2m_by_hand(noise, plan.sigmas.double()[visited], prompt), atol=1e-5, rtol=1e-5)
-    untrained = rollout(CountingVelocity(), plan.with_steps(steps=tuple(replace(s, trained=False) for s in specs)), 2, SHAPE, noise=noise)
+    torch.testing.assert_close(
+        out.samples[out.root.argsort()].double(),
+        dpmpp_2m_by_hand(noise, plan.sigmas.double()[visited], prompt),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+    untrained = rollout(
+        CountingVelocity(),
+        plan.with_steps(steps=tuple(replace(s, trained=False) for s in specs)),
+        2,
+        SHAPE,
+        noise=noise,
+    )
     assert torch.equal(out.samples, untrained.samples) and len(untrained.transitions) == 0
     t = out.transitions
     assert sorted(t.step.tolist()) == [0] * 4 + [1] * 4 + [2] * 4  # step 3 is jumped over; 4 chains
@@ -522,14 +569,22 @@ def test_trained_ode_steps_record_deterministic_transitions_and_sample_as_untrai
 def test_dpmpp_2m_probe_tails_beside_a_dpmpp_2m_spine_keep_their_own_history():
     # Spine nodes (with history) and probe tails (without, then with their own) share fronts.
     steps, j = 7, 2
-    specs = tuple(StepSpec(solver="dpmpp_2m", probes=2, trained=True) if i == j else StepSpec(solver="dpmpp_2m") for i in range(steps))
+    specs = tuple(
+        StepSpec(solver="dpmpp_2m", probes=2, trained=True) if i == j else StepSpec(solver="dpmpp_2m")
+        for i in range(steps)
+    )
     sig = torch.linspace(0.95, 0.0, steps + 1)
     plan = Plan(sig, specs, tails=(Tail(1, "dpmpp_2m"), Tail(2, "dpmpp_2m")))
     noise = initial_noise(2)
     out = rollout(CountingVelocity(), plan, 2, SHAPE, noise=noise)
     prompt = torch.arange(2).double().view(-1, 1, 1)
     spine = out.probe < 0
-    torch.testing.assert_close(out.samples[spine][out.root[spine].argsort()].double(), dpmpp_2m_by_hand(noise, sig.double(), prompt), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out.samples[spine][out.root[spine].argsort()].double(),
+        dpmpp_2m_by_hand(noise, sig.double(), prompt),
+        atol=1e-5,
+        rtol=1e-5,
+    )
     t = out.transitions
     for i, probe in enumerate(t.child.tolist()):
         for tail, stride in ((0, 1), (1, 2)):
@@ -559,7 +614,11 @@ def test_distinct_rows_groups_exactly_equal_state_sigma_and_prompt():
     first, inverse = distinct_rows(x, sigma, prompt)
     reference = {(tuple(r.flatten().tolist()), float(s), int(q)) for r, s, q in zip(x, sigma, prompt)}
     assert len(first) == len(reference) == 6  # {0, 2}, {1, 6} share; 3, 4, 5, 7 are alone
-    assert torch.equal(x[first][inverse], x) and torch.equal(sigma[first][inverse], sigma) and torch.equal(prompt[first][inverse], prompt)
+    assert (
+        torch.equal(x[first][inverse], x)
+        and torch.equal(sigma[first][inverse], sigma)
+        and torch.equal(prompt[first][inverse], prompt)
+    )
 
 
 def test_distinct_rows_checks_every_row_when_fingerprints_collide(monkeypatch):
@@ -571,7 +630,9 @@ def test_distinct_rows_checks_every_row_when_fingerprints_collide(monkeypatch):
 
 
 def _every_row_computed(monkeypatch):
-    monkeypatch.setattr(rollout_module, "distinct_rows", lambda x, sigma, prompt: (torch.arange(len(x)), torch.arange(len(x))))
+    monkeypatch.setattr(
+        rollout_module, "distinct_rows", lambda x, sigma, prompt: (torch.arange(len(x)), torch.arange(len(x)))
+    )
 
 
 def test_a_shared_start_is_computed_once_per_prompt_and_changes_nothing(monkeypatch):
@@ -588,7 +649,12 @@ def test_a_shared_start_is_computed_once_per_prompt_and_changes_nothing(monkeypa
 
 
 def test_rescoring_shares_the_velocity_of_equal_states_and_its_gradient_is_unchanged(monkeypatch):
-    plan = Plan(grid(3), (StepSpec("sde", trained=True), StepSpec("sde", trained=True), StepSpec()), group_size=4, share_noise=True)
+    plan = Plan(
+        grid(3),
+        (StepSpec("sde", trained=True), StepSpec("sde", trained=True), StepSpec()),
+        group_size=4,
+        share_noise=True,
+    )
     out = rollout(CountingVelocity(), plan, 2, SHAPE, seed=3)
     t = out.trained
     layer = torch.nn.Linear(SHAPE[-1], SHAPE[-1])

@@ -66,7 +66,9 @@ def test_logp_is_the_gaussian_density_averaged_over_dimensions(form):
     x, v, noise = rand(6, 3, 4, seed=1), rand(6, 3, 4, seed=2), rand(6, 3, 4, seed=3)
     step = sde_step(v, x, 0.6, 0.5, form, noise=noise)
     assert step.logp.shape == (6,)
-    torch.testing.assert_close(step.logp.double(), reference_logp(step.sample, step.mean, step.std), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(
+        step.logp.double(), reference_logp(step.sample, step.mean, step.std), atol=1e-5, rtol=1e-6
+    )
     # the drawn sample is mean + std * noise
     torch.testing.assert_close(step.sample, step.mean + step.std.view(-1, 1, 1) * noise, atol=1e-6, rtol=1e-6)
 
@@ -74,7 +76,9 @@ def test_logp_is_the_gaussian_density_averaged_over_dimensions(form):
 def test_gaussian_logprob_matches_closed_form_with_scalar_and_per_sample_std():
     x, mean = rand(5, 7, seed=4), rand(5, 7, seed=5)
     std = torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0])
-    torch.testing.assert_close(gaussian_logprob(x, mean, std).double(), reference_logp(x, mean, std), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(
+        gaussian_logprob(x, mean, std).double(), reference_logp(x, mean, std), atol=1e-5, rtol=1e-6
+    )
     # scalar std: the per-dimension average of -(x-m)^2/(2 s^2) - log s - log(2 pi)/2
     s = 0.3
     expected = (-((x.double() - mean.double()) ** 2) / (2 * s * s) - math.log(s) - 0.5 * math.log(2 * math.pi)).mean(1)
@@ -102,7 +106,12 @@ def test_rescoring_a_stored_transition(form):
     if form == "flow_grpo":
         mean, std = flow_grpo_reference(v_other, x, sigma, sigma_next, 0.7)
     else:
-        mean = torch.stack([dance_grpo_reference(v_other[i : i + 1], x[i : i + 1], float(sigma[i]), float(sigma_next[i]), 0.3)[0][0] for i in range(8)])
+        mean = torch.stack(
+            [
+                dance_grpo_reference(v_other[i : i + 1], x[i : i + 1], float(sigma[i]), float(sigma_next[i]), 0.3)[0][0]
+                for i in range(8)
+            ]
+        )
         std = 0.3 * torch.sqrt((sigma - sigma_next).double())
     torch.testing.assert_close(other.logp.double(), reference_logp(step.sample, mean, std), atol=1e-4, rtol=1e-5)
     assert not torch.allclose(other.logp, step.logp)
@@ -131,7 +140,12 @@ def test_flow_grpo_mean_and_std_closed_form(sigma, sigma_next, a):
     torch.testing.assert_close(mean, ref_mean, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(std, ref_std, atol=1e-12, rtol=1e-12)
     g = a * math.sqrt(sigma / (1 - sigma))
-    torch.testing.assert_close(diffusion("flow_grpo", torch.tensor(sigma), torch.tensor(sigma_next), torch.tensor(a)).double(), torch.tensor(g, dtype=torch.float64), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        diffusion("flow_grpo", torch.tensor(sigma), torch.tensor(sigma_next), torch.tensor(a)).double(),
+        torch.tensor(g, dtype=torch.float64),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 def test_flow_grpo_first_step_from_sigma_one_uses_the_next_grid_point():
@@ -151,7 +165,9 @@ def test_flow_grpo_per_sample_sigmas_match_scalar_calls():
     level = torch.tensor([0.7, 0.5, 1.2, 0.3], dtype=torch.float64)
     mean, std = sde_mean_std(v, x, sigma, sigma_next, "flow_grpo", level)
     for i in range(4):
-        m_i, s_i = flow_grpo_reference(v[i : i + 1], x[i : i + 1], float(sigma[i]), float(sigma_next[i]), float(level[i]))
+        m_i, s_i = flow_grpo_reference(
+            v[i : i + 1], x[i : i + 1], float(sigma[i]), float(sigma_next[i]), float(level[i])
+        )
         torch.testing.assert_close(mean[i], m_i[0])
         torch.testing.assert_close(std[i], s_i[0])
 

@@ -4,12 +4,11 @@ and the same credit as one process running the whole batch."""
 import pytest
 import torch
 
+from conftest import MISSION, SMALL
 from flowrl.advantage import assign_credit
 from flowrl.samplers.methods import get_method
 from flowrl.samplers.rollout import rollout
 from flowrl.samplers.shard import merge_rollouts, rollout_metadata, seeded_noise, shard_roots
-
-from conftest import MISSION, SMALL
 
 PROMPTS = 2
 
@@ -61,7 +60,15 @@ def test_sharded_rollouts_merge_to_the_single_process_result(name):
             def local_velocity(x, sigma, prompt, shard=shard):
                 return velocity(x, sigma, shard.prompts[prompt])
 
-            part = rollout(local_velocity, plan, len(shard.prompts), (2, 3, 3), root_prompt=shard.root_prompt, root_seeds=[seeds[g] for g in shard.roots], noise=None if noise is None else noise[shard.roots])
+            part = rollout(
+                local_velocity,
+                plan,
+                len(shard.prompts),
+                (2, 3, 3),
+                root_prompt=shard.root_prompt,
+                root_seeds=[seeds[g] for g in shard.roots],
+                noise=None if noise is None else noise[shard.roots],
+            )
             samples.append(part.samples)
             rewards.append(reward(part.samples, shard.prompts[part.prompt]))
             parts.append(rollout_metadata(part))
@@ -81,7 +88,9 @@ def test_sharded_rollouts_merge_to_the_single_process_result(name):
         assert torch.equal(merged.transitions.step[t_merged], whole.transitions.step[t_whole])
         assert torch.equal(merged_credit.mask[t_merged], whole_credit.mask[t_whole])
         keep = whole_credit.mask[t_whole]
-        torch.testing.assert_close(merged_credit.advantages[t_merged][keep], whole_credit.advantages[t_whole][keep], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            merged_credit.advantages[t_merged][keep], whole_credit.advantages[t_whole][keep], rtol=1e-5, atol=1e-6
+        )
         torch.testing.assert_close(merged_credit.weight[t_merged], whole_credit.weight[t_whole])
 
 
@@ -91,7 +100,9 @@ def test_root_seeds_reproduce_the_default_generator_layout_only_when_asked():
     a = rollout(velocity, plan, 2, (1, 2, 2), seed=5)
     b = rollout(velocity, plan, 2, (1, 2, 2), seed=5)
     c = rollout(velocity, plan, 2, (1, 2, 2), root_seeds=[1, 2, 3, 4])
-    d = rollout(lambda x, s, p: velocity(x, s, p + 1), plan, 1, (1, 2, 2), root_prompt=torch.tensor([0, 0]), root_seeds=[3, 4])
+    d = rollout(
+        lambda x, s, p: velocity(x, s, p + 1), plan, 1, (1, 2, 2), root_prompt=torch.tensor([0, 0]), root_seeds=[3, 4]
+    )
     assert torch.equal(a.samples, b.samples) and not torch.equal(a.samples, c.samples)
     assert torch.equal(c.samples[2:], d.samples)  # roots 3 and 4 alone give what they gave in the batch
 

@@ -3,8 +3,8 @@
 import torch
 
 from flowrl.generate import generate
-from flowrl.samplers.shard import seeded_noise
 from flowrl.policies.toy import SHIPPED_DIR, WEIGHTS_NAME, load_toy
+from flowrl.samplers.shard import seeded_noise
 
 
 def test_shipped_weights_are_small_safetensors():

@@ -40,7 +40,9 @@ def test_guidance_is_one_batched_call_equal_to_two_separate_ones(tiny_policy):
     sigma = torch.tensor([0.7, 0.3])
     with torch.no_grad():
         v_prompt = tiny_policy.velocity(x, sigma, cond, guidance=1.0)
-        null = type(cond)(cond.null_embeds.expand(2, -1, -1), cond.null_pooled.expand(2, -1), cond.null_embeds, cond.null_pooled)
+        null = type(cond)(
+            cond.null_embeds.expand(2, -1, -1), cond.null_pooled.expand(2, -1), cond.null_embeds, cond.null_pooled
+        )
         v_null = sd3_velocity(tiny_policy.transformer, x, sigma, null)
         guided = tiny_policy.velocity(x, sigma, cond, guidance=4.0)
     assert not torch.allclose(v_prompt, v_null)
@@ -62,7 +64,10 @@ def test_save_and_load_round_trip(tiny_policy, tmp_path):
     cond = loaded.encode(["a blue square"])
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(loaded.velocity(x, torch.tensor(0.5), cond), tiny_policy.velocity(x, torch.tensor(0.5), tiny_policy.encode(["a blue square"])))
+        torch.testing.assert_close(
+            loaded.velocity(x, torch.tensor(0.5), cond),
+            tiny_policy.velocity(x, torch.tensor(0.5), tiny_policy.encode(["a blue square"])),
+        )
 
 
 def test_half_precision_file_holds_rounded_weights(tiny_policy, tmp_path):
@@ -98,7 +103,24 @@ def test_learning_rate_schedule():
 
 
 def _pretrain(out, steps):
-    args = build_parser().parse_args(["--out", str(out), "--steps", str(steps), "--batch", "4", "--layers", "1", "--heads", "1", "--warmup", "2", "--checkpoint-every", "2"])
+    args = build_parser().parse_args(
+        [
+            "--out",
+            str(out),
+            "--steps",
+            str(steps),
+            "--batch",
+            "4",
+            "--layers",
+            "1",
+            "--heads",
+            "1",
+            "--warmup",
+            "2",
+            "--checkpoint-every",
+            "2",
+        ]
+    )
     return pretrain(args)
 
 
@@ -124,8 +146,23 @@ def test_pretraining_logs_each_step_once_after_a_resume_or_restart(tmp_path):
     log.write_text(log.read_text() + json.dumps({"step": 3, "loss": 9.0}) + "\n")
     _pretrain(tmp_path / "run", 4)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0]
-    args = build_parser().parse_args(["--out", str(tmp_path / "run"), "--steps", "2", "--batch", "4", "--layers", "1", "--heads", "1",
-                                      "--warmup", "2", "--restart"])
+    args = build_parser().parse_args(
+        [
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--layers",
+            "1",
+            "--heads",
+            "1",
+            "--warmup",
+            "2",
+            "--restart",
+        ]
+    )
     pretrain(args)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [0]
 
@@ -146,11 +183,15 @@ def test_pretraining_from_init_weights_continues_that_model(tmp_path):
     first = _pretrain(tmp_path / "first", 2)
     init = load_toy(first).model.state_dict()
     common = ["--batch", "4", "--warmup", "2", "--init", str(first), "--seed", "1"]
-    unchanged = load_toy(pretrain(build_parser().parse_args(["--out", str(tmp_path / "zero"), "--steps", "0", *common]))).model
+    unchanged = load_toy(
+        pretrain(build_parser().parse_args(["--out", str(tmp_path / "zero"), "--steps", "0", *common]))
+    ).model
     assert unchanged.config.num_layers == 1  # the architecture of --init, not the default 4
     for name, value in unchanged.state_dict().items():
         assert torch.equal(value, init[name]), name
-    moved = load_toy(pretrain(build_parser().parse_args(["--out", str(tmp_path / "more"), "--steps", "2", *common]))).model.state_dict()
+    moved = load_toy(
+        pretrain(build_parser().parse_args(["--out", str(tmp_path / "more"), "--steps", "2", *common]))
+    ).model.state_dict()
     assert any(not torch.equal(moved[k], init[k]) for k in init)
     with pytest.raises(ValueError, match="--layers 4 but the model has 1"):
         pretrain(build_parser().parse_args(["--out", str(tmp_path / "bad"), "--steps", "1", "--layers", "4", *common]))
@@ -198,7 +239,8 @@ def test_guided_velocity_builds_a_graph_over_both_halves_in_training_only(tiny_p
     x, sigma = torch.randn(3, 3, 32, 32), torch.tensor([0.9, 0.5, 0.2])
     calls = []
     hook = tiny_policy.transformer.register_forward_hook(
-        lambda module, args, kwargs, out: calls.append((kwargs["hidden_states"].shape[0], out[0].requires_grad)), with_kwargs=True
+        lambda module, args, kwargs, out: calls.append((kwargs["hidden_states"].shape[0], out[0].requires_grad)),
+        with_kwargs=True,
     )
     try:
         tiny_policy.velocity(x, sigma, cond, 4.0)
@@ -223,7 +265,9 @@ def test_guided_velocity_matches_the_batched_one_call_form(tiny_policy):
         tiny_policy.transformer.zero_grad(set_to_none=True)
         v = form(tiny_policy.transformer, x, sigma, cond, 4.0)
         v.square().sum().backward()
-        results.append((v.detach(), [p.grad.clone() for p in tiny_policy.transformer.parameters() if p.grad is not None]))
+        results.append(
+            (v.detach(), [p.grad.clone() for p in tiny_policy.transformer.parameters() if p.grad is not None])
+        )
     (v_batched, g_batched), (v_split, g_split), (v_no_graph, g_no_graph) = results
     torch.testing.assert_close(v_split, v_batched, rtol=1e-5, atol=1e-5)
     assert torch.equal(v_no_graph, v_split)

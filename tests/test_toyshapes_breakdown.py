@@ -32,7 +32,13 @@ def test_diagnose_on_true_scenes_matches_construction():
             prompt = parse_prompt(asked)
             assessment = assess(scene, prompt, 32)
             stages = diagnose(scene, prompt, assessment)
-            assert stages == {"found": found, "shapes_ok": shapes, "objects_ok": objects, "relation_ok": relation, "copied": copied}, (drawn, asked, seed)
+            assert stages == {
+                "found": found,
+                "shapes_ok": shapes,
+                "objects_ok": objects,
+                "relation_ok": relation,
+                "copied": copied,
+            }, (drawn, asked, seed)
             assert assessment.correct == correct, (drawn, asked, seed)
 
 
@@ -46,7 +52,10 @@ def report():
 
 def test_records_hold_the_stages_the_verifier_finds(report):
     expected = [stages for _, _, stages in CASES for _ in range(PER_CASE)]
-    got = [(r["found"], r["shapes_ok"], r["objects_ok"], r["relation_ok"], r["copied"], r["correct"]) for r in report.records]
+    got = [
+        (r["found"], r["shapes_ok"], r["objects_ok"], r["relation_ok"], r["copied"], r["correct"])
+        for r in report.records
+    ]
     assert got == expected
 
 
@@ -55,13 +64,25 @@ def test_breakdown_counts_each_category_by_hand(report):
     assert list(rows) == ["two_object", "counting", "position", "color_attr"]  # benchmark order
     # position: cases 1-3 (right; reversed relation; two circles), 3 images each.
     assert rows["position"] == {
-        "too_few": (0, 9), "right_count": (9, 9), "too_many": (0, 9), "right_shapes": (6, 9), "copied": (3, 9),
-        "right_objects": (6, 9), "relation": (3, 6), "correct": (3, 9),
+        "too_few": (0, 9),
+        "right_count": (9, 9),
+        "too_many": (0, 9),
+        "right_shapes": (6, 9),
+        "copied": (3, 9),
+        "right_objects": (6, 9),
+        "relation": (3, 6),
+        "correct": (3, 9),
     }
     # two objects: one circle (too few), two circles (copied), the right two in the other order, a triangle for the circle.
     assert rows["two_object"] == {
-        "too_few": (3, 12), "right_count": (9, 12), "too_many": (0, 12), "right_shapes": (3, 12), "copied": (3, 12),
-        "right_objects": (3, 12), "relation": (0, 0), "correct": (3, 12),
+        "too_few": (3, 12),
+        "right_count": (9, 12),
+        "too_many": (0, 12),
+        "right_shapes": (3, 12),
+        "copied": (3, 12),
+        "right_objects": (3, 12),
+        "relation": (0, 0),
+        "correct": (3, 12),
     }
     assert rows["counting"]["too_many"] == (3, 3) and rows["counting"]["right_shapes"] == (0, 3)
     assert rows["counting"]["copied"] == (0, 0)  # asks for one shape only

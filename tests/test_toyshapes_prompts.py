@@ -18,7 +18,12 @@ def test_every_category_has_prompts_of_its_form():
     by_category = {c: [p for p in all_prompts() if p.category == c] for c in CATEGORIES}
     # 3 shapes, 6 colours, counts 1-4, 4 relations: the sizes follow from the grammar.
     assert {c: len(v) for c, v in by_category.items()} == {
-        "single_object": 3, "two_object": 6, "counting": 12, "colors": 18, "position": 24, "color_attr": 180,
+        "single_object": 3,
+        "two_object": 6,
+        "counting": 12,
+        "colors": 18,
+        "position": 24,
+        "color_attr": 180,
     }
     assert all(len(p.objects) == 1 and p.objects[0].color is None for p in by_category["single_object"])
     assert {len(p.objects) for p in by_category["counting"]} == {1, 2, 3, 4}
@@ -93,6 +98,8 @@ def test_eval_prompts_of_the_train_split_are_balanced_and_disjoint_from_heldout_
     assert all(split_of(p.text) in ("train", "both") for p in train)
     # the split categories share no prompt; the two unsplit ones are the same in both lists
     assert not {p.text for p in train if split_of(p.text) == "train"} & {p.text for p in heldout}
-    assert {p.text for p in train if p.category == "single_object"} == {p.text for p in heldout if p.category == "single_object"}
+    assert {p.text for p in train if p.category == "single_object"} == {
+        p.text for p in heldout if p.category == "single_object"
+    }
     with pytest.raises(ValueError, match="must be one of \\['train', 'heldout'\\], got 'all'"):
         eval_prompts(10, "all")

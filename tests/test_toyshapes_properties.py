@@ -12,7 +12,9 @@ from flowrl.benchmarks.toyshapes.scene import SceneObject, assess
 from flowrl.benchmarks.toyshapes.verify import detect_objects, verify
 
 objects = st.lists(
-    st.tuples(st.sampled_from(SHAPES), st.sampled_from(COLORS), st.integers(0, 30), st.integers(0, 30), st.integers(3, 20)),
+    st.tuples(
+        st.sampled_from(SHAPES), st.sampled_from(COLORS), st.integers(0, 30), st.integers(0, 30), st.integers(3, 20)
+    ),
     max_size=6,
 )
 
@@ -46,7 +48,19 @@ def test_separated_shapes_are_found_exactly(specs):
     assert found == sorted(specs)
 
 
-@given(st.lists(st.builds(SceneObject, st.sampled_from([*SHAPES, None]), st.sampled_from([*COLORS, None]), st.floats(0, 32), st.floats(0, 32)), max_size=8), st.sampled_from(all_prompts()))
+@given(
+    st.lists(
+        st.builds(
+            SceneObject,
+            st.sampled_from([*SHAPES, None]),
+            st.sampled_from([*COLORS, None]),
+            st.floats(0, 32),
+            st.floats(0, 32),
+        ),
+        max_size=8,
+    ),
+    st.sampled_from(all_prompts()),
+)
 def test_assess_is_bounded_and_exact_on_any_object_list(scene, prompt):
     result = assess(scene, prompt, 32)
     assert 0.0 <= result.score <= 1.0 and (result.score == 1.0) == result.correct

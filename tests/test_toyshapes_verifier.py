@@ -67,7 +67,11 @@ def test_noise_and_blank_images_score_zero(renders):
     noisy_prompts = prompts[::5]
     g = torch.Generator().manual_seed(1)
     noise = torch.rand((len(noisy_prompts), *images.shape[1:]), generator=g)
-    for junk, junk_prompts in ((noise, noisy_prompts), (torch.full(images.shape, 250 / 255), prompts), (torch.zeros(images.shape), prompts)):
+    for junk, junk_prompts in (
+        (noise, noisy_prompts),
+        (torch.full(images.shape, 250 / 255), prompts),
+        (torch.zeros(images.shape), prompts),
+    ):
         results = verify(junk, junk_prompts)
         assert not any(r.correct for r in results)
         assert max(r.score for r in results) <= 0.5
@@ -143,12 +147,18 @@ def test_dense_score_charges_an_extra_object_like_a_missing_one():
     assert two.score == four.score == pytest.approx(2 / 3)
     # "a circle and a square": a stray triangle beside both costs what a missing square does.
     pair = parse_prompt("a circle and a square")
-    circle_square_triangle = [SceneObject("circle", "red", 4, 4), SceneObject("square", "blue", 20, 4), SceneObject("triangle", "green", 12, 20)]
+    circle_square_triangle = [
+        SceneObject("circle", "red", 4, 4),
+        SceneObject("square", "blue", 20, 4),
+        SceneObject("triangle", "green", 12, 20),
+    ]
     assert assess(circle_square_triangle, pair, 32).match_term == pytest.approx((2 - 1) / 2)
     assert assess(circle_square_triangle[:1], pair, 32).match_term == pytest.approx(1 / 2)
     # Two circles: the square's slot takes the second circle at half credit (an unasked colour
     # matches, the shape does not), nothing is left over.
-    assert assess([SceneObject("circle", "red", 4, 4), SceneObject("circle", "red", 20, 4)], pair, 32).match_term == pytest.approx(0.75)
+    assert assess(
+        [SceneObject("circle", "red", 4, 4), SceneObject("circle", "red", 20, 4)], pair, 32
+    ).match_term == pytest.approx(0.75)
 
 
 def test_detected_centroids_match_the_renderer():

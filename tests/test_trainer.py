@@ -12,14 +12,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import (
+    metric_records,
+    metric_values,
+    same_checkpoint_weights,
+    tiny_run,
+    tiny_run_overrides,
+    train_one_iteration,
+)
+from flowrl.backend import TrainingBackend
 from flowrl.config import build_config
+from flowrl.metrics import combine_processes
 from flowrl.policies.toy import load_toy
 from flowrl.samplers.methods import METHODS
-from flowrl.backend import TrainingBackend
-from flowrl.metrics import combine_processes
 from flowrl.trainer import Trainer, train
-
-from conftest import metric_records, metric_values, same_checkpoint_weights, tiny_run, tiny_run_overrides
 
 
 def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
@@ -29,14 +35,29 @@ def test_a_run_updates_weights_and_writes_everything(tiny_dir, tmp_path):
     assert summary["iterations"] == 2
     records = metric_records(tmp_path / "run")
     assert [r["iteration"] for r in records] == [0, 1, 2]
-    for key in ("reward/mean", "reward/std", "advantage/std", "clip_fraction", "loss/policy", "nfe", "time/rollout", "time/update"):
+    for key in (
+        "reward/mean",
+        "reward/std",
+        "advantage/std",
+        "clip_fraction",
+        "loss/policy",
+        "nfe",
+        "time/rollout",
+        "time/update",
+    ):
         assert key in records[1] and math.isfinite(records[1][key])  # present and not NaN
     assert records[1]["nfe"] == 2 * 3 * 4  # prompts x group x steps, no guidance rows counted twice
     assert "eval/overall" in records[0] and "eval/overall" in records[2]
     assert records[1]["ratio/mean"] == pytest.approx(1.0, abs=1e-5)  # on-policy: re-scored logp equals the rollout's
     after = load_toy(tmp_path / "run" / "final").transformer.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    for name in ("config.json", "reward_curve.png", "samples/iter_00002.png", "checkpoint/trainable.safetensors", "checkpoint/state.pt"):
+    for name in (
+        "config.json",
+        "reward_curve.png",
+        "samples/iter_00002.png",
+        "checkpoint/trainable.safetensors",
+        "checkpoint/state.pt",
+    ):
         assert (tmp_path / "run" / name).is_file()
 
 
@@ -60,16 +81,19 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     for a, b in zip(start.records, end.records):
         differences.setdefault(a["category"], []).append(b["score"] - a["score"])
     assert score.difference == pytest.approx(sum(sum(d) / len(d) for d in differences.values()) / 6, abs=1e-12)
-    assert (f"vs iteration 0 (the starting model) on the same 12 images: accuracy {format_difference(overall.difference)} "
-            f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}), mean dense score {score.difference:+.3f} "
-            f"(95% interval {score.interval[0]:+.3f} to {score.interval[1]:+.3f}, p {format_p(score.p_value)})") in out
+    assert (
+        f"vs iteration 0 (the starting model) on the same 12 images: accuracy {format_difference(overall.difference)} "
+        f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}), mean dense score {score.difference:+.3f} "
+        f"(95% interval {score.interval[0]:+.3f} to {score.interval[1]:+.3f}, p {format_p(score.p_value)})"
+    ) in out
     assert "held-out ToyShapes accuracy" in out
     # Run again: the run is complete, so nothing trains and the same figures are reported as such.
     assert main(["train", str(recipe), *overrides]) == 0
     again = capsys.readouterr().out
     assert "done: 2 iterations" in again and "already complete: nothing to train" in again and "iteration 2)" in again
-    assert [line for line in again.splitlines() if line.startswith(("held-out", "vs iteration 0"))] == \
-        [line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0"))]
+    assert [line for line in again.splitlines() if line.startswith(("held-out", "vs iteration 0"))] == [
+        line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0"))
+    ]
 
 
 def test_rerunning_a_finished_run_without_evaluations_says_only_that_it_is_complete(tiny_dir, tmp_path, capsys):
@@ -81,7 +105,10 @@ def test_rerunning_a_finished_run_without_evaluations_says_only_that_it_is_compl
     assert main(["train", str(recipe), *overrides]) == 0
     capsys.readouterr()
     assert main(["train", str(recipe), *overrides]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"done: 2 iterations in {tmp_path / 'run'} (already complete: nothing to train)"
+    assert (
+        capsys.readouterr().out.strip().splitlines()[-1]
+        == f"done: 2 iterations in {tmp_path / 'run'} (already complete: nothing to train)"
+    )
 
 
 def test_resume_continues_exactly(tiny_dir, tmp_path):
@@ -129,17 +156,25 @@ def test_a_run_that_does_not_resume_starts_over_and_equals_a_fresh_run(tiny_dir,
     train(tiny_run(tiny_dir, tmp_path / "reused", "iterations=1", "resume=false", *evals))
     crashed = tmp_path / "crashed"
     crashed.mkdir()
-    (crashed / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward/mean": 9.0}) + "\n" for i in range(3)))
+    (crashed / "metrics.jsonl").write_text(
+        "".join(json.dumps({"iteration": i, "reward/mean": 9.0}) + "\n" for i in range(3))
+    )
     train(tiny_run(tiny_dir, crashed, "iterations=1", *evals))
 
-    records = lambda d: [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metric_records(d)]
+    def records(d):
+        return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in metric_records(d)]
+
     for run in (tmp_path / "reused", crashed):
         assert same_checkpoint_weights(run, tmp_path / "fresh"), run
         assert records(run) == records(tmp_path / "fresh") and [r["iteration"] for r in records(run)] == [0, 1], run
-        assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(p.name for p in (tmp_path / "fresh" / "samples").iterdir())
+        assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(
+            p.name for p in (tmp_path / "fresh" / "samples").iterdir()
+        )
 
 
-def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and_the_resume_is_exact(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
     import conftest
 
     settings = ("reward=conftest:brightness_failing_on_demand", "iterations=5", "checkpoint_every=100")
@@ -149,7 +184,10 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     assert metric_values(tmp_path / "failed", "iteration") == [0, 1, 2, 3]
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
-    assert f"iteration 4 (before its update) failed; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}" in capsys.readouterr().err
+    assert (
+        f"iteration 4 (before its update) failed; saved a checkpoint of iteration 3 in {tmp_path / 'failed' / 'checkpoint'}"
+        in capsys.readouterr().err
+    )
 
     monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", None)  # the service is back
     train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
@@ -183,7 +221,11 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     monkeypatch.undo()
     records = metric_records(tmp_path / "failed")
-    assert [r["iteration"] for r in records] == [0, 1, 2] and "eval/overall" in records[0] and "eval/overall" not in records[2]
+    assert (
+        [r["iteration"] for r in records] == [0, 1, 2]
+        and "eval/overall" in records[0]
+        and "eval/overall" not in records[2]
+    )
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 2
     assert "the evaluation after iteration 2 failed; saved a checkpoint of iteration 2" in capsys.readouterr().err
 
@@ -194,12 +236,19 @@ def test_a_failed_evaluation_keeps_its_iteration_and_the_resume_is_exact(tiny_di
     assert metric_values(tmp_path / "failed", "reward/mean") == metric_values(tmp_path / "straight", "reward/mean")
     # The resume evaluated iteration 2 first: every evaluation and sample file equals the uninterrupted run's.
     evaluations = metric_values(tmp_path / "straight", "eval/overall")
-    assert metric_values(tmp_path / "failed", "eval/overall") == evaluations and [e is not None for e in evaluations] == [True, False, True, False, True]
-    samples = lambda run: {p.name: p.read_bytes() for p in (run / "samples").glob("*.json")}
+    assert metric_values(tmp_path / "failed", "eval/overall") == evaluations and [
+        e is not None for e in evaluations
+    ] == [True, False, True, False, True]
+
+    def samples(run):
+        return {p.name: p.read_bytes() for p in (run / "samples").glob("*.json")}
+
     assert samples(tmp_path / "failed") == samples(tmp_path / "straight") and len(samples(tmp_path / "failed")) == 3
 
 
-def test_a_resume_without_evaluations_skips_the_failed_one_and_keeps_the_record(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_a_resume_without_evaluations_skips_the_failed_one_and_keeps_the_record(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
     settings = ("iterations=3", "checkpoint_every=100", "eval_per_category=1", "eval_steps=2")
     fail_the_second_evaluation(monkeypatch)
     with pytest.raises(ConnectionError):
@@ -220,7 +269,10 @@ def test_complete_record_adds_to_one_iteration_and_names_a_missing_one(tmp_path)
     path.write_text("".join(json.dumps({"iteration": i, "reward/mean": i / 10}) + "\n" for i in range(3)))
     assert complete_record(path, 1, {"eval/overall": 0.5}) == {"iteration": 1, "reward/mean": 0.1, "eval/overall": 0.5}
     assert metric_records(tmp_path) == [
-        {"iteration": 0, "reward/mean": 0.0}, {"iteration": 1, "reward/mean": 0.1, "eval/overall": 0.5}, {"iteration": 2, "reward/mean": 0.2}]
+        {"iteration": 0, "reward/mean": 0.0},
+        {"iteration": 1, "reward/mean": 0.1, "eval/overall": 0.5},
+        {"iteration": 2, "reward/mean": 0.2},
+    ]
     with pytest.raises(ValueError, match=f"{path} has no record of iteration 7"):
         complete_record(path, 7, {"eval/overall": 0.5})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]  # no temporary left
@@ -246,16 +298,22 @@ def fail_in_update_of_iteration(monkeypatch, number: int, where: str, error: Exc
     monkeypatch.setattr(TrainingBackend, where, failing)
 
 
-def test_an_update_out_of_memory_before_its_first_step_leaves_a_checkpoint_and_the_resume_is_exact(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_an_update_out_of_memory_before_its_first_step_leaves_a_checkpoint_and_the_resume_is_exact(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
     settings = ("iterations=5", "checkpoint_every=100")
-    fail_in_update_of_iteration(monkeypatch, 4, "backward", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    fail_in_update_of_iteration(
+        monkeypatch, 4, "backward", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    )
     with pytest.raises(torch.OutOfMemoryError):
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     monkeypatch.undo()
     assert metric_values(tmp_path / "failed", "iteration") == [0, 1, 2, 3]
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 3
     err = capsys.readouterr().err
-    assert "the update of iteration 4 (before its first optimizer step) failed; saved a checkpoint of iteration 3" in err
+    assert (
+        "the update of iteration 4 (before its first optimizer step) failed; saved a checkpoint of iteration 3" in err
+    )
     assert "out of memory in the update: a smaller micro_batch= than 64" in err
 
     # The rerun may take smaller micro-batches (the same update up to rounding); with the same ones it is exact.
@@ -272,22 +330,33 @@ def test_a_failure_with_nothing_new_to_save_says_where_a_rerun_resumes(tiny_dir,
     with pytest.raises(RuntimeError, match="backward pass failed"):
         train(tiny_run(tiny_dir, tmp_path / "run", "iterations=3"))
     err = capsys.readouterr().err
-    assert f"the update of iteration 2 (before its first optimizer step) failed; a rerun resumes from the checkpoint of iteration 1 in {tmp_path / 'run' / 'checkpoint'}" in err
+    assert (
+        f"the update of iteration 2 (before its first optimizer step) failed; a rerun resumes from the checkpoint of iteration 1 in {tmp_path / 'run' / 'checkpoint'}"
+        in err
+    )
     monkeypatch.undo()
     fail_in_update_of_iteration(monkeypatch, 1, "backward", RuntimeError("a backward pass failed"))
     with pytest.raises(RuntimeError):
         train(tiny_run(tiny_dir, tmp_path / "fresh", "iterations=3"))
-    assert "the update of iteration 1 (before its first optimizer step) failed; a rerun starts over (no checkpoint yet)" in capsys.readouterr().err
+    assert (
+        "the update of iteration 1 (before its first optimizer step) failed; a rerun starts over (no checkpoint yet)"
+        in capsys.readouterr().err
+    )
 
 
-def test_an_update_that_fails_in_its_optimizer_step_saves_nothing_and_says_where_a_rerun_resumes(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_an_update_that_fails_in_its_optimizer_step_saves_nothing_and_says_where_a_rerun_resumes(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
     # The step may have changed some weights: the checkpoint of iteration 2 is the last safe state.
     fail_in_update_of_iteration(monkeypatch, 4, "average_gradients", RuntimeError("an optimizer step failed"))
     with pytest.raises(RuntimeError, match="optimizer step failed"):
         train(tiny_run(tiny_dir, tmp_path / "failed", "iterations=5", "checkpoint_every=2"))
     assert torch.load(tmp_path / "failed" / "checkpoint" / "state.pt", weights_only=False)["iteration"] == 2
     err = capsys.readouterr().err
-    assert f"the update of iteration 4 failed after changing the weights; a rerun resumes from the checkpoint of iteration 2 in {tmp_path / 'failed' / 'checkpoint'}" in err
+    assert (
+        f"the update of iteration 4 failed after changing the weights; a rerun resumes from the checkpoint of iteration 2 in {tmp_path / 'failed' / 'checkpoint'}"
+        in err
+    )
     assert "saved a checkpoint" not in err and "out of memory" not in err
 
 
@@ -295,12 +364,16 @@ def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(ti
     first = Trainer(tiny_run(tiny_dir, tmp_path / "run"))
     loaded = []
     monkeypatch.setattr("flowrl.trainer.load_policy", lambda *a, **k: loaded.append(a) or pytest.fail("loaded a model"))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(tmp_path / 'run'))} is in use by another run \(process {os.getpid()}, this one: "
-                                         r"a run started here has not ended \(a Trainer's close\(\) frees it\)\); wait for it to finish, or give this one another out="):
+    with pytest.raises(
+        ValueError,
+        match=rf"{re.escape(str(tmp_path / 'run'))} is in use by another run \(process {os.getpid()}, this one: "
+        r"a run started here has not ended \(a Trainer's close\(\) frees it\)\); wait for it to finish, or give this one another out=",
+    ):
         Trainer(tiny_run(tiny_dir, tmp_path / "run"))
     assert not loaded
     monkeypatch.undo()
     first.close()
+
     # A start that fails after taking the directory (here the model's loading) frees it again,
     # though the failed object lives on in the traceback, as in a notebook.
     def broken(*args, **kwargs):
@@ -311,7 +384,9 @@ def test_a_second_run_into_a_busy_directory_is_refused_before_any_model_loads(ti
         Trainer(tiny_run(tiny_dir, tmp_path / "run"))
     monkeypatch.undo()
     assert failed.tb is not None  # held here, its frames keep the failed Trainer alive
-    assert train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1"))["iterations"] == 1  # released: the directory works again
+    assert (
+        train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1"))["iterations"] == 1
+    )  # released: the directory works again
 
 
 def test_the_run_lock_is_held_by_a_live_process_and_gone_with_a_killed_one(tiny_dir, tmp_path):
@@ -321,9 +396,17 @@ def test_the_run_lock_is_held_by_a_live_process_and_gone_with_a_killed_one(tiny_
 
     out = tmp_path / "run"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from pathlib import Path; from flowrl.run_files import lock_run_directory; "
-                               f"lock = lock_run_directory(Path({str(out)!r}), 'out='); print('locked', flush=True); sys.stdin.read()"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from flowrl.run_files import lock_run_directory; "
+            f"lock = lock_run_directory(Path({str(out)!r}), 'out='); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=rf"in use by another run \(process {holder.pid}\)"):
@@ -364,7 +447,9 @@ def test_lora_trains_only_adapters_and_the_reference_is_the_base_model(tiny_dir,
     # the exported model has the adapters merged: same velocity as the LoRA policy
     exported = load_toy(tmp_path / "lora" / "final")
     with torch.no_grad():
-        assert torch.allclose(exported.velocity(x, sigma, cond, 4.0), trainer.policy.velocity(x, sigma, cond, 4.0), atol=1e-4)
+        assert torch.allclose(
+            exported.velocity(x, sigma, cond, 4.0), trainer.policy.velocity(x, sigma, cond, 4.0), atol=1e-4
+        )
 
 
 def test_full_fine_tuning_reference_is_the_initial_model(tiny_dir, tmp_path):
@@ -377,7 +462,9 @@ def test_full_fine_tuning_reference_is_the_initial_model(tiny_dir, tmp_path):
             p.add_(0.01 * torch.randn_like(p))
         moved = trainer.policy.velocity(x, sigma, cond, 1.0)
         with trainer.reference.active():
-            assert torch.allclose(trainer.policy.velocity(x, sigma, cond, 1.0), base.velocity(x, sigma, cond, 1.0), atol=1e-6)
+            assert torch.allclose(
+                trainer.policy.velocity(x, sigma, cond, 1.0), base.velocity(x, sigma, cond, 1.0), atol=1e-6
+            )
         assert torch.equal(trainer.policy.velocity(x, sigma, cond, 1.0), moved)  # weights restored after
 
 
@@ -387,7 +474,9 @@ def test_full_fine_tuning_with_a_kl_trains(tiny_dir, tmp_path, objective):
     grad and its backward (autograd refuses the modified weights)."""
     train(tiny_run(tiny_dir, tmp_path / objective, "beta=0.1", f"objective={objective}"))
     records = metric_records(tmp_path / objective, skip_first=True)
-    assert records[0]["loss/kl"] == pytest.approx(0.0, abs=1e-12)  # the first (only) step of iteration 1 starts at the reference
+    assert records[0]["loss/kl"] == pytest.approx(
+        0.0, abs=1e-12
+    )  # the first (only) step of iteration 1 starts at the reference
     assert records[-1]["loss/kl"] > 0
 
 
@@ -406,24 +495,26 @@ TINY_METHOD_OPTIONS = {
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_through_the_same_loop(tiny_dir, tmp_path, method):
-    config = tiny_run(tiny_dir, tmp_path / method, "iterations=1", f"method={method}", *TINY_METHOD_OPTIONS.get(method, []))
-    summary = train(config)
-    record = summary["last"]
-    assert record["transitions/trained"] > 0 and math.isfinite(record["loss/policy"])
-    assert record["advantage/std"] > 0  # the kept transitions' credit is not all alike, so some of it is non-zero
-    assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
-    initial = dict(load_toy(tiny_dir).transformer.named_parameters())
-    trained = load_file(str(tmp_path / method / "checkpoint" / "trainable.safetensors"))
-    assert trained and trained.keys() <= initial.keys()
-    assert any(not torch.equal(trained[k], initial[k].detach()) for k in trained)  # the update moved the weights
+    record = train_one_iteration(tiny_dir, tmp_path / method, f"method={method}", *TINY_METHOD_OPTIONS.get(method, []))
+    assert math.isfinite(record["loss/policy"]) and record["ratio/mean"] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_a_nan_reward_stops_naming_the_samples_or_drops_their_prompts(tiny_dir, tmp_path):
     from flowrl.rewards import InvalidRewardError
 
-    with pytest.raises(InvalidRewardError, match=r"reward 'conftest:brightness_nan_for_dark' returned NaN or inf for samples \d"):
+    with pytest.raises(
+        InvalidRewardError, match=r"reward 'conftest:brightness_nan_for_dark' returned NaN or inf for samples \d"
+    ):
         train(tiny_run(tiny_dir, tmp_path / "error", "reward=conftest:brightness_nan_for_dark"))
-    summary = train(tiny_run(tiny_dir, tmp_path / "drop", "reward=conftest:brightness_nan_for_dark", "reward_invalid=drop", "prompts_per_iteration=3"))
+    summary = train(
+        tiny_run(
+            tiny_dir,
+            tmp_path / "drop",
+            "reward=conftest:brightness_nan_for_dark",
+            "reward_invalid=drop",
+            "prompts_per_iteration=3",
+        )
+    )
     record = summary["last"]
     assert 0 < record["reward/invalid"] < record["samples"]
     # every prompt with a failed sample is out of the update; the others are trained
@@ -435,7 +526,10 @@ def test_a_nan_reward_stops_naming_the_samples_or_drops_their_prompts(tiny_dir, 
 def test_a_weighted_sum_with_a_pairwise_term_is_logged_per_term(tiny_dir, tmp_path):
     spec = "2*conftest:brightness_reward+pairwise:conftest:brightness_reward"
     record = train(tiny_run(tiny_dir, tmp_path / "sum", f"reward={spec}", "iterations=1"))["last"]
-    bright, wins = record["reward/conftest:brightness_reward/mean"], record["reward/pairwise:conftest:brightness_reward/mean"]
+    bright, wins = (
+        record["reward/conftest:brightness_reward/mean"],
+        record["reward/pairwise:conftest:brightness_reward/mean"],
+    )
     assert wins == pytest.approx(0.5)  # every pair of a group judged once: win rates average 1/2
     assert record["reward/mean"] == pytest.approx(2 * bright + wins, rel=1e-5)
 
@@ -452,14 +546,24 @@ def test_bad_config_fails_before_any_model_loads(tmp_path, capsys):
         (["reward=ocr", "reward_options={hps: {}}"], r"options for \['hps'\], which reward='ocr' does not name"),
         (["reward=remote:localhost:80"], r"expected remote:http://host:port"),
         (["reward_invalid=skip"], r"reward_invalid='skip': expected one of \('error', 'drop'\)"),
-        (["prompts=toyshapes:trian"], r"unknown split 'trian'; expected toyshapes:train, toyshapes:heldout or toyshapes:all"),
-        (["prompts=toyshapes:train:counting,shapes"], r"unknown categories \['shapes'\]; expected a comma-separated list of \['single_object'"),
+        (
+            ["prompts=toyshapes:trian"],
+            r"unknown split 'trian'; expected toyshapes:train, toyshapes:heldout or toyshapes:all",
+        ),
+        (
+            ["prompts=toyshapes:train:counting,shapes"],
+            r"unknown categories \['shapes'\]; expected a comma-separated list of \['single_object'",
+        ),
     ]
     # The first through the real entry point (exit status, no traceback); the rest in this process
     # through the same main(), which saves a Python start-up per case.
     (overrides, message), rest = cases[0], cases[1:]
-    result = subprocess.run([sys.executable, "-m", "flowrl", "train", f"out={tmp_path / 'x'}", *overrides], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.count("flowrl train: error") == 1 and "Traceback" not in result.stderr, result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "flowrl", "train", f"out={tmp_path / 'x'}", *overrides], capture_output=True, text=True
+    )
+    assert (
+        result.returncode == 2 and result.stderr.count("flowrl train: error") == 1 and "Traceback" not in result.stderr
+    ), result.stderr
     assert re.search(message, result.stderr), result.stderr
     from flowrl.cli import main
 
@@ -482,10 +586,22 @@ def test_every_shipped_recipe_validates_and_covers_every_method():
     assert set(METHODS) <= methods
     assert resolve_recipe("toy").name == "toy.yaml"
     # The SD3.5/FLUX recipes name their shipped prompt files relative to the recipe.
-    for name in ("sd35m_pickscore", "sd35m_ocr", "sd35m_geneval", "sd35m_nft_geneval", "sd35m_nft_pickscore", "sd35m_nft_ocr", "flux_dev_pickscore", "flux_dev_pref_grpo"):
+    for name in (
+        "sd35m_pickscore",
+        "sd35m_ocr",
+        "sd35m_geneval",
+        "sd35m_nft_geneval",
+        "sd35m_nft_pickscore",
+        "sd35m_nft_ocr",
+        "flux_dev_pickscore",
+        "flux_dev_pref_grpo",
+    ):
         config = load_config(resolve_recipe(name))
         assert Path(config.prompts).is_file() and Path(config.eval_prompts).is_file() and config.policy.count("/") == 1
-    assert load_config(resolve_recipe("sd35m_ocr"), ["prompts=flowrl/recipes/prompts/ocr_eval.txt"]).prompts == "flowrl/recipes/prompts/ocr_eval.txt"
+    assert (
+        load_config(resolve_recipe("sd35m_ocr"), ["prompts=flowrl/recipes/prompts/ocr_eval.txt"]).prompts
+        == "flowrl/recipes/prompts/ocr_eval.txt"
+    )
     with pytest.raises(ValueError, match="shipped"):
         resolve_recipe("no_such_recipe")
 
@@ -520,10 +636,13 @@ def test_toyshapes_prompts_of_some_categories_are_balanced_among_them():
     counts = Counter(parse_prompt(t).category for t in drawn)
     # 6 two-object prompts against 135 colour-binding ones, yet half the draws each (binomial sd 0.02)
     assert set(counts) == {"two_object", "color_attr"} and abs(counts["two_object"] / len(drawn) - 0.5) < 0.08
-    assert len(set(drawn) & {p.text for p in prompts_for("train", ("color_attr",))}) > 50  # draws spread over the category
+    assert (
+        len(set(drawn) & {p.text for p in prompts_for("train", ("color_attr",))}) > 50
+    )  # draws spread over the category
     assert all(split_of(t) in ("train", "both") for t in drawn)
-    assert PromptSource("toyshapes:heldout:counting", seed=0).batch(0, 12) and set(PromptSource("toyshapes:heldout:counting", seed=0).pool) == {
-        "one square", "three triangles", "four triangles"}
+    assert PromptSource("toyshapes:heldout:counting", seed=0).batch(0, 12) and set(
+        PromptSource("toyshapes:heldout:counting", seed=0).pool
+    ) == {"one square", "three triangles", "four triangles"}
 
 
 def test_update_statistics_of_several_processes_combine_like_one():
@@ -563,7 +682,9 @@ def test_learning_rate_warm_up_and_cosine_are_applied_per_iteration(tiny_dir, tm
     train(tiny_run(tiny_dir, tmp_path / "run", "iterations=4", "lr_warmup=2", "lr_schedule=cosine"))
     records = metric_records(tmp_path / "run", skip_first=True)
     # warm-up 1/2, 2/2 of 1e-3, then the cosine from its start to its end point (10%) at the last iteration
-    assert [r["lr"] for r in records] == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi)))])
+    assert [r["lr"] for r in records] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi)))]
+    )
 
 
 def test_the_loop_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, tmp_path):
@@ -571,7 +692,9 @@ def test_the_loop_raises_a_learnable_reward_over_an_untrained_control(tiny_dir, 
     mean brightness well above a run whose updates are negligible (lr 1e-12)."""
 
     def rewards(name, lr):
-        config = tiny_run(tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100")
+        config = tiny_run(
+            tiny_dir, tmp_path / name, "iterations=12", "method.group_size=4", f"lr={lr}", "checkpoint_every=100"
+        )
         train(config)
         return [r["reward/mean"] for r in metric_records(tmp_path / name, skip_first=True)]
 
@@ -592,7 +715,9 @@ def test_invalid_rewards_are_imputed_from_their_groups_valid_scored_members():
     assert impute_group_means(rewards, valid, groups, scored).tolist() == [1.0, 3.0, 2.0, 5.0, 0.0, 9.0]
 
 
-@pytest.mark.parametrize("precision,expected", [("bf16", torch.bfloat16), ("auto", torch.float32), ("no", torch.float32)])
+@pytest.mark.parametrize(
+    "precision,expected", [("bf16", torch.bfloat16), ("auto", torch.float32), ("no", torch.float32)]
+)
 def test_mixed_precision_bf16_runs_the_model_in_bf16_on_the_cpu_too(tiny_dir, tmp_path, precision, expected):
     trainer = Trainer(tiny_run(tiny_dir, tmp_path / precision, f"mixed_precision={precision}"))
     seen = []
@@ -632,7 +757,11 @@ def test_a_warmed_up_ema_every_other_step_is_the_hand_computed_average(tiny_dir,
     def state(name, iterations):
         train(tiny_run(tiny_dir, tmp_path / name, f"iterations={iterations}", *overrides))
         directory = tmp_path / name / "checkpoint"
-        return load_file(str(directory / "trainable.safetensors")), load_file(str(directory / "ema.safetensors")), torch.load(directory / "state.pt", weights_only=False)
+        return (
+            load_file(str(directory / "trainable.safetensors")),
+            load_file(str(directory / "ema.safetensors")),
+            torch.load(directory / "state.pt", weights_only=False),
+        )
 
     initial = {k: v.detach() for k, v in load_toy(tiny_dir).transformer.named_parameters()}
     w1, ema1, s1 = state("resumed", 1)
@@ -646,7 +775,9 @@ def test_a_warmed_up_ema_every_other_step_is_the_hand_computed_average(tiny_dir,
     for k in ema4:
         torch.testing.assert_close(ema4[k], 5 / 14 * ema2[k] + 9 / 14 * w4[k], rtol=1e-6, atol=1e-7)
     straight_w, straight_ema, _ = state("straight", 4)
-    assert s4["optimizer_steps"] == 4 and all(torch.equal(straight_ema[k], ema4[k]) and torch.equal(straight_w[k], w4[k]) for k in ema4)
+    assert s4["optimizer_steps"] == 4 and all(
+        torch.equal(straight_ema[k], ema4[k]) and torch.equal(straight_w[k], w4[k]) for k in ema4
+    )
 
 
 def test_raw_weights_export_equals_a_run_without_ema(tiny_dir, tmp_path):

@@ -8,11 +8,10 @@ import torch
 from diffusers import FluxPipeline, StableDiffusion3Pipeline
 from safetensors.torch import load_file
 
+from conftest import metric_records
 from flowrl.config import build_config
 from flowrl.policies.loading import load_trained_policy
 from flowrl.trainer import Trainer, train
-
-from conftest import metric_records
 from tiny_diffusers import save_tiny_flux, save_tiny_sd3
 
 PIPELINES = {"sd3": (save_tiny_sd3, StableDiffusion3Pipeline, "2.0"), "flux": (save_tiny_flux, FluxPipeline, "3.5")}
@@ -28,12 +27,30 @@ def saved(tmp_path_factory):
 
 def run_config(saved, backend, out, *extra):
     pipelines, prompts = saved
-    return build_config({}, [
-        f"policy={pipelines[backend]}", f"out={out}", "resolution=32", f"prompts={prompts}", "prompts_per_iteration=2",
-        "method=flow_grpo", "method.num_steps=3", "method.group_size=2", f"guidance={PIPELINES[backend][2]}", "iterations=2",
-        "lora_rank=4", "lr=1e-2", "threads=1", "reward=conftest:brightness_reward", "eval_every=2", "eval_steps=2",
-        "checkpoint_every=1", "drop_zero_variance=false", *extra,
-    ])
+    return build_config(
+        {},
+        [
+            f"policy={pipelines[backend]}",
+            f"out={out}",
+            "resolution=32",
+            f"prompts={prompts}",
+            "prompts_per_iteration=2",
+            "method=flow_grpo",
+            "method.num_steps=3",
+            "method.group_size=2",
+            f"guidance={PIPELINES[backend][2]}",
+            "iterations=2",
+            "lora_rank=4",
+            "lr=1e-2",
+            "threads=1",
+            "reward=conftest:brightness_reward",
+            "eval_every=2",
+            "eval_steps=2",
+            "checkpoint_every=1",
+            "drop_zero_variance=false",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.parametrize("backend", list(PIPELINES))
@@ -52,7 +69,12 @@ def test_lora_run_with_kl_trains_adapters_only_and_exports_a_loadable_lora(saved
     assert records[1]["loss/kl"] == pytest.approx(0.0, abs=1e-8)  # the first update starts at the reference
     assert records[2]["loss/kl"] > 0  # afterwards the adapters have moved away from it
     assert "eval/reward" in records[0] and "eval/reward" in records[2]
-    for name in ("samples/iter_00002.png", "samples/iter_00002.json", "reward_curve.png", "checkpoint/trainable.safetensors"):
+    for name in (
+        "samples/iter_00002.png",
+        "samples/iter_00002.json",
+        "reward_curve.png",
+        "checkpoint/trainable.safetensors",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     # Only the adapters moved; the base weights are untouched.
     assert any(not torch.equal(lora[n], p) for n, p in trainer.params.items())
@@ -71,7 +93,9 @@ def test_lora_run_with_kl_trains_adapters_only_and_exports_a_loadable_lora(saved
         reloaded = trainer.policy.velocity(x, sigma, cond, float(PIPELINES[backend][2]))
         # load_trained_policy finds the base model in the run's config and applies the LoRA.
         evaluated = load_trained_policy(str(tmp_path / "run"))
-        from_run = evaluated.velocity(x, sigma, evaluated.encode(["a red cat", "a green car"]), float(PIPELINES[backend][2]))
+        from_run = evaluated.velocity(
+            x, sigma, evaluated.encode(["a red cat", "a green car"]), float(PIPELINES[backend][2])
+        )
     torch.testing.assert_close(reloaded, trained, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(from_run, trained, rtol=1e-4, atol=1e-5)
 
@@ -105,19 +129,43 @@ def test_the_sd35m_diffusionnft_recipe_trains_a_tiny_sd3(saved, tmp_path):
     from flowrl.config import load_config
 
     pipelines, prompts = saved
-    config = load_config(resolve_recipe("sd35m_nft_geneval"), [
-        f"policy={pipelines['sd3']}", f"out={tmp_path / 'run'}", "resolution=32", f"prompts={prompts}", f"eval_prompts={prompts}",
-        "prompts_per_iteration=2", "method.num_steps=3", "method.group_size=2", "iterations=2", "lora_rank=4", "lora_alpha=8",
-        "lr=1e-2", "threads=1", "reward=conftest:brightness_reward", "eval_every=0", "drop_zero_variance=false",
-        "objective.old_decay=[0.3,0.5,0]", "gradient_checkpointing=false",
-    ])
-    assert (config.objective, config.objective_options["sampler"], config.guidance, config.method_options["noise_level"]) == ("nft", "old", 1.0, 0)
+    config = load_config(
+        resolve_recipe("sd35m_nft_geneval"),
+        [
+            f"policy={pipelines['sd3']}",
+            f"out={tmp_path / 'run'}",
+            "resolution=32",
+            f"prompts={prompts}",
+            f"eval_prompts={prompts}",
+            "prompts_per_iteration=2",
+            "method.num_steps=3",
+            "method.group_size=2",
+            "iterations=2",
+            "lora_rank=4",
+            "lora_alpha=8",
+            "lr=1e-2",
+            "threads=1",
+            "reward=conftest:brightness_reward",
+            "eval_every=0",
+            "drop_zero_variance=false",
+            "objective.old_decay=[0.3,0.5,0]",
+            "gradient_checkpointing=false",
+        ],
+    )
+    assert (
+        config.objective,
+        config.objective_options["sampler"],
+        config.guidance,
+        config.method_options["noise_level"],
+    ) == ("nft", "old", 1.0, 0)
     trainer = Trainer(config)
     initial = {n: p.detach().clone() for n, p in trainer.params.items()}
     trainer.train()
     records = metric_records(tmp_path / "run", skip_first=True)
     assert [r["nft/sampler_decay"] for r in records] == pytest.approx([0.3, 0.5])
-    assert all(math.isfinite(r["loss/total"]) and r["loss/kl"] >= 0 and r["transitions/trained"] == 2 * 2 * 2 for r in records)
+    assert all(
+        math.isfinite(r["loss/total"]) and r["loss/kl"] >= 0 and r["transitions/trained"] == 2 * 2 * 2 for r in records
+    )
     assert records[1]["loss/kl"] > 0  # the adapters left the reference
     # The sampling average lags the trained adapters (its exact update is tested on the toy model, test_nft.py).
     moved = [n for n, p in trainer.params.items() if not torch.equal(p, initial[n])]

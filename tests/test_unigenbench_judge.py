@@ -21,15 +21,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from openai_stub import server_fixture
 from PIL import Image
 
 from flowrl.benchmarks.unigenbench.judge import Judge, UnparseableJudgment, parse_answer, read_flag
-from flowrl.benchmarks.unigenbench.prompts import PromptFileError, PromptFileWarning, load_prompts, load_prompts_report, write_prompts
+from flowrl.benchmarks.unigenbench.prompts import (
+    PromptFileError,
+    PromptFileWarning,
+    load_prompts,
+    load_prompts_report,
+    write_prompts,
+)
 from flowrl.benchmarks.unigenbench.store import JudgmentStore, StoreError
 from flowrl.benchmarks.unigenbench.types import BenchPrompt, Verdict
 from flowrl.benchmarks.unigenbench.types import TestPoint as Point  # aliased: pytest would try to collect a Test* class
-
-from openai_stub import server_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = Path(__file__).resolve().parent / "unigen_judge_server.py"
@@ -70,22 +75,38 @@ def test_load_official_format_en_and_zh(tmp_path):
     assert [p.index for p in prompts] == [0, 1, 3]
     first = prompts[0]
     assert first.text == "A red kite above a green hill, drawn in crayon."
-    assert (first.theme, first.subtheme, first.subject, first.sentence_structure) == ("Illustration", "Picture Book", "Object", "Descriptive")
+    assert (first.theme, first.subtheme, first.subject, first.sentence_structure) == (
+        "Illustration",
+        "Picture Book",
+        "Object",
+        "Descriptive",
+    )
     assert first.testpoints[1] == Point("Entity Layout - Two-Dimensional Space", "above a green hill")
     assert prompts[2].text == 'A fox reading a map, the sign says "NORTH".'
-    assert prompts[2].testpoints[0].description == '"NORTH"' and prompts[2].testpoints[2].description == ""  # an empty description is allowed
+    assert (
+        prompts[2].testpoints[0].description == '"NORTH"' and prompts[2].testpoints[2].description == ""
+    )  # an empty description is allowed
 
     report = load_prompts_report(write_text(tmp_path / "zh.csv", ZH_FILE))
     assert (report.language, report.prompt_column, report.metadata_column) == ("zh", "prompt_zh", "sub_dims_zh")
     (zh,) = report.prompts
-    assert (zh.index, zh.theme, zh.subtheme, zh.subject, zh.sentence_structure) == (5, "艺术", "平面艺术", "动物", "描述式")
+    assert (zh.index, zh.theme, zh.subtheme, zh.subject, zh.sentence_structure) == (
+        5,
+        "艺术",
+        "平面艺术",
+        "动物",
+        "描述式",
+    )
     assert zh.testpoints == (Point("属性-颜色", "白色的猫，蓝色的椅子"), Point("风格", "水彩风格"))
     with pytest.raises(PromptFileError, match="lacks the columns prompt_en/sub_dims_en"):
         load_prompts(tmp_path / "zh.csv", language="en")
 
 
 def test_testpoint_primary_and_sub_dimensions():
-    assert (Point("Attribute - Quantity", "").primary, Point("Attribute - Quantity", "").sub) == ("Attribute", "Attribute - Quantity")
+    assert (Point("Attribute - Quantity", "").primary, Point("Attribute - Quantity", "").sub) == (
+        "Attribute",
+        "Attribute - Quantity",
+    )
     assert (Point("Style", "").primary, Point("Style", "").sub) == ("Style", "Style")
     assert Point("Action - Hand (Character/Anthropomorphic)", "").primary == "Action"
     assert Point("属性-数量", "").primary == "属性"
@@ -114,14 +135,22 @@ def test_broken_json_row_skip_warns_and_drops_exactly_that_row(tmp_path):
 
 
 ROW_ERRORS = {
-    "length mismatch": ('7,A cat.,"{""Primary Categories"": ""A"", ""Secondary Categories"": ""B"", ""Testpoints"": [""Style"", ""World Knowledge""], '
-                        '""Testpoint Description"": [""only one""]}"\n', "2 test points but 1 descriptions"),
-    "empty prompt": ('7, ,"{""Primary Categories"": ""A"", ""Secondary Categories"": ""B"", ""Testpoints"": [""Style""], '
-                     '""Testpoint Description"": [""x""]}"\n', "prompt (column 'prompt_en') is empty"),
+    "length mismatch": (
+        '7,A cat.,"{""Primary Categories"": ""A"", ""Secondary Categories"": ""B"", ""Testpoints"": [""Style"", ""World Knowledge""], '
+        '""Testpoint Description"": [""only one""]}"\n',
+        "2 test points but 1 descriptions",
+    ),
+    "empty prompt": (
+        '7, ,"{""Primary Categories"": ""A"", ""Secondary Categories"": ""B"", ""Testpoints"": [""Style""], '
+        '""Testpoint Description"": [""x""]}"\n',
+        "prompt (column 'prompt_en') is empty",
+    ),
     "duplicate index": (EN_ROWS[1], "index 1 repeats the row on line 3"),
     "index not an integer": ('x7,A cat.,"{}"\n', "index 'x7' is not an integer"),
-    "missing key": ('7,A cat.,"{""Primary Categories"": ""A"", ""Testpoints"": [""Style""], ""Testpoint Description"": [""x""]}"\n',
-                    "no key 'Secondary Categories'"),
+    "missing key": (
+        '7,A cat.,"{""Primary Categories"": ""A"", ""Testpoints"": [""Style""], ""Testpoint Description"": [""x""]}"\n',
+        "no key 'Secondary Categories'",
+    ),
     "not an object": ('7,A cat.,"[1, 2]"\n', "must hold a JSON object"),
     "extra field": ('7,A cat.,"{}",surplus\n', "has 4 fields, expected 3"),
 }
@@ -160,17 +189,33 @@ def test_line_numbers_count_multiline_prompts(tmp_path):
 
 def test_write_prompts_round_trip(tmp_path):
     prompts = [
-        BenchPrompt(0, 'A sign reading "OPEN", with commas, and\na second line', "Design", "Poster",
-                    (Point("Text Generation", '"OPEN"'), Point("Style", "")), "Object", "Imperative"),
-        BenchPrompt(12, "Two owls on a branch.", "Art", "Painting",
-                    (Point("Attribute - Quantity", "Two owls"), Point("Attribute - Quantity", "two")), "Animal", "Descriptive"),
+        BenchPrompt(
+            0,
+            'A sign reading "OPEN", with commas, and\na second line',
+            "Design",
+            "Poster",
+            (Point("Text Generation", '"OPEN"'), Point("Style", "")),
+            "Object",
+            "Imperative",
+        ),
+        BenchPrompt(
+            12,
+            "Two owls on a branch.",
+            "Art",
+            "Painting",
+            (Point("Attribute - Quantity", "Two owls"), Point("Attribute - Quantity", "two")),
+            "Animal",
+            "Descriptive",
+        ),
     ]
     path = tmp_path / "out.csv"
     write_prompts(path, prompts)
     assert load_prompts(path) == prompts
     text = path.read_text(encoding="utf-8")
     assert text.startswith("index,prompt_en,sub_dims_en\n")
-    assert '""Primary Categories"": ""Design""' in text and '""Testpoint Description""' in text  # JSON quoted the official way
+    assert (
+        '""Primary Categories"": ""Design""' in text and '""Testpoint Description""' in text
+    )  # JSON quoted the official way
     zh = load_prompts(write_text(tmp_path / "zh.csv", ZH_FILE))
     write_prompts(tmp_path / "zh_out.csv", zh, language="zh")
     assert (tmp_path / "zh_out.csv").read_text(encoding="utf-8") == ZH_FILE  # byte for byte, key order included
@@ -201,7 +246,11 @@ def test_store_records_reopens_and_reports_missing(tmp_path):
         assert store.verdicts() == verdicts_for("3_0.png", 3, 3) + verdicts_for("3_1.png", 3, 2)
         assert store.raw_answer("3_1.png") == "answer 2" and store.raw_answer("3_9.png") is None
         (first, _) = store.judgments()
-        assert first["model"] == "judge-a" and first["raw_sha256"] == hashlib.sha256(b"answer").hexdigest() and first["judged_at"] > 0
+        assert (
+            first["model"] == "judge-a"
+            and first["raw_sha256"] == hashlib.sha256(b"answer").hexdigest()
+            and first["judged_at"] > 0
+        )
         store.record("3_0.png", 3, verdicts_for("3_0.png", 3, 1), model="judge-b", raw="again", replace=True)
         assert [v.image for v in store.verdicts()].count("3_0.png") == 1
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -245,8 +294,14 @@ store.record("7_1.png", 7, make("7_1.png"), model="m", raw="second")
 
 def test_store_killed_mid_write_keeps_nothing_partial(tmp_path):
     path = tmp_path / "j.sqlite"
-    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 9, done.stderr
     with JudgmentStore(path) as store:
         assert store.done_images() == {"7_0.png"}
@@ -259,7 +314,9 @@ def test_store_is_safe_across_threads(tmp_path):
 
     def write(chunk):
         for name in chunk:
-            store.record(name, int(name.split("_")[0]), verdicts_for(name, int(name.split("_")[0]), 3), model="m", raw=name)
+            store.record(
+                name, int(name.split("_")[0]), verdicts_for(name, int(name.split("_")[0]), 3), model="m", raw=name
+            )
 
     threads = [threading.Thread(target=write, args=(names[i::8],)) for i in range(8)]
     for thread in threads:
@@ -284,13 +341,36 @@ def no_ambient_environment(monkeypatch):
 
 
 PROMPTS = [
-    BenchPrompt(0, "A red kite above a green hill.", "Illustration", "Picture Book",
-                (Point("Attribute - Color", "a red kite"), Point("Entity Layout - Two-Dimensional Space", "above a green hill"),
-                 Point("Style", ""))),
-    BenchPrompt(1, "Three blue cubes.", "Design", "Product", (Point("Attribute - Quantity", "Three cubes"), Point("Attribute - Color", "blue"))),
-    BenchPrompt(2, "Two owls, each on a branch.", "Art", "Painting",  # the same test point twice, as in two public rows
-                (Point("Attribute - Quantity", "Two owls"), Point("Attribute - Quantity", "each on a branch"), Point("World Knowledge", "owls"),
-                 Point("Logical Reasoning", "one per branch"))),
+    BenchPrompt(
+        0,
+        "A red kite above a green hill.",
+        "Illustration",
+        "Picture Book",
+        (
+            Point("Attribute - Color", "a red kite"),
+            Point("Entity Layout - Two-Dimensional Space", "above a green hill"),
+            Point("Style", ""),
+        ),
+    ),
+    BenchPrompt(
+        1,
+        "Three blue cubes.",
+        "Design",
+        "Product",
+        (Point("Attribute - Quantity", "Three cubes"), Point("Attribute - Color", "blue")),
+    ),
+    BenchPrompt(
+        2,
+        "Two owls, each on a branch.",
+        "Art",
+        "Painting",  # the same test point twice, as in two public rows
+        (
+            Point("Attribute - Quantity", "Two owls"),
+            Point("Attribute - Quantity", "each on a branch"),
+            Point("World Knowledge", "owls"),
+            Point("Logical Reasoning", "one per branch"),
+        ),
+    ),
 ]
 
 
@@ -299,7 +379,9 @@ def expected(level: int, name: str) -> bool:
     return (level / 255 > 0.5) != bool(hashlib.sha256(name.encode("utf-8")).digest()[0] % 2)
 
 
-def make_images(folder: Path, prompts: list[BenchPrompt], per_prompt: int = 4) -> tuple[list[tuple[Path, BenchPrompt]], dict[str, int]]:
+def make_images(
+    folder: Path, prompts: list[BenchPrompt], per_prompt: int = 4
+) -> tuple[list[tuple[Path, BenchPrompt]], dict[str, int]]:
     """Solid grey PNGs `{index}_{k}.png`, each a different level (so a different file)."""
     folder.mkdir(parents=True, exist_ok=True)
     items, levels = [], {}
@@ -312,8 +394,14 @@ def make_images(folder: Path, prompts: list[BenchPrompt], per_prompt: int = 4) -
     return items, levels
 
 
-def expected_verdicts(items: list[tuple[Path, BenchPrompt]], levels: dict[str, int]) -> list[tuple[str, int, str, bool]]:
-    return sorted((path.name, prompt.index, point.name, expected(levels[path.name], point.name)) for path, prompt in items for point in prompt.testpoints)
+def expected_verdicts(
+    items: list[tuple[Path, BenchPrompt]], levels: dict[str, int]
+) -> list[tuple[str, int, str, bool]]:
+    return sorted(
+        (path.name, prompt.index, point.name, expected(levels[path.name], point.name))
+        for path, prompt in items
+        for point in prompt.testpoints
+    )
 
 
 def as_tuples(verdicts: list[Verdict]) -> list[tuple[str, int, str, bool]]:
@@ -354,24 +442,30 @@ def test_prose_and_fenced_answers_are_parsed(start_server, tmp_path):
 def test_parse_answer_formats():
     names = ["Style", "Attribute - Color", "Attribute - Color"]
     assert parse_answer('{"1": "YES", "2": false, "3": {"answer": "Incorrect", "explanation": "grey"}}', names) == {
-        0: (True, ""), 1: (False, ""), 2: (False, "grey")}
+        0: (True, ""),
+        1: (False, ""),
+        2: (False, "grey"),
+    }
     fenced = 'Sure!\n```json\n{"verdicts": [{"id": 2, "verdict": "no"}, {"id": 1, "verdict": "yes"}, {"id": 3, "score": 1}]}\n```'
     assert {k: v[0] for k, v in parse_answer(fenced, names).items()} == {0: True, 1: False, 2: True}
     lines = "<think>1. Style: no</think>\n1) Style - Yes. looks right\n- 2. Attribute - Color: FALSE - too pale\n3. Attribute - Color: correct"
     assert parse_answer(lines, names) == {0: (True, "looks right"), 1: (False, "too pale"), 2: (True, "")}
     assert {k: v[0] for k, v in parse_answer('["pass", "fail", 1]', names).items()} == {0: True, 1: False, 2: True}
     assert parse_answer('<analysis>["a", "b", "c"]</analysis><score>[0, 1, 1]</score>', names)[0] == (False, "a")
-    assert parse_answer('{"Style": "yes", "Attribute - Color": "no"}', names) == {0: (True, "")}  # a repeated name needs its number
+    assert parse_answer('{"Style": "yes", "Attribute - Color": "no"}', names) == {
+        0: (True, "")
+    }  # a repeated name needs its number
     assert parse_answer("I cannot judge this image.", names) == {}
-    assert [read_flag(x) for x in ("True", "n", "not satisfied", "satisfied", "0", "符合", "不符合", "maybe", 2, "none")] == [
-        True, False, False, True, False, True, False, None, None, None]
+    assert [
+        read_flag(x) for x in ("True", "n", "not satisfied", "satisfied", "0", "符合", "不符合", "maybe", 2, "none")
+    ] == [True, False, False, True, False, True, False, None, None, None]
 
 
 def test_missing_testpoints_are_retried_then_named(start_server, tmp_path):
     server = start_server("--mode", "missing")
     judge = Judge(base_url=server.url, model="m", parse_retries=2)
     items, _ = make_images(tmp_path / "img", PROMPTS[:1], per_prompt=1)
-    (path, prompt), = items
+    ((path, prompt),) = items
     with pytest.raises(UnparseableJudgment, match=r"0_0\.png.*test point\(s\) 3 'Style' in 3 answers") as caught:
         judge.judge_image(path, prompt)
     assert caught.value.image == "0_0.png" and caught.value.missing == ["Style"]
@@ -385,7 +479,7 @@ def test_missing_testpoints_are_retried_then_named(start_server, tmp_path):
 def test_503s_are_retried(start_server, tmp_path):
     server = start_server("--mode", "flaky", "--fail-first", "2")
     items, levels = make_images(tmp_path / "img", PROMPTS[1:2], per_prompt=1)
-    (path, prompt), = items
+    ((path, prompt),) = items
     verdicts, _ = Judge(base_url=server.url, model="m", retries=3, backoff=0.01).judge_image(path, prompt)
     assert [v.correct for v in verdicts] == [expected(levels[path.name], p.name) for p in prompt.testpoints]
     assert server.stats()["requests"] == 3
@@ -432,7 +526,11 @@ def test_resume_after_the_server_dies_mid_judging(start_server, tmp_path):
     assert first.proc.wait(timeout=10) == 3  # the server really died mid-request
     assert 1 <= report1["judged"] <= 5 and report1["judged"] + len(report1["failed"]) == 12
     for image, error in report1["failed"].items():
-        assert error.startswith("RewardServiceError") and f"image {image}" in error and f"{first.url}/chat/completions" in error
+        assert (
+            error.startswith("RewardServiceError")
+            and f"image {image}" in error
+            and f"{first.url}/chat/completions" in error
+        )
     assert any("call judge_all again with the same store" in str(w.message) for w in caught)
     answered1 = {key_to_name[json.loads(line)["image"]] for line in log1.read_text().splitlines()}
     with JudgmentStore(store_path) as store:  # reopened, as a new process would
@@ -446,7 +544,9 @@ def test_resume_after_the_server_dies_mid_judging(start_server, tmp_path):
         asked2 = {key_to_name[key]: count for key, count in second.stats()["requests_per_image"].items()}
         assert set(asked2) == names - done1 and set(asked2.values()) == {1}  # only the missing images, each once
         answered2 = [key_to_name[json.loads(line)["image"]] for line in log2.read_text().splitlines()]
-        assert not set(answered2) & answered1 and len(answered2) == len(set(answered2))  # no image judged twice across runs
+        assert not set(answered2) & answered1 and len(answered2) == len(
+            set(answered2)
+        )  # no image judged twice across runs
         assert store.done_images() == names
         assert as_tuples(store.verdicts()) == expected_verdicts(items, levels)  # complete, nothing lost or doubled
 
@@ -458,7 +558,9 @@ def test_chinese_prompts(start_server, tmp_path):
     judge = Judge(base_url=server.url, model="m", language="zh")
     for path, _ in items:
         verdicts, _ = judge.judge_image(path, prompt)
-        assert [(v.testpoint, v.correct) for v in verdicts] == [(p.name, expected(levels[path.name], p.name)) for p in prompt.testpoints]
+        assert [(v.testpoint, v.correct) for v in verdicts] == [
+            (p.name, expected(levels[path.name], p.name)) for p in prompt.testpoints
+        ]
     sent = server.stats()["last"]["prompt"]
     assert "考点" in sent and '1. 属性-颜色 — "白色的猫，蓝色的椅子"' in sent
 

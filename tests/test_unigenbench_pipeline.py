@@ -14,27 +14,68 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from openai_stub import start_server, stop_server
 from PIL import Image
 
 from flowrl.benchmarks.unigenbench.prompts import write_prompts
 from flowrl.benchmarks.unigenbench.types import BenchPrompt, TestPoint
 
-from openai_stub import start_server, stop_server
-
 TESTS = Path(__file__).resolve().parent
 SERVER = TESTS / "unigen_judge_server.py"
 
 PROMPTS = [
-    BenchPrompt(0, "a red circle", "Art", "Graphic Art", (TestPoint("Attribute - Color", "red circle"), TestPoint("Style", "flat shapes"))),
-    BenchPrompt(1, "two blue squares", "Design", "Logo Design", (TestPoint("Attribute - Quantity", "two"), TestPoint("Attribute - Color", "blue"))),
-    BenchPrompt(2, "a green triangle above a yellow circle", "Art", "Graphic Art",
-                (TestPoint("Entity Layout - Two-Dimensional Space", "above"), TestPoint("Attribute - Color", "green triangle"), TestPoint("Style", "flat"))),
+    BenchPrompt(
+        0,
+        "a red circle",
+        "Art",
+        "Graphic Art",
+        (TestPoint("Attribute - Color", "red circle"), TestPoint("Style", "flat shapes")),
+    ),
+    BenchPrompt(
+        1,
+        "two blue squares",
+        "Design",
+        "Logo Design",
+        (TestPoint("Attribute - Quantity", "two"), TestPoint("Attribute - Color", "blue")),
+    ),
+    BenchPrompt(
+        2,
+        "a green triangle above a yellow circle",
+        "Art",
+        "Graphic Art",
+        (
+            TestPoint("Entity Layout - Two-Dimensional Space", "above"),
+            TestPoint("Attribute - Color", "green triangle"),
+            TestPoint("Style", "flat"),
+        ),
+    ),
 ]
 
 
 def evaluate(prompts_file: Path, out: Path, url: str, *extra: str, wait: bool = True):
-    command = [sys.executable, "-m", "flowrl", "eval", "unigenbench", str(prompts_file), "--out", str(out), "--images-per-prompt", "2",
-               "--steps", "3", "--device", "cpu", "--judge-url", url, "--judge-model", "test-judge", "--judge-option", "backoff=0.05", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "flowrl",
+        "eval",
+        "unigenbench",
+        str(prompts_file),
+        "--out",
+        str(out),
+        "--images-per-prompt",
+        "2",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--judge-url",
+        url,
+        "--judge-model",
+        "test-judge",
+        "--judge-option",
+        "backoff=0.05",
+        *extra,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if not wait:
         return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -120,7 +161,10 @@ def test_a_run_killed_mid_judging_resumes_without_redoing_anything(prompts_file,
         stats = json.loads(__import__("urllib.request").request.urlopen(url.replace("/v1", "/stats")).read())
     finally:
         stop_server(server)
-    assert f"0 images drawn (6 already there), {6 - len(judged_at_kill)} judged ({len(judged_at_kill)} already judged)" in done.stdout
+    assert (
+        f"0 images drawn (6 already there), {6 - len(judged_at_kill)} judged ({len(judged_at_kill)} already judged)"
+        in done.stdout
+    )
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").glob("*.png")} == images_at_kill  # no image redrawn
     keys = {hashlib.sha256((out / "images" / name).read_bytes()).hexdigest()[:16]: name for name in images_at_kill}
     for key, count in stats["requests_per_image"].items():
@@ -129,7 +173,11 @@ def test_a_run_killed_mid_judging_resumes_without_redoing_anything(prompts_file,
     with sqlite3.connect(out / "judgments.sqlite") as db:
         assert {row[0] for row in db.execute("SELECT image FROM images")} == set(images_at_kill)  # none lost
     results = json.loads((out / "results.json").read_text())
-    assert results["counts"]["verdicts"] == 2 * (2 + 2 + 3) and results["missing_images"] == [] and results["incomplete_images"] == []
+    assert (
+        results["counts"]["verdicts"] == 2 * (2 + 2 + 3)
+        and results["missing_images"] == []
+        and results["incomplete_images"] == []
+    )
 
 
 def test_a_malformed_prompt_row_is_named_or_skipped(prompts_file, tmp_path):
@@ -137,7 +185,9 @@ def test_a_malformed_prompt_row_is_named_or_skipped(prompts_file, tmp_path):
     text[2] = text[2].replace('", ', '" ', 1)  # break the JSON of the second row (index 1)
     prompts_file.write_text("\n".join(text) + "\n")
     stopped = evaluate(prompts_file, tmp_path / "a", "http://127.0.0.1:9/v1", "--judge-only")
-    assert stopped.returncode == 2 and "row 2 (line 3, index '1')" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert (
+        stopped.returncode == 2 and "row 2 (line 3, index '1')" in stopped.stderr and "Traceback" not in stopped.stderr
+    )
 
 
 def test_short_names_download_the_official_file_once_into_the_cache(prompts_file, tmp_path, monkeypatch):
@@ -157,10 +207,15 @@ def test_short_names_download_the_official_file_once_into_the_cache(prompts_file
     monkeypatch.setenv("FLOWRL_UNIGENBENCH_URL", f"http://127.0.0.1:{server.server_address[1]}")
     try:
         path = resolve_prompt_file("en")
-        assert path == tmp_path / "cache" / "unigenbench" / "test_prompts_en.csv" and path.read_bytes() == prompts_file.read_bytes()
+        assert (
+            path == tmp_path / "cache" / "unigenbench" / "test_prompts_en.csv"
+            and path.read_bytes() == prompts_file.read_bytes()
+        )
         server.shutdown()
         assert resolve_prompt_file("en") == path  # cached: no second download (the server is gone)
-        with pytest.raises(ValueError, match=r"could not download the UniGenBench prompt file http://127.0.0.1:\d+/test_prompts_zh.csv"):
+        with pytest.raises(
+            ValueError, match=r"could not download the UniGenBench prompt file http://127.0.0.1:\d+/test_prompts_zh.csv"
+        ):
             resolve_prompt_file("zh", timeout=2)
     finally:
         server.server_close()

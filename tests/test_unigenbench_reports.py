@@ -63,17 +63,30 @@ COLOURS = {(0, 0): (230, 25, 25), (0, 1): (25, 200, 40), (1, 0): (30, 60, 235), 
 def make_prompts(evil: bool = False) -> list[BenchPrompt]:
     """The two prompts of the table above (prompt 0's text is script-like when evil)."""
     return [
-        BenchPrompt(0, EVIL if evil else "an ink painting of two red pandas", "Art", "Graphic Art",
-                    (Point(STYLE, "ink painting"), Point(QUANTITY, "two pandas"), Point(COLOR, "red"))),
-        BenchPrompt(1, "a login screen with a pyramid icon and three cats", "Design", "UI Design",
-                    (Point(QUANTITY, "three cats"), Point(KNOWLEDGE, "pyramid"), Point(STYLE, "flat UI"))),
+        BenchPrompt(
+            0,
+            EVIL if evil else "an ink painting of two red pandas",
+            "Art",
+            "Graphic Art",
+            (Point(STYLE, "ink painting"), Point(QUANTITY, "two pandas"), Point(COLOR, "red")),
+        ),
+        BenchPrompt(
+            1,
+            "a login screen with a pyramid icon and three cats",
+            "Design",
+            "UI Design",
+            (Point(QUANTITY, "three cats"), Point(KNOWLEDGE, "pyramid"), Point(STYLE, "flat UI")),
+        ),
     ]
 
 
 def make_verdicts() -> list[Verdict]:
     """The verdicts of the table above, with an explanation naming image and test point."""
-    return [Verdict(f"{i}_{k}.png", i, name, bool(ok), f"judge on {i}_{k} / {name}: {'yes' if ok else 'no <b>'}")
-            for (i, k), row in TABLE.items() for name, ok in row.items()]
+    return [
+        Verdict(f"{i}_{k}.png", i, name, bool(ok), f"judge on {i}_{k} / {name}: {'yes' if ok else 'no <b>'}")
+        for (i, k), row in TABLE.items()
+        for name, ok in row.items()
+    ]
 
 
 def write_images(folder: Path) -> Path:
@@ -147,8 +160,13 @@ def test_json_round_trip_keeps_everything_and_meta():
 
 def test_from_dict_reads_the_official_score_json():
     # The official calculate_scores JSON keys primaries as cp.split("-", 1)[0]: "Attribute " with a space.
-    official = {"primary_dimensions": {"Attribute ": {"correct": 2, "total": 6, "accuracy": 0.3333}, "Style": {"correct": 3, "total": 4, "accuracy": 0.75}},
-                "sub_dimensions": {QUANTITY: {"correct": 1, "total": 4, "accuracy": 0.25}}}
+    official = {
+        "primary_dimensions": {
+            "Attribute ": {"correct": 2, "total": 6, "accuracy": 0.3333},
+            "Style": {"correct": 3, "total": 4, "accuracy": 0.75},
+        },
+        "sub_dimensions": {QUANTITY: {"correct": 1, "total": 4, "accuracy": 0.25}},
+    }
     r = Results.from_dict(official)
     assert set(r.primary_dimensions) == {"Attribute", "Style"}
     assert r.overall == pytest.approx((1 / 3 + 3 / 4) / 2)
@@ -180,7 +198,10 @@ def test_markdown_and_csv_hold_every_row(written):
         lines = list(csv.DictReader(f))
     parsed = {(line["table"], line["name"]): line for line in lines}
     assert len(parsed) == len(lines) == 2 + 3 + 4 + 2 + 2
-    assert parsed[("Primary dimensions", "Attribute")]["correct"] == "2" and parsed[("Primary dimensions", "Attribute")]["total"] == "6"
+    assert (
+        parsed[("Primary dimensions", "Attribute")]["correct"] == "2"
+        and parsed[("Primary dimensions", "Attribute")]["total"] == "6"
+    )
     assert float(parsed[("Summary", "Overall")]["accuracy"]) == pytest.approx(19 / 36)
     assert float(parsed[("Themes", "Design")]["accuracy"]) == pytest.approx(1 / 3)
     assert read_csv(paths["csv"]) == results_tables(results)  # exact round trip
@@ -252,8 +273,10 @@ def test_embedded_images_are_data_uris(tmp_path):
 
 def test_comparison_differences_are_b_minus_a(tmp_path):
     a = aggregate(make_prompts(), make_verdicts(), meta={"model": "base"})
-    flipped = [Verdict(v.image, v.prompt_index, v.testpoint, True, v.explanation) if v.testpoint == QUANTITY else v
-               for v in make_verdicts()]
+    flipped = [
+        Verdict(v.image, v.prompt_index, v.testpoint, True, v.explanation) if v.testpoint == QUANTITY else v
+        for v in make_verdicts()
+    ]
     b = aggregate(make_prompts(), flipped[:-1], meta={"model": "tuned"})  # last verdict (1_1 Style) dropped
     (tmp_path / "a.json").write_text(json.dumps(a.to_dict()))
     (tmp_path / "b.json").write_text(json.dumps(b.to_dict()))
@@ -261,8 +284,12 @@ def test_comparison_differences_are_b_minus_a(tmp_path):
     assert "| Attribute - Quantity | 25.0% | 100.0% | +75.0 pp |" in md
     with (tmp_path / "cmp" / "comparison.csv").open() as f:
         rows = {(r["table"], r["name"]): r for r in csv.DictReader(f)}
-    tables = {"Primary dimensions": ("primary_dimensions",), "Sub-dimensions": ("sub_dimensions",),
-              "Themes": ("themes",), "Subthemes": ("subthemes",)}
+    tables = {
+        "Primary dimensions": ("primary_dimensions",),
+        "Sub-dimensions": ("sub_dimensions",),
+        "Themes": ("themes",),
+        "Subthemes": ("subthemes",),
+    }
     for title, (group,) in tables.items():
         for name, tally_a in getattr(a, group).items():
             row = rows[(title, name)]
@@ -320,13 +347,26 @@ def _by_category(report: EvalReport) -> list[dict]:
 
 def test_toyshapes_comparison(toy_report, tmp_path):
     report, _ = toy_report
-    better = EvalReport({c: 1.0 for c in report.accuracy}, 1.0, 1.0, report.num_images, {}, [dict(r, correct=True) for r in report.records])
+    better = EvalReport(
+        {c: 1.0 for c in report.accuracy},
+        1.0,
+        1.0,
+        report.num_images,
+        {},
+        [dict(r, correct=True) for r in report.records],
+    )
     report.save(tmp_path / "a.json")
     better.save(tmp_path / "b.json")
     md = compare_toyshapes(tmp_path / "a.json", tmp_path / "b.json", out_dir=tmp_path / "cmp")
     for c, acc in report.accuracy.items():
         assert f"| {c} | {100 * acc:.1f}% | 100.0% | {100 * (1 - acc):+.1f} pp |" in md
-    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {"comparison.md", "comparison.csv", "comparison.html", "comparison_paired.csv", "comparison_paired_score.csv"}
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} == {
+        "comparison.md",
+        "comparison.csv",
+        "comparison.html",
+        "comparison_paired.csv",
+        "comparison_paired_score.csv",
+    }
 
 
 # ------------------------------------------------------------------ rendering in a browser
@@ -341,18 +381,35 @@ def _browser() -> str | None:
 
 
 @slow
-@pytest.mark.skipif(_browser() is None, reason=f"no Chromium at {CHROMIUM} (set FLOWRL_BROWSER_TESTS=1 to look on PATH)")
+@pytest.mark.skipif(
+    _browser() is None, reason=f"no Chromium at {CHROMIUM} (set FLOWRL_BROWSER_TESTS=1 to look on PATH)"
+)
 def test_report_renders_in_headless_chromium(written, tmp_path):
     _, _, _, paths = written
     shot = tmp_path / "shot.png"
     # Flags for a root, display-less machine with a closed network and a small /dev/shm (containers).
-    command = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-               "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1200,2000", paths["html"].resolve().as_uri()]
+    command = [
+        _browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        paths["html"].resolve().as_uri(),
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
     pixels = Image.open(shot).convert("RGB")
     colours = pixels.getcolors(maxcolors=1 << 24)
     assert len(colours) > 20, f"screenshot looks blank: {len(colours)} colours"
     present = {c for _, c in colours}
     for colour in COLOURS.values():  # each test image's solid colour is on screen (within rounding)
-        assert any(max(abs(a - b) for a, b in zip(colour, p)) <= 8 for p in present), f"image colour {colour} not rendered"
+        assert any(max(abs(a - b) for a, b in zip(colour, p)) <= 8 for p in present), (
+            f"image colour {colour} not rendered"
+        )

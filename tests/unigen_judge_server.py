@@ -67,13 +67,20 @@ def render(points: list[tuple[int, str, bool]], style: int) -> str:
     word = lambda yes: "yes" if yes else "no"  # noqa: E731
     reason = lambda k, name: f"checked {name} (point {k})"  # noqa: E731
     if style == 0:
-        body = json.dumps({str(k): {"verdict": word(yes).capitalize(), "reason": reason(k, name)} for k, name, yes in points}, indent=2)
-        return f"Let me look at the image carefully.\n\nHere is my assessment:\n```json\n{body}\n```\nI hope this helps."
+        body = json.dumps(
+            {str(k): {"verdict": word(yes).capitalize(), "reason": reason(k, name)} for k, name, yes in points},
+            indent=2,
+        )
+        return (
+            f"Let me look at the image carefully.\n\nHere is my assessment:\n```json\n{body}\n```\nI hope this helps."
+        )
     if style == 1:
         lines = [f"**{k}. {name}**: {word(yes).upper()} — {reason(k, name)}" for k, name, yes in points]
         return "Assessment of each test point:\n\n" + "\n".join(lines) + "\n\nOverall the image is fine."
     if style == 2:
-        items = [{"id": k, "testpoint": name, "correct": yes, "explanation": reason(k, name)} for k, name, yes in points]
+        items = [
+            {"id": k, "testpoint": name, "correct": yes, "explanation": reason(k, name)} for k, name, yes in points
+        ]
         return f"Sure. The verdicts are {json.dumps(items)} as requested."
     if style == 3:
         analysis = json.dumps([reason(k, name) for k, name, _ in points], ensure_ascii=False)
@@ -81,7 +88,9 @@ def render(points: list[tuple[int, str, bool]], style: int) -> str:
         return f"<description>\n<analysis>{analysis}</analysis>\n<score>{scores}</score>\n</description>"
     names = [name for _, name, _ in points]
     keys = names if len(set(names)) == len(names) else [f"Test point {k}" for k, _, _ in points]
-    results = {key: f"{'Correct' if yes else 'Incorrect'}. {reason(k, name)}" for key, (k, name, yes) in zip(keys, points)}
+    results = {
+        key: f"{'Correct' if yes else 'Incorrect'}. {reason(k, name)}" for key, (k, name, yes) in zip(keys, points)
+    }
     return "Results follow.\n" + json.dumps({"results": results}, ensure_ascii=False)
 
 
@@ -105,11 +114,17 @@ class Handler(StubHandler):
         data, mime = decode_image(urls[0])
         key = image_key(data)
         bright = mean_level(data) / 255.0 > 0.5
-        points = [(int(m.group(1)), m.group(2), verdict(bright, m.group(2))) for m in map(TESTPOINT_LINE.match, text.splitlines()) if m]
+        points = [
+            (int(m.group(1)), m.group(2), verdict(bright, m.group(2)))
+            for m in map(TESTPOINT_LINE.match, text.splitlines())
+            if m
+        ]
         with state.lock:
             seen_before = state.requests_per_image.get(key, 0)
             state.requests_per_image[key] = seen_before + 1
-            state.last = dict(**sampling(request), mime=mime, authorization=self.headers.get("Authorization"), prompt=text)
+            state.last = dict(
+                **sampling(request), mime=mime, authorization=self.headers.get("Authorization"), prompt=text
+            )
         if not points:
             content = "I could not find any test points in your message."
         else:
@@ -118,7 +133,12 @@ class Handler(StubHandler):
             if args.mode == "prose":
                 content = render(points, number % 5)
             else:
-                content = json.dumps({str(k): {"verdict": "yes" if yes else "no", "reason": f"{name} checked"} for k, name, yes in points})
+                content = json.dumps(
+                    {
+                        str(k): {"verdict": "yes" if yes else "no", "reason": f"{name} checked"}
+                        for k, name, yes in points
+                    }
+                )
         self.send(200, completion(number, request.get("model"), content))
         with state.lock:
             state.answered += 1
@@ -130,9 +150,13 @@ class Handler(StubHandler):
 
 def main() -> None:
     command = parser(__doc__.split("\n\n")[0], MODES)
-    command.add_argument("--die-after", type=int, default=None, help="exit while handling request N+1 (requests counted from 1)")
+    command.add_argument(
+        "--die-after", type=int, default=None, help="exit while handling request N+1 (requests counted from 1)"
+    )
     command.add_argument("--fail-first", type=int, default=2, help="flaky: how many requests get HTTP 503")
-    command.add_argument("--delay", type=float, default=None, help="seconds to sleep before every answer (slow: 0.3 by default)")
+    command.add_argument(
+        "--delay", type=float, default=None, help="seconds to sleep before every answer (slow: 0.3 by default)"
+    )
     command.add_argument("--log", default=None, help="append one JSON line per answer sent")
     args = command.parse_args()
     if args.delay is None:

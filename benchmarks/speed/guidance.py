@@ -19,7 +19,7 @@ import time
 import torch
 
 from flowrl.policies.base import TextConditioning
-from flowrl.policies.sd3_velocity import transformer_velocity, sd3_velocity
+from flowrl.policies.sd3_velocity import sd3_velocity, transformer_velocity
 
 GUIDANCE = 4.0
 
@@ -28,8 +28,11 @@ def batched_velocity(transformer, x, sigma, cond: TextConditioning, guidance: fl
     """The one-call reference form: both halves in one batch of twice the size (Flow-GRPO's)."""
     null_embeds, null_pooled = cond.null_embeds.expand_as(cond.prompt_embeds), cond.null_pooled.expand_as(cond.pooled)
     out = transformer_velocity(
-        transformer, torch.cat([x, x]), torch.cat([sigma, sigma]),
-        torch.cat([cond.prompt_embeds, null_embeds]), torch.cat([cond.pooled, null_pooled]),
+        transformer,
+        torch.cat([x, x]),
+        torch.cat([sigma, sigma]),
+        torch.cat([cond.prompt_embeds, null_embeds]),
+        torch.cat([cond.pooled, null_pooled]),
     )
     v_prompt, v_null = out.chunk(2)
     return v_null + guidance * (v_prompt - v_null)
@@ -60,7 +63,9 @@ def interleaved_seconds(calls: dict, repeats: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=48, help="samples per call (the toy default's rollout: 12 prompts x 4)")
+    parser.add_argument(
+        "--batch", type=int, default=48, help="samples per call (the toy default's rollout: 12 prompts x 4)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per form and mode")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args(argv)
@@ -90,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
 
     for p in transformer.parameters():
         p.requires_grad_(True)
-    forms = {"one batched call": batched_velocity, "two calls": sd3_velocity, "two calls, no graph for v_null": prompt_branch_velocity}
+    forms = {
+        "one batched call": batched_velocity,
+        "two calls": sd3_velocity,
+        "two calls, no graph for v_null": prompt_branch_velocity,
+    }
     print(f"| mode | {' (s) | '.join(forms)} (s) | two calls / batched | no-graph form / two calls |")
     print("|---|---|---|---|---|---|")
     for mode, run in (("sampling", sample), ("training pass", train_pass)):
-        median = interleaved_seconds({name: (lambda form=form: run(form)) for name, form in forms.items()}, args.repeats)
+        median = interleaved_seconds(
+            {name: (lambda form=form: run(form)) for name, form in forms.items()}, args.repeats
+        )
         a, b, c = (median[name] for name in forms)
         print(f"| {mode} | {a:.3f} | {b:.3f} | {c:.3f} | {b / a:.2f}x | {c / b:.2f}x |")
     return 0

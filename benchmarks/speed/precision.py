@@ -28,7 +28,14 @@ def run(precision: str, iterations: int, overrides: list[str], directory: Path) 
     from flowrl.trainer import train
 
     out = directory / precision
-    settings = [f"out={out}", f"iterations={iterations}", "eval_every=0", "checkpoint_every=1000", "minutes=0", f"mixed_precision={precision}"]
+    settings = [
+        f"out={out}",
+        f"iterations={iterations}",
+        "eval_every=0",
+        "checkpoint_every=1000",
+        "minutes=0",
+        f"mixed_precision={precision}",
+    ]
     train(load_config(resolve_recipe("toy"), [*settings, *overrides]))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [r for r in records if "time/rollout" in r]
@@ -36,7 +43,9 @@ def run(precision: str, iterations: int, overrides: list[str], directory: Path) 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=4, help="iterations per setting; the first is not timed (warm-up)")
+    parser.add_argument(
+        "--iterations", type=int, default=4, help="iterations per setting; the first is not timed (warm-up)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the toy recipe")
     args = parser.parse_args(argv)
@@ -53,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         a, b = ((sum(median[p].values()) if key == "total" else median[p][key]) for p in ("no", "bf16"))
         print(f"| {key} | {a:.2f} | {b:.2f} | {a / b:.2f}x |")
     first = records["bf16"][0]
-    print(f"\nbf16, first update: ratio in [{first['ratio/min']:.5f}, {first['ratio/max']:.5f}], clip fraction {first['clip_fraction']:.3f}"
-          f" (float32: [{records['no'][0]['ratio/min']:.5f}, {records['no'][0]['ratio/max']:.5f}])")
+    print(
+        f"\nbf16, first update: ratio in [{first['ratio/min']:.5f}, {first['ratio/max']:.5f}], clip fraction {first['clip_fraction']:.3f}"
+        f" (float32: [{records['no'][0]['ratio/min']:.5f}, {records['no'][0]['ratio/max']:.5f}])"
+    )
     return 0
 
 

@@ -53,7 +53,15 @@ def time_rollout(policy, name: str, prompts: list[str], repeats: int, max_batch:
             best = min(best, time.perf_counter() - start)
     scored = int(result.reward_mask.sum())
     trained = int(result.transitions.trained.sum())
-    return {"method": name, "nfe": result.nfe, "scored": scored, "trained": trained, "seconds": best, "nfe_per_sample": result.nfe / scored, "seconds_per_sample": best / scored}
+    return {
+        "method": name,
+        "nfe": result.nfe,
+        "scored": scored,
+        "trained": trained,
+        "seconds": best,
+        "nfe_per_sample": result.nfe / scored,
+        "seconds_per_sample": best / scored,
+    }
 
 
 def toy_default_plan_and_prompts():
@@ -95,17 +103,25 @@ def main() -> None:
     prompts = ["a circle left of a square", "three green triangles", "a yellow square", "two circles"][: args.prompts]
     rows = [time_rollout(policy, name, prompts, args.repeats) for name in SETTINGS]
     base = rows[0]["seconds_per_sample"]
-    print(f"{'method':<16}{'NFE':>7}{'scored':>8}{'trained':>9}{'NFE/sample':>12}{'s':>8}{'s/sample':>10}{'vs flow_grpo':>14}")
+    print(
+        f"{'method':<16}{'NFE':>7}{'scored':>8}{'trained':>9}{'NFE/sample':>12}{'s':>8}{'s/sample':>10}{'vs flow_grpo':>14}"
+    )
     for row in rows:
-        print(f"{row['method']:<16}{row['nfe']:>7}{row['scored']:>8}{row['trained']:>9}{row['nfe_per_sample']:>12.2f}{row['seconds']:>8.2f}{row['seconds_per_sample']:>10.3f}{row['seconds_per_sample'] / base:>13.2f}x")
+        print(
+            f"{row['method']:<16}{row['nfe']:>7}{row['scored']:>8}{row['trained']:>9}{row['nfe_per_sample']:>12.2f}{row['seconds']:>8.2f}{row['seconds_per_sample']:>10.3f}{row['seconds_per_sample'] / base:>13.2f}x"
+        )
     chunked = time_rollout(policy, "flow_grpo", prompts, args.repeats, max_batch=8)
-    print(f"\nflow_grpo with max_batch=8 (chunked calls) vs one call per grid index: {chunked['seconds'] / rows[0]['seconds']:.2f}x the time")
+    print(
+        f"\nflow_grpo with max_batch=8 (chunked calls) vs one call per grid index: {chunked['seconds'] / rows[0]['seconds']:.2f}x the time"
+    )
     plan, default_batch = toy_default_plan_and_prompts()
     shared = shared_start_seconds(policy, plan, default_batch, args.repeats, share_noise=True)
     distinct = shared_start_seconds(policy, plan, default_batch, args.repeats, share_noise=False)
-    print(f"toy default's plan and batch ({len(default_batch)} prompts x {plan.group_size}), shared starting noise "
-          "(first state computed once per prompt) vs none: rollout "
-          f"{shared[0] / distinct[0]:.2f}x the time, re-scoring with backward {shared[1] / distinct[1]:.2f}x")
+    print(
+        f"toy default's plan and batch ({len(default_batch)} prompts x {plan.group_size}), shared starting noise "
+        "(first state computed once per prompt) vs none: rollout "
+        f"{shared[0] / distinct[0]:.2f}x the time, re-scoring with backward {shared[1] / distinct[1]:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,17 @@ from .render import render, render_batch
 from .verify import detect_objects, scores, verify
 
 __all__ = [
-    "CATEGORIES", "COLORS", "RELATIONS", "SHAPES", "Prompt", "parse_prompt", "prompts_for",
-    "sample_prompts", "render", "render_batch", "detect_objects", "scores", "verify",
+    "CATEGORIES",
+    "COLORS",
+    "RELATIONS",
+    "SHAPES",
+    "Prompt",
+    "parse_prompt",
+    "prompts_for",
+    "sample_prompts",
+    "render",
+    "render_batch",
+    "detect_objects",
+    "scores",
+    "verify",
 ]

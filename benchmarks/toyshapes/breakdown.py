@@ -31,7 +31,13 @@ def diagnose(objects: list[SceneObject], prompt: Prompt, assessment: Assessment)
     objects_ok = count_ok and assessment.match_term == 1.0
     relation_ok = None if assessment.relation_term is None else assessment.relation_term == 1.0
     copied = None if len(asked) < 2 else count_ok and not shapes_ok and set(drawn) <= set(asked)
-    return {"found": len(objects), "shapes_ok": shapes_ok, "objects_ok": objects_ok, "relation_ok": relation_ok, "copied": copied}
+    return {
+        "found": len(objects),
+        "shapes_ok": shapes_ok,
+        "objects_ok": objects_ok,
+        "relation_ok": relation_ok,
+        "copied": copied,
+    }
 
 
 def has_stages(records: list[dict]) -> bool:

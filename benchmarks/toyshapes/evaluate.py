@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -108,8 +108,15 @@ Sampler = Callable[[list[str], list[int]], torch.Tensor]
 
 
 def evaluate_toyshapes(
-    sample: Sampler, images_per_category: int = 32, *, steps: int, guidance: float, eta: float, seed: int = 0,
-    split: str = "heldout", prompts: list[str] | None = None,
+    sample: Sampler,
+    images_per_category: int = 32,
+    *,
+    steps: int,
+    guidance: float,
+    eta: float,
+    seed: int = 0,
+    split: str = "heldout",
+    prompts: list[str] | None = None,
 ) -> tuple[EvalReport, torch.Tensor]:
     """Draw the fixed evaluation set with `sample` and verify it; returns the report and images.
     `steps`, `guidance` and `eta` are what `sample` was built with, recorded in the report's
@@ -126,5 +133,7 @@ def evaluate_toyshapes(
     images = sample([p.text for p in chosen], seeds)
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[:2] != (len(chosen), 3):
         got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"the sampler returned {got} for {len(chosen)} prompts; expected images [{len(chosen)}, 3, H, W] in [0, 1]")
+        raise ValueError(
+            f"the sampler returned {got} for {len(chosen)} prompts; expected images [{len(chosen)}, 3, H, W] in [0, 1]"
+        )
     return report_from_images(images, chosen, settings), images

@@ -63,18 +63,12 @@ def _enumerate_prompts() -> list[Prompt]:
     for a, b in itertools.permutations(SHAPES, 2):
         prompts.append(Prompt(f"a {a} and a {b}", "two_object", (ObjectSpec(a), ObjectSpec(b))))
     for n, shape in itertools.product(NUMBER_WORDS, SHAPES):
-        prompts.append(
-            Prompt(f"{NUMBER_WORDS[n]} {_plural(shape, n)}", "counting", (ObjectSpec(shape),) * n)
-        )
+        prompts.append(Prompt(f"{NUMBER_WORDS[n]} {_plural(shape, n)}", "counting", (ObjectSpec(shape),) * n))
     for color, shape in itertools.product(COLORS, SHAPES):
         prompts.append(Prompt(f"a {color} {shape}", "colors", (ObjectSpec(shape, color),)))
     for (a, b), rel in itertools.product(itertools.permutations(SHAPES, 2), RELATIONS):
-        prompts.append(
-            Prompt(f"a {a} {rel} a {b}", "position", (ObjectSpec(a), ObjectSpec(b)), rel)
-        )
-    for (a, b), (ca, cb) in itertools.product(
-        itertools.permutations(SHAPES, 2), itertools.permutations(COLORS, 2)
-    ):
+        prompts.append(Prompt(f"a {a} {rel} a {b}", "position", (ObjectSpec(a), ObjectSpec(b)), rel))
+    for (a, b), (ca, cb) in itertools.product(itertools.permutations(SHAPES, 2), itertools.permutations(COLORS, 2)):
         prompts.append(
             Prompt(
                 f"a {ca} {a} and a {cb} {b}",
@@ -152,13 +146,13 @@ def prompts_for(split: str, categories: tuple[str, ...] | None = None) -> list[P
     if unknown:
         raise ValueError(f"unknown categories {unknown}; expected some of {list(CATEGORIES)}")
     return [
-        p
-        for p in all_prompts()
-        if p.category in categories and (split == "all" or split_of(p.text) in (split, "both"))
+        p for p in all_prompts() if p.category in categories and (split == "all" or split_of(p.text) in (split, "both"))
     ]
 
 
-def sample_prompts(n: int, split: str = "train", seed: int = 0, categories: tuple[str, ...] | None = None) -> list[Prompt]:
+def sample_prompts(
+    n: int, split: str = "train", seed: int = 0, categories: tuple[str, ...] | None = None
+) -> list[Prompt]:
     """n prompts drawn deterministically: a category uniformly (of `categories`, default all),
     then a prompt within it."""
     categories = tuple(categories or CATEGORIES)

@@ -102,7 +102,9 @@ def render(prompt: Prompt, resolution: int = 32, seed: int | random.Random = 0) 
     return np.asarray(image), objects
 
 
-def render_batch(prompts: list[Prompt], resolution: int = 32, seed: int = 0) -> tuple[torch.Tensor, list[list[SceneObject]]]:
+def render_batch(
+    prompts: list[Prompt], resolution: int = 32, seed: int = 0
+) -> tuple[torch.Tensor, list[list[SceneObject]]]:
     """Render a batch: float images in [0, 1] of shape [B, 3, H, W] and their scenes."""
     rng = random.Random(seed)
     arrays, scenes = [], []

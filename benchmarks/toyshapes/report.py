@@ -11,7 +11,18 @@ from pathlib import Path
 import torch
 
 from ..paired import PairedDifference, mean_of_groups, mean_of_score_groups, paired_difference, paired_mean_difference
-from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
+from ..report import (
+    Entry,
+    ImageRecord,
+    Judgment,
+    Row,
+    Table,
+    compare_tables,
+    image_src,
+    write_csv,
+    write_html,
+    write_markdown,
+)
 from .breakdown import breakdown, has_stages
 from .evaluate import EvalReport
 from .prompts import CATEGORIES
@@ -64,7 +75,8 @@ def stage_tables(report: EvalReport) -> list[Table]:
         return []
     stages = breakdown(report.records)
     return [
-        Table(title, tuple(Row(c, k, n, k / n) for c, row in stages.items() for k, n in [row[stage]] if n)) for stage, title in STAGE_TITLES.items()
+        Table(title, tuple(Row(c, k, n, k / n) for c, row in stages.items() for k, n in [row[stage]] if n))
+        for stage, title in STAGE_TITLES.items()
     ]
 
 
@@ -102,12 +114,20 @@ def _entries(report: EvalReport, srcs: list[str]) -> list[Entry]:
         by_category[record["category"]].append(ImageRecord(srcs[i] if srcs else "", f"#{i}", (judgment,)))
     counts = _category_counts(report)
     return [
-        Entry(key=c, title=c, subtitle=f"{counts[c][0]} of {counts[c][1]} correct", tags=(c,), images=tuple(by_category[c]))
+        Entry(
+            key=c,
+            title=c,
+            subtitle=f"{counts[c][0]} of {counts[c][1]} correct",
+            tags=(c,),
+            images=tuple(by_category[c]),
+        )
         for c in _ordered(by_category)
     ]
 
 
-def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: torch.Tensor | None = None) -> dict[str, Path]:
+def write_toyshapes_reports(
+    report: EvalReport, out_dir: str | Path, images: torch.Tensor | None = None
+) -> dict[str, Path]:
     """Write results.json, results.md, results.csv and report.html into out_dir; with images
     (aligned with report.records) also images/NNNN.png, shown per category in the HTML."""
     out_dir = Path(out_dir)
@@ -118,14 +138,18 @@ def write_toyshapes_reports(report: EvalReport, out_dir: str | Path, images: tor
             raise ValueError(f"expected one image per record ({len(report.records)}), got {len(images)} images")
         srcs = [image_src(p, out_dir) for p in save_images(images, out_dir / "images")]
     tables = toyshapes_tables(report)
-    notes = [f"Overall = mean of the per-category accuracies (GenEval); mean verifier score {report.mean_score:.3f}.",
-             f"{report.num_images} images."]
+    notes = [
+        f"Overall = mean of the per-category accuracies (GenEval); mean verifier score {report.mean_score:.3f}.",
+        f"{report.num_images} images.",
+    ]
     meta = {k: str(v) for k, v in report.settings.items()}
     return {
         "json": report.save(out_dir / "results.json"),
         "markdown": write_markdown(out_dir / "results.md", TITLE, tables, notes),
         "csv": write_csv(out_dir / "results.csv", tables),
-        "html": write_html(out_dir / "report.html", TITLE, tables, _entries(report, srcs), meta, notes, thumb_px=96, pixelated=True),
+        "html": write_html(
+            out_dir / "report.html", TITLE, tables, _entries(report, srcs), meta, notes, thumb_px=96, pixelated=True
+        ),
     }
 
 
@@ -162,7 +186,11 @@ def _by_category(a: EvalReport, b: EvalReport, field: str) -> dict[str, tuple[li
 def _shared(a: EvalReport, b: EvalReport) -> str:
     keys = _SAME_NOISE_PROMPTS if "prompts" in a.settings else _SAME_NOISE
     same_noise = all(k in a.settings and a.settings.get(k) == b.settings.get(k) for k in keys)
-    return "the same prompts and starting noise" if same_noise else "the same prompts (starting noise not known to be shared)"
+    return (
+        "the same prompts and starting noise"
+        if same_noise
+        else "the same prompts (starting noise not known to be shared)"
+    )
 
 
 def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifference, ...], str]:
@@ -177,9 +205,11 @@ def paired_toyshapes(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedDifferen
         return (), f"No paired test: {reason}."
     groups = _by_category(a, b, "correct")
     parts = [paired_difference(c, [bool(x) for x in xs], [bool(y) for y in ys]) for c, (xs, ys) in groups.items()]
-    note = (f"Image by image on {_shared(a, b)}. p: exact McNemar test of no difference per category; "
-            "Overall is the mean over categories (with equal category sizes, McNemar on all images; "
-            "otherwise a normal approximation). Intervals: 95%, Agresti-Min's for paired proportions.")
+    note = (
+        f"Image by image on {_shared(a, b)}. p: exact McNemar test of no difference per category; "
+        "Overall is the mean over categories (with equal category sizes, McNemar on all images; "
+        "otherwise a normal approximation). Intervals: 95%, Agresti-Min's for paired proportions."
+    )
     return (*parts, mean_of_groups("Overall", parts)), note
 
 
@@ -196,8 +226,10 @@ def paired_toyshapes_scores(a: EvalReport, b: EvalReport) -> tuple[tuple[PairedD
     if reason is not None:
         return (), f"No paired score: {reason}."
     parts = [paired_mean_difference(c, xs, ys) for c, (xs, ys) in groups.items()]
-    note = (f"Mean dense score (0 to 1, partial credit), image by image on {_shared(a, b)}. p: paired t-test "
-            "per category; Overall is the mean over categories (normal approximation). Intervals: 95%.")
+    note = (
+        f"Mean dense score (0 to 1, partial credit), image by image on {_shared(a, b)}. p: paired t-test "
+        "per category; Overall is the mean over categories (normal approximation). Intervals: 95%."
+    )
     return (*parts, mean_of_score_groups("Overall", list(groups.values()))), note
 
 
@@ -212,7 +244,9 @@ def compare_toyshapes(path_a: str | Path, path_b: str | Path, out_dir: str | Pat
     comparison = compare_tables(toyshapes_tables(report_a), toyshapes_tables(report_b), label_a, label_b)
     paired, note = paired_toyshapes(report_a, report_b)
     scores, scores_note = paired_toyshapes_scores(report_a, report_b)
-    comparison = dataclasses.replace(comparison, paired=paired, paired_note=note, paired_scores=scores, paired_scores_note=scores_note)
+    comparison = dataclasses.replace(
+        comparison, paired=paired, paired_note=note, paired_scores=scores, paired_scores_note=scores_note
+    )
     if out_dir is not None:
         comparison.write(out_dir)
     return comparison.markdown()

@@ -34,9 +34,7 @@ def _hue_saturation_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     chroma = high - low
     safe = np.where(chroma > 0, chroma, 1.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    hue = np.where(
-        high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4)
-    )
+    hue = np.where(high == r, ((g - b) / safe) % 6, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4))
     saturation = np.where(high > 0, chroma / np.where(high > 0, high, 1.0), 0.0)
     return (60 * hue) % 360, saturation, high
 
@@ -65,9 +63,15 @@ def classify_shape(mask: np.ndarray) -> tuple[str | None, float]:
     h, w = mask.shape
     if max(h, w) / min(h, w) > MAX_ASPECT:
         return None, 0.0
-    resized = torch.nn.functional.interpolate(
-        torch.from_numpy(mask.astype(np.float32))[None, None], size=(TEMPLATE_SIZE, TEMPLATE_SIZE), mode="bilinear", align_corners=False
-    )[0, 0].numpy() >= 0.5
+    resized = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(mask.astype(np.float32))[None, None],
+            size=(TEMPLATE_SIZE, TEMPLATE_SIZE),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
+        >= 0.5
+    )
     best, best_iou = None, 0.0
     for shape, template in _templates().items():
         iou = (resized & template).sum() / max(1, (resized | template).sum())

@@ -9,9 +9,10 @@ accuracies, as the leaderboard reports it.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .types import BenchPrompt, TestPoint, Verdict
 
@@ -36,7 +37,7 @@ class Tally:
         return {"correct": self.correct, "total": self.total, "accuracy": self.accuracy}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "Tally":
+    def from_dict(cls, data: dict[str, Any], where: str) -> Tally:
         """Read {"correct", "total", ...}; `where` names the entry in errors."""
         try:
             correct, total = int(data["correct"]), int(data["total"])
@@ -61,7 +62,9 @@ class Results:
     num_prompts: int  # prompts with at least one verdict
     num_prompts_listed: int  # prompts passed to aggregate()
     incomplete_images: list[str] = field(default_factory=list)  # judged on only some of their test points
-    missing_images: list[str] = field(default_factory=list)  # expected but without any verdict (needs images_per_prompt)
+    missing_images: list[str] = field(
+        default_factory=list
+    )  # expected but without any verdict (needs images_per_prompt)
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -93,7 +96,7 @@ class Results:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Results":
+    def from_dict(cls, data: dict[str, Any]) -> Results:
         """Inverse of to_dict; also reads the official score JSON (only the two dimension groups)."""
         missing = [k for k in ("primary_dimensions", "sub_dimensions") if k not in data]
         if missing:
@@ -176,8 +179,11 @@ def _image_prompt_index(image: str) -> int | None:
 
 
 def _check_image_names(verdicts: Iterable[Verdict]) -> None:
-    wrong = [f"{v.image} (prompt_index {v.prompt_index})" for v in verdicts
-             if _image_prompt_index(v.image) not in (None, v.prompt_index)]
+    wrong = [
+        f"{v.image} (prompt_index {v.prompt_index})"
+        for v in verdicts
+        if _image_prompt_index(v.image) not in (None, v.prompt_index)
+    ]
     if wrong:
         raise ValueError(f"image names `{{index}}_{{k}}.png` disagree with the verdicts' prompt_index: {_few(wrong)}")
 
@@ -190,7 +196,9 @@ def _tally(keys_and_outcomes: Iterable[tuple[str, bool]]) -> dict[str, Tally]:
     return {key: Tally(c, t) for key, (c, t) in sorted(counts.items())}
 
 
-def _coverage(prompts: dict[int, BenchPrompt], verdicts: list[Verdict], images_per_prompt: int | None) -> tuple[list[str], list[str]]:
+def _coverage(
+    prompts: dict[int, BenchPrompt], verdicts: list[Verdict], images_per_prompt: int | None
+) -> tuple[list[str], list[str]]:
     """(images judged on only some of their prompt's test points, expected images with no verdict)."""
     judged: dict[str, Counter[str]] = defaultdict(Counter)
     image_prompt: dict[str, int] = {}
@@ -198,8 +206,11 @@ def _coverage(prompts: dict[int, BenchPrompt], verdicts: list[Verdict], images_p
         judged[v.image][v.testpoint] += 1
         image_prompt[v.image] = v.prompt_index
     incomplete = sorted(
-        (image for image, points in judged.items()
-         if points != Counter(tp.name for tp in prompts[image_prompt[image]].testpoints)),
+        (
+            image
+            for image, points in judged.items()
+            if points != Counter(tp.name for tp in prompts[image_prompt[image]].testpoints)
+        ),
         key=_image_sort_key,
     )
     missing: list[str] = []
@@ -215,8 +226,13 @@ def _image_sort_key(image: str) -> tuple:
     return (int(head) if head.isdigit() else -1, int(tail) if tail.isdigit() else -1, image)
 
 
-def aggregate(prompts: list[BenchPrompt], verdicts: list[Verdict], *, images_per_prompt: int | None = None,
-              meta: dict[str, Any] | None = None) -> Results:
+def aggregate(
+    prompts: list[BenchPrompt],
+    verdicts: list[Verdict],
+    *,
+    images_per_prompt: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Results:
     """Tally verdicts per sub-dimension, primary dimension, theme and subtheme; Overall is the
     unweighted mean of primary-dimension accuracies. With `images_per_prompt`, images
     `{index}_{k}.png` (k < images_per_prompt) of listed prompts that have no verdict are reported missing."""

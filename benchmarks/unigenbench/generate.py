@@ -51,7 +51,9 @@ def generate_images(
     from flowrl.generate import generate
 
     if images_per_prompt < 1 or batch_size < 1:
-        raise ValueError(f"images_per_prompt and batch_size must be at least 1, got {images_per_prompt} and {batch_size}")
+        raise ValueError(
+            f"images_per_prompt and batch_size must be at least 1, got {images_per_prompt} and {batch_size}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wanted = [(p, k) for p in prompts for k in range(images_per_prompt)]
@@ -59,8 +61,15 @@ def generate_images(
     bar = tqdm(total=len(todo), desc="generating", unit="image", disable=not progress)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        images = generate(policy, [p.text for p, _ in chunk], [image_seed(seed, p.index, k) for p, k in chunk],
-                          steps=steps, guidance=guidance, shift=shift, batch_size=batch_size)
+        images = generate(
+            policy,
+            [p.text for p, _ in chunk],
+            [image_seed(seed, p.index, k) for p, k in chunk],
+            steps=steps,
+            guidance=guidance,
+            shift=shift,
+            batch_size=batch_size,
+        )
         for (p, k), image in zip(chunk, images):
             save_png(image, out_dir / image_name(p.index, k))
         bar.update(len(chunk))

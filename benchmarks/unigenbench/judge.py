@@ -33,14 +33,21 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Iterable
 
 import requests
 from tqdm.auto import tqdm
 
-from flowrl.rewards.http import chat_answer_text, check_client_numbers, check_url, pooled_session, post_with_retries, request_headers
+from flowrl.rewards.http import (
+    chat_answer_text,
+    check_client_numbers,
+    check_url,
+    pooled_session,
+    post_with_retries,
+    request_headers,
+)
 
 from .store import JudgmentStore
 from .types import BenchPrompt, Verdict
@@ -97,23 +104,87 @@ class UnparseableJudgment(RuntimeError):
 # Reading an answer: {position (0-based): (correct, reason)} from whatever format the judge used.
 
 _FLAG_WORDS = [  # longest first, negatives before the positives they contain
-    ("not satisfied", False), ("unsatisfied", False), ("not met", False), ("incorrect", False), ("not correct", False),
-    ("satisfied", True), ("correct", True), ("wrong", False), ("failed", False), ("fail", False), ("passed", True), ("pass", True),
-    ("false", False), ("true", True), ("yes", True), ("no", False), ("met", True), ("absent", False), ("missing", False),
-    ("present", True), ("1", True), ("0", False), ("y", True), ("n", False),
-    ("不符合", False), ("不满足", False), ("不正确", False), ("未满足", False), ("符合", True), ("满足", True), ("正确", True),
-    ("错误", False), ("是", True), ("否", False), ("✅", True), ("✔", True), ("✓", True), ("❌", False), ("✗", False), ("✘", False),
+    ("not satisfied", False),
+    ("unsatisfied", False),
+    ("not met", False),
+    ("incorrect", False),
+    ("not correct", False),
+    ("satisfied", True),
+    ("correct", True),
+    ("wrong", False),
+    ("failed", False),
+    ("fail", False),
+    ("passed", True),
+    ("pass", True),
+    ("false", False),
+    ("true", True),
+    ("yes", True),
+    ("no", False),
+    ("met", True),
+    ("absent", False),
+    ("missing", False),
+    ("present", True),
+    ("1", True),
+    ("0", False),
+    ("y", True),
+    ("n", False),
+    ("不符合", False),
+    ("不满足", False),
+    ("不正确", False),
+    ("未满足", False),
+    ("符合", True),
+    ("满足", True),
+    ("正确", True),
+    ("错误", False),
+    ("是", True),
+    ("否", False),
+    ("✅", True),
+    ("✔", True),
+    ("✓", True),
+    ("❌", False),
+    ("✗", False),
+    ("✘", False),
 ]
 _FLAG = "|".join(re.escape(word) for word, _ in _FLAG_WORDS)
 _FLAG_VALUES = dict(_FLAG_WORDS)
 _LEADING_FLAG = re.compile(rf"^(?:{_FLAG})(?![a-z0-9])", re.I)
-_VERDICT_KEYS = ("verdict", "answer", "result", "score", "correct", "satisfied", "pass", "passed", "judgment", "judgement", "label", "value")
+_VERDICT_KEYS = (
+    "verdict",
+    "answer",
+    "result",
+    "score",
+    "correct",
+    "satisfied",
+    "pass",
+    "passed",
+    "judgment",
+    "judgement",
+    "label",
+    "value",
+)
 _REASON_KEYS = ("reason", "explanation", "analysis", "rationale", "justification", "comment", "why")
-_ID_KEYS = ("id", "number", "num", "no", "index", "k", "testpoint_id", "test_point", "testpoint", "checkpoint", "name", "point")
-_NUMBERED_KEY = re.compile(r"^\s*(?:(?:test\s*point|testpoint|checkpoint|point|tp|考点)\s*)?#?\s*(\d+)(?![0-9A-Za-z])", re.I)
+_ID_KEYS = (
+    "id",
+    "number",
+    "num",
+    "no",
+    "index",
+    "k",
+    "testpoint_id",
+    "test_point",
+    "testpoint",
+    "checkpoint",
+    "name",
+    "point",
+)
+_NUMBERED_KEY = re.compile(
+    r"^\s*(?:(?:test\s*point|testpoint|checkpoint|point|tp|考点)\s*)?#?\s*(\d+)(?![0-9A-Za-z])", re.I
+)
 _LINE = re.compile(  # "1. Style: yes - reason", "**2) Attribute - Color** — No. reason", "Style = true"
     rf"^\s*(?:[-*•>]\s*)?(?:(?:test\s*point|checkpoint|考点)\s*)?(?:#?(?P<num>\d+)\s*[.):、]\s*)?(?P<label>[^:：=]*?)\s*[:：=\-–—]+\s*"
-    rf"(?:verdict\s*[:：=]\s*)?(?P<flag>{_FLAG})(?![a-z0-9])[\s.,;:)\-–—]*(?P<reason>.*)$", re.I)
+    rf"(?:verdict\s*[:：=]\s*)?(?P<flag>{_FLAG})(?![a-z0-9])[\s.,;:)\-–—]*(?P<reason>.*)$",
+    re.I,
+)
 _OPENING = re.compile(r"[\[{]")
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)
 _THINK = re.compile(r"<think>.*?</think>", re.S | re.I)
@@ -158,7 +229,11 @@ def _entry(value: object) -> tuple[bool, str] | None:
     """(correct, reason) from one entry: a bare flag, or an object with a verdict-like key."""
     flag = read_flag(value)
     if flag is not None:
-        reason = _LEADING_FLAG.sub("", value.strip().strip("*`'\"[](). ")).strip(" .,;:-–—") if isinstance(value, str) else ""
+        reason = (
+            _LEADING_FLAG.sub("", value.strip().strip("*`'\"[](). ")).strip(" .,;:-–—")
+            if isinstance(value, str)
+            else ""
+        )
         return flag, reason
     if isinstance(value, dict):
         lowered = {str(key).lower(): item for key, item in value.items()}
@@ -226,7 +301,11 @@ def _from_official(text: str, names: list[str]) -> dict[int, tuple[bool, str]]:
         match = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S | re.I)
         if match:
             try:
-                lists[tag] = json.loads(match.group(1).strip().replace("'", '"')) if tag == "score" else _loose_list(match.group(1))
+                lists[tag] = (
+                    json.loads(match.group(1).strip().replace("'", '"'))
+                    if tag == "score"
+                    else _loose_list(match.group(1))
+                )
             except json.JSONDecodeError:
                 pass
     scores, reasons = lists.get("score"), lists.get("analysis") or []
@@ -317,15 +396,35 @@ class Judge:
         of our judging prompt (match the prompt file); parse_retries: how many more times an
         answer missing some verdicts is asked again; instruction: a str.format template replacing
         ours, with {prompt}, {testpoints} and optionally {count}."""
-        self.base_url = check_url(base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL, "UniGenBench judge base_url", DEFAULT_URL)
-        self.endpoint = self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
+        self.base_url = check_url(
+            base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL,
+            "UniGenBench judge base_url",
+            DEFAULT_URL,
+        )
+        self.endpoint = (
+            self.base_url if self.base_url.endswith("/chat/completions") else self.base_url + "/chat/completions"
+        )
         if language not in LANGUAGES:
             raise ValueError(f"UniGenBench judge language must be one of {LANGUAGES}, got {language!r}")
         instruction = INSTRUCTIONS[language] if instruction is None else instruction
-        _check_options(model=model, concurrency=concurrency, timeout=timeout, retries=retries, backoff=backoff,
-                       temperature=temperature, max_tokens=max_tokens, parse_retries=parse_retries, instruction=instruction)
+        _check_options(
+            model=model,
+            concurrency=concurrency,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            parse_retries=parse_retries,
+            instruction=instruction,
+        )
         self.model, self.language, self.instruction = model, language, instruction
-        self.concurrency, self.timeout, self.retries, self.backoff = concurrency, float(timeout), retries, float(backoff)
+        self.concurrency, self.timeout, self.retries, self.backoff = (
+            concurrency,
+            float(timeout),
+            retries,
+            float(backoff),
+        )
         self.temperature, self.max_tokens, self.parse_retries = float(temperature), max_tokens, parse_retries
         self.api_key_env = api_key_env
         self.headers = request_headers("application/json", api_key_env)
@@ -336,14 +435,23 @@ class Judge:
 
     def build_instruction(self, prompt: BenchPrompt) -> str:
         """Our judging prompt for one BenchPrompt: its text and numbered test points."""
-        lines = [f'{k}. {point.name} — "{point.description}"' if point.description.strip() else f"{k}. {point.name}"
-                 for k, point in enumerate(prompt.testpoints, start=1)]
+        lines = [
+            f'{k}. {point.name} — "{point.description}"' if point.description.strip() else f"{k}. {point.name}"
+            for k, point in enumerate(prompt.testpoints, start=1)
+        ]
         return self.instruction.format(prompt=prompt.text, testpoints="\n".join(lines), count=len(lines))
 
     def request_body(self, image_url: str, prompt: BenchPrompt) -> dict:
         """The chat completions request judging one image (given as a data URL) against a prompt."""
-        content = [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": self.build_instruction(prompt)}]
-        body = {"model": self.model, "messages": [{"role": "user", "content": content}], "temperature": self.temperature}
+        content = [
+            {"type": "image_url", "image_url": {"url": image_url}},
+            {"type": "text", "text": self.build_instruction(prompt)},
+        ]
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": self.temperature,
+        }
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         return body
@@ -363,23 +471,46 @@ class Judge:
             found = parse_answer(text, names) if problem is None else {}
             missing = [i for i in range(len(names)) if i not in found]
             if not missing:
-                verdicts = [Verdict(image=name, prompt_index=prompt.index, testpoint=names[i], correct=found[i][0], explanation=found[i][1])
-                            for i in range(len(names))]
+                verdicts = [
+                    Verdict(
+                        image=name,
+                        prompt_index=prompt.index,
+                        testpoint=names[i],
+                        correct=found[i][0],
+                        explanation=found[i][1],
+                    )
+                    for i in range(len(names))
+                ]
                 return verdicts, text
         described = ", ".join(f"{i + 1} {names[i]!r}" for i in missing)
         raise UnparseableJudgment(
             f"UniGenBench judge {self.endpoint}: image {os.fspath(image_path)} (prompt {prompt.index}) got no verdict for test point(s) "
             f"{described} in {1 + self.parse_retries} answers; last answer: {(problem or text)[-400:]!r}. Expected a JSON object "
             f'such as {{"1": {{"verdict": "yes", "reason": "..."}}}} with one entry per test point',
-            image=name, missing=[names[i] for i in missing], answer=text)
+            image=name,
+            missing=[names[i] for i in missing],
+            answer=text,
+        )
 
     def _post(self, body: dict, name: str) -> requests.Response:
         """One judge request with rewards.http's retries; failures raise RewardServiceError naming the URL."""
-        return post_with_retries(self.session, self.endpoint, what=f"UniGenBench judge (image {name})", timeout=self.timeout,
-                                 retries=self.retries, backoff=self.backoff, headers=self.headers, json=body)
+        return post_with_retries(
+            self.session,
+            self.endpoint,
+            what=f"UniGenBench judge (image {name})",
+            timeout=self.timeout,
+            retries=self.retries,
+            backoff=self.backoff,
+            headers=self.headers,
+            json=body,
+        )
 
-    def judge_all(self, images_and_prompts: Iterable[tuple[str | os.PathLike, BenchPrompt]], store: JudgmentStore,
-                  progress: bool = True) -> dict:
+    def judge_all(
+        self,
+        images_and_prompts: Iterable[tuple[str | os.PathLike, BenchPrompt]],
+        store: JudgmentStore,
+        progress: bool = True,
+    ) -> dict:
         """Judge the images the store lacks, `concurrency` at a time, recording each as soon as it
         is judged. Returns {"total", "judged", "skipped" (already in the store), "failed": {image
         name: error}}; failed images are also summarised in a RuntimeWarning and are simply judged
@@ -403,13 +534,18 @@ class Judge:
                 bar.update(1)
                 bar.set_postfix(failed=len(failed), refresh=False)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: drop queued images, finish (and record) those in flight
+            pool.shutdown(
+                wait=True, cancel_futures=True
+            )  # on Ctrl-C: drop queued images, finish (and record) those in flight
             bar.close()
         if failed:
             first = next(iter(failed.items()))
-            warnings.warn(f"UniGenBench judge {self.endpoint}: {len(failed)} of {len(todo)} images failed and are not in {store.path}; "
-                          f"call judge_all again with the same store to judge only those. First: {first[0]}: {first[1]}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"UniGenBench judge {self.endpoint}: {len(failed)} of {len(todo)} images failed and are not in {store.path}; "
+                f"call judge_all again with the same store to judge only those. First: {first[0]}: {first[1]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return {"total": len(items), "judged": judged, "skipped": len(items) - len(todo), "failed": failed}
 
     def _judge_and_record(self, path: Path, prompt: BenchPrompt, store: JudgmentStore) -> None:
@@ -433,7 +569,9 @@ def image_data_url(path: str | os.PathLike) -> str:
     if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         mime = "image/webp"
     if mime is None:
-        raise ValueError(f"UniGenBench judge: {os.fspath(path)} is not a PNG, JPEG or WEBP image (starts with {data[:8]!r})")
+        raise ValueError(
+            f"UniGenBench judge: {os.fspath(path)} is not a PNG, JPEG or WEBP image (starts with {data[:8]!r})"
+        )
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
@@ -442,26 +580,53 @@ def _check_items(items: list[tuple[Path, BenchPrompt]]) -> None:
     seen: set[str] = set()
     for path, prompt in items:
         if not isinstance(prompt, BenchPrompt):
-            raise TypeError(f"judge_all: expected (image path, BenchPrompt) pairs, got ({path}, {type(prompt).__name__})")
+            raise TypeError(
+                f"judge_all: expected (image path, BenchPrompt) pairs, got ({path}, {type(prompt).__name__})"
+            )
         if path.name in seen:
-            raise ValueError(f"judge_all: image name {path.name!r} appears twice; the store keys judgments by file name")
+            raise ValueError(
+                f"judge_all: image name {path.name!r} appears twice; the store keys judgments by file name"
+            )
         seen.add(path.name)
         match = IMAGE_NAME.match(path.name)
         if match and int(match.group("index")) != prompt.index:
-            raise ValueError(f"judge_all: image {path} is named for prompt {match.group('index')} but paired with prompt {prompt.index}")
+            raise ValueError(
+                f"judge_all: image {path} is named for prompt {match.group('index')} but paired with prompt {prompt.index}"
+            )
 
 
-def _check_options(*, model: object, concurrency: object, timeout: object, retries: object, backoff: object, temperature: object,
-                   max_tokens: object, parse_retries: object, instruction: object) -> None:
+def _check_options(
+    *,
+    model: object,
+    concurrency: object,
+    timeout: object,
+    retries: object,
+    backoff: object,
+    temperature: object,
+    max_tokens: object,
+    parse_retries: object,
+    instruction: object,
+) -> None:
     if not isinstance(model, str) or not model:
-        raise ValueError(f"UniGenBench judge model must be the served model name, such as 'QwenVL' or {DEFAULT_MODEL!r}, got {model!r}")
-    check_client_numbers("UniGenBench judge", {"concurrency": (concurrency, 1), "retries": (retries, 0), "parse_retries": (parse_retries, 0),
-                                               "max_tokens": (1 if max_tokens is None else max_tokens, 1)},
-                         {"timeout": (timeout, True), "backoff": (backoff, False), "temperature": (temperature, False)})
+        raise ValueError(
+            f"UniGenBench judge model must be the served model name, such as 'QwenVL' or {DEFAULT_MODEL!r}, got {model!r}"
+        )
+    check_client_numbers(
+        "UniGenBench judge",
+        {
+            "concurrency": (concurrency, 1),
+            "retries": (retries, 0),
+            "parse_retries": (parse_retries, 0),
+            "max_tokens": (1 if max_tokens is None else max_tokens, 1),
+        },
+        {"timeout": (timeout, True), "backoff": (backoff, False), "temperature": (temperature, False)},
+    )
     try:
         if not isinstance(instruction, str) or "{prompt}" not in instruction or "{testpoints}" not in instruction:
             raise ValueError
         instruction.format(prompt="", testpoints="", count=0)
     except (ValueError, KeyError, IndexError):
-        raise ValueError("UniGenBench judge instruction must be a str.format template with {prompt} and {testpoints} fields "
-                         f"(and optionally {{count}}; other braces doubled), got {instruction!r:.120}") from None
+        raise ValueError(
+            "UniGenBench judge instruction must be a str.format template with {prompt} and {testpoints} fields "
+            f"(and optionally {{count}}; other braces doubled), got {instruction!r:.120}"
+        ) from None

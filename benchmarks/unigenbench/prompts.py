@@ -25,9 +25,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from .types import BenchPrompt, TestPoint
 
@@ -37,10 +37,22 @@ ON_ERROR = ("stop", "skip")
 # JSON keys of the metadata column, per language, in the order the public files write them.
 # "Checkpoints"/"Checkpoints Description" are what early versions of the English long file used.
 METADATA_KEYS = {
-    "en": {"theme": "Primary Categories", "subtheme": "Secondary Categories", "subject": "Subjects",
-           "sentence_structure": "Sentence Structure", "testpoints": "Testpoints", "descriptions": "Testpoint Description"},
-    "zh": {"theme": "一级垂类", "subtheme": "二级垂类", "subject": "主体",
-           "testpoints": "考点", "sentence_structure": "句式", "descriptions": "考点对应描述"},
+    "en": {
+        "theme": "Primary Categories",
+        "subtheme": "Secondary Categories",
+        "subject": "Subjects",
+        "sentence_structure": "Sentence Structure",
+        "testpoints": "Testpoints",
+        "descriptions": "Testpoint Description",
+    },
+    "zh": {
+        "theme": "一级垂类",
+        "subtheme": "二级垂类",
+        "subject": "主体",
+        "testpoints": "考点",
+        "sentence_structure": "句式",
+        "descriptions": "考点对应描述",
+    },
 }
 KEY_ALIASES = {"testpoints": ("Checkpoints",), "descriptions": ("Checkpoints Description",)}
 REQUIRED_FIELDS = ("theme", "subtheme", "testpoints", "descriptions")
@@ -100,7 +112,9 @@ def load_prompts_report(path: str | os.PathLike, on_error: str = "stop", languag
         except (csv.Error, UnicodeDecodeError) as error:
             raise PromptFileError(f"{name}: not a readable UTF-8 CSV file: {error}") from None
     if not records:
-        raise PromptFileError(f"{name}: the file is empty; expected a header such as 'index,prompt_en,sub_dims_en' and rows")
+        raise PromptFileError(
+            f"{name}: the file is empty; expected a header such as 'index,prompt_en,sub_dims_en' and rows"
+        )
     (_, header), rows = records[0], records[1:]
     report = _columns(name, header, language)
     if not rows:
@@ -111,7 +125,9 @@ def load_prompts_report(path: str | os.PathLike, on_error: str = "stop", languag
         try:
             prompt = _parse_row(cells, header, report)
             if prompt.index in seen:
-                raise _RowError(f"index {prompt.index} repeats the row on line {seen[prompt.index]}; indices must be unique")
+                raise _RowError(
+                    f"index {prompt.index} repeats the row on line {seen[prompt.index]}; indices must be unique"
+                )
         except _RowError as error:
             where = f"{name}: row {number} (line {line}, index {raw_index!r})"
             if on_error == "stop":
@@ -167,7 +183,9 @@ def _columns(name: str, header: list[str], language: str | None) -> LoadReport:
     """The report skeleton with the language and the prompt/metadata columns found in the header."""
     header = [cell.strip() for cell in header]
     if "index" not in header:
-        raise PromptFileError(f"{name}: no 'index' column in the header {header}; expected e.g. index,prompt_en,sub_dims_en")
+        raise PromptFileError(
+            f"{name}: no 'index' column in the header {header}; expected e.g. index,prompt_en,sub_dims_en"
+        )
     found = {}
     for lang in LANGUAGES if language is None else (language,):
         for suffix in ("", "_long"):
@@ -175,10 +193,14 @@ def _columns(name: str, header: list[str], language: str | None) -> LoadReport:
             if prompt_column in header and metadata_column in header:
                 found.setdefault(lang, (prompt_column, metadata_column))
     if not found:
-        wanted = " or ".join(f"prompt_{lang}/sub_dims_{lang}" for lang in (LANGUAGES if language is None else (language,)))
+        wanted = " or ".join(
+            f"prompt_{lang}/sub_dims_{lang}" for lang in (LANGUAGES if language is None else (language,))
+        )
         raise PromptFileError(f"{name}: the header {header} lacks the columns {wanted}")
     if len(found) > 1:
-        raise PromptFileError(f"{name}: the header {header} has both English and Chinese columns; pass language='en' or 'zh'")
+        raise PromptFileError(
+            f"{name}: the header {header} has both English and Chinese columns; pass language='en' or 'zh'"
+        )
     lang, (prompt_column, metadata_column) = next(iter(found.items()))
     return LoadReport(path=name, language=lang, prompt_column=prompt_column, metadata_column=metadata_column)
 
@@ -186,7 +208,9 @@ def _columns(name: str, header: list[str], language: str | None) -> LoadReport:
 def _parse_row(cells: list[str], header: list[str], report: LoadReport) -> BenchPrompt:
     """One row as a BenchPrompt, or _RowError saying what is wrong."""
     if len(cells) != len(header):
-        raise _RowError(f"has {len(cells)} fields, expected {len(header)} like the header (unbalanced quotes or a stray comma?)")
+        raise _RowError(
+            f"has {len(cells)} fields, expected {len(header)} like the header (unbalanced quotes or a stray comma?)"
+        )
     row = dict(zip((cell.strip() for cell in header), cells))
     try:
         index = int(row["index"].strip())
@@ -202,9 +226,19 @@ def _parse_row(cells: list[str], header: list[str], report: LoadReport) -> Bench
     if not isinstance(metadata, dict):
         raise _RowError(f"column {report.metadata_column!r} must hold a JSON object, got {type(metadata).__name__}")
     fields = _fields(metadata, report.metadata_column)
-    testpoints = tuple(TestPoint(name=name, description=description) for name, description in zip(fields["testpoints"], fields["descriptions"]))
-    return BenchPrompt(index=index, text=text, theme=fields["theme"], subtheme=fields["subtheme"], testpoints=testpoints,
-                       subject=fields.get("subject", ""), sentence_structure=fields.get("sentence_structure", ""))
+    testpoints = tuple(
+        TestPoint(name=name, description=description)
+        for name, description in zip(fields["testpoints"], fields["descriptions"])
+    )
+    return BenchPrompt(
+        index=index,
+        text=text,
+        theme=fields["theme"],
+        subtheme=fields["subtheme"],
+        testpoints=testpoints,
+        subject=fields.get("subject", ""),
+        sentence_structure=fields.get("sentence_structure", ""),
+    )
 
 
 def _fields(metadata: dict, column: str) -> dict:
@@ -216,22 +250,28 @@ def _fields(metadata: dict, column: str) -> dict:
         if present:
             fields[key] = metadata[present[0]]
         elif key in REQUIRED_FIELDS:
-            raise _RowError(f"column {column!r} has no key {' or '.join(map(repr, names[:2]))}; keys present: {sorted(metadata)}")
+            raise _RowError(
+                f"column {column!r} has no key {' or '.join(map(repr, names[:2]))}; keys present: {sorted(metadata)}"
+            )
     for key in ("theme", "subtheme", "subject", "sentence_structure"):
         if key in fields and not isinstance(fields[key], str):
             raise _RowError(f"{METADATA_KEYS['en'][key]!r} must be a string, got {fields[key]!r}")
     # names must be non-empty; a description may be empty (the public English short file has one)
     for key, nonempty in (("testpoints", True), ("descriptions", False)):
         value = fields[key]
-        if not isinstance(value, list) or not all(isinstance(item, str) and (item.strip() or not nonempty) for item in value):
+        if not isinstance(value, list) or not all(
+            isinstance(item, str) and (item.strip() or not nonempty) for item in value
+        ):
             kind = "non-empty strings" if nonempty else "strings"
             raise _RowError(f"{METADATA_KEYS['en'][key]!r} must be a list of {kind}, got {value!r}")
     names, descriptions = fields["testpoints"], fields["descriptions"]
     if not names:
         raise _RowError("the row has no test points")
     if len(names) != len(descriptions):
-        raise _RowError(f"{len(names)} test points but {len(descriptions)} descriptions; expected one description per test point "
-                        f"(test points: {names})")
+        raise _RowError(
+            f"{len(names)} test points but {len(descriptions)} descriptions; expected one description per test point "
+            f"(test points: {names})"
+        )
     fields["testpoints"] = [name.strip() for name in names]
     return fields
 
@@ -243,9 +283,17 @@ def _row(prompt: BenchPrompt, language: str) -> list[object]:
     if not prompt.text.strip() or not prompt.testpoints:
         raise ValueError(f"write_prompts: prompt {prompt.index} needs a non-empty text and at least one test point")
     if not all(point.name.strip() for point in prompt.testpoints):
-        raise ValueError(f"write_prompts: prompt {prompt.index} has a test point with an empty name: {prompt.testpoints}")
+        raise ValueError(
+            f"write_prompts: prompt {prompt.index} has a test point with an empty name: {prompt.testpoints}"
+        )
     keys = METADATA_KEYS[language]
-    values = {"theme": prompt.theme, "subtheme": prompt.subtheme, "subject": prompt.subject, "sentence_structure": prompt.sentence_structure,
-              "testpoints": [point.name for point in prompt.testpoints], "descriptions": [point.description for point in prompt.testpoints]}
+    values = {
+        "theme": prompt.theme,
+        "subtheme": prompt.subtheme,
+        "subject": prompt.subject,
+        "sentence_structure": prompt.sentence_structure,
+        "testpoints": [point.name for point in prompt.testpoints],
+        "descriptions": [point.description for point in prompt.testpoints],
+    }
     metadata = {keys[key]: values[key] for key in keys}  # dicts keep the key order of METADATA_KEYS
     return [int(prompt.index), prompt.text, json.dumps(metadata, ensure_ascii=False)]

@@ -7,7 +7,18 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ..report import Entry, ImageRecord, Judgment, Row, Table, compare_tables, image_src, write_csv, write_html, write_markdown
+from ..report import (
+    Entry,
+    ImageRecord,
+    Judgment,
+    Row,
+    Table,
+    compare_tables,
+    image_src,
+    write_csv,
+    write_html,
+    write_markdown,
+)
 from .aggregate import Results, Tally, subtheme_key
 from .types import BenchPrompt, Verdict
 
@@ -41,9 +52,13 @@ def _notes(results: Results) -> list[str]:
         f"{results.num_prompts_listed} listed prompts.",
     ]
     if results.incomplete_images:
-        notes.append(f"{len(results.incomplete_images)} images judged on only some test points: {', '.join(results.incomplete_images[:10])}")
+        notes.append(
+            f"{len(results.incomplete_images)} images judged on only some test points: {', '.join(results.incomplete_images[:10])}"
+        )
     if results.missing_images:
-        notes.append(f"{len(results.missing_images)} expected images have no verdict: {', '.join(results.missing_images[:10])}")
+        notes.append(
+            f"{len(results.missing_images)} expected images have no verdict: {', '.join(results.missing_images[:10])}"
+        )
     return notes
 
 
@@ -68,7 +83,9 @@ def _image_order(name: str) -> tuple:
     return (int(tail) if tail.isdigit() else -1, name)
 
 
-def _entry(prompt: BenchPrompt, verdicts: list[Verdict], on_disk: list[str], image_dir: Path, out_dir: Path, embed: bool) -> Entry:
+def _entry(
+    prompt: BenchPrompt, verdicts: list[Verdict], on_disk: list[str], image_dir: Path, out_dir: Path, embed: bool
+) -> Entry:
     """A prompt's card: one image per file judged or on disk, judgments in test-point order."""
     order = {tp.name: i for i, tp in enumerate(prompt.testpoints)}
     by_image: dict[str, list[Verdict]] = defaultdict(list)
@@ -83,8 +100,13 @@ def _entry(prompt: BenchPrompt, verdicts: list[Verdict], on_disk: list[str], ima
             caption += " (file missing)"
         src = image_src(path, out_dir, embed=embed and path.is_file())
         images.append(ImageRecord(src, caption, tuple(Judgment(v.testpoint, v.correct, v.explanation) for v in judged)))
-    tags = tuple(dict.fromkeys([tp.primary for tp in prompt.testpoints] + [tp.sub for tp in prompt.testpoints]
-                               + [f"theme: {prompt.theme}", f"subtheme: {subtheme_key(prompt)}"]))
+    tags = tuple(
+        dict.fromkeys(
+            [tp.primary for tp in prompt.testpoints]
+            + [tp.sub for tp in prompt.testpoints]
+            + [f"theme: {prompt.theme}", f"subtheme: {subtheme_key(prompt)}"]
+        )
+    )
     return Entry(
         key=f"prompt {prompt.index}",
         title=prompt.text,
@@ -95,8 +117,14 @@ def _entry(prompt: BenchPrompt, verdicts: list[Verdict], on_disk: list[str], ima
     )
 
 
-def write_reports(results: Results, prompts: list[BenchPrompt], verdicts: list[Verdict], image_dir: str | Path,
-                  out_dir: str | Path, embed_images: bool = False) -> dict[str, Path]:
+def write_reports(
+    results: Results,
+    prompts: list[BenchPrompt],
+    verdicts: list[Verdict],
+    image_dir: str | Path,
+    out_dir: str | Path,
+    embed_images: bool = False,
+) -> dict[str, Path]:
     """Write results.json, results.md, results.csv and report.html into out_dir; images are linked
     by paths relative to out_dir (embed_images: inlined as base64). Returns paths by kind."""
     image_dir, out_dir = Path(image_dir), Path(out_dir)
@@ -107,7 +135,9 @@ def write_reports(results: Results, prompts: list[BenchPrompt], verdicts: list[V
         by_prompt[v.prompt_index].append(v)
     on_disk = _images_on_disk(image_dir)
     shown = [p for p in sorted(prompts, key=lambda p: p.index) if by_prompt.get(p.index) or on_disk.get(p.index)]
-    entries = [_entry(p, by_prompt.get(p.index, []), on_disk.get(p.index, []), image_dir, out_dir, embed_images) for p in shown]
+    entries = [
+        _entry(p, by_prompt.get(p.index, []), on_disk.get(p.index, []), image_dir, out_dir, embed_images) for p in shown
+    ]
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     meta = {**results.meta, "overall": f"{100 * results.overall:.2f}%", "images": str(image_dir)}

@@ -22,8 +22,11 @@ from .report import write_reports
 from .store import JudgmentStore
 
 # Sampling defaults per backend: the toy model's own, and the papers' evaluation settings.
-SAMPLING = {"toy": {"steps": 20, "guidance": 4.0, "shift": 1.0}, "sd3": {"steps": 40, "guidance": 4.5, "shift": 3.0},
-            "flux": {"steps": 28, "guidance": 3.5, "shift": 3.0}}
+SAMPLING = {
+    "toy": {"steps": 20, "guidance": 4.0, "shift": 1.0},
+    "sd3": {"steps": 40, "guidance": 4.5, "shift": 3.0},
+    "flux": {"steps": 28, "guidance": 3.5, "shift": 3.0},
+}
 
 
 @dataclass
@@ -58,12 +61,25 @@ def generate_step(run: UniGenBenchRun, prompts: list, image_dir: Path, progress:
     """Load the policy and draw the missing images (generate_images skips those on disk)."""
     from flowrl.policies.loading import load_trained_policy
 
-    device = "cuda" if run.device == "auto" and torch.cuda.is_available() else ("cpu" if run.device == "auto" else run.device)
+    device = (
+        "cuda"
+        if run.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if run.device == "auto" else run.device)
+    )
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     policy = load_trained_policy(run.policy, device=device, dtype=dtype, resolution=run.resolution)
     sampling = dict(SAMPLING[backend_of(policy)])
     sampling.update({k: getattr(run, k) for k in sampling if getattr(run, k) is not None})
-    return generate_images(policy, prompts, image_dir, run.images_per_prompt, run.seed, batch_size=run.batch_size, progress=progress, **sampling)
+    return generate_images(
+        policy,
+        prompts,
+        image_dir,
+        run.images_per_prompt,
+        run.seed,
+        batch_size=run.batch_size,
+        progress=progress,
+        **sampling,
+    )
 
 
 def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
@@ -90,11 +106,25 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
         judged = judge.judge_all(items, store, progress=progress)
         wanted = {path.name for path, _ in items}
         verdicts = [v for v in store.verdicts() if v.image in wanted]
-    meta = {"policy": run.policy, "prompts": str(run.prompts), "judge_model": judge.model, "judge_url": judge.base_url,
-            "images_per_prompt": run.images_per_prompt, "seed": run.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "skipped_rows": [f"row {s.line}: {s.reason}" for s in loaded.skipped]}
+    meta = {
+        "policy": run.policy,
+        "prompts": str(run.prompts),
+        "judge_model": judge.model,
+        "judge_url": judge.base_url,
+        "images_per_prompt": run.images_per_prompt,
+        "seed": run.seed,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "skipped_rows": [f"row {s.line}: {s.reason}" for s in loaded.skipped],
+    }
     results = aggregate(prompts, verdicts, images_per_prompt=run.images_per_prompt, meta=meta)
     paths = write_reports(results, prompts, verdicts, image_dir, out)
-    return {"prompts": len(prompts), **generated, "judged": judged["judged"], "already_judged": judged["skipped"],
-            "failed": judged["failed"], "overall": results.overall, "seconds": time.time() - started,
-            "reports": {k: str(v) for k, v in paths.items()}}
+    return {
+        "prompts": len(prompts),
+        **generated,
+        "judged": judged["judged"],
+        "already_judged": judged["skipped"],
+        "failed": judged["failed"],
+        "overall": results.overall,
+        "seconds": time.time() - started,
+        "reports": {k: str(v) for k, v in paths.items()},
+    }

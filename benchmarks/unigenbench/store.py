@@ -27,7 +27,7 @@ import os
 import sqlite3
 import threading
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .types import Verdict
 
@@ -72,14 +72,16 @@ class JudgmentStore:
         with self._lock:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(f"judgment store {self.path}: could not switch to WAL mode (got {mode!r}); is it on a network file system?")
+                raise StoreError(
+                    f"judgment store {self.path}: could not switch to WAL mode (got {mode!r}); is it on a network file system?"
+                )
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.executescript(SCHEMA)
 
     def __repr__(self) -> str:
         return f"JudgmentStore({self.path!r})"
 
-    def __enter__(self) -> "JudgmentStore":
+    def __enter__(self) -> JudgmentStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,24 +92,42 @@ class JudgmentStore:
         with self._lock:
             self._conn.close()
 
-    def record(self, image: str, prompt_index: int, verdicts: Sequence[Verdict], model: str, raw: str, replace: bool = False) -> None:
+    def record(
+        self, image: str, prompt_index: int, verdicts: Sequence[Verdict], model: str, raw: str, replace: bool = False
+    ) -> None:
         """Write all test-point verdicts of one image in one transaction (all or nothing). An image
         already recorded raises StoreError unless replace=True, which swaps in the new judgment."""
         verdicts = list(verdicts)
         _check_record(image, prompt_index, verdicts, model, raw)
         now = time.time()
         digest = hashlib.sha256(raw.encode("utf-8")).hexdigest()
-        rows = [(image, position, prompt_index, verdict.testpoint, int(verdict.correct), verdict.explanation, model, digest, now)
-                for position, verdict in enumerate(verdicts)]
+        rows = [
+            (
+                image,
+                position,
+                prompt_index,
+                verdict.testpoint,
+                int(verdict.correct),
+                verdict.explanation,
+                model,
+                digest,
+                now,
+            )
+            for position, verdict in enumerate(verdicts)
+        ]
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 exists = self._conn.execute("SELECT 1 FROM images WHERE image = ?", (image,)).fetchone()
                 if exists and not replace:
-                    raise StoreError(f"judgment store {self.path}: image {image!r} is already recorded; pass replace=True to overwrite it")
+                    raise StoreError(
+                        f"judgment store {self.path}: image {image!r} is already recorded; pass replace=True to overwrite it"
+                    )
                 self._conn.execute("DELETE FROM verdicts WHERE image = ?", (image,))
-                self._conn.execute("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                   (image, prompt_index, len(verdicts), model, raw, digest, now))
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (image, prompt_index, len(verdicts), model, raw, digest, now),
+                )
                 self._insert_verdicts(rows)
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -132,9 +152,13 @@ class JudgmentStore:
     def verdicts(self) -> list[Verdict]:
         """Every recorded verdict, ordered by image name and test point position."""
         with self._lock:
-            rows = self._conn.execute("SELECT image, prompt_index, testpoint, correct, explanation FROM verdicts ORDER BY image, position").fetchall()
-        return [Verdict(image=image, prompt_index=index, testpoint=name, correct=bool(correct), explanation=explanation)
-                for image, index, name, correct, explanation in rows]
+            rows = self._conn.execute(
+                "SELECT image, prompt_index, testpoint, correct, explanation FROM verdicts ORDER BY image, position"
+            ).fetchall()
+        return [
+            Verdict(image=image, prompt_index=index, testpoint=name, correct=bool(correct), explanation=explanation)
+            for image, index, name, correct, explanation in rows
+        ]
 
     def raw_answer(self, image: str) -> str | None:
         """The judge's raw answer for an image, or None if it is not recorded."""
@@ -145,7 +169,9 @@ class JudgmentStore:
     def judgments(self) -> list[dict]:
         """One dict per recorded image: image, prompt_index, testpoints, model, raw_sha256, judged_at."""
         with self._lock:
-            rows = self._conn.execute("SELECT image, prompt_index, testpoints, model, raw_sha256, judged_at FROM images ORDER BY image").fetchall()
+            rows = self._conn.execute(
+                "SELECT image, prompt_index, testpoints, model, raw_sha256, judged_at FROM images ORDER BY image"
+            ).fetchall()
         keys = ("image", "prompt_index", "testpoints", "model", "raw_sha256", "judged_at")
         return [dict(zip(keys, row)) for row in rows]
 
@@ -161,13 +187,25 @@ def _check_record(image: object, prompt_index: object, verdicts: list, model: ob
     if not isinstance(prompt_index, int) or isinstance(prompt_index, bool):
         raise ValueError(f"record {image!r}: prompt_index must be an int, got {prompt_index!r}")
     if not isinstance(model, str) or not isinstance(raw, str):
-        raise ValueError(f"record {image!r}: model and raw must be strings, got {type(model).__name__} and {type(raw).__name__}")
+        raise ValueError(
+            f"record {image!r}: model and raw must be strings, got {type(model).__name__} and {type(raw).__name__}"
+        )
     if not verdicts:
-        raise ValueError(f"record {image!r}: no verdicts; an image is recorded with the verdicts of all its test points")
+        raise ValueError(
+            f"record {image!r}: no verdicts; an image is recorded with the verdicts of all its test points"
+        )
     for position, verdict in enumerate(verdicts):
         if not isinstance(verdict, Verdict):
             raise ValueError(f"record {image!r}: verdict {position} is a {type(verdict).__name__}, expected a Verdict")
         if verdict.image != image or verdict.prompt_index != prompt_index:
-            raise ValueError(f"record {image!r} (prompt {prompt_index}): verdict {position} belongs to image {verdict.image!r}, prompt {verdict.prompt_index}")
-        if not isinstance(verdict.correct, bool) or not isinstance(verdict.testpoint, str) or not isinstance(verdict.explanation, str):
-            raise ValueError(f"record {image!r}: verdict {position} must have a str testpoint, bool correct and str explanation, got {verdict!r}")
+            raise ValueError(
+                f"record {image!r} (prompt {prompt_index}): verdict {position} belongs to image {verdict.image!r}, prompt {verdict.prompt_index}"
+            )
+        if (
+            not isinstance(verdict.correct, bool)
+            or not isinstance(verdict.testpoint, str)
+            or not isinstance(verdict.explanation, str)
+        ):
+            raise ValueError(
+                f"record {image!r}: verdict {position} must have a str testpoint, bool correct and str explanation, got {verdict!r}"
+            )

@@ -54,8 +54,10 @@ def check_credit(method: Any, config: Any) -> None:
     estimator = options["estimator"]
     entry = ADVANTAGES.entry(estimator)
     if entry.traits.get("stateful"):
-        raise ValueError(f"advantage estimator {estimator!r} keeps per-prompt state across iterations, which the image "
-                         f"trainer's group credit does not carry; use one of {chain_estimators()}")
+        raise ValueError(
+            f"advantage estimator {estimator!r} keeps per-prompt state across iterations, which the image "
+            f"trainer's group credit does not carry; use one of {chain_estimators()}"
+        )
     ADVANTAGES.configure(estimator, options["estimator_options"])
 
 
@@ -76,7 +78,9 @@ def checked_rewards(rollout: Rollout, rewards: torch.Tensor) -> torch.Tensor:
     return rewards
 
 
-def transition_credit(rollout: Rollout, advantages: torch.Tensor, keep: torch.Tensor | None = None, stats: dict | None = None) -> Credit:
+def transition_credit(
+    rollout: Rollout, advantages: torch.Tensor, keep: torch.Tensor | None = None, stats: dict | None = None
+) -> Credit:
     transitions = rollout.transitions
     device = transitions.logp.device
     mask = transitions.trained.cpu().clone()
@@ -108,7 +112,9 @@ class ChainOptions:
 
 
 @CREDIT_RULES.register("chain", options=ChainOptions)
-def chain_credit(rollout: Rollout, rewards: torch.Tensor, estimator: str = "grpo", estimator_options: dict | None = None) -> Credit:
+def chain_credit(
+    rollout: Rollout, rewards: torch.Tensor, estimator: str = "grpo", estimator_options: dict | None = None
+) -> Credit:
     """Independent chains: each transition gets the group-normalised reward of the chain's leaf."""
     rewards = checked_rewards(rollout, rewards)
     leaf = leaf_of_node(rollout)

@@ -29,7 +29,9 @@ def _check_unbiased(rewards: torch.Tensor, dense: torch.Tensor, estimator: str) 
     count = group_count(dense)
     if bool((count < 2).any()):
         small = torch.nonzero(count < 2).flatten().tolist()
-        raise ValueError(f"{estimator} is undefined for groups of size 1 (groups {small[:10]} have one member); use larger groups or unbiased=False")
+        raise ValueError(
+            f"{estimator} is undefined for groups of size 1 (groups {small[:10]} have one member); use larger groups or unbiased=False"
+        )
 
 
 @dataclass
@@ -60,7 +62,11 @@ class NgrpoOptions:
             raise ValueError(f"eps must be >= 0, got {self.eps!r}")
 
 
-@register_advantage("grpo", options=GrpoOptions, description="GRPO: (r - group mean) / (std + eps), the std over the group, the batch or none")
+@register_advantage(
+    "grpo",
+    options=GrpoOptions,
+    description="GRPO: (r - group mean) / (std + eps), the std over the group, the batch or none",
+)
 def grpo(
     rewards: torch.Tensor,
     group_ids: torch.Tensor | None = None,
@@ -97,7 +103,9 @@ def dr_grpo(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> tor
     return grpo(rewards, group_ids, std_scope="none")
 
 
-@register_advantage("rloo", options=NoOptions, description="REINFORCE leave-one-out: r - the mean of the other members of the group")
+@register_advantage(
+    "rloo", options=NoOptions, description="REINFORCE leave-one-out: r - the mean of the other members of the group"
+)
 def rloo(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE leave-one-out: r_i - mean of the other members of its group = n/(n-1) (r_i - mean)."""
     values, dense = check_rewards(rewards, group_ids)
@@ -107,7 +115,11 @@ def rloo(rewards: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.
     return _finish(values - others, torch.as_tensor(rewards), zero_variance_mask(values, dense))
 
 
-@register_advantage("ngrpo", options=NgrpoOptions, description="NGRPO: a virtual maximum-reward sample joins each group (arXiv 2509.18851)")
+@register_advantage(
+    "ngrpo",
+    options=NgrpoOptions,
+    description="NGRPO: a virtual maximum-reward sample joins each group (arXiv 2509.18851)",
+)
 def ngrpo(
     rewards: torch.Tensor,
     group_ids: torch.Tensor | None = None,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import torch
 
 
-def check_rewards(rewards: torch.Tensor, group_ids: torch.Tensor | None = None, name: str = "rewards") -> tuple[torch.Tensor, torch.Tensor]:
+def check_rewards(
+    rewards: torch.Tensor, group_ids: torch.Tensor | None = None, name: str = "rewards"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """rewards as float64 [N] (finite) and group ids as dense indices [N] in [0, G)."""
     rewards = torch.as_tensor(rewards)
     if rewards.ndim != 1:

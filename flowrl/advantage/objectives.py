@@ -9,7 +9,7 @@ never turns a reward's noise into signal; choose "after" for rewards on incompar
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

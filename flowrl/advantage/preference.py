@@ -9,11 +9,8 @@ from flowrl.rewards.win_rates import TIE_RULES, win_rates  # noqa: F401  (TIE_RU
 
 from .group import grpo
 
-
-def pairwise_win_rates(index_a: torch.Tensor, index_b: torch.Tensor, prob_a: torch.Tensor, num_samples: int, *, ties: str = "half",
-                       tie_margin: float = 0.0, group_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """[num_samples] win rates of judged pairs; every sample must be in a counted comparison."""
-    return win_rates(index_a, index_b, prob_a, num_samples, ties=ties, tie_margin=tie_margin, group_ids=group_ids)
+# The advantage core's name for the one win-rate function: every sample must be in a counted comparison.
+pairwise_win_rates = win_rates
 
 
 def win_rate_matrix(preferences: torch.Tensor, *, ties: str = "half", tie_margin: float = 0.0) -> torch.Tensor:
@@ -41,5 +38,7 @@ def pref_grpo(
 ) -> torch.Tensor:
     """Pref-GRPO advantages: win rates within each group, then group normalisation (`grpo`)."""
     group_ids = torch.as_tensor(group_ids).flatten()
-    rates = pairwise_win_rates(index_a, index_b, prob_a, len(group_ids), ties=ties, tie_margin=tie_margin, group_ids=group_ids)
+    rates = pairwise_win_rates(
+        index_a, index_b, prob_a, len(group_ids), ties=ties, tie_margin=tie_margin, group_ids=group_ids
+    )
     return grpo(rates, group_ids, **grpo_options)

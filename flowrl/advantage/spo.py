@@ -9,8 +9,8 @@ observation; SPO ties rho to the policy's drift on that prompt, rho = 2^(-D / D_
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import torch
 
@@ -20,7 +20,14 @@ from .registry import register_advantage
 class SpoTracker:
     """Per-prompt Beta value tracker for rewards in [0, 1]; state_dict() makes it resumable."""
 
-    def __init__(self, prior_mean: float = 0.5, prior_strength: float = 1.0, rho_min: float = 0.875, rho_max: float = 0.96, drift_half_life: float = 0.06) -> None:
+    def __init__(
+        self,
+        prior_mean: float = 0.5,
+        prior_strength: float = 1.0,
+        rho_min: float = 0.875,
+        rho_max: float = 0.96,
+        drift_half_life: float = 0.06,
+    ) -> None:
         if not 0 <= prior_mean <= 1:
             raise ValueError(f"prior_mean must lie in [0, 1], got {prior_mean!r}")
         if prior_strength <= 0:
@@ -53,7 +60,15 @@ class SpoTracker:
         self.prior = tuple(state["prior"])
 
 
-def spo_advantages(rewards: torch.Tensor, keys: Sequence[Hashable], tracker: SpoTracker, *, drift: Sequence[float] | None = None, eps: float = 1e-4, normalize: bool = True) -> torch.Tensor:
+def spo_advantages(
+    rewards: torch.Tensor,
+    keys: Sequence[Hashable],
+    tracker: SpoTracker,
+    *,
+    drift: Sequence[float] | None = None,
+    eps: float = 1e-4,
+    normalize: bool = True,
+) -> torch.Tensor:
     """[N] r - v(prompt) with the value read before this batch updates the tracker, z-scored over
     the batch when `normalize`. The tracker then observes every reward (in order)."""
     rewards = torch.as_tensor(rewards, dtype=torch.float64).flatten()
@@ -61,7 +76,9 @@ def spo_advantages(rewards: torch.Tensor, keys: Sequence[Hashable], tracker: Spo
     if len(keys) != len(rewards):
         raise ValueError(f"got {len(keys)} prompt keys for {len(rewards)} rewards")
     if not bool(((rewards >= 0) & (rewards <= 1)).all()):
-        raise ValueError(f"SPO's Beta tracker needs rewards in [0, 1], got values in [{float(rewards.min())}, {float(rewards.max())}]; rescale them first")
+        raise ValueError(
+            f"SPO's Beta tracker needs rewards in [0, 1], got values in [{float(rewards.min())}, {float(rewards.max())}]; rescale them first"
+        )
     baseline = torch.tensor([tracker.value(k) for k in keys], dtype=torch.float64)
     for i, (key, reward) in enumerate(zip(keys, rewards.tolist())):
         tracker.observe(key, reward, None if drift is None else drift[i])
@@ -79,9 +96,24 @@ class SpoOptions:
 
 
 # stateful: the estimator needs a per-prompt tracker carried across iterations (the LLM adapter's).
-@register_advantage("spo", options=SpoOptions, stateful=True, description="SPO: r - a per-prompt Beta value tracked across iterations (arXiv 2509.13232)")
-def spo(rewards: torch.Tensor, group_ids: torch.Tensor, *, tracker: SpoTracker | None = None, drift: Sequence[float] | None = None, eps: float = 1e-4, normalize: bool = True) -> torch.Tensor:
+@register_advantage(
+    "spo",
+    options=SpoOptions,
+    stateful=True,
+    description="SPO: r - a per-prompt Beta value tracked across iterations (arXiv 2509.13232)",
+)
+def spo(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    tracker: SpoTracker | None = None,
+    drift: Sequence[float] | None = None,
+    eps: float = 1e-4,
+    normalize: bool = True,
+) -> torch.Tensor:
     """The registry form of `spo_advantages`: group_ids are the prompt keys; a tracker is required."""
     if tracker is None:
         raise ValueError("the spo estimator keeps state across iterations: pass tracker=SpoTracker()")
-    return spo_advantages(rewards, torch.as_tensor(group_ids).flatten().tolist(), tracker, drift=drift, eps=eps, normalize=normalize)
+    return spo_advantages(
+        rewards, torch.as_tensor(group_ids).flatten().tolist(), tracker, drift=drift, eps=eps, normalize=normalize
+    )

@@ -3,7 +3,7 @@ noise-aware step weights are part of its plan (flowrl.samplers.methods.tempflow_
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -16,7 +16,9 @@ def leaf_ancestry(parent: torch.Tensor, leaf_nodes: torch.Tensor) -> torch.Tenso
     leaf_nodes = torch.as_tensor(leaf_nodes).long().flatten()
     num_nodes = len(parent)
     if len(leaf_nodes) and (int(leaf_nodes.min()) < 0 or int(leaf_nodes.max()) >= num_nodes):
-        raise ValueError(f"leaf_nodes must index the {num_nodes} nodes, got values in [{int(leaf_nodes.min())}, {int(leaf_nodes.max())}]")
+        raise ValueError(
+            f"leaf_nodes must index the {num_nodes} nodes, got values in [{int(leaf_nodes.min())}, {int(leaf_nodes.max())}]"
+        )
     if num_nodes and (int(parent.min()) < -1 or int(parent.max()) >= num_nodes):
         raise ValueError(f"parent must be -1 (root) or a node index below {num_nodes}")
     ancestry = torch.zeros(num_nodes, len(leaf_nodes), dtype=torch.bool)
@@ -64,7 +66,11 @@ def fuse_tree_rewards(
             if path_logp is None:
                 raise ValueError("beta != 0 weights leaves by their path log-probability: pass path_logp")
             path_logp = torch.as_tensor(path_logp, dtype=torch.float64).flatten()
-            leaf_logp = path_logp[torch.as_tensor(leaf_nodes).long().flatten()] if len(path_logp) == ancestry.shape[0] else path_logp
+            leaf_logp = (
+                path_logp[torch.as_tensor(leaf_nodes).long().flatten()]
+                if len(path_logp) == ancestry.shape[0]
+                else path_logp
+            )
             logits = beta * leaf_logp
         scores = torch.where(ancestry, logits, -torch.inf)  # [K, N]
         weights = torch.softmax(torch.where(has_leaf[:, None], scores, 0.0), dim=1)
@@ -92,7 +98,9 @@ def tree_advantages(
     depth = torch.as_tensor(depth).long().flatten()
     group_ids = torch.as_tensor(group_ids).long().flatten()
     if not (len(depth) == len(group_ids) == len(values)):
-        raise ValueError(f"parent, depth and group_ids need one entry per node, got {len(values)}, {len(depth)}, {len(group_ids)}")
+        raise ValueError(
+            f"parent, depth and group_ids need one entry per node, got {len(values)}, {len(depth)}, {len(group_ids)}"
+        )
     advantages = torch.zeros_like(values)
     valued = torch.isfinite(values)
     if not bool(valued.any()):

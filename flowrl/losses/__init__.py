@@ -11,6 +11,17 @@ from .registry import LOSSES, get_loss, register_loss
 from .surrogate import clipped_surrogate, gspo_surrogate, regression_surrogate, sequence_log_ratio
 
 __all__ = [
-    "AGGREGATIONS", "KL_ESTIMATORS", "LOSSES", "aggregate", "clipped_surrogate", "gaussian_kl", "get_loss",
-    "gspo_surrogate", "kl_estimate", "policy_loss", "register_loss", "regression_surrogate", "sequence_log_ratio",
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "LOSSES",
+    "aggregate",
+    "clipped_surrogate",
+    "gaussian_kl",
+    "get_loss",
+    "gspo_surrogate",
+    "kl_estimate",
+    "policy_loss",
+    "register_loss",
+    "regression_surrogate",
+    "sequence_log_ratio",
 ]

@@ -73,7 +73,9 @@ def policy_loss(
             if logp_ref is None:
                 raise ValueError("beta != 0 needs logp_ref (or precomputed kl_values)")
             kl_values = kl_estimate(logp, logp_ref.detach(), kl_estimator)
-        kl_term = aggregate(kl_values, mask, mode=aggregation, weight=weight, normalizer=normalizer, max_length=max_length)
+        kl_term = aggregate(
+            kl_values, mask, mode=aggregation, weight=weight, normalizer=normalizer, max_length=max_length
+        )
         kl_mean = float(kl_term.detach())
         stats["loss/kl"] = kl_mean
         total = total + beta * kl_term
@@ -82,14 +84,16 @@ def policy_loss(
         ratio = torch.exp(log_ratio.detach())[valid]
         lr = log_ratio.detach()[valid]
         a = adv.detach()[valid] if adv.shape == log_ratio.shape else adv.detach()
-        stats.update({
-            "loss/total": float(total.detach()),
-            "clip_fraction": float(clipped[valid].float().mean()) if ratio.numel() else 0.0,
-            "approx_kl": float((0.5 * lr**2).mean()) if ratio.numel() else 0.0,
-            "ratio/mean": float(ratio.mean()) if ratio.numel() else 1.0,
-            "ratio/min": float(ratio.min()) if ratio.numel() else 1.0,
-            "ratio/max": float(ratio.max()) if ratio.numel() else 1.0,
-            "advantage/mean": float(a.float().mean()) if a.numel() else 0.0,
-            "advantage/std": float(a.float().std(unbiased=False)) if a.numel() else 0.0,
-        })
+        stats.update(
+            {
+                "loss/total": float(total.detach()),
+                "clip_fraction": float(clipped[valid].float().mean()) if ratio.numel() else 0.0,
+                "approx_kl": float((0.5 * lr**2).mean()) if ratio.numel() else 0.0,
+                "ratio/mean": float(ratio.mean()) if ratio.numel() else 1.0,
+                "ratio/min": float(ratio.min()) if ratio.numel() else 1.0,
+                "ratio/max": float(ratio.max()) if ratio.numel() else 1.0,
+                "advantage/mean": float(a.float().mean()) if a.numel() else 0.0,
+                "advantage/std": float(a.float().std(unbiased=False)) if a.numel() else 0.0,
+            }
+        )
     return total, stats

@@ -28,7 +28,9 @@ class RegressionOptions:
 
 
 @register_loss("clip", options=ClipRange)
-def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 0.2, eps_high: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 0.2, eps_high: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate with asymmetric bounds [1 - eps_low, 1 + eps_high] (DAPO's
     clip-higher when eps_high > eps_low): -min(rho A, clip(rho) A). The mask marks elements whose
     gradient the clip removed."""
@@ -43,14 +45,18 @@ def clipped_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_
 
 
 @register_loss("gspo", options=GspoClipRange)
-def gspo_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 3e-4, eps_high: float | None = 4e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def gspo_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, *, eps_low: float = 3e-4, eps_high: float | None = 4e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GSPO (arXiv 2507.18071): the clipped surrogate on a sequence-level ratio; pass the log of
     s_i = exp(mean_t log(pi/pi_old)) from `sequence_log_ratio`. Its clip range is tiny (3e-4, 4e-4)."""
     return clipped_surrogate(log_ratio, advantages, eps_low=eps_low, eps_high=eps_high)
 
 
 @register_loss("reg", options=RegressionOptions)
-def regression_surrogate(log_ratio: torch.Tensor, advantages: torch.Tensor, *, scale: float = 1.0, group_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def regression_surrogate(
+    log_ratio: torch.Tensor, advantages: torch.Tensor, *, scale: float = 1.0, group_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Regression to the advantage in the spirit of Reg-GRPO (DeepVideo-R1, arXiv 2506.07464): no
     clip, no min; the centred log-ratio, divided by `scale`, is regressed onto the advantage:
     ((log rho - mean_group log rho) / scale - A)^2. Centring (over elements with equal

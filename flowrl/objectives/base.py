@@ -10,8 +10,9 @@ objective's own sampling weights and its state in checkpoints.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,6 +36,24 @@ class ObjectiveContext:
     sample_shape: tuple[int, ...]
     root_seeds: Callable[[int, torch.Tensor], list[int]]  # (iteration, global roots) -> a seed per root
 
+    @classmethod
+    def of(
+        cls, config: Any, params: dict, ema: Any, reference: Any, sample_shape: tuple[int, ...], root_seeds: Callable
+    ) -> ObjectiveContext:
+        """The context of a run with `config` (a TrainConfig)."""
+        return cls(
+            params,
+            ema,
+            reference,
+            config.beta,
+            config.loss,
+            config.advantage_clip,
+            config.max_batch,
+            config.micro_batch,
+            sample_shape,
+            root_seeds,
+        )
+
 
 class Objective:
     """Defaults for the optional hooks; subclasses implement `loss` (and `prepare` when needed)."""
@@ -49,8 +68,10 @@ class Objective:
     def check(cls, options: Any, config: Any, plan: Plan, method: str) -> None:
         """Cross-checks with the rest of the config and the method's plan, before any model loads."""
         if cls.trains_on_points and not all(s.branch == 1 and s.probes == 0 for s in plan.steps):
-            raise ValueError(f"config key objective={config.objective!r}: needs one final sample per chain, but method {method!r} "
-                             "branches (trees or probes); use a chain method: flow_grpo, dance_grpo, mix_grpo or mix_grpo_flash")
+            raise ValueError(
+                f"config key objective={config.objective!r}: needs one final sample per chain, but method {method!r} "
+                "branches (trees or probes); use a chain method: flow_grpo, dance_grpo, mix_grpo or mix_grpo_flash"
+            )
 
     def prepare(self, batch: Batch) -> None:
         """Add what the loss needs to the batch (no grad)."""
@@ -58,7 +79,9 @@ class Objective:
     def begin_update(self, velocity: RolloutVelocity, batch: Batch, optimizer_steps: int) -> None:
         """Before the update's first optimizer step (of `optimizer_steps`)."""
 
-    def loss(self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def idle_loss(self, velocity: RolloutVelocity, batch: Batch) -> torch.Tensor:

@@ -56,7 +56,10 @@ class PointsObjective(Objective):
     def scores_before(self, velocity: RolloutVelocity, points: MatchingPoints) -> torch.Tensor:
         """The value of every point under the sampling weights, before this iteration's update."""
         indices = torch.arange(len(points))
-        scores = [score_matching(velocity, points.select(i), self.context.max_batch) for i in indices.split(self.context.micro_batch)]
+        scores = [
+            score_matching(velocity, points.select(i), self.context.max_batch)
+            for i in indices.split(self.context.micro_batch)
+        ]
         return torch.cat([self.value(s).cpu() for s in scores])
 
     def score_points(self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor):
@@ -71,12 +74,17 @@ class PointsObjective(Objective):
         return part, scored, old, matching_kl(scored, ref)
 
 
-@register_objective("matching", options=ClipOptions,
-                    description="Advantage Weighted Matching: the ratio of a flow-matching likelihood proxy of final samples (chain methods)")
+@register_objective(
+    "matching",
+    options=ClipOptions,
+    description="Advantage Weighted Matching: the ratio of a flow-matching likelihood proxy of final samples (chain methods)",
+)
 class MatchingObjective(PointsObjective):
     def value(self, score: MatchingScore) -> torch.Tensor:
         return score.logp
 
-    def loss(self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         _, scored, logp_old, kl = self.score_points(velocity, batch, micro)
         return ratio_loss(self, scored.logp, logp_old, kl, batch, micro, normalizer)

@@ -47,14 +47,21 @@ class NftOptions:
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting={self.weighting!r}: expected one of {WEIGHTINGS}")
         decay = self.old_decay
-        if not (isinstance(decay, (list, tuple)) and len(decay) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decay)):
+        if not (
+            isinstance(decay, (list, tuple))
+            and len(decay) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in decay)
+        ):
             raise ValueError(f"old_decay={decay!r}: expected three numbers [rate, max, flat]")
         if not (decay[0] >= 0 and 0 <= decay[1] < 1 and decay[2] >= 0):
             raise ValueError(f"old_decay={list(decay)!r}: expected rate >= 0, 0 <= max < 1 and flat >= 0")
 
 
-@register_objective("nft", options=NftOptions,
-                    description="DiffusionNFT: a bounded negative-aware flow-matching loss on final samples (chain methods)")
+@register_objective(
+    "nft",
+    options=NftOptions,
+    description="DiffusionNFT: a bounded negative-aware flow-matching loss on final samples (chain methods)",
+)
 class NftObjective(PointsObjective):
     def __init__(self, options: NftOptions, context: ObjectiveContext) -> None:
         super().__init__(options, context)
@@ -64,11 +71,15 @@ class NftObjective(PointsObjective):
     def check(cls, options: NftOptions, config: Any, plan: Plan, method: str) -> None:
         super().check(options, config, plan, method)
         if not config.advantage_clip > 0:
-            raise ValueError(f"config key advantage_clip={config.advantage_clip!r}: objective=nft reads advantages as "
-                             "r = 1/2 + advantage / (2 advantage_clip), so it must be positive")
+            raise ValueError(
+                f"config key advantage_clip={config.advantage_clip!r}: objective=nft reads advantages as "
+                "r = 1/2 + advantage / (2 advantage_clip), so it must be positive"
+            )
         if options.sampler == "ema" and not config.ema > 0:
-            raise ValueError("objective option sampler='ema': ema samples with the moving average of the weights, so it needs "
-                             "ema > 0 (or objective.sampler=old, an average of its own)")
+            raise ValueError(
+                "objective option sampler='ema': ema samples with the moving average of the weights, so it needs "
+                "ema > 0 (or objective.sampler=old, an average of its own)"
+            )
 
     def value(self, score: MatchingScore) -> torch.Tensor:
         return score.velocity
@@ -80,12 +91,22 @@ class NftObjective(PointsObjective):
         sampler = self.lagged_sampler()
         return sampler.swapped_in(self.context.params) if sampler is not None else contextlib.nullcontext()
 
-    def loss(self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         part, scored, old, kl = self.score_points(velocity, batch, micro)
         return nft_loss(
-            scored.velocity, old, part.noise - part.x0, batch.advantages[micro], nft_beta=self.options.nft_beta,
-            scale=self.context.advantage_clip, weight=batch.weights[micro].to(scored.velocity.device), normalizer=normalizer,
-            kl_values=kl, beta=self.context.beta, sigma=part.sigma if self.options.weighting == "adaptive" else None,
+            scored.velocity,
+            old,
+            part.noise - part.x0,
+            batch.advantages[micro],
+            nft_beta=self.options.nft_beta,
+            scale=self.context.advantage_clip,
+            weight=batch.weights[micro].to(scored.velocity.device),
+            normalizer=normalizer,
+            kl_values=kl,
+            beta=self.context.beta,
+            sigma=part.sigma if self.options.weighting == "adaptive" else None,
         )
 
     def after_iteration(self, optimizer_steps: int) -> dict[str, float]:
@@ -106,6 +127,8 @@ class NftObjective(PointsObjective):
         if self.old is None:
             return
         if "nft_old" not in state:
-            raise ValueError(f"{where} has no objective.sampler=old average to resume (it was written by a run without it); "
-                             "use another out= or resume=false")
+            raise ValueError(
+                f"{where} has no objective.sampler=old average to resume (it was written by a run without it); "
+                "use another out= or resume=false"
+            )
         load_full(self.old.shadow, state["nft_old"])

@@ -32,20 +32,38 @@ class ClipOptions:
             raise ValueError(f"clip_high must not be negative, got {self.clip_high!r}")
 
 
-def ratio_loss(objective: Objective, logp: torch.Tensor, logp_old: torch.Tensor, kl: torch.Tensor | None, batch: Batch,
-               micro: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+def ratio_loss(
+    objective: Objective,
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    kl: torch.Tensor | None,
+    batch: Batch,
+    micro: torch.Tensor,
+    normalizer: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The policy surrogate of the run on log-probs [m] of the micro-batch `micro`, plus beta KL."""
     context, options = objective.context, objective.options
     # The clip range goes to every surrogate that has one (clip, gspo, a user's).
     has_range = "eps_low" in option_names(LOSSES.entry(context.loss).options)
     surrogate = {"eps_low": options.clip_low, "eps_high": options.clip_high} if has_range else {}
     return policy_loss(
-        logp, logp_old, batch.advantages[micro].to(logp.device), loss=context.loss, loss_options=surrogate,
-        kl_values=kl, beta=context.beta, weight=batch.weights[micro].to(logp.device), normalizer=normalizer,
+        logp,
+        logp_old,
+        batch.advantages[micro].to(logp.device),
+        loss=context.loss,
+        loss_options=surrogate,
+        kl_values=kl,
+        beta=context.beta,
+        weight=batch.weights[micro].to(logp.device),
+        normalizer=normalizer,
     )
 
 
-@register_objective("sde", options=ClipOptions, description="the clipped ratio of the rollout's SDE transition log-probs (Flow-GRPO and the rest)")
+@register_objective(
+    "sde",
+    options=ClipOptions,
+    description="the clipped ratio of the rollout's SDE transition log-probs (Flow-GRPO and the rest)",
+)
 class SdeObjective(Objective):
     supports_sharding = True
 
@@ -56,7 +74,8 @@ class SdeObjective(Objective):
             raise ValueError(
                 f"config key method_options={config.method_options!r}: noise level 0 makes the trained steps {deterministic} of the "
                 f"{method} plan deterministic (ODE steps), and objective=sde trains their log-probability, which a deterministic "
-                "step does not have; use objective=matching or objective=nft (they train on the final samples) or a positive noise level")
+                "step does not have; use objective=matching or objective=nft (they train on the final samples) or a positive noise level"
+            )
 
     def score(self, velocity: RolloutVelocity, transitions: Transitions, micro: torch.Tensor):
         """(logp with grad, logp_old, KL values or None) of the transitions at `micro`. The reference
@@ -69,7 +88,9 @@ class SdeObjective(Objective):
         kl = None if ref is None else gaussian_kl(step.mean, ref.mean, step.std.detach())
         return step.logp, part.logp, kl
 
-    def loss(self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, velocity: RolloutVelocity, batch: Batch, micro: torch.Tensor, normalizer: float
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         logp, logp_old, kl = self.score(velocity, batch.transitions, micro)
         return ratio_loss(self, logp, logp_old, kl, batch, micro, normalizer)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -25,7 +26,7 @@ class TextConditioning:
     def __len__(self) -> int:
         return self.prompt_embeds.shape[0]
 
-    def repeat_interleave(self, n: int) -> "TextConditioning":
+    def repeat_interleave(self, n: int) -> TextConditioning:
         """Each prompt n times in a row, as a group of n samples per prompt needs."""
         return TextConditioning(
             self.prompt_embeds.repeat_interleave(n, 0),
@@ -34,8 +35,7 @@ class TextConditioning:
             self.null_pooled,
         )
 
-
-    def select(self, index: torch.Tensor) -> "TextConditioning":
+    def select(self, index: torch.Tensor) -> TextConditioning:
         """The prompts at `index` (rows may repeat), as a rollout batches nodes of many prompts."""
         index = index.to(self.prompt_embeds.device)
         return TextConditioning(self.prompt_embeds[index], self.pooled[index], self.null_embeds, self.null_pooled)
@@ -51,7 +51,9 @@ class FlowPolicy(Protocol):
 
     def encode(self, prompts: list[str]) -> TextConditioning: ...
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor: ...
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0
+    ) -> torch.Tensor: ...
 
     def decode(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -60,10 +62,14 @@ class FlowPolicy(Protocol):
     def export(self, directory: str | Path, lora: bool, network: torch.nn.Module | None = None) -> Path: ...
 
 
-def rollout_velocity(policy: FlowPolicy, cond: TextConditioning, guidance: float = 1.0):
-    """The velocity(x, sigma, prompt_index) the solver layer's rollout calls, for encoded prompts."""
+def rollout_velocity(policy: FlowPolicy, cond: TextConditioning, guidance: float = 1.0, autocast: str | None = None):
+    """The velocity(x, sigma, prompt_index) the solver layer's rollout calls, for encoded prompts;
+    `autocast`: a device type whose bf16 autocast wraps the model call (the result is float32)."""
 
     def velocity(x: torch.Tensor, sigma: torch.Tensor, prompt_index: torch.Tensor) -> torch.Tensor:
-        return policy.velocity(x, sigma, cond.select(prompt_index), guidance)
+        if autocast is None:
+            return policy.velocity(x, sigma, cond.select(prompt_index), guidance)
+        with torch.autocast(autocast, dtype=torch.bfloat16):
+            return policy.velocity(x, sigma, cond.select(prompt_index), guidance).float()
 
     return velocity

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -23,7 +23,9 @@ def resolve_source(name_or_path: str | Path) -> str:
     if path.exists() or looks_local:
         if not path.is_dir():
             problem = "is not a directory" if path.exists() else "does not exist"
-            raise ValueError(f"{path} {problem}: expected a diffusers pipeline folder holding {MODEL_INDEX} or a hub id like 'org/name'")
+            raise ValueError(
+                f"{path} {problem}: expected a diffusers pipeline folder holding {MODEL_INDEX} or a hub id like 'org/name'"
+            )
         if not (path / MODEL_INDEX).is_file():
             raise ValueError(
                 f"{path} has no {MODEL_INDEX}: expected a diffusers pipeline folder as written by "
@@ -42,7 +44,11 @@ def load_policy_pipeline(pipeline_class: type, source: str | Path, device: str |
     """
     source = resolve_source(source)
     config = pipeline_class.load_config(source)
-    absent = {name: None for name, entry in config.items() if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry[0] is None}
+    absent = {
+        name: None
+        for name, entry in config.items()
+        if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry[0] is None
+    }
     pipeline = pipeline_class.from_pretrained(source, **{dtype_keyword(): dtype}, **absent).to(device)
     freeze(*(getattr(pipeline, name, None) for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "vae")))
     pipeline.set_progress_bar_config(disable=True)
@@ -137,7 +143,10 @@ def export_transformer(transformer: torch.nn.Module, lora: bool, directory: str 
     state = get_peft_model_state_dict(transformer, adapter_name=name)
     metadata = transformer.peft_config[name].to_dict()
     pipeline_class.save_lora_weights(
-        directory, transformer_lora_layers=state, weight_name=LORA_WEIGHTS_NAME, transformer_lora_adapter_metadata=metadata
+        directory,
+        transformer_lora_layers=state,
+        weight_name=LORA_WEIGHTS_NAME,
+        transformer_lora_adapter_metadata=metadata,
     )
     return directory
 
@@ -181,4 +190,6 @@ class DiffusersPolicy:
     def export(self, directory: str | Path, lora: bool, network: torch.nn.Module | None = None) -> Path:
         """Save the LoRA adapter (diffusers format) or the whole transformer into `directory`;
         `network`: a copy holding the weights to export (a sharded run's gathered replica)."""
-        return export_transformer(self.transformer if network is None else network, lora, directory, self.pipeline_class)
+        return export_transformer(
+            self.transformer if network is None else network, lora, directory, self.pipeline_class
+        )

@@ -55,7 +55,9 @@ class FluxPolicy(DiffusersPolicy):
         super().__init__(pipeline, max_sequence_length)
         scale = vae_scale_factor(self.vae)
         if resolution % (2 * scale):
-            raise ValueError(f"resolution {resolution} must be a multiple of {2 * scale} (VAE scale {scale} x 2x2 packing)")
+            raise ValueError(
+                f"resolution {resolution} must be a multiple of {2 * scale} (VAE scale {scale} x 2x2 packing)"
+            )
         self.resolution = resolution
         channels = self.transformer.config.in_channels // 4
         self.sample_shape = (channels, resolution // scale, resolution // scale)
@@ -77,7 +79,9 @@ class FluxPolicy(DiffusersPolicy):
             )
         return None
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor:
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0
+    ) -> torch.Tensor:
         """dx/dsigma [B, C, h, w] at latents x [B, C, h, w], sigma [B] or scalar; one transformer call."""
         batch, _, height, width = x.shape
         if len(cond) != batch:

@@ -50,10 +50,14 @@ def pipeline_class_name(source: str) -> str:
     try:
         return str(DiffusionPipeline.load_config(resolve_source(source))["_class_name"])
     except (OSError, KeyError) as error:
-        raise ValueError(f"policy={source!r}: not a toy model directory and no diffusers pipeline could be read there ({error})") from None
+        raise ValueError(
+            f"policy={source!r}: not a toy model directory and no diffusers pipeline could be read there ({error})"
+        ) from None
 
 
-def load_policy(name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int = 512):
+def load_policy(
+    name: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int = 512
+):
     """The policy `name` names: 'toy', a toy model directory, or an SD3/SD3.5/FLUX.1 pipeline
     (hub id or local folder). `dtype` and `resolution` apply to the diffusers backends."""
     if is_toy_source(name):
@@ -63,11 +67,15 @@ def load_policy(name: str, device: torch.device | str = "cpu", dtype: torch.dtyp
     class_name = pipeline_class_name(name)
     backend = backends().get(class_name)
     if backend is None:
-        raise ValueError(f"policy={name!r} is a {class_name}; supported pipelines: {', '.join(backends())} (or the toy model)")
+        raise ValueError(
+            f"policy={name!r} is a {class_name}; supported pipelines: {', '.join(backends())} (or the toy model)"
+        )
     return POLICIES.lookup(backend)(name, device, dtype, resolution)
 
 
-def load_trained_policy(source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int | None = None):
+def load_trained_policy(
+    source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, resolution: int | None = None
+):
     """A policy to sample or evaluate, from anything a user points at: what `load_policy` takes,
     a training run directory (`out=` of flowrl train: its final/ and config.json), or a run's
     final/ folder: a toy model, a diffusers LoRA (applied to the run's base pipeline) or a
@@ -81,11 +89,17 @@ def load_trained_policy(source: str, device: torch.device | str = "cpu", dtype: 
     lora_file = path / "pytorch_lora_weights.safetensors"
     trained_transformer = path / "transformer"
     if not (lora_file.is_file() or (trained_transformer.is_dir() and not (path / "model_index.json").is_file())):
-        return load_policy(source if not path.is_dir() else str(path), device=device, dtype=dtype, resolution=resolution or 512)
+        return load_policy(
+            source if not path.is_dir() else str(path), device=device, dtype=dtype, resolution=resolution or 512
+        )
     if not run_config.is_file():
-        raise ValueError(f"{path} holds trained weights but no ../config.json names their base model; pass the run directory flowrl train wrote")
+        raise ValueError(
+            f"{path} holds trained weights but no ../config.json names their base model; pass the run directory flowrl train wrote"
+        )
     config = json.loads(run_config.read_text())
-    policy = load_policy(config["policy"], device=device, dtype=dtype, resolution=resolution or int(config.get("resolution", 512)))
+    policy = load_policy(
+        config["policy"], device=device, dtype=dtype, resolution=resolution or int(config.get("resolution", 512))
+    )
     if lora_file.is_file():
         policy.pipeline.load_lora_weights(str(path), weight_name=lora_file.name)
     else:

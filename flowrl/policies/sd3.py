@@ -21,12 +21,16 @@ class SD3Policy(DiffusersPolicy):
 
     pipeline_class = StableDiffusion3Pipeline
 
-    def __init__(self, pipeline: StableDiffusion3Pipeline, resolution: int = 512, max_sequence_length: int = 256) -> None:
+    def __init__(
+        self, pipeline: StableDiffusion3Pipeline, resolution: int = 512, max_sequence_length: int = 256
+    ) -> None:
         super().__init__(pipeline, max_sequence_length)
         scale = vae_scale_factor(self.vae)
         cell = scale * self.transformer.config.patch_size
         if resolution % cell:
-            raise ValueError(f"resolution {resolution} must be a multiple of {cell} (VAE scale {scale} x patch size {cell // scale})")
+            raise ValueError(
+                f"resolution {resolution} must be a multiple of {cell} (VAE scale {scale} x patch size {cell // scale})"
+            )
         self.resolution = resolution
         self.sample_shape = (self.transformer.config.in_channels, resolution // scale, resolution // scale)
 
@@ -43,7 +47,9 @@ class SD3Policy(DiffusersPolicy):
         )
         return embeds, pooled  # [N, 77 + max_sequence_length, D], [N, P]
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor:
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0
+    ) -> torch.Tensor:
         """dx/dsigma [B, C, h, w] at latents x [B, C, h, w], sigma [B] or scalar."""
         return sd3_velocity(self.transformer, x.to(self.dtype), sigma, cond, guidance).to(x.dtype)
 

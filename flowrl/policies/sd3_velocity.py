@@ -11,7 +11,9 @@ import torch
 from .base import TextConditioning
 
 
-def sd3_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor:
+def sd3_velocity(
+    transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0
+) -> torch.Tensor:
     """v(x, sigma | prompt); with guidance g != 1, v_null + g * (v_prompt - v_null).
 
     x: [B, C, H, W]; sigma: [B] or scalar; returns [B, C, H, W].
@@ -33,7 +35,9 @@ def sd3_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Ten
     return v_null + guidance * (v_prompt - v_null)
 
 
-def transformer_velocity(transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+def transformer_velocity(
+    transformer: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor
+) -> torch.Tensor:
     """One call of the transformer at timestep 1000 * sigma."""
     return transformer(
         hidden_states=x,

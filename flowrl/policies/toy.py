@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from diffusers import SD3Transformer2DModel
@@ -137,7 +137,9 @@ class ToyPolicy:
             embeds, pooled = self.model.text_encoder(ids)
         return TextConditioning(embeds[:-1], pooled[:-1], embeds[-1:], pooled[-1:])
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0) -> torch.Tensor:
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: TextConditioning, guidance: float = 1.0
+    ) -> torch.Tensor:
         return sd3_velocity(self.transformer, x, sigma, cond, guidance)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:

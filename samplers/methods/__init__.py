@@ -3,7 +3,7 @@
 `get_method(name)` returns a Method; `METHODS` lists them all in registration order.
 """
 
+from . import branch_grpo, dance_grpo, flow_grpo, g2rpo, mix_grpo, tempflow_grpo, tree_rpo  # noqa: F401,E402  (registration)
 from .registry import METHODS, Method, get_method, register_method
-from . import flow_grpo, dance_grpo, mix_grpo, branch_grpo, tree_rpo, tempflow_grpo, g2rpo  # noqa: F401,E402  (registration)
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]

@@ -27,10 +27,16 @@ class BranchGrpoConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.split_steps = tuple(int(s) for s in self.split_steps)
-        require(all(0 <= s < self.num_steps for s in self.split_steps), f"split_steps must lie in [0, {self.num_steps}), got {self.split_steps}")
+        require(
+            all(0 <= s < self.num_steps for s in self.split_steps),
+            f"split_steps must lie in [0, {self.num_steps}), got {self.split_steps}",
+        )
         require(self.branch >= 2, f"branch must be at least 2, got {self.branch!r}")
         require(self.eta > 0, f"eta must be positive, got {self.eta!r}")
-        require(self.width_pruning >= 0 and self.depth_pruning >= 0 and self.depth_interval >= 1, "width_pruning, depth_pruning must be >= 0 and depth_interval >= 1")
+        require(
+            self.width_pruning >= 0 and self.depth_pruning >= 0 and self.depth_interval >= 1,
+            "width_pruning, depth_pruning must be >= 0 and depth_interval >= 1",
+        )
 
 
 @dataclass
@@ -42,20 +48,63 @@ def make_plan(config: BranchGrpoConfig, iteration: int = 0) -> Plan:
     sde_steps = set(range(config.num_steps))
     if config.mix_window is not None:
         first, last = config.mix_window
-        require(0 <= first < last <= config.num_steps, f"mix_window must satisfy 0 <= first < last <= {config.num_steps}, got {config.mix_window}")
+        require(
+            0 <= first < last <= config.num_steps,
+            f"mix_window must satisfy 0 <= first < last <= {config.num_steps}, got {config.mix_window}",
+        )
         sde_steps = set(config.split_steps) | set(range(first, last))
     steps = tuple(
-        StepSpec("sde", sde="dance_grpo", noise_level=config.eta, branch=config.branch if i in config.split_steps else 1, trained=True) if i in sde_steps else StepSpec("ode")
+        StepSpec(
+            "sde",
+            sde="dance_grpo",
+            noise_level=config.eta,
+            branch=config.branch if i in config.split_steps else 1,
+            trained=True,
+        )
+        if i in sde_steps
+        else StepSpec("ode")
         for i in range(config.num_steps)
     )
     name = "branch_grpo" if config.mix_window is None else "branch_grpo_mix"
-    return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, split_noise_scale=config.split_noise_scale, method=name)
+    return Plan(
+        config.sigmas(),
+        steps,
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        split_noise_scale=config.split_noise_scale,
+        method=name,
+    )
 
 
 def credit_options(config: BranchGrpoConfig, iteration: int = 0) -> dict:
-    return {"beta": config.fusion_beta, "width_pruning": config.width_pruning, "depth_pruning": config.depth_pruning,
-            "depth_interval": config.depth_interval, "iteration": iteration}
+    return {
+        "beta": config.fusion_beta,
+        "width_pruning": config.width_pruning,
+        "depth_pruning": config.depth_pruning,
+        "depth_interval": config.depth_interval,
+        "iteration": iteration,
+    }
 
 
-METHOD = register_method(Method("branch_grpo", "a branching SDE tree with shared prefixes, leaf rewards fused up the tree, depth-wise advantages, pruning", "BranchGRPO, arXiv 2509.06040", BranchGrpoConfig, make_plan, "tree", credit_options))
-MIX = register_method(Method("branch_grpo_mix", "BranchGRPO with SDE only at split steps and in a window, ODE elsewhere", "BranchGRPO, arXiv 2509.06040", BranchGrpoMixConfig, make_plan, "tree", credit_options))
+METHOD = register_method(
+    Method(
+        "branch_grpo",
+        "a branching SDE tree with shared prefixes, leaf rewards fused up the tree, depth-wise advantages, pruning",
+        "BranchGRPO, arXiv 2509.06040",
+        BranchGrpoConfig,
+        make_plan,
+        "tree",
+        credit_options,
+    )
+)
+MIX = register_method(
+    Method(
+        "branch_grpo_mix",
+        "BranchGRPO with SDE only at split steps and in a window, ODE elsewhere",
+        "BranchGRPO, arXiv 2509.06040",
+        BranchGrpoMixConfig,
+        make_plan,
+        "tree",
+        credit_options,
+    )
+)

@@ -34,9 +34,15 @@ class GridConfig:
     share_noise: bool = False  # the roots of a prompt start from the same noise
 
     def __post_init__(self) -> None:
-        require(int(self.num_steps) == self.num_steps and self.num_steps >= 1, f"num_steps must be a positive integer, got {self.num_steps!r}")
+        require(
+            int(self.num_steps) == self.num_steps and self.num_steps >= 1,
+            f"num_steps must be a positive integer, got {self.num_steps!r}",
+        )
         require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
-        require(int(self.group_size) == self.group_size and self.group_size >= 1, f"group_size must be a positive integer, got {self.group_size!r}")
+        require(
+            int(self.group_size) == self.group_size and self.group_size >= 1,
+            f"group_size must be a positive integer, got {self.group_size!r}",
+        )
 
     def sigmas(self) -> torch.Tensor:
         return flow_sigmas(self.num_steps, self.shift)

@@ -23,18 +23,39 @@ class DanceGrpoConfig(ChainCredit, GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
-        require(self.eta >= 0, f"eta must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.eta!r}")
+        require(
+            self.eta >= 0,
+            f"eta must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.eta!r}",
+        )
 
 
 def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
     count = max(1, int(config.num_steps * config.timestep_fraction))
-    chosen = set(torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + iteration))[:count].tolist())
-    steps = tuple(StepSpec("sde", sde="dance_grpo", noise_level=config.eta, trained=i in chosen) for i in range(config.num_steps))
-    return Plan(config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo")
+    chosen = set(
+        torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + iteration))[
+            :count
+        ].tolist()
+    )
+    steps = tuple(
+        StepSpec("sde", sde="dance_grpo", noise_level=config.eta, trained=i in chosen) for i in range(config.num_steps)
+    )
+    return Plan(
+        config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo"
+    )
 
 
 def credit_options(config: DanceGrpoConfig, iteration: int = 0) -> dict:
     return chain_credit_options(config, "group")
 
 
-METHOD = register_method(Method("dance_grpo", "DanceGRPO's eta-SDE at every step, shared group noise, a random subset of steps trained", "DanceGRPO, arXiv 2505.07818", DanceGrpoConfig, make_plan, "chain", credit_options))
+METHOD = register_method(
+    Method(
+        "dance_grpo",
+        "DanceGRPO's eta-SDE at every step, shared group noise, a random subset of steps trained",
+        "DanceGRPO, arXiv 2505.07818",
+        DanceGrpoConfig,
+        make_plan,
+        "chain",
+        credit_options,
+    )
+)

@@ -23,18 +23,42 @@ class G2rpoConfig(GridConfig):
         super().__post_init__()
         self.sde_steps = tuple(int(s) for s in self.sde_steps)
         self.tail_strides = tuple(int(s) for s in self.tail_strides)
-        require(all(0 <= s < self.num_steps for s in self.sde_steps), f"sde_steps must lie in [0, {self.num_steps}), got {self.sde_steps}")
+        require(
+            all(0 <= s < self.num_steps for s in self.sde_steps),
+            f"sde_steps must lie in [0, {self.num_steps}), got {self.sde_steps}",
+        )
         require(self.probes >= 2, f"probes must be at least 2, got {self.probes!r}")
-        require(len(self.tail_strides) >= 1 and all(s >= 1 for s in self.tail_strides), f"tail_strides must be positive, got {self.tail_strides}")
+        require(
+            len(self.tail_strides) >= 1 and all(s >= 1 for s in self.tail_strides),
+            f"tail_strides must be positive, got {self.tail_strides}",
+        )
 
 
 def make_plan(config: G2rpoConfig, iteration: int = 0) -> Plan:
     steps = tuple(
-        StepSpec("ode", probes=config.probes, sde="flow_grpo", noise_level=config.noise_level, trained=True) if i in config.sde_steps else StepSpec("ode")
+        StepSpec("ode", probes=config.probes, sde="flow_grpo", noise_level=config.noise_level, trained=True)
+        if i in config.sde_steps
+        else StepSpec("ode")
         for i in range(config.num_steps)
     )
     tails = tuple(Tail(s, config.tail_solver) for s in config.tail_strides)
-    return Plan(config.sigmas(), steps, tails=tails, group_size=config.group_size, share_noise=config.share_noise, method="g2rpo")
+    return Plan(
+        config.sigmas(),
+        steps,
+        tails=tails,
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        method="g2rpo",
+    )
 
 
-METHOD = register_method(Method("g2rpo", "one SDE step per group off an ODE anchor, finished at several ODE granularities whose advantages are summed", "G2RPO, arXiv 2510.01982", G2rpoConfig, make_plan, "probe"))
+METHOD = register_method(
+    Method(
+        "g2rpo",
+        "one SDE step per group off an ODE anchor, finished at several ODE granularities whose advantages are summed",
+        "G2RPO, arXiv 2510.01982",
+        G2rpoConfig,
+        make_plan,
+        "probe",
+    )
+)

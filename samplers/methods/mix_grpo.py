@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..plan import Plan, StepSpec
-from .common import ChainCredit, GridConfig, chain_credit_options, chain_step, compressed_indices, require, sliding_window_start
+from .common import (
+    ChainCredit,
+    GridConfig,
+    chain_credit_options,
+    chain_step,
+    compressed_indices,
+    require,
+    sliding_window_start,
+)
 from .registry import Method, register_method
 
 
@@ -23,11 +31,23 @@ class MixGrpoConfig(ChainCredit, GridConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(1 <= self.window <= self.num_steps, f"window must be in [1, num_steps={self.num_steps}], got {self.window!r}")
-        require(self.noise_level >= 0, f"noise_level must be >= 0 (0: deterministic ODE steps with `solver`, for objective=matching or nft), got {self.noise_level!r}")
-        require(self.stride >= 0 and self.interval >= 1, f"stride must be >= 0 and interval >= 1, got {self.stride!r}, {self.interval!r}")
+        require(
+            1 <= self.window <= self.num_steps,
+            f"window must be in [1, num_steps={self.num_steps}], got {self.window!r}",
+        )
+        require(
+            self.noise_level >= 0,
+            f"noise_level must be >= 0 (0: deterministic ODE steps with `solver`, for objective=matching or nft), got {self.noise_level!r}",
+        )
+        require(
+            self.stride >= 0 and self.interval >= 1,
+            f"stride must be >= 0 and interval >= 1, got {self.stride!r}, {self.interval!r}",
+        )
         if self.max_start is not None:
-            require(0 <= self.max_start <= self.num_steps - self.window, f"max_start must be in [0, {self.num_steps - self.window}], got {self.max_start!r}")
+            require(
+                0 <= self.max_start <= self.num_steps - self.window,
+                f"max_start must be in [0, {self.num_steps - self.window}], got {self.max_start!r}",
+            )
 
     def window_start(self, iteration: int) -> int:
         limit = self.num_steps - self.window if self.max_start is None else self.max_start
@@ -49,12 +69,17 @@ def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
     """SDE trained steps inside [start, start + window), ODE steps elsewhere; at noise level 0 the
     window's steps are trained ODE steps of the same solver (deterministic rollouts)."""
     window = chain_step(config.noise_level, config.solver, trained=True)
-    return [window if start <= i < start + config.window else StepSpec("ode", solver=config.solver) for i in range(config.num_steps)]
+    return [
+        window if start <= i < start + config.window else StepSpec("ode", solver=config.solver)
+        for i in range(config.num_steps)
+    ]
 
 
 def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
     steps = window_steps(config, config.window_start(iteration))
-    return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo")
+    return Plan(
+        config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo"
+    )
 
 
 def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
@@ -63,14 +88,39 @@ def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
     points = compressed_indices(start + config.window, config.num_steps, config.compression)
     for here, there in zip(points, points[1:]):
         steps[here] = StepSpec("ode", solver=config.after_solver, next_index=there)
-    return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo_flash", info={"window_start": start})
+    return Plan(
+        config.sigmas(),
+        tuple(steps),
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        method="mix_grpo_flash",
+        info={"window_start": start},
+    )
 
 
 def credit_options(config: MixGrpoConfig, iteration: int = 0) -> dict:
     return chain_credit_options(config, "group")
 
 
-METHOD = register_method(Method("mix_grpo", "SDE and training only inside a sliding window of steps, ODE elsewhere", "MixGRPO, arXiv 2507.21802", MixGrpoConfig, make_plan, "chain", credit_options))
+METHOD = register_method(
+    Method(
+        "mix_grpo",
+        "SDE and training only inside a sliding window of steps, ODE elsewhere",
+        "MixGRPO, arXiv 2507.21802",
+        MixGrpoConfig,
+        make_plan,
+        "chain",
+        credit_options,
+    )
+)
 FLASH = register_method(
-    Method("mix_grpo_flash", "MixGRPO with the ODE part after the window solved by DPM-Solver++ (2M) on a compressed grid", "MixGRPO, arXiv 2507.21802", MixGrpoFlashConfig, make_flash_plan, "chain", credit_options)
+    Method(
+        "mix_grpo_flash",
+        "MixGRPO with the ODE part after the window solved by DPM-Solver++ (2M) on a compressed grid",
+        "MixGRPO, arXiv 2507.21802",
+        MixGrpoFlashConfig,
+        make_flash_plan,
+        "chain",
+        credit_options,
+    )
 )

@@ -7,8 +7,9 @@ which options, so the solver layer needs nothing from above it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from flowrl.registry import Registry, build_options
 

@@ -27,7 +27,10 @@ class TempFlowGrpoConfig(GridConfig):
         require(self.probes >= 2, f"probes must be at least 2 to compare them, got {self.probes!r}")
         if self.probe_steps is not None:
             self.probe_steps = tuple(int(s) for s in self.probe_steps)
-            require(all(0 <= s < self.num_steps for s in self.probe_steps), f"probe_steps must lie in [0, {self.num_steps}), got {self.probe_steps}")
+            require(
+                all(0 <= s < self.num_steps for s in self.probe_steps),
+                f"probe_steps must lie in [0, {self.num_steps}), got {self.probe_steps}",
+            )
 
 
 def noise_aware_step_weights(stds: torch.Tensor) -> torch.Tensor:
@@ -53,12 +56,41 @@ def noise_aware_weights(sigmas: torch.Tensor, steps: list[int], form: str, noise
 def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
     sigmas = config.sigmas()
     probed = range(config.num_steps) if config.probe_steps is None else config.probe_steps
-    weights = noise_aware_weights(sigmas, sorted(probed), "flow_grpo", config.noise_level) if config.noise_aware else {i: 1.0 for i in probed}
+    weights = (
+        noise_aware_weights(sigmas, sorted(probed), "flow_grpo", config.noise_level)
+        if config.noise_aware
+        else {i: 1.0 for i in probed}
+    )
     steps = tuple(
-        StepSpec("ode", probes=config.probes, sde="flow_grpo", noise_level=config.noise_level, trained=True, weight=weights[i]) if i in weights else StepSpec("ode")
+        StepSpec(
+            "ode",
+            probes=config.probes,
+            sde="flow_grpo",
+            noise_level=config.noise_level,
+            trained=True,
+            weight=weights[i],
+        )
+        if i in weights
+        else StepSpec("ode")
         for i in range(config.num_steps)
     )
-    return Plan(sigmas, steps, tails=(Tail(1, config.tail_solver),), group_size=config.group_size, share_noise=config.share_noise, method="tempflow_grpo")
+    return Plan(
+        sigmas,
+        steps,
+        tails=(Tail(1, config.tail_solver),),
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        method="tempflow_grpo",
+    )
 
 
-METHOD = register_method(Method("tempflow_grpo", "ODE trunk with one-step SDE probes finished by ODE: a process reward per step, noise-aware step weights", "TempFlow-GRPO, arXiv 2508.04324", TempFlowGrpoConfig, make_plan, "probe"))
+METHOD = register_method(
+    Method(
+        "tempflow_grpo",
+        "ODE trunk with one-step SDE probes finished by ODE: a process reward per step, noise-aware step weights",
+        "TempFlow-GRPO, arXiv 2508.04324",
+        TempFlowGrpoConfig,
+        make_plan,
+        "probe",
+    )
+)

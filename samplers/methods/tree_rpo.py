@@ -30,7 +30,10 @@ class TreeRpoConfig(GridConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(1 <= self.window <= self.num_steps, f"window must be in [1, {self.num_steps}], got {self.window!r}")
-        require(0 < self.noise_low and 0 < self.noise_high, f"noise levels must be positive, got {self.noise_low!r}, {self.noise_high!r}")
+        require(
+            0 < self.noise_low and 0 < self.noise_high,
+            f"noise levels must be positive, got {self.noise_low!r}, {self.noise_high!r}",
+        )
         require(self.branch >= 2, f"branch must be at least 2, got {self.branch!r}")
 
 
@@ -46,11 +49,28 @@ def make_plan(config: TreeRpoConfig, iteration: int = 0) -> Plan:
             steps.append(StepSpec("sde", sde="flow_grpo", noise_level=level, branch=config.branch, trained=True))
         else:
             steps.append(StepSpec("ode"))
-    return Plan(config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="tree_rpo", info={"window_start": start})
+    return Plan(
+        config.sigmas(),
+        tuple(steps),
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        method="tree_rpo",
+        info={"window_start": start},
+    )
 
 
 def credit_options(config: TreeRpoConfig, iteration: int = 0) -> dict:
     return {"beta": config.fusion_beta}
 
 
-METHOD = register_method(Method("tree_rpo", "a binary SDE tree inside a sliding window, noise rising with depth, ODE outside", "Dynamic-TreeRPO, arXiv 2509.23352", TreeRpoConfig, make_plan, "tree", credit_options))
+METHOD = register_method(
+    Method(
+        "tree_rpo",
+        "a binary SDE tree inside a sliding window, noise rising with depth, ODE outside",
+        "Dynamic-TreeRPO, arXiv 2509.23352",
+        TreeRpoConfig,
+        make_plan,
+        "tree",
+        credit_options,
+    )
+)

@@ -19,14 +19,19 @@ if __name__ == "__main__":
     trainer = Trainer(config)
     idle = []
     original = trainer.objective.idle_loss
-    trainer.objective.idle_loss = lambda *args, **kwargs: (idle.append(trainer.progress.iteration), original(*args, **kwargs))[1]
+    trainer.objective.idle_loss = lambda *args, **kwargs: (
+        idle.append(trainer.progress.iteration),
+        original(*args, **kwargs),
+    )[1]
 
     def dump():
         params = full_tensors(trainer.params)  # a collective when sharded: while the process group is up
         save_file(params, str(Path(config.out) / f"params_rank{trainer.rank}.safetensors"))
         local = {n: (p.to_local() if is_sharded(p) else p).numel() for n, p in trainer.params.items()}
         optimizer = local_optimizer_numel(trainer.backend.zero) if trainer.backend.zero else None
-        (Path(config.out) / f"local_rank{trainer.rank}.json").write_text(json.dumps({"numel": local, "optimizer_numel": optimizer, "idle_passes": idle}))
+        (Path(config.out) / f"local_rank{trainer.rank}.json").write_text(
+            json.dumps({"numel": local, "optimizer_numel": optimizer, "idle_passes": idle})
+        )
 
     export = trainer.export
     trainer.export = lambda: (export(), dump())[0]  # the last step of train() before end_training
