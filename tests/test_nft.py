@@ -281,7 +281,7 @@ def test_the_old_sampler_is_its_own_ramped_average_and_resumes_exactly(tiny_dir,
     train(tiny_run(tiny_dir, tmp_path / "control", "iterations=3", "objective=nft", "lr=1e-12"))
     control = metric_records(tmp_path / "control", skip_first=True)
     assert [r["reward/mean"] for r in frozen] == pytest.approx([r["reward/mean"] for r in control], abs=1e-4)
-    # ... and one with d = 0 is the current weights (nft_sampler=current) after every update.
+    # ... and one with d = 0 is the current weights (objective.sampler=current) after every update.
     following, _, _ = run("following", 3, "objective.old_decay=[0,0,0]")
     train(tiny_run(tiny_dir, tmp_path / "current", "iterations=3", "objective=nft", "lr=3e-3"))
     current = metric_records(tmp_path / "current", skip_first=True)

@@ -2,8 +2,11 @@
 class with its options dataclass in the OBJECTIVES registry; a new objective is one new file
 plus its registration."""
 
-from . import matching, nft, sde  # noqa: F401,E402  (registration)
 from .base import Objective, ObjectiveContext
 from .registry import OBJECTIVES, get_objective, register_objective
+
+# isort: off
+from . import sde, matching, nft  # noqa: F401,E402  (registration, in the order `flowrl objectives` lists them)
+# isort: on
 
 __all__ = ["OBJECTIVES", "Objective", "ObjectiveContext", "get_objective", "register_objective"]

@@ -3,7 +3,11 @@
 `get_method(name)` returns a Method; `METHODS` lists them all in registration order.
 """
 
-from . import branch_grpo, dance_grpo, flow_grpo, g2rpo, mix_grpo, tempflow_grpo, tree_rpo  # noqa: F401,E402  (registration)
 from .registry import METHODS, Method, get_method, register_method
+
+# isort: off
+# Registration in the order `flowrl methods` lists them: Flow-GRPO and the methods built on it.
+from . import flow_grpo, dance_grpo, mix_grpo, branch_grpo, tree_rpo, tempflow_grpo, g2rpo  # noqa: F401,E402
+# isort: on
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]
