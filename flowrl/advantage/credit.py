@@ -109,20 +109,42 @@ def leaf_of_node(rollout: Rollout) -> torch.Tensor:
 class ChainOptions:
     estimator: str = "grpo"
     estimator_options: dict = field(default_factory=dict)
+    step_fraction: float | None = None  # keep this share of each sample's trained steps (DanceGRPO); None: all
+    step_seed: int = 0  # of that choice, with the sample's global root id
 
 
 @CREDIT_RULES.register("chain", options=ChainOptions)
 def chain_credit(
-    rollout: Rollout, rewards: torch.Tensor, estimator: str = "grpo", estimator_options: dict | None = None
+    rollout: Rollout,
+    rewards: torch.Tensor,
+    estimator: str = "grpo",
+    estimator_options: dict | None = None,
+    step_fraction: float | None = None,
+    step_seed: int = 0,
 ) -> Credit:
-    """Independent chains: each transition gets the group-normalised reward of the chain's leaf."""
+    """Independent chains: each transition gets the group-normalised reward of the chain's leaf.
+    `step_fraction`: each sample keeps int(fraction * its trained steps) of them, a random choice
+    seeded by `step_seed` and its global root (the same on every process and world size)."""
     rewards = checked_rewards(rollout, rewards)
     leaf = leaf_of_node(rollout)
     child_leaf = leaf[rollout.transitions.child.cpu()]
     if bool((child_leaf < 0).any()):
         raise ValueError("chain credit needs unbranched chains; this rollout branches (use tree credit)")
     sample_advantage = get_advantage(estimator)(rewards, rollout.prompt, **(estimator_options or {}))  # [N]
-    return transition_credit(rollout, sample_advantage[child_leaf], stats=reward_stats(rewards))
+    keep = None if step_fraction is None else steps_per_sample(rollout, child_leaf, step_fraction, step_seed)
+    return transition_credit(rollout, sample_advantage[child_leaf], keep, stats=reward_stats(rewards))
+
+
+def steps_per_sample(rollout: Rollout, child_leaf: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """[M] bool: for each sample, int(fraction * n) of its n trained transitions, chosen by a random
+    permutation of them (DanceGRPO's per-sample timestep choice)."""
+    trained = rollout.transitions.trained.cpu()
+    keep = torch.zeros(len(trained), dtype=torch.bool)
+    for sample in child_leaf[trained].unique().tolist():
+        rows = torch.nonzero(trained & (child_leaf == sample)).flatten()
+        generator = torch.Generator().manual_seed(seed * 1_000_033 + int(rollout.root[sample]))
+        keep[rows[torch.randperm(len(rows), generator=generator)[: int(len(rows) * fraction)]]] = True
+    return keep
 
 
 def path_logp(rollout: Rollout) -> torch.Tensor:
@@ -139,6 +161,8 @@ def path_logp(rollout: Rollout) -> torch.Tensor:
 @dataclass
 class TreeOptions:
     beta: float = 0.0  # node value = softmax(beta * path logp)-weighted mean of leaf rewards; 0: plain mean
+    unbiased: bool = False  # the std of each depth's z-score with n - 1
+    eps: float = 1e-4
     width_pruning: int = 0
     depth_pruning: int = 0
     depth_interval: int = 30
@@ -154,6 +178,8 @@ def tree_credit(
     depth_pruning: int = 0,
     depth_interval: int = 30,
     iteration: int = 0,
+    unbiased: bool = False,
+    eps: float = 1e-4,
 ) -> Credit:
     """BranchGRPO credit: leaf rewards fused up the tree, z-scored among the nodes of a prompt at
     each depth; each transition gets its child's advantage. Width pruning keeps gradients below the
@@ -169,6 +195,8 @@ def tree_credit(
         leaf_rewards=rewards,
         path_logp=path_logp(rollout) if beta != 0 else None,
         beta=beta,
+        unbiased=unbiased,
+        eps=eps,
     )  # [K]
     transitions = rollout.transitions
     child = transitions.child.cpu()

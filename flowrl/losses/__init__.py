@@ -5,7 +5,7 @@ LLM adapter (per-token or per-sequence ratios). Surrogates live in a registry (`
 """
 
 from .aggregate import AGGREGATIONS, aggregate
-from .kl import KL_ESTIMATORS, gaussian_kl, kl_estimate
+from .kl import KL_ESTIMATORS, KL_FORMS, flow_grpo_kl, gaussian_kl, kl_estimate
 from .policy import policy_loss
 from .registry import LOSSES, get_loss, register_loss
 from .surrogate import clipped_surrogate, gspo_surrogate, regression_surrogate, sequence_log_ratio
@@ -13,6 +13,8 @@ from .surrogate import clipped_surrogate, gspo_surrogate, regression_surrogate, 
 __all__ = [
     "AGGREGATIONS",
     "KL_ESTIMATORS",
+    "KL_FORMS",
+    "flow_grpo_kl",
     "LOSSES",
     "aggregate",
     "clipped_surrogate",

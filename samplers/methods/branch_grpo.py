@@ -18,6 +18,8 @@ class BranchGrpoConfig(GridConfig):
     eta: float = 0.3  # DanceGRPO's SDE
     split_noise_scale: float | None = 4.0  # s in (xi_0 + s eta_b) / sqrt(1 + s^2); None: independent
     fusion_beta: float = 0.0  # node value = softmax(beta * path logp)-weighted mean of leaf rewards; 0: plain mean
+    unbiased: bool = False  # the std of each depth's z-score with n - 1
+    eps: float = 1e-4  # added to that std
     width_pruning: int = 0  # keep gradients after the last split only for the b best and b worst leaves (0: off)
     depth_pruning: int = 0  # drop gradients of this many consecutive depths (0: off) ...
     depth_interval: int = 30  # ... a window that slides one depth every this many iterations
@@ -79,6 +81,8 @@ def make_plan(config: BranchGrpoConfig, iteration: int = 0) -> Plan:
 def credit_options(config: BranchGrpoConfig, iteration: int = 0) -> dict:
     return {
         "beta": config.fusion_beta,
+        "unbiased": config.unbiased,
+        "eps": config.eps,
         "width_pruning": config.width_pruning,
         "depth_pruning": config.depth_pruning,
         "depth_interval": config.depth_interval,

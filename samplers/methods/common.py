@@ -54,15 +54,17 @@ class ChainCredit:
 
     advantage: str = "grpo"  # the advantage estimator (flowrl.advantage; grpo, dr_grpo, rloo, ngrpo)
     std_scope: str | None = None  # grpo's std: group, batch or none; None: the method's default
+    unbiased: bool | None = None  # grpo's std with n - 1 (TRL, verl); None: the estimator's default (biased)
+    eps: float | None = None  # added to the std (grpo, ngrpo); None: the estimator's default (1e-4)
 
 
 def chain_credit_options(config: ChainCredit, default_std_scope: str) -> dict:
     """The chain rule's options: the estimator and its own options. `std_scope` is grpo's option;
     left unset it takes the method's default for grpo and is not passed to other estimators."""
-    options = {}
-    if config.std_scope is not None:
-        options["std_scope"] = config.std_scope
-    elif config.advantage == "grpo":
+    options = {
+        key: getattr(config, key) for key in ("std_scope", "unbiased", "eps") if getattr(config, key) is not None
+    }
+    if config.std_scope is None and config.advantage == "grpo":
         options["std_scope"] = default_std_scope
     return {"estimator": config.advantage, "estimator_options": options}
 

@@ -17,24 +17,47 @@ class DanceGrpoConfig(ChainCredit, GridConfig):
     group_size: int = 12
     share_noise: bool = True  # a group's samples start from one noise
     eta: float = 0.3
-    timestep_fraction: float = 0.6  # a random 60% of the steps are trained each iteration
+    timestep_fraction: float = 0.6  # the share of the steps (all but the last) trained, a random 60%
     seed: int = 0  # of the choice of trained steps
+    # per_sample (DanceGRPO's code: each sample trains its own random subset of every step but the last)
+    # or shared (one subset per iteration for all samples, drawn from all steps)
+    step_choice: str = "per_sample"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction!r}")
+        require(
+            self.step_choice in STEP_CHOICES, f"step_choice must be one of {STEP_CHOICES}, got {self.step_choice!r}"
+        )
+        require(
+            self.step_choice == "shared" or self.num_steps >= 2,
+            "step_choice=per_sample trains steps before the last, so num_steps must be at least 2",
+        )
         require(
             self.eta >= 0,
             f"eta must be >= 0 (0: deterministic Euler steps, for objective=matching or nft), got {self.eta!r}",
         )
 
 
+STEP_CHOICES = ("per_sample", "shared")
+
+
+def step_seed(config: DanceGrpoConfig, iteration: int) -> int:
+    return config.seed * 1_000_003 + iteration
+
+
 def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
+    """per_sample: every step but the last records a trained transition, and the credit keeps a
+    random share of each sample's; shared: the plan trains one random subset of all steps."""
     count = max(1, int(config.num_steps * config.timestep_fraction))
-    chosen = set(
-        torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + iteration))[
-            :count
-        ].tolist()
+    chosen = (
+        set(range(config.num_steps - 1))
+        if config.step_choice == "per_sample"
+        else set(
+            torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(step_seed(config, iteration)))[
+                :count
+            ].tolist()
+        )
     )
     steps = tuple(
         StepSpec("sde", sde="dance_grpo", noise_level=config.eta, trained=i in chosen) for i in range(config.num_steps)
@@ -45,7 +68,10 @@ def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
 
 
 def credit_options(config: DanceGrpoConfig, iteration: int = 0) -> dict:
-    return chain_credit_options(config, "group")
+    options = chain_credit_options(config, "group")
+    if config.step_choice == "per_sample":
+        options.update(step_fraction=config.timestep_fraction, step_seed=step_seed(config, iteration))
+    return options
 
 
 METHOD = register_method(

@@ -17,7 +17,7 @@ class TempFlowGrpoConfig(GridConfig):
     num_steps: int = 10
     group_size: int = 4  # seeds (trunks) per prompt
     probes: int = 6  # SDE probes branching off the trunk at each probed step
-    probe_steps: tuple[int, ...] | None = None  # default: every step
+    probe_steps: tuple[int, ...] | None = None  # default: every step but the last (TempFlow-GRPO's code)
     noise_level: float = 0.7
     noise_aware: bool = True  # weight step i's loss by its transition std, normalised to mean 1
     tail_solver: str = "euler"
@@ -55,7 +55,7 @@ def noise_aware_weights(sigmas: torch.Tensor, steps: list[int], form: str, noise
 
 def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
     sigmas = config.sigmas()
-    probed = range(config.num_steps) if config.probe_steps is None else config.probe_steps
+    probed = range(max(config.num_steps - 1, 1)) if config.probe_steps is None else config.probe_steps
     weights = (
         noise_aware_weights(sigmas, sorted(probed), "flow_grpo", config.noise_level)
         if config.noise_aware

@@ -26,6 +26,8 @@ class TreeRpoConfig(GridConfig):
     noise_low: float = 0.5  # flow_grpo noise level at the first depth of the window ...
     noise_high: float = 0.9  # ... rising linearly to this at the last
     fusion_beta: float = 0.0
+    unbiased: bool = False  # the std of each depth's z-score with n - 1
+    eps: float = 1e-4  # added to that std
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,7 +62,7 @@ def make_plan(config: TreeRpoConfig, iteration: int = 0) -> Plan:
 
 
 def credit_options(config: TreeRpoConfig, iteration: int = 0) -> dict:
-    return {"beta": config.fusion_beta}
+    return {"beta": config.fusion_beta, "unbiased": config.unbiased, "eps": config.eps}
 
 
 METHOD = register_method(

@@ -1,0 +1,169 @@
+"""Fidelity to the official implementations: each rule written out here from the paper or the
+released code (read, not copied) and compared with the project's plans, credit and losses."""
+
+import contextlib
+import math
+
+import pytest
+import torch
+
+from flowrl.advantage import assign_credit
+from flowrl.losses import flow_grpo_kl, gaussian_kl
+from flowrl.objectives.base import ObjectiveContext
+from flowrl.objectives.sde import SdeObjective, SdeOptions
+from flowrl.samplers.grid import flow_sigmas
+from flowrl.samplers.methods import get_method
+from flowrl.samplers.rollout import rollout
+from flowrl.samplers.sde import sde_mean_std
+
+
+def flow_grpo_step_mean(v, x, sigma, sigma_next, a):
+    """Flow-GRPO's SDE step as its training code writes it: std_dev_t = a sqrt(sigma / (1 - sigma))
+    (the next sigma in the denominator at sigma = 1), and the mean
+    x (1 + std_dev_t^2 dt / (2 sigma)) + v (1 + std_dev_t^2 (1 - sigma) / (2 sigma)) dt."""
+    dt = sigma_next - sigma
+    std_dev_t = a * math.sqrt(sigma / (1 - (sigma_next if sigma == 1 else sigma)))
+    mean = x * (1 + std_dev_t**2 / (2 * sigma) * dt) + v * (1 + std_dev_t**2 * (1 - sigma) / (2 * sigma)) * dt
+    return mean, std_dev_t
+
+
+def flow_grpo_kl_reference(v, v_ref, x, sigma, sigma_next, a):
+    """Flow-GRPO's KL term: ((mean - mean_ref)^2).mean over the sample's dims / (2 std_dev_t^2)."""
+    mean, std_dev_t = flow_grpo_step_mean(v, x, sigma, sigma_next, a)
+    mean_ref, _ = flow_grpo_step_mean(v_ref, x, sigma, sigma_next, a)
+    return ((mean - mean_ref) ** 2).mean(dim=(1, 2, 3)) / (2 * std_dev_t**2)
+
+
+@pytest.mark.parametrize("step", range(9))
+def test_the_kl_is_flow_grpo_s_and_the_exact_one_is_it_over_dt(step):
+    sigmas = flow_sigmas(10, 3.0).double()
+    sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
+    generator = torch.Generator().manual_seed(step)
+    x, v, v_ref = (torch.randn(3, 4, 5, 5, generator=generator, dtype=torch.float64) for _ in range(3))
+    mean, std = sde_mean_std(v, x, sigma, sigma_next, "flow_grpo", 0.7)
+    mean_ref, _ = sde_mean_std(v_ref, x, sigma, sigma_next, "flow_grpo", 0.7)
+    expected = flow_grpo_kl_reference(v, v_ref, x, sigma, sigma_next, 0.7)
+    dt = torch.full((3,), sigma_next - sigma, dtype=torch.float64)
+    torch.testing.assert_close(flow_grpo_kl(mean, mean_ref, std, dt), expected)
+    torch.testing.assert_close(gaussian_kl(mean, mean_ref, std), expected / abs(sigma_next - sigma))
+
+
+class SwitchedReference:
+    """A stand-in for flowrl.adapters.Reference: `active()` switches the velocity to the reference's."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    @contextlib.contextmanager
+    def active(self):
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
+
+
+@pytest.mark.parametrize("kl", ["flow_grpo", "exact"])
+def test_the_sde_objective_uses_the_kl_it_is_given(kl):
+    reference = SwitchedReference()
+
+    def velocity(x, sigma, prompt_index):
+        scale = 0.3 if reference.on else 0.5
+        return scale * x + sigma.view(-1, *([1] * (x.ndim - 1)))
+
+    method = get_method("flow_grpo")
+    config = method.configure(num_steps=4, group_size=2, shift=1.0)
+    result = rollout(velocity, method.plan(config), 1, (2, 3, 3), root_seeds=[0, 1])
+    context = ObjectiveContext(
+        {}, None, reference, 0.1, "clip", 5.0, 64, 64, (2, 3, 3), lambda iteration, roots: [0] * len(roots)
+    )
+    objective = SdeObjective(SdeOptions(kl=kl), context)
+    t = result.transitions
+    _, _, values = objective.score(velocity, t, torch.arange(len(t)))
+    for k in range(len(t)):
+        x = t.x[k : k + 1].double()
+        sigma, sigma_next = float(t.sigma[k]), float(t.sigma_next[k])
+        v, v_ref = 0.5 * x + sigma, 0.3 * x + sigma
+        expected = flow_grpo_kl_reference(v, v_ref, x, sigma, sigma_next, 0.7)
+        if kl == "exact":
+            expected = expected / (sigma - sigma_next)
+        assert values[k].item() == pytest.approx(expected.item(), rel=1e-3)  # float32 differences of close means
+
+
+def dance_rollout(iteration: int, **options):
+    method = get_method("dance_grpo")
+    config = method.configure(num_steps=6, group_size=4, **options)
+    result = rollout(lambda x, s, p: -x, method.plan(config, iteration), 2, (1, 2, 2), seed=0)
+    rewards = torch.arange(8, dtype=torch.float32) % 3  # groups that do not tie
+    return result, assign_credit(method, result, rewards, config, iteration)
+
+
+def kept_steps(result, credit) -> dict[int, list[int]]:
+    """Per sample (its root), the grid steps whose transitions train."""
+    t = result.transitions
+    chains: dict[int, list[int]] = {}
+    node_sample = {int(node): sample for sample, node in enumerate(result.sample_node.tolist())}
+    for k in torch.nonzero(credit.mask).flatten().tolist():
+        node = int(t.child[k])
+        while node not in node_sample:  # walk down the chain to its leaf
+            node = int(torch.nonzero(result.node_parent == node).flatten()[0])
+        chains.setdefault(int(result.root[node_sample[node]]), []).append(int(t.step[k]))
+    return {root: sorted(s) for root, s in chains.items()}
+
+
+def test_dance_grpo_trains_a_random_share_of_each_sample_s_steps_but_never_the_last():
+    # DanceGRPO's code: a permutation per sample over the sampling steps but the last, of which
+    # the first int(timestep_fraction * (N - 1)) are trained: 3 of steps 0-4 on a 6-step grid.
+    result, credit = dance_rollout(0)
+    per_sample = kept_steps(result, credit)
+    assert sorted(per_sample) == list(range(8))
+    assert all(len(steps) == int(0.6 * 5) and set(steps) <= set(range(5)) for steps in per_sample.values())
+    assert len({tuple(steps) for steps in per_sample.values()}) > 1  # samples choose their own
+    assert kept_steps(*dance_rollout(1)) != per_sample  # and choose anew each iteration
+    assert kept_steps(*dance_rollout(0)) == per_sample  # deterministically
+    # The shared choice: one subset of all six steps for every sample.
+    shared = kept_steps(*dance_rollout(0, step_choice="shared"))
+    assert len({tuple(steps) for steps in shared.values()}) == 1 and len(next(iter(shared.values()))) == int(6 * 0.6)
+
+
+def test_tempflow_grpo_probes_every_step_but_the_last():
+    method = get_method("tempflow_grpo")
+    plan = method.plan(method.configure(num_steps=10))
+    probed = [i for i, step in enumerate(plan.steps) if step.probes > 0]
+    assert probed == list(range(9)) and plan.trained_steps() == list(range(9))
+    explicit = method.plan(method.configure(num_steps=10, probe_steps=(8, 9)))
+    assert explicit.trained_steps() == [8, 9]  # the last step when asked for by name
+
+
+def test_unbiased_std_and_eps_reach_chain_and_tree_credit():
+    from flowrl.advantage import grpo
+    from flowrl.config import build_config
+
+    method = get_method("mix_grpo")
+    config = method.configure(num_steps=4, group_size=3, window=2, unbiased=True, eps=0.5)
+    result = rollout(lambda x, s, p: -x, method.plan(config), 2, (1, 2, 2), seed=0)
+    rewards = torch.tensor([0.0, 1.0, 3.0, 2.0, 2.5, 0.5])
+    credit = assign_credit(method, result, rewards, config)
+    expected = grpo(rewards, result.prompt, unbiased=True, eps=0.5)  # (r - mean) / (std_{n-1} + 0.5)
+    by_hand = (rewards[:3] - rewards[:3].mean()) / (rewards[:3].std(unbiased=True) + 0.5)
+    torch.testing.assert_close(expected[:3], by_hand)
+    node_sample = {int(node): sample for sample, node in enumerate(result.sample_node.tolist())}
+    for k, child in enumerate(result.transitions.child.tolist()):
+        node = child
+        while node not in node_sample:
+            node = int(torch.nonzero(result.node_parent == node).flatten()[0])
+        assert credit.advantages[k].item() == pytest.approx(expected[node_sample[node]].item(), abs=1e-6)
+
+    tree = get_method("branch_grpo")
+    biased, unbiased = (tree.configure(num_steps=4, split_steps=(0, 2), unbiased=u) for u in (False, True))
+    tree_result = rollout(lambda x, s, p: -x, tree.plan(biased), 1, (1, 2, 2), seed=0)
+    leaf_rewards = torch.tensor([0.0, 1.0, 4.0, 2.0])
+    a = assign_credit(tree, tree_result, leaf_rewards, biased).advantages
+    b = assign_credit(tree, tree_result, leaf_rewards, unbiased).advantages
+    # At the first split's depth the two nodes hold means 0.5 and 3: z-scores +-1 with the biased
+    # std, +-1/sqrt(2) with the unbiased one (eps aside).
+    first = tree_result.transitions.step == 0
+    assert torch.allclose(a[first].abs(), torch.ones(int(first.sum())), atol=1e-3)
+    assert torch.allclose(b[first].abs(), torch.full((int(first.sum()),), 1 / math.sqrt(2)), atol=1e-3)
+    with pytest.raises(ValueError, match=r"advantage estimator 'rloo' has no option\(s\) \['unbiased'\]"):
+        build_config({}, ["method.advantage=rloo", "method.unbiased=true"])
