@@ -167,3 +167,39 @@ def test_unbiased_std_and_eps_reach_chain_and_tree_credit():
     assert torch.allclose(b[first].abs(), torch.full((int(first.sum()),), 1 / math.sqrt(2)), atol=1e-3)
     with pytest.raises(ValueError, match=r"advantage estimator 'rloo' has no option\(s\) \['unbiased'\]"):
         build_config({}, ["method.advantage=rloo", "method.unbiased=true"])
+
+
+@pytest.mark.parametrize(
+    "name, grid",
+    [
+        ("flow_grpo", "scheduler"),
+        ("tempflow_grpo", "scheduler"),
+        ("dance_grpo", "time_shift"),
+        ("mix_grpo", "time_shift"),
+        ("mix_grpo_flash", "time_shift"),
+        ("branch_grpo", "time_shift"),
+        ("branch_grpo_mix", "time_shift"),
+        ("g2rpo", "time_shift"),
+    ],
+)
+def test_each_method_samples_on_its_official_grid(name, grid):
+    method = get_method(name)
+    config = method.configure(num_steps=16, shift=3.0)
+    sigmas = method.plan(config).sigmas.double()
+    if grid == "time_shift":
+        # DanceGRPO's code: sd3_time_shift(shift, t) = shift t / (1 + (shift - 1) t) of linspace(1, 0, N + 1).
+        t = torch.linspace(1, 0, 17, dtype=torch.float64)
+        expected = 3.0 * t / (1 + 2.0 * t)
+        assert sigmas[-2].item() == pytest.approx(3.0 / 16 / (1 + 2.0 / 16), rel=1e-6)  # 0.167, not 0.02
+    else:
+        # Flow-GRPO samples with diffusers' SD3 scheduler itself: its grid is the reference.
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+        scheduler.set_timesteps(16)
+        expected = scheduler.sigmas.double()
+    torch.testing.assert_close(sigmas, expected, atol=1e-6, rtol=1e-6)
+    other = "scheduler" if grid == "time_shift" else "time_shift"
+    assert not torch.allclose(
+        method.plan(method.configure(num_steps=16, shift=3.0, grid=other)).sigmas.double(), expected
+    )

@@ -180,10 +180,10 @@ def test_deterministic_rollouts_train_the_matching_objectives(tiny_dir, tmp_path
 
     before, after = (load_toy(d).transformer.state_dict() for d in (tiny_dir, tmp_path / "flow" / "final"))
     assert any(not torch.equal(before[k], after[k].to(before[k].dtype)) for k in before)
-    # Other chain methods at zero noise draw the same first images (the same Euler chains from the
-    # same starting noise, whatever steps they mark as trained); any noise would change them.
-    dance = run("dance", "method=dance_grpo", "method.eta=0")
-    mix = run("mix", "method=mix_grpo", "method.noise_level=0", "method.window=2")
+    # Other chain methods at zero noise draw the same first images on the same grid (the same Euler
+    # chains from the same starting noise, whatever steps they mark as trained); any noise would change them.
+    dance = run("dance", "method=dance_grpo", "method.eta=0", "method.grid=scheduler")
+    mix = run("mix", "method=mix_grpo", "method.noise_level=0", "method.window=2", "method.grid=scheduler")
     noisy = run("noisy", "method.noise_level=0.3")
     assert flow[0]["reward/mean"] == dance[0]["reward/mean"] == mix[0]["reward/mean"] != noisy[0]["reward/mean"]
     # Another deterministic solver (DiffusionNFT's DPM-Solver 2M) draws other images and trains the same steps.

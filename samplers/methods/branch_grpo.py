@@ -11,6 +11,7 @@ from .registry import Method, register_method
 
 @dataclass
 class BranchGrpoConfig(GridConfig):
+    grid: str = "time_shift"  # its official code's grid
     num_steps: int = 20
     group_size: int = 1  # trees per prompt; one tree of 2^4 = 16 leaves by default
     split_steps: tuple[int, ...] = (0, 3, 6, 9)  # "dense" splits; also (0, 4, 8, 12), (0, 5, 10, 15)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..grid import flow_sigmas
+from ..grid import GRIDS
 from ..plan import StepSpec
 
 
@@ -32,6 +32,9 @@ class GridConfig:
     shift: float = 3.0  # SD3/FLUX timestep shift of the grid
     group_size: int = 8  # roots (chains, trees or anchors) per prompt
     share_noise: bool = False  # the roots of a prompt start from the same noise
+    # the sigma grid: scheduler (diffusers' flow-matching scheduler, Flow-GRPO's) or time_shift
+    # (shift t / (1 + (shift - 1) t) of a uniform t, the grid of DanceGRPO's code and those built on it)
+    grid: str = "scheduler"
 
     def __post_init__(self) -> None:
         require(
@@ -39,13 +42,14 @@ class GridConfig:
             f"num_steps must be a positive integer, got {self.num_steps!r}",
         )
         require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
+        require(self.grid in GRIDS, f"grid must be one of {list(GRIDS)}, got {self.grid!r}")
         require(
             int(self.group_size) == self.group_size and self.group_size >= 1,
             f"group_size must be a positive integer, got {self.group_size!r}",
         )
 
     def sigmas(self) -> torch.Tensor:
-        return flow_sigmas(self.num_steps, self.shift)
+        return GRIDS[self.grid](self.num_steps, self.shift)
 
 
 @dataclass

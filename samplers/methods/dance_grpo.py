@@ -13,6 +13,7 @@ from .registry import Method, register_method
 
 @dataclass
 class DanceGrpoConfig(ChainCredit, GridConfig):
+    grid: str = "time_shift"  # its official code's grid
     num_steps: int = 16
     group_size: int = 12
     share_noise: bool = True  # a group's samples start from one noise

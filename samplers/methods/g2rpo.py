@@ -11,6 +11,7 @@ from .registry import Method, register_method
 
 @dataclass
 class G2rpoConfig(GridConfig):
+    grid: str = "time_shift"  # its official code's grid
     num_steps: int = 16
     group_size: int = 1  # anchors (ODE trajectories from one noise) per prompt
     sde_steps: tuple[int, ...] = tuple(range(8))  # steps where a group branches off the anchor

@@ -19,6 +19,7 @@ from .registry import Method, register_method
 
 @dataclass
 class MixGrpoConfig(ChainCredit, GridConfig):
+    grid: str = "time_shift"  # its official code's grid
     num_steps: int = 25
     group_size: int = 12
     share_noise: bool = True
