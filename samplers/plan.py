@@ -156,12 +156,17 @@ def identical_groups(plan: Plan) -> bool:
 
 
 def deterministic_trained_steps(plan: Plan) -> list[int]:
-    """Trained steps whose transitions have no log-probability: ODE steps without probes, and SDE
-    steps at noise level 0 (only the matching objectives can train them)."""
+    """Trained steps whose transitions have no log-probability: ODE steps without probes, SDE
+    steps at noise level 0, and cps steps that end at sigma 0 (their std, sigma_next sin(.), is 0);
+    only the matching objectives can train them."""
+
+    def ends_clean(i: int, spec: StepSpec) -> bool:
+        return spec.sde == "cps" and float(plan.sigmas[i + 1]) == 0.0
+
     return [
         i
         for i, spec in enumerate(plan.steps)
-        if spec.trained and ((spec.mode == "ode" and spec.probes == 0) or spec.level() == 0)
+        if spec.trained and ((spec.mode == "ode" and spec.probes == 0) or spec.level() == 0 or ends_clean(i, spec))
     ]
 
 

@@ -7,8 +7,13 @@ discretised with Euler-Maruyama. They differ in the diffusion g:
   - flow_grpo (Liu et al., arXiv 2505.05470, eq. 9): g = a * sqrt(sigma / (1 - sigma)), a = 0.7;
   - dance_grpo (Xue et al., arXiv 2505.07818): g = eta, a constant, eta = 0.3.
 A transition is Gaussian with mean  x + [v + g^2/(2 sigma) (x + (1 - sigma) v)] d  and std
-g * sqrt(-d), d = sigma_next - sigma < 0. Its log-probability is averaged over the sample's
-dimensions, as the papers' code does, so it does not scale with resolution.
+g * sqrt(-d), d = sigma_next - sigma < 0.
+The third form, cps (coefficients-preserving sampling, arXiv 2509.05952; Flow-GRPO's
+sde_type="cps"), is DDIM-like: with x0_hat = x - sigma v and eps_hat = x + (1 - sigma) v, the next
+sample is (1 - sigma_next) x0_hat + sqrt(sigma_next^2 - std^2) eps_hat + std z, std = sigma_next
+sin(eta pi / 2), eta = 0.8: the noise in it has exactly the level sigma_next. A log-probability is
+averaged over the sample's dimensions, as the papers' code does, so it does not scale with
+resolution; for cps it is the exact Gaussian density (Flow-GRPO's code keeps only -(x - mean)^2).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import torch
 
 from .ode import per_sample
 
-SDE_FORMS = ("flow_grpo", "dance_grpo")
-DEFAULT_NOISE_LEVEL = {"flow_grpo": 0.7, "dance_grpo": 0.3}
+SDE_FORMS = ("flow_grpo", "dance_grpo", "cps")
+DEFAULT_NOISE_LEVEL = {"flow_grpo": 0.7, "dance_grpo": 0.3, "cps": 0.8}
 
 
 @dataclass
@@ -83,11 +88,27 @@ def sde_mean_std(
         raise ValueError(
             f"the noise level of an SDE step must be finite and >= 0 (0 is the ODE step), got {noise_level}"
         )
+    if form == "cps":
+        return cps_mean_std(velocity, x, s, s_next, level)
     g = diffusion(form, s, s_next, level)  # [B]
     d = s_next - s  # [B], negative
     gv, dv, sv = per_sample(g, x), per_sample(d, x), per_sample(s, x)
     mean = x + (velocity + gv**2 / (2 * sv) * (x + (1 - sv) * velocity)) * dv
     return mean, g * torch.sqrt(-d)
+
+
+def cps_mean_std(
+    velocity: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, eta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPS's transition: mean [B, ...] and std [B] (sigma_next sin(eta pi / 2)), from the model's
+    clean and noise estimates; eta = 1 draws the whole next noise afresh, eta = 0 is DDIM."""
+    if bool((eta > 1).any()):
+        raise ValueError(f"the cps noise level is eta in sin(eta pi / 2), at most 1; got {eta.max().item()}")
+    std = sigma_next * torch.sin(eta * math.pi / 2)  # [B]
+    sv, snv, stdv = per_sample(sigma, x), per_sample(sigma_next, x), per_sample(std, x)
+    clean = x - sv * velocity
+    noise = x + (1 - sv) * velocity
+    return (1 - snv) * clean + torch.sqrt((snv**2 - stdv**2).clamp_min(0)) * noise, std
 
 
 def sde_step(

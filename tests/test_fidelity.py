@@ -203,3 +203,75 @@ def test_each_method_samples_on_its_official_grid(name, grid):
     assert not torch.allclose(
         method.plan(method.configure(num_steps=16, shift=3.0, grid=other)).sigmas.double(), expected
     )
+
+
+def cps_reference(v, x, sigma, sigma_next, eta):
+    """CPS as Flow-GRPO's code writes it (sde_type="cps"): std_dev_t = sigma_prev sin(eta pi / 2),
+    pred_original = x - sigma v, noise_estimate = x + v (1 - sigma), and the mean
+    pred_original (1 - sigma_prev) + noise_estimate sqrt(sigma_prev^2 - std_dev_t^2)."""
+    std_dev_t = sigma_next * math.sin(eta * math.pi / 2)
+    pred_original = x - sigma * v
+    noise_estimate = x + v * (1 - sigma)
+    return pred_original * (1 - sigma_next) + noise_estimate * math.sqrt(sigma_next**2 - std_dev_t**2), std_dev_t
+
+
+@pytest.mark.parametrize("sigma, sigma_next, eta", [(1.0, 0.9, 0.8), (0.7, 0.5, 0.8), (0.4, 0.1, 0.5), (0.3, 0.2, 1.0)])
+def test_cps_step_is_flow_grpo_s_with_the_exact_gaussian_log_prob(sigma, sigma_next, eta):
+    from flowrl.samplers.sde import sde_step
+
+    generator = torch.Generator().manual_seed(3)
+    x, v, z = (torch.randn(4, 3, 4, 4, generator=generator, dtype=torch.float64) for _ in range(3))
+    mean, std = sde_mean_std(v, x, sigma, sigma_next, "cps", eta)
+    ref_mean, ref_std = cps_reference(v, x, sigma, sigma_next, eta)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(std, torch.full((4,), ref_std, dtype=torch.float64))
+    step = sde_step(v, x, sigma, sigma_next, "cps", eta, noise=z)
+    expected = torch.distributions.Normal(ref_mean, ref_std).log_prob(step.sample.double()).flatten(1).mean(1)
+    torch.testing.assert_close(step.logp.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cps_preserves_the_noise_level_of_an_exact_velocity():
+    # For a single clean point x0 the exact velocity is v = (x - x0) / sigma, so x0_hat = x0 and
+    # eps_hat = eps: the next sample is (1 - s') x0 + sqrt(s'^2 - std^2) eps + std z, whose noise
+    # has variance exactly s'^2 (coefficients preserved), for any eta.
+    x0 = torch.full((1, 2, 2, 2), 0.3, dtype=torch.float64)
+    eps = torch.randn(2000, 2, 2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sigma, sigma_next = 0.8, 0.5
+    x = (1 - sigma) * x0 + sigma * eps
+    for eta in (0.2, 0.8):
+        mean, std = sde_mean_std((x - x0) / sigma, x, sigma, sigma_next, "cps", eta)
+        kept = math.sqrt(sigma_next**2 - float(std[0]) ** 2)  # the share of the old noise kept
+        torch.testing.assert_close(mean, (1 - sigma_next) * x0 + kept * eps)
+        assert float(std[0]) ** 2 + kept**2 == pytest.approx(sigma_next**2)
+    mean, std = sde_mean_std((x - x0) / sigma, x, sigma, sigma_next, "cps", 1.0)  # all noise drawn afresh
+    torch.testing.assert_close(mean, ((1 - sigma_next) * x0).expand_as(mean))
+    assert torch.allclose(std, torch.full_like(std, sigma_next))
+    # eta = 0 is DDIM, which for a rectified flow is the Euler step x + (sigma_next - sigma) v.
+    v = torch.randn_like(x)
+    mean, std = sde_mean_std(v, x, sigma, sigma_next, "cps", 0.0)
+    torch.testing.assert_close(mean, x + (sigma_next - sigma) * v)
+    assert bool((std == 0).all())
+
+
+def test_every_chain_and_tree_method_takes_cps_and_refuses_a_clean_cps_step_to_train():
+    from flowrl.config import build_config
+    from flowrl.samplers.plan import deterministic_trained_steps
+
+    for name in (
+        "flow_grpo",
+        "dance_grpo",
+        "mix_grpo",
+        "mix_grpo_flash",
+        "branch_grpo",
+        "tree_rpo",
+        "tempflow_grpo",
+        "g2rpo",
+    ):
+        method = get_method(name)
+        plan = method.plan(method.configure(sde="cps"))
+        forms = {s.sde for s in plan.steps if s.mode == "sde" or s.probes > 0}
+        assert forms == {"cps"}, (name, forms)
+    # flow_grpo trains its first 9 of 10 steps: none ends at sigma 0, so cps gives every one a density.
+    assert deterministic_trained_steps(get_method("flow_grpo").plan(get_method("flow_grpo").configure(sde="cps"))) == []
+    with pytest.raises(ValueError, match=r"trained steps \[9\]"):  # the last step ends at sigma 0: std 0
+        build_config({}, ["method.sde=cps", "method.timestep_fraction=1.0"])

@@ -103,7 +103,10 @@ def test_zero_noise_sde_steps_are_the_euler_chain_and_keep_their_transitions(for
     euler = rollout(
         CountingVelocity(), Plan(grid(steps), (StepSpec(),) * steps, group_size=group), prompts, SHAPE, noise=noise
     )
-    assert torch.equal(out.samples, euler.samples)  # the zero-noise SDE step is exactly the Euler step
+    if form == "cps":  # DDIM: the Euler step through the clean and noise estimates, float32 rounding apart
+        torch.testing.assert_close(out.samples, euler.samples, atol=1e-6, rtol=1e-6)
+    else:
+        assert torch.equal(out.samples, euler.samples)  # the zero-noise SDE step is exactly the Euler step
     t = out.transitions
     assert len(t) == prompts * group * 3 and sorted(set(t.step.tolist())) == [0, 1, 2] and bool(t.trained.all())
     assert torch.isnan(t.logp).all() and torch.all(t.noise_level == 0)  # no density to train on

@@ -59,7 +59,7 @@ def make_plan(config: BranchGrpoConfig, iteration: int = 0) -> Plan:
     steps = tuple(
         StepSpec(
             "sde",
-            sde="dance_grpo",
+            sde=config.sde or "dance_grpo",
             noise_level=config.eta,
             branch=config.branch if i in config.split_steps else 1,
             trained=True,

@@ -8,6 +8,7 @@ import torch
 
 from ..grid import GRIDS
 from ..plan import StepSpec
+from ..sde import SDE_FORMS
 
 
 def require(condition: bool, message: str) -> None:
@@ -16,11 +17,11 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def chain_step(noise_level: float, solver: str, trained: bool) -> StepSpec:
-    """A step of a flow_grpo-SDE chain: an SDE step at a positive noise level; at level 0 a
+def chain_step(noise_level: float, solver: str, trained: bool, form: str = "flow_grpo") -> StepSpec:
+    """A step of an SDE chain: an SDE step of `form` at a positive noise level; at level 0 a
     deterministic ODE step of `solver` (trained ones record points for the matching objectives)."""
     if noise_level > 0:
-        return StepSpec("sde", sde="flow_grpo", noise_level=noise_level, trained=trained)
+        return StepSpec("sde", sde=form, noise_level=noise_level, trained=trained)
     return StepSpec("ode", solver=solver, trained=trained)
 
 
@@ -35,6 +36,9 @@ class GridConfig:
     # the sigma grid: scheduler (diffusers' flow-matching scheduler, Flow-GRPO's) or time_shift
     # (shift t / (1 + (shift - 1) t) of a uniform t, the grid of DanceGRPO's code and those built on it)
     grid: str = "scheduler"
+    # the form of the SDE steps: None (the method's own: flow_grpo or dance_grpo) or another of
+    # flow_grpo, dance_grpo, cps (coefficients-preserving; the noise level is its eta, at most 1)
+    sde: str | None = None
 
     def __post_init__(self) -> None:
         require(
@@ -43,6 +47,7 @@ class GridConfig:
         )
         require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
         require(self.grid in GRIDS, f"grid must be one of {list(GRIDS)}, got {self.grid!r}")
+        require(self.sde is None or self.sde in SDE_FORMS, f"sde must be one of {list(SDE_FORMS)}, got {self.sde!r}")
         require(
             int(self.group_size) == self.group_size and self.group_size >= 1,
             f"group_size must be a positive integer, got {self.group_size!r}",

@@ -61,7 +61,8 @@ def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
         )
     )
     steps = tuple(
-        StepSpec("sde", sde="dance_grpo", noise_level=config.eta, trained=i in chosen) for i in range(config.num_steps)
+        StepSpec("sde", sde=config.sde or "dance_grpo", noise_level=config.eta, trained=i in chosen)
+        for i in range(config.num_steps)
     )
     return Plan(
         config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo"

@@ -38,7 +38,10 @@ def trained_count(num_steps: int, fraction: float) -> int:
 
 def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
     trained = trained_count(config.num_steps, config.timestep_fraction)
-    steps = tuple(chain_step(config.noise_level, config.solver, trained=i < trained) for i in range(config.num_steps))
+    steps = tuple(
+        chain_step(config.noise_level, config.solver, trained=i < trained, form=config.sde or "flow_grpo")
+        for i in range(config.num_steps)
+    )
     return Plan(
         config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo"
     )

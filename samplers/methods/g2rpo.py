@@ -37,7 +37,9 @@ class G2rpoConfig(GridConfig):
 
 def make_plan(config: G2rpoConfig, iteration: int = 0) -> Plan:
     steps = tuple(
-        StepSpec("ode", probes=config.probes, sde="flow_grpo", noise_level=config.noise_level, trained=True)
+        StepSpec(
+            "ode", probes=config.probes, sde=config.sde or "flow_grpo", noise_level=config.noise_level, trained=True
+        )
         if i in config.sde_steps
         else StepSpec("ode")
         for i in range(config.num_steps)

@@ -69,7 +69,7 @@ class MixGrpoFlashConfig(MixGrpoConfig):
 def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
     """SDE trained steps inside [start, start + window), ODE steps elsewhere; at noise level 0 the
     window's steps are trained ODE steps of the same solver (deterministic rollouts)."""
-    window = chain_step(config.noise_level, config.solver, trained=True)
+    window = chain_step(config.noise_level, config.solver, trained=True, form=config.sde or "flow_grpo")
     return [
         window if start <= i < start + config.window else StepSpec("ode", solver=config.solver)
         for i in range(config.num_steps)

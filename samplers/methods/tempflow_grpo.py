@@ -57,7 +57,7 @@ def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
     sigmas = config.sigmas()
     probed = range(max(config.num_steps - 1, 1)) if config.probe_steps is None else config.probe_steps
     weights = (
-        noise_aware_weights(sigmas, sorted(probed), "flow_grpo", config.noise_level)
+        noise_aware_weights(sigmas, sorted(probed), config.sde or "flow_grpo", config.noise_level)
         if config.noise_aware
         else {i: 1.0 for i in probed}
     )
@@ -65,7 +65,7 @@ def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
         StepSpec(
             "ode",
             probes=config.probes,
-            sde="flow_grpo",
+            sde=config.sde or "flow_grpo",
             noise_level=config.noise_level,
             trained=True,
             weight=weights[i],

@@ -48,7 +48,9 @@ def make_plan(config: TreeRpoConfig, iteration: int = 0) -> Plan:
         if 0 <= depth < config.window:
             fraction = depth / max(config.window - 1, 1)
             level = config.noise_low + (config.noise_high - config.noise_low) * fraction
-            steps.append(StepSpec("sde", sde="flow_grpo", noise_level=level, branch=config.branch, trained=True))
+            steps.append(
+                StepSpec("sde", sde=config.sde or "flow_grpo", noise_level=level, branch=config.branch, trained=True)
+            )
         else:
             steps.append(StepSpec("ode"))
     return Plan(
