@@ -275,3 +275,44 @@ def test_every_chain_and_tree_method_takes_cps_and_refuses_a_clean_cps_step_to_t
     assert deterministic_trained_steps(get_method("flow_grpo").plan(get_method("flow_grpo").configure(sde="cps"))) == []
     with pytest.raises(ValueError, match=r"trained steps \[9\]"):  # the last step ends at sigma 0: std 0
         build_config({}, ["method.sde=cps", "method.timestep_fraction=1.0"])
+
+
+def mixgrpo_official_windows(iterations, num_steps=25, window=4, iters_per_group=25, overlap_step=1):
+    """The trained steps per iteration as MixGRPO's progressive schedule produces them: take
+    range(cur, min(cur + window, num_steps - 2)), then count the iteration; after iters_per_group of
+    them cur moves by overlap_step, and past num_steps - 2 it rolls back to 0."""
+    cur, in_group, windows = 0, 0, []
+    for _ in range(iterations):
+        windows.append(list(range(cur, min(cur + window, num_steps - 2))))
+        in_group += 1
+        if in_group >= iters_per_group:
+            in_group = 0
+            cur += overlap_step
+        if cur > num_steps - 2:
+            cur, in_group = 0, 0
+    return windows
+
+
+def test_the_mixgrpo_window_shrinks_at_the_end_and_rolls_back():
+    method = get_method("mix_grpo")
+    config = method.configure()
+    official = mixgrpo_official_windows(700)
+    for iteration in (0, 24, 25, 499, 525, 550, 575, 599, 600, 699):
+        assert method.plan(config, iteration).trained_steps() == official[iteration], iteration
+    assert (
+        official[499] == [19, 20, 21, 22]
+        and official[525] == [21, 22]
+        and official[575] == []
+        and official[600] == [0, 1, 2, 3]
+    )
+    # The last two steps are never trained; window_end=clamp keeps the window's size at the end instead.
+    assert all(24 not in w and 23 not in w for w in official)
+    clamped = method.configure(window_end="clamp")
+    assert method.plan(clamped, 600).trained_steps() == [21, 22, 23, 24]
+    # Flash moves every 20 iterations (its scripts); Flash* keeps the window at 0 and compresses to 0.2.
+    flash = get_method("mix_grpo_flash")
+    flash_windows = mixgrpo_official_windows(200, iters_per_group=20)
+    for iteration in (0, 19, 20, 199):
+        steps = flash.plan(flash.configure(), iteration).steps
+        assert [i for i, s in enumerate(steps) if s.trained] == flash_windows[iteration]
+    assert flash.configure().compression == 0.4 and flash.configure(fixed_window=True).compression == 0.2

@@ -56,9 +56,10 @@ def test_flow_grpo_trains_the_first_nine_of_ten_steps():
     assert all(s.mode == "sde" and s.sde == "flow_grpo" and s.level() == 0.7 for s in plan.steps)
 
 
-def test_mix_grpo_window_slides_every_interval():
+def test_mix_grpo_window_slides_every_interval_and_clamps_when_asked():
+    # window_end=clamp: the start stops at num_steps - window (the default rolls back: test_fidelity.py)
     method = get_method("mix_grpo")
-    config = method.configure(num_steps=25, window=4, stride=1, interval=25)
+    config = method.configure(num_steps=25, window=4, stride=1, interval=25, window_end="clamp")
     for iteration, start in [(0, 0), (24, 0), (25, 1), (260, 10), (10_000, 21)]:
         plan = method.plan(config, iteration)
         sde = [i for i, s in enumerate(plan.steps) if s.mode == "sde"]

@@ -26,7 +26,11 @@ class MixGrpoConfig(ChainCredit, GridConfig):
     window: int = 4  # SDE (and trained) steps
     stride: int = 1  # the window moves this many steps ...
     interval: int = 25  # ... every this many iterations, from noisy towards clean
-    max_start: int | None = None  # last window start (default: num_steps - window)
+    max_start: int | None = None  # window_end=clamp: the last window start (default: num_steps - window)
+    # roll_back (MixGRPO's code): the window ends before step num_steps - 2, so it shrinks over the last
+    # starts (and is empty at start num_steps - 2), then starts over at step 0; clamp: the start stops
+    # at max_start and the window keeps its size, training the last steps from then on
+    window_end: str = "roll_back"
     noise_level: float = 0.7
     solver: str = "euler"  # ODE solver outside the window
 
@@ -44,49 +48,65 @@ class MixGrpoConfig(ChainCredit, GridConfig):
             self.stride >= 0 and self.interval >= 1,
             f"stride must be >= 0 and interval >= 1, got {self.stride!r}, {self.interval!r}",
         )
+        require(self.window_end in WINDOW_ENDS, f"window_end must be one of {WINDOW_ENDS}, got {self.window_end!r}")
+        require(
+            self.window_end == "clamp" or self.num_steps >= 3,
+            f"window_end=roll_back ends the window before step num_steps - 2, so it needs num_steps >= 3 (got "
+            f"{self.num_steps}); use window_end=clamp",
+        )
         if self.max_start is not None:
             require(
                 0 <= self.max_start <= self.num_steps - self.window,
                 f"max_start must be in [0, {self.num_steps - self.window}], got {self.max_start!r}",
             )
 
-    def window_start(self, iteration: int) -> int:
-        limit = self.num_steps - self.window if self.max_start is None else self.max_start
-        return sliding_window_start(iteration, self.stride, self.interval, limit)
+    def window_bounds(self, iteration: int) -> tuple[int, int]:
+        """[start, end) of the SDE window at `iteration`."""
+        if self.window_end == "clamp":
+            limit = self.num_steps - self.window if self.max_start is None else self.max_start
+            start = sliding_window_start(iteration, self.stride, self.interval, limit)
+            return start, start + self.window
+        last = self.num_steps - 2  # MixGRPO's max_timesteps: the window ends before it
+        block = max(iteration, 0) // self.interval
+        start = 0 if self.stride == 0 else self.stride * (block % (last // self.stride + 1))
+        return start, max(start, min(start + self.window, last))
 
 
 @dataclass
 class MixGrpoFlashConfig(MixGrpoConfig):
-    compression: float = 0.4  # share of the steps after the window that DPM-Solver++ keeps
+    interval: int = 20  # MixGRPO-Flash's scripts: the window moves every 20 iterations
+    compression: float | None = None  # share of the steps after the window that DPM-Solver++ keeps (0.4; Flash*: 0.2)
     fixed_window: bool = False  # Flash*: the window stays at the first steps
     after_solver: str = "dpmpp_2m"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.compression is None:
+            self.compression = 0.2 if self.fixed_window else 0.4
         require(0 < self.compression <= 1, f"compression must be in (0, 1], got {self.compression!r}")
 
 
-def window_steps(config: MixGrpoConfig, start: int) -> list[StepSpec]:
-    """SDE trained steps inside [start, start + window), ODE steps elsewhere; at noise level 0 the
-    window's steps are trained ODE steps of the same solver (deterministic rollouts)."""
+WINDOW_ENDS = ("roll_back", "clamp")
+
+
+def window_steps(config: MixGrpoConfig, start: int, end: int) -> list[StepSpec]:
+    """SDE trained steps inside [start, end), ODE steps elsewhere; at noise level 0 the window's
+    steps are trained ODE steps of the same solver (deterministic rollouts)."""
     window = chain_step(config.noise_level, config.solver, trained=True, form=config.sde or "flow_grpo")
-    return [
-        window if start <= i < start + config.window else StepSpec("ode", solver=config.solver)
-        for i in range(config.num_steps)
-    ]
+    return [window if start <= i < end else StepSpec("ode", solver=config.solver) for i in range(config.num_steps)]
 
 
 def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
-    steps = window_steps(config, config.window_start(iteration))
+    steps = window_steps(config, *config.window_bounds(iteration))
     return Plan(
         config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo"
     )
 
 
 def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
-    start = 0 if config.fixed_window else config.window_start(iteration)
-    steps = window_steps(config, start)
-    points = compressed_indices(start + config.window, config.num_steps, config.compression)
+    start, end = (0, config.window) if config.fixed_window else config.window_bounds(iteration)
+    steps = window_steps(config, start, end)
+    points = compressed_indices(end, config.num_steps, config.compression)
     for here, there in zip(points, points[1:]):
         steps[here] = StepSpec("ode", solver=config.after_solver, next_index=there)
     return Plan(
