@@ -316,3 +316,9 @@ def test_the_mixgrpo_window_shrinks_at_the_end_and_rolls_back():
         steps = flash.plan(flash.configure(), iteration).steps
         assert [i for i, s in enumerate(steps) if s.trained] == flash_windows[iteration]
     assert flash.configure().compression == 0.4 and flash.configure(fixed_window=True).compression == 0.2
+
+
+def test_g2rpo_finishes_at_granularities_one_and_two():
+    method = get_method("g2rpo")
+    plan = method.plan(method.configure())
+    assert [tail.stride for tail in plan.tails] == [1, 2]

@@ -16,7 +16,7 @@ class G2rpoConfig(GridConfig):
     group_size: int = 1  # anchors (ODE trajectories from one noise) per prompt
     sde_steps: tuple[int, ...] = tuple(range(8))  # steps where a group branches off the anchor
     probes: int = 12  # group size G at each of those steps
-    tail_strides: tuple[int, ...] = (1, 2, 3)  # ODE finishes at these granularities
+    tail_strides: tuple[int, ...] = (1, 2)  # ODE finishes at these granularities (G2RPO's code: 1 and 2)
     noise_level: float = 0.7
     tail_solver: str = "euler"
 
