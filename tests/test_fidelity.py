@@ -185,7 +185,7 @@ def test_unbiased_std_and_eps_reach_chain_and_tree_credit():
 def test_each_method_samples_on_its_official_grid(name, grid):
     method = get_method(name)
     config = method.configure(num_steps=16, shift=3.0)
-    sigmas = method.plan(config).sigmas.double()
+    sigmas = config.sigmas().double()  # the grid the plan starts from (Flash re-spaces after its window)
     if grid == "time_shift":
         # DanceGRPO's code: sd3_time_shift(shift, t) = shift t / (1 + (shift - 1) t) of linspace(1, 0, N + 1).
         t = torch.linspace(1, 0, 17, dtype=torch.float64)
@@ -200,9 +200,7 @@ def test_each_method_samples_on_its_official_grid(name, grid):
         expected = scheduler.sigmas.double()
     torch.testing.assert_close(sigmas, expected, atol=1e-6, rtol=1e-6)
     other = "scheduler" if grid == "time_shift" else "time_shift"
-    assert not torch.allclose(
-        method.plan(method.configure(num_steps=16, shift=3.0, grid=other)).sigmas.double(), expected
-    )
+    assert not torch.allclose(method.configure(num_steps=16, shift=3.0, grid=other).sigmas().double(), expected)
 
 
 def cps_reference(v, x, sigma, sigma_next, eta):
@@ -322,3 +320,22 @@ def test_g2rpo_finishes_at_granularities_one_and_two():
     method = get_method("g2rpo")
     plan = method.plan(method.configure())
     assert [tail.stride for tail in plan.tails] == [1, 2]
+
+
+@pytest.mark.parametrize("fixed_window, compression", [(False, 0.4), (True, 0.2)])
+def test_mixgrpo_flash_respaces_the_grid_after_the_window(fixed_window, compression):
+    # MixGRPO-Flash's code: keep sigma_schedule[:last + 1] (last = the window's last SDE step), then
+    # num_post = int(max((N - last) * ratio, 1)) points linspace(t[last + 1], 0, num_post) of the
+    # unshifted t = linspace(1, 0, N + 1), time-shifted, solved by DPM-Solver++ after the window.
+    method = get_method("mix_grpo_flash")
+    plan = method.plan(method.configure(fixed_window=fixed_window), 0)
+    n, shift, last = 25, 3.0, 3
+    t = torch.linspace(1, 0, n + 1, dtype=torch.float64)
+    schedule = shift * t / (1 + (shift - 1) * t)
+    num_post = int(max((n - last) * compression, 1))
+    post_t = torch.linspace(float(t[last + 1]), 0, num_post, dtype=torch.float64)
+    expected = torch.cat([schedule[: last + 1], shift * post_t / (1 + (shift - 1) * post_t)])
+    torch.testing.assert_close(plan.sigmas.double(), expected, atol=1e-6, rtol=1e-6)
+    assert plan.num_steps == last + num_post  # 4 + 7 steps (Flash) or 4 + 3 (Flash*)
+    assert all(s.mode == "ode" and s.solver == "dpmpp_2m" for s in plan.steps[last + 1 :])
+    assert plan.trained_steps() == [0, 1, 2, 3]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..plan import Plan, StepSpec
 from .common import (
     ChainCredit,
@@ -78,15 +80,30 @@ class MixGrpoFlashConfig(MixGrpoConfig):
     compression: float | None = None  # share of the steps after the window that DPM-Solver++ keeps (0.4; Flash*: 0.2)
     fixed_window: bool = False  # Flash*: the window stays at the first steps
     after_solver: str = "dpmpp_2m"
+    # respaced (MixGRPO-Flash's code: a fresh time-shifted grid of int((N - end + 1) compression) points from the
+    # window's end to 0) or subset (about compression of the grid's own points after the window)
+    post_grid: str = "respaced"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.compression is None:
             self.compression = 0.2 if self.fixed_window else 0.4
         require(0 < self.compression <= 1, f"compression must be in (0, 1], got {self.compression!r}")
+        require(self.post_grid in POST_GRIDS, f"post_grid must be one of {POST_GRIDS}, got {self.post_grid!r}")
 
 
 WINDOW_ENDS = ("roll_back", "clamp")
+POST_GRIDS = ("respaced", "subset")
+
+
+def respaced_tail(sigma: float, count: int, shift: float) -> torch.Tensor:
+    """`count` (at least 2) sigmas from `sigma` down to 0, time-shifted uniform in t: the t whose
+    shift is `sigma`, linspace(t, 0, count), shifted back (MixGRPO-Flash's post-window grid)."""
+    t = sigma / (shift - (shift - 1) * sigma)  # the inverse of shift t / (1 + (shift - 1) t)
+    ts = torch.linspace(t, 0, max(count, 2), dtype=torch.float64)
+    tail = (shift * ts / (1 + (shift - 1) * ts)).to(torch.float32)
+    tail[0] = sigma  # exactly the window's end
+    return tail
 
 
 def window_steps(config: MixGrpoConfig, start: int, end: int) -> list[StepSpec]:
@@ -106,11 +123,18 @@ def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
 def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
     start, end = (0, config.window) if config.fixed_window else config.window_bounds(iteration)
     steps = window_steps(config, start, end)
-    points = compressed_indices(end, config.num_steps, config.compression)
-    for here, there in zip(points, points[1:]):
-        steps[here] = StepSpec("ode", solver=config.after_solver, next_index=there)
+    sigmas = config.sigmas()
+    if config.post_grid == "subset":
+        points = compressed_indices(end, config.num_steps, config.compression)
+        for here, there in zip(points, points[1:]):
+            steps[here] = StepSpec("ode", solver=config.after_solver, next_index=there)
+    elif end < config.num_steps:
+        count = int(max((config.num_steps - end + 1) * config.compression, 1))  # the code's num_post_steps
+        tail = respaced_tail(float(sigmas[end]), count, config.shift)
+        sigmas = torch.cat([sigmas[:end], tail])
+        steps = steps[:end] + [StepSpec("ode", solver=config.after_solver)] * (len(tail) - 1)
     return Plan(
-        config.sigmas(),
+        sigmas,
         tuple(steps),
         group_size=config.group_size,
         share_noise=config.share_noise,
