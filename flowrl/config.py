@@ -197,8 +197,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-# The parts whose options nest under a key: override prefix -> (name key, options key, registry).
-PARTS = {"method": ("method", "method_options"), "objective": ("objective", "objective_options")}
+# The parts whose options nest under PART_options (override prefix PART.): the key PART names the entry.
+PARTS = ("method", "objective")
 
 
 def part_registry(part: str):
@@ -214,8 +214,8 @@ def part_registry(part: str):
 def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
     """A validated TrainConfig from a dict (a recipe) and key=value overrides (applied after)."""
     values = dict(values)
-    recipe_options = {part: dict(values.pop(options_key, None) or {}) for part, (_, options_key) in PARTS.items()}
-    recipe_names = {part: values.get(name_key, getattr(TrainConfig, name_key)) for part, (name_key, _) in PARTS.items()}
+    recipe_options = {part: dict(values.pop(f"{part}_options", None) or {}) for part in PARTS}
+    recipe_names = {part: values.get(part, getattr(TrainConfig, part)) for part in PARTS}
     cli_options: dict[str, dict[str, Any]] = {part: {} for part in PARTS}
     for text in overrides:
         key, value = parse_override(text)
@@ -225,8 +225,8 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
         else:
             values[key] = value
     options = {}
-    for part, (name_key, options_key) in PARTS.items():
-        chosen = values.get(name_key, recipe_names[part])
+    for part in PARTS:
+        chosen = values.get(part, recipe_names[part])
         kept = recipe_options[part]
         if chosen != recipe_names[part]:
             # Another method or objective than the recipe's: keep the recipe's options the new one
@@ -239,7 +239,7 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
                     f"note: {part} {chosen!r} has no {dropped} (options of the recipe's {recipe_names[part]!r}); ignoring them",
                     file=sys.stderr,
                 )
-        options[options_key] = {**kept, **cli_options[part]}
+        options[f"{part}_options"] = {**kept, **cli_options[part]}
     checked = {name: check_value(name, value) for name, value in values.items()}
     config = TrainConfig(**checked, **options)
     validate(config)

@@ -45,7 +45,7 @@ class PromptSource:
             self.toyshapes_split, self.toyshapes_categories = toyshapes_prompt_spec(spec)
             self.pool = [p.text for p in prompts_for(self.toyshapes_split, self.toyshapes_categories)]
         else:
-            self.pool = [line.strip() for line in Path(spec).read_text().splitlines() if line.strip()]
+            self.pool = read_prompt_file(spec)
         if not self.pool:
             raise ValueError(f"prompts={spec!r} yields no prompts")
 

@@ -60,6 +60,11 @@ class Registry(dict):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a test's or a notebook's own registration) from the registry."""
+        self.lookup(name)
+        del self[name], self.entries[name]
+
     def lookup(self, name: str) -> Any:
         """The object registered as `name`, or a ValueError listing the known names."""
         if name not in self:

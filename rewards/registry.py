@@ -62,7 +62,6 @@ BUILTIN: dict[str, tuple[str, dict, str]] = {
 # Rewards registered in this process; a reward's options are its constructor's keyword arguments,
 # checked against its signature before any weights load (check_options).
 REWARDS = Registry("reward")
-_registered = REWARDS
 
 
 def register_reward(name: str) -> Callable:
@@ -100,7 +99,7 @@ def _plugins() -> dict:
 def available() -> dict[str, str]:
     """Every loadable reward name with a one-line description (built-ins, registered, plug-ins)."""
     names = {name: description for name, (_, _, description) in BUILTIN.items()}
-    for name, target in _registered.items():
+    for name, target in REWARDS.items():
         names[name] = (inspect.getdoc(target) or "registered in this process").splitlines()[0]
     for name, ep in _plugins().items():
         names.setdefault(name, f"plug-in {ep.value} (package {ep.dist.name if ep.dist else '?'})")
@@ -193,8 +192,8 @@ def import_object(spec: str) -> object:
 def resolve(name: str) -> tuple[object, dict]:
     """(target, fixed options) for a reward name, without building it; unknown names fail
     listing what is known."""
-    if name in _registered:
-        return _registered[name], {}
+    if name in REWARDS:
+        return REWARDS[name], {}
     if name in BUILTIN:
         target, fixed, _ = BUILTIN[name]
         return import_object(target), dict(fixed)

@@ -167,7 +167,7 @@ def test_registry_rejects_duplicates_and_accepts_user_estimators():
     try:
         assert get_advantage("test_rank")(T([3.0, 1.0, 2.0]), None).tolist() == [2.0, 0.0, 1.0]
     finally:
-        ADVANTAGES.pop("test_rank")
+        ADVANTAGES.unregister("test_rank")
 
 
 # --- property tests -----------------------------------------------------------------------

@@ -98,16 +98,23 @@ def dance_rollout(iteration: int, **options):
     return result, assign_credit(method, result, rewards, config, iteration)
 
 
+def chain_samples(result) -> list[int]:
+    """The sample at the end of each transition's chain, found by walking down the chain (written
+    here on its own, not with the credit's leaf_of_node)."""
+    node_sample = {int(node): sample for sample, node in enumerate(result.sample_node.tolist())}
+    samples = []
+    for node in result.transitions.child.tolist():
+        while node not in node_sample:
+            node = int(torch.nonzero(result.node_parent == node).flatten()[0])
+        samples.append(node_sample[node])
+    return samples
+
+
 def kept_steps(result, credit) -> dict[int, list[int]]:
     """Per sample (its root), the grid steps whose transitions train."""
-    t = result.transitions
-    chains: dict[int, list[int]] = {}
-    node_sample = {int(node): sample for sample, node in enumerate(result.sample_node.tolist())}
+    samples, chains = chain_samples(result), {}
     for k in torch.nonzero(credit.mask).flatten().tolist():
-        node = int(t.child[k])
-        while node not in node_sample:  # walk down the chain to its leaf
-            node = int(torch.nonzero(result.node_parent == node).flatten()[0])
-        chains.setdefault(int(result.root[node_sample[node]]), []).append(int(t.step[k]))
+        chains.setdefault(int(result.root[samples[k]]), []).append(int(result.transitions.step[k]))
     return {root: sorted(s) for root, s in chains.items()}
 
 
@@ -147,12 +154,8 @@ def test_unbiased_std_and_eps_reach_chain_and_tree_credit():
     expected = grpo(rewards, result.prompt, unbiased=True, eps=0.5)  # (r - mean) / (std_{n-1} + 0.5)
     by_hand = (rewards[:3] - rewards[:3].mean()) / (rewards[:3].std(unbiased=True) + 0.5)
     torch.testing.assert_close(expected[:3], by_hand)
-    node_sample = {int(node): sample for sample, node in enumerate(result.sample_node.tolist())}
-    for k, child in enumerate(result.transitions.child.tolist()):
-        node = child
-        while node not in node_sample:
-            node = int(torch.nonzero(result.node_parent == node).flatten()[0])
-        assert credit.advantages[k].item() == pytest.approx(expected[node_sample[node]].item(), abs=1e-6)
+    for k, sample in enumerate(chain_samples(result)):
+        assert credit.advantages[k].item() == pytest.approx(expected[sample].item(), abs=1e-6)
 
     tree = get_method("branch_grpo")
     biased, unbiased = (tree.configure(num_steps=4, split_steps=(0, 2), unbiased=u) for u in (False, True))

@@ -107,7 +107,7 @@ def test_registry_builds_builtins_functions_classes_and_registrations():
         with pytest.raises(ValueError, match="already registered"):
             registry.register_reward("pickscore")(half)
     finally:
-        registry._registered.pop("test_half_brightness")
+        registry.REWARDS.unregister("test_half_brightness")
 
 
 def test_registry_errors_name_what_is_wrong():

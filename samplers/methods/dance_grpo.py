@@ -50,16 +50,12 @@ def step_seed(config: DanceGrpoConfig, iteration: int) -> int:
 def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
     """per_sample: every step but the last records a trained transition, and the credit keeps a
     random share of each sample's; shared: the plan trains one random subset of all steps."""
-    count = max(1, int(config.num_steps * config.timestep_fraction))
-    chosen = (
-        set(range(config.num_steps - 1))
-        if config.step_choice == "per_sample"
-        else set(
-            torch.randperm(config.num_steps, generator=torch.Generator().manual_seed(step_seed(config, iteration)))[
-                :count
-            ].tolist()
-        )
-    )
+    if config.step_choice == "per_sample":
+        chosen = set(range(config.num_steps - 1))
+    else:
+        count = max(1, int(config.num_steps * config.timestep_fraction))
+        generator = torch.Generator().manual_seed(step_seed(config, iteration))
+        chosen = set(torch.randperm(config.num_steps, generator=generator)[:count].tolist())
     steps = tuple(
         StepSpec("sde", sde=config.sde or "dance_grpo", noise_level=config.eta, trained=i in chosen)
         for i in range(config.num_steps)
