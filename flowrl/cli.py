@@ -189,6 +189,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(
                 f"{'':<{width}}  plan: {plan.num_steps} steps, trained {plan.trained_steps()}, {plan.group_size} roots per prompt"
             )
+    if args.verbose:
+        from flowrl.objectives import OBJECTIVES
+        from flowrl.registry import options_dict
+        from flowrl.samplers.sde import DEFAULT_NOISE_LEVEL
+
+        forms = ", ".join(f"{form} (noise level {level})" for form, level in DEFAULT_NOISE_LEVEL.items())
+        sde = ", ".join(f"{k}={v!r}" for k, v in options_dict(OBJECTIVES.entry("sde").options()).items())
+        print(f"\nSDE forms of every chain and tree method (method.sde=NAME; cps: arXiv 2509.05952): {forms}")
+        print(f"objective=sde options (objective.KEY=VALUE; guard: GRPO-Guard, arXiv 2510.22319): {sde}")
     return 0
 
 

@@ -16,6 +16,9 @@ import torch
 from .ode import check_solver
 from .sde import DEFAULT_NOISE_LEVEL, check_form
 
+SPLIT_NOISE = ("scaled", "correlated")
+FINAL_IMAGES = ("sample", "clean")
+
 
 @dataclass(frozen=True)
 class StepSpec:
@@ -48,10 +51,23 @@ class StepSpec:
 
 @dataclass(frozen=True)
 class Tail:
-    """How probes are finished: an ODE solve on every `stride`-th grid point to the end."""
+    """How probes are finished: an ODE solve on every `stride`-th grid point to the end.
+
+    lead (G2RPO's code): one stride-1 step first, then strides of `stride`, and from the last point
+    that a further stride would not overshoot straight to sigma 0 (scoring that point's clean
+    estimate). Without it, strides from the probe's landing point, the last one clamped to the end.
+    """
 
     stride: int = 1
     solver: str = "euler"
+    lead: bool = False
+
+    def next_index(self, index: int, start: int, last: int) -> int:
+        """The grid index the tail lands on from `index`, for a probe that landed at `start`."""
+        if not self.lead:
+            return min(index + self.stride, last)
+        candidate = start + 1 if index == start else index + self.stride
+        return last if candidate + self.stride > last else candidate
 
 
 @dataclass(frozen=True)
@@ -59,10 +75,15 @@ class Plan:
     """A full rollout recipe over `sigmas` ([T + 1], from 1 down to 0).
 
     group_size: independent roots (chains or trees) per prompt. share_noise: the roots of a prompt
-    start from the same noise (DanceGRPO). split_noise_scale: at splits, child b's noise is
-    (xi_0 + s * eta_b) / sqrt(1 + s^2) with xi_0 shared by the siblings (BranchGRPO); None draws
-    independent noise. The scaled noise is still standard normal per child, so the transition's
-    log-probability is the plain Gaussian one. The plan holds no RNG state; the rollout takes a seed.
+    start from the same noise (DanceGRPO). split_noise_scale s and split_noise say how the
+    children of a split draw their noise: "scaled" (BranchGRPO's code) draws s * eta_b, independent
+    per child, while the log-probability keeps the step's own std (so it is not the density the
+    child was drawn from, and a split edge's gradient is s^2 times the exact one); "correlated"
+    draws (xi_0 + s * eta_b) / sqrt(1 + s^2) with xi_0 shared by the siblings: still standard
+    normal per child, so the log-probability is exact. s = None draws plain independent noise.
+    final: what an SDE step into sigma 0 leaves as the sample, "sample" (mean + std * noise) or
+    "clean" (the step's clean estimate x - sigma v; ODE steps land there anyway).
+    The plan holds no RNG state; the rollout takes a seed.
     """
 
     sigmas: torch.Tensor
@@ -71,6 +92,8 @@ class Plan:
     group_size: int = 1
     share_noise: bool = False
     split_noise_scale: float | None = None
+    split_noise: str = "scaled"
+    final: str = "sample"
     method: str = "custom"
     info: dict = field(default_factory=dict)
 
@@ -116,6 +139,10 @@ def validate(plan: Plan) -> None:
         raise ValueError(f"group_size must be at least 1, got {plan.group_size}")
     if plan.split_noise_scale is not None and plan.split_noise_scale < 0:
         raise ValueError(f"split_noise_scale must be >= 0 or None, got {plan.split_noise_scale}")
+    if plan.final not in FINAL_IMAGES:
+        raise ValueError(f"final must be one of {FINAL_IMAGES}, got {plan.final!r}")
+    if plan.split_noise not in SPLIT_NOISE:
+        raise ValueError(f"split_noise must be one of {SPLIT_NOISE}, got {plan.split_noise!r}")
     if not plan.tails:
         raise ValueError("a plan needs at least one tail to finish probes")
     for tail in plan.tails:

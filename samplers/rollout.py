@@ -177,6 +177,9 @@ class _Tree:
     def root_of(self, nodes: torch.Tensor) -> torch.Tensor:
         return self._root_of[nodes]
 
+    def index_of(self, nodes: torch.Tensor) -> torch.Tensor:
+        return torch.cat(self.index)[nodes]
+
 
 def _chunked_velocity(
     velocity: RolloutVelocity, x: torch.Tensor, sigma: torch.Tensor, prompt: torch.Tensor, max_batch: int
@@ -341,16 +344,29 @@ def rollout(
         """k SDE children of each of the n rows of x (at tree `nodes`), sharing its velocity:
         ([n*k, ...] x, v, step)."""
         roots_of_rows = tree.root_of(nodes)
-        if k > 1 and plan.split_noise_scale is not None:
-            # BranchGRPO's split noise: each child is still N(0, I), siblings are correlated.
+        if k > 1 and plan.split_noise_scale is not None and plan.split_noise == "correlated":
+            # Each child is still N(0, I); siblings are correlated through the shared xi_0.
             shared, own = randn_rows(roots_of_rows), randn_rows(roots_of_rows, k)
             s = plan.split_noise_scale
             eps = (shared.unsqueeze(1) + s * own) / math.sqrt(1 + s * s)
+        elif k > 1 and plan.split_noise_scale is not None:
+            # BranchGRPO's code: independent noise times s; the log-prob keeps the step's std.
+            eps = plan.split_noise_scale * randn_rows(roots_of_rows, k)
         else:
             eps = randn_rows(roots_of_rows, k)
         xs, vs = x.repeat_interleave(k, 0), v.repeat_interleave(k, 0)
         step = sde_step(vs, xs, sigmas[j], sigmas[j + 1], spec.sde, spec.level(), noise=eps.flatten(0, 1))
         return xs, vs, step
+
+    def left_by(step: SdeStep, history: DpmHistory, j: int) -> torch.Tensor:
+        """The state an SDE step leaves: its sample, or into sigma 0 with plan.final == "clean" the
+        clean estimate (its transition keeps the sample)."""
+        return history.x0.to(step.sample.dtype) if j + 1 == last and plan.final == "clean" else step.sample
+
+    def data_history(x: torch.Tensor, v: torch.Tensor, j: int) -> DpmHistory:
+        """The data prediction x - sigma v at grid step j, which a later DPM-Solver++ step reads
+        (MixGRPO-Flash keeps the solver's history through its SDE window)."""
+        return DpmHistory(x - sigmas[j] * v, sigmas[j].expand(x.shape[0]).to(x.dtype).clone())
 
     for j in range(last):
         if j not in waiting:
@@ -369,7 +385,7 @@ def rollout(
             sp = front.take(spine)
             v_sp = v[spine.to(device)]
             if spec.probes > 0:
-                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.probes, sp.node)
+                xs, vs, step = sde_children(sp.x, v_sp, j, spec, spec.probes, sp.node)
                 parents = sp.node.repeat_interleave(spec.probes)
                 probes = tree.add(parents, j + 1, PROBE)
                 for p in probes.tolist():
@@ -381,22 +397,28 @@ def rollout(
                     if len(plan.tails) > 1:
                         for p, q in zip(probes.tolist(), tails.tolist()):
                             probe_of_node[q] = p
-                    arrive(j + 1, _Front(step.sample, tails, torch.full((len(tails),), t), None))
+                    history = data_history(xs, vs, j)
+                    arrive(j + 1, _Front(left_by(step, history, j), tails, torch.full((len(tails),), t), history))
             if spec.mode == "sde":
-                xs, _, step = sde_children(sp.x, v_sp, j, spec, spec.branch, sp.node)
+                xs, vs, step = sde_children(sp.x, v_sp, j, spec, spec.branch, sp.node)
                 parents = sp.node.repeat_interleave(spec.branch)
                 children = tree.add(parents, j + 1, SPINE)
                 record(xs, step, j, spec, parents, children, spec.trained)
-                arrive(j + 1, _Front(step.sample, children, torch.full((len(children),), -1), None))
+                history = data_history(xs, vs, j)
+                arrive(j + 1, _Front(left_by(step, history, j), children, torch.full((len(children),), -1), history))
             else:
                 ode_rows.append(torch.nonzero(spine).flatten())
                 ode_next.append(torch.full((int(spine.sum()),), plan.next_index(j)))
                 ode_solver.append([spec.solver] * int(spine.sum()))
         tail_rows = torch.nonzero(~spine).flatten()
         if len(tail_rows):
-            strides = torch.tensor([plan.tails[t].stride for t in front.tail[tail_rows].tolist()])
+            starts = tree.index_of(torch.tensor([probe_of_node[int(n)] for n in front.node[tail_rows]]))
+            targets = [
+                plan.tails[t].next_index(j, int(start), last)
+                for t, start in zip(front.tail[tail_rows].tolist(), starts.tolist())
+            ]
             ode_rows.append(tail_rows)
-            ode_next.append(torch.clamp(j + strides, max=last))
+            ode_next.append(torch.tensor(targets, dtype=torch.long))
             ode_solver.append([plan.tails[t].solver for t in front.tail[tail_rows].tolist()])
         if not ode_rows:
             continue
@@ -414,16 +436,13 @@ def rollout(
             nfe += int(heun.sum())
             x_next[hd] = heun_step(vv[hd], v_pred, x[hd], sigmas[j], s_next[hd])
         dpm = torch.tensor([s == "dpmpp_2m" for s in solvers], dtype=torch.bool)
-        new_history = None
         if bool(dpm.any()):
             dd = dpm.to(device)
             history = None
             if front.history is not None:
                 history = DpmHistory(front.history.x0[rows.to(device)][dd], front.history.sigma[rows.to(device)][dd])
-            x_dpm, hist = dpmpp_2m_step(vv[dd], x[dd], sigmas[j], s_next[dd], history)
-            x_next[dd] = x_dpm
-            new_history = DpmHistory(torch.zeros_like(x), torch.ones(len(rows), device=device, dtype=x.dtype))
-            new_history.x0[dd], new_history.sigma[dd] = hist.x0, hist.sigma
+            x_next[dd], _ = dpmpp_2m_step(vv[dd], x[dd], sigmas[j], s_next[dd], history)
+        new_history = data_history(x, vv, j)
         parents = front.node[rows]
         tails = front.tail[rows]
         spec = plan.steps[j]
@@ -461,7 +480,7 @@ def rollout(
                     sigma_next=sigmas[target],
                     level=0.0,
                 )
-            hist = None if new_history is None else DpmHistory(new_history.x0[sd], new_history.sigma[sd])
+            hist = DpmHistory(new_history.x0[sd], new_history.sigma[sd])
             arrive(target, _Front(x_next[sd], ids, tails[sel], hist))
 
     samples = torch.cat([f[0] for f in finished])

@@ -262,13 +262,22 @@ def test_tree_fusion_hand_computed():
     assert torch.allclose(values, T([11 / 4, 1.5, 4.0, 1.0, 2.0, 3.0, 5.0]).double())
     assert fuse_tree_rewards(PARENT, LEAVES, REWARDS, rule="max")[:3].tolist() == [5.0, 2.0, 5.0]
     assert fuse_tree_rewards(PARENT, LEAVES, REWARDS, rule="min")[:3].tolist() == [1.0, 1.0, 3.0]
-    # path-weighted: weights softmax(beta * path logp) of the leaves below each node
-    logp = T([-1.0, -2.0, -1.5, -3.0])
-    w = torch.softmax(0.5 * logp, 0)
-    values = fuse_tree_rewards(PARENT, LEAVES, REWARDS, path_logp=logp, beta=0.5)
-    assert values[0].item() == pytest.approx(float((w * REWARDS).sum()), rel=1e-6)
-    w1 = torch.softmax(0.5 * logp[:2], 0)
-    assert values[1].item() == pytest.approx(float((w1 * REWARDS[:2]).sum()), rel=1e-6)
+    # BranchGRPO's probability-weighted fusion, one softmax per split over the edges into the children:
+    # node 1 = softmax(0.5 * [-3, -1]) . [1, 2], node 2 = softmax(0.5 * [-2, -4]) . [3, 5],
+    # root = softmax(0.5 * [-1, -2]) . [node 1, node 2]
+    edge = T([0.0, -1.0, -2.0, -3.0, -1.0, -2.0, -4.0])
+
+    def weighted(logits, values):
+        w = [math.exp(0.5 * a) for a in logits]
+        return sum(wi * v for wi, v in zip(w, values)) / sum(w)
+
+    node1, node2 = weighted([-3, -1], [1.0, 2.0]), weighted([-2, -4], [3.0, 5.0])
+    values = fuse_tree_rewards(PARENT, LEAVES, REWARDS, edge_logp=edge, beta=0.5)
+    expected = [weighted([-1, -2], [node1, node2]), node1, node2, 1.0, 2.0, 3.0, 5.0]
+    assert values.tolist() == pytest.approx(expected, rel=1e-12)
+    # a chain of single children passes its value up unchanged
+    chain = fuse_tree_rewards(T([-1, 0, 1]), T([2]), T([7.0]), edge_logp=T([0.0, -9.0, -1.0]), beta=3.0)
+    assert chain.tolist() == [7.0, 7.0, 7.0]
 
 
 def test_tree_advantages_hand_computed_per_depth():
@@ -294,7 +303,7 @@ def test_tree_rejects_cycles_and_bad_indices():
         fuse_tree_rewards(T([1, 0]), T([0]), T([1.0]))
     with pytest.raises(ValueError, match="leaf_nodes"):
         fuse_tree_rewards(PARENT, T([9]), T([1.0]))
-    with pytest.raises(ValueError, match="path_logp"):
+    with pytest.raises(ValueError, match="edge_logp"):
         fuse_tree_rewards(PARENT, LEAVES, REWARDS, beta=1.0)
 
 

@@ -342,3 +342,286 @@ def test_mixgrpo_flash_respaces_the_grid_after_the_window(fixed_window, compress
     assert plan.num_steps == last + num_post  # 4 + 7 steps (Flash) or 4 + 3 (Flash*)
     assert all(s.mode == "ode" and s.solver == "dpmpp_2m" for s in plan.steps[last + 1 :])
     assert plan.trained_steps() == [0, 1, 2, 3]
+
+
+# --- BranchGRPO (its code: fastvideo/train_branchgrpo_flux.py) ------------------------------------
+
+
+def branch_official_advantages(result, leaf_rewards, alpha=0.0):
+    """Node advantages as BranchGRPO's code computes them for one tree: a node's value is the mean of
+    the leaves below it (or, probability-weighted, the softmax(alpha * edge log-prob) sum over its
+    children, a one-child node passing its value up); at each depth the values are z-scored with
+    torch.std (n - 1), (v - mean) / (std + 1e-8), and a depth with std < 1e-6 gets 0."""
+    parent = result.node_parent.tolist()
+    children = {}
+    for node, up in enumerate(parent):
+        if up >= 0:
+            children.setdefault(up, []).append(node)
+    edge = {int(c): float(lp) for c, lp in zip(result.transitions.child, result.transitions.logp)}
+    value = {int(node): float(r) for node, r in zip(result.sample_node, leaf_rewards)}
+    leaves_below = {int(node): [float(r)] for node, r in zip(result.sample_node, leaf_rewards)}
+    for node in sorted(children, reverse=True):  # a child's id is larger than its parent's
+        kids = children[node]
+        leaves_below[node] = [r for k in kids for r in leaves_below[k]]
+        if alpha == 0:
+            value[node] = sum(leaves_below[node]) / len(leaves_below[node])
+        else:
+            weights = [math.exp(alpha * edge[k]) for k in kids]
+            value[node] = sum(w * value[k] for w, k in zip(weights, kids)) / sum(weights)
+    depth = result.node_index.tolist()
+    advantage = {}
+    for d in set(depth):
+        nodes = [n for n in range(len(parent)) if depth[n] == d]
+        values = torch.tensor([value[n] for n in nodes], dtype=torch.float64)
+        std = values.std() if len(values) > 1 else torch.tensor(float("nan"))
+        for n, v in zip(nodes, values):
+            advantage[n] = 0.0 if not std >= 1e-6 else float((v - values.mean()) / (std + 1e-8))
+    return advantage
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_branch_grpo_credit_is_its_code_s(alpha):
+    method = get_method("branch_grpo")
+    config = method.configure(num_steps=8, split_steps=(0, 2, 4), fusion_beta=alpha)
+    result = rollout(lambda x, s, p: -0.5 * x, method.plan(config), 1, (1, 2, 2), seed=3)
+    rewards = torch.randn(8, generator=torch.Generator().manual_seed(1)).double()
+    advantage = branch_official_advantages(result, rewards, alpha)
+    credit = assign_credit(method, result, rewards.float(), config)
+    expected = torch.tensor([advantage[int(c)] for c in result.transitions.child])
+    torch.testing.assert_close(credit.advantages.double(), expected.double(), atol=1e-5, rtol=1e-5)
+
+
+def branch_official_depth_pruned_steps(t, depths, interval, stop):
+    """BranchGRPO's depth pruning at its iteration t (counted from 1): the pruned child depths move
+    min(t // interval, min(depths) - stop) toward the root; the transitions into them (step = depth
+    - 1) lose their gradients, split steps included."""
+    shift = min(t // interval, max(0, min(depths) - stop))
+    return sorted(d - shift - 1 for d in depths)
+
+
+def test_branch_grpo_depth_pruning_slides_toward_the_root_and_stops():
+    method = get_method("branch_grpo")
+    config = method.configure(depth_pruning=(15, 16, 17, 18), depth_interval=30)  # its example; stop: split 9
+    result = rollout(lambda x, s, p: -0.5 * x, method.plan(config), 1, (1, 1, 1), seed=0)
+    rewards = torch.randn(16, generator=torch.Generator().manual_seed(0))
+    steps = result.transitions.step
+    for iteration in (0, 28, 29, 59, 149, 178, 179, 500):
+        credit = assign_credit(method, result, rewards, config, iteration)
+        pruned = sorted(set(steps[~credit.mask].tolist()))
+        assert pruned == branch_official_depth_pruned_steps(iteration + 1, (15, 16, 17, 18), 30, 9), iteration
+    assert branch_official_depth_pruned_steps(1, (15, 16, 17, 18), 30, 9) == [14, 15, 16, 17]
+    assert branch_official_depth_pruned_steps(500, (15, 16, 17, 18), 30, 9) == [8, 9, 10, 11]
+
+
+def test_branch_grpo_width_pruning_keeps_the_best_and_worst_and_the_last_split():
+    # Its code (mode 2): among the transitions below the last split, sorted by advantage, keep the
+    # k // 2 best and the k - k // 2 worst, k = max(2, int(0.5 n)); the last split's own always stay.
+    method = get_method("branch_grpo")
+    config = method.configure(width_pruning=0.5)
+    result = rollout(lambda x, s, p: -0.5 * x, method.plan(config), 1, (1, 1, 1), seed=0)
+    rewards = torch.randperm(16, generator=torch.Generator().manual_seed(2)).float()
+    credit = assign_credit(method, result, rewards, config)
+    t = result.transitions
+    below = torch.nonzero(t.step > 9).flatten()
+    order = below[torch.argsort(credit.advantages[below], descending=True, stable=True)]
+    k = max(2, int(0.5 * len(below)))
+    expected = torch.ones(len(t), dtype=torch.bool)
+    expected[below] = False
+    expected[order[: k // 2]] = True
+    expected[order[len(order) - (k - k // 2) :]] = True
+    assert torch.equal(credit.mask, expected)
+    assert bool(credit.mask[t.step == 9].all()) and int((~credit.mask).sum()) == 8 * 10
+
+
+def test_branch_grpo_splits_draw_scaled_independent_noise():
+    method = get_method("branch_grpo")
+    plan = method.plan(method.configure())
+    assert (plan.split_noise, plan.split_noise_scale) == ("scaled", 4.0)
+    assert [i for i, s in enumerate(plan.steps) if s.branch == 2] == [0, 3, 6, 9]
+
+
+# --- G2RPO (its code: fastvideo/train_g2rpo_hps.py) -----------------------------------------------
+
+
+def g2rpo_official_finish(x, k, g, sigmas, velocity):
+    """G2RPO's finishing pass of a probe that its SDE step k -> k + 1 left at x: a new grid
+    sigmas[:k + 2] + sigmas[k + 2::g], Euler through it from index k + 1, and the image scored is
+    the clean estimate x - sigma v at the grid's second-to-last point (the last update is dropped)."""
+    indices = list(range(k + 2)) + list(range(k + 2, len(sigmas), g))
+    grid = [float(sigmas[i]) for i in indices]
+    clean = None
+    for i in range(k + 1, len(grid) - 1):
+        v = velocity(x, grid[i])
+        clean = x - grid[i] * v
+        x = x + (grid[i + 1] - grid[i]) * v
+    return clean, indices[k + 1 : -1]
+
+
+def test_g2rpo_tails_step_once_then_stride_and_score_the_clean_estimate():
+    method = get_method("g2rpo")
+    config = method.configure(num_steps=16, sde_steps=(3,), probes=2, tail_strides=(1, 2, 3))
+    plan = method.plan(config)
+    field = lambda x, s, p: 0.3 * x + 0.1 * s.view(-1, *[1] * (x.ndim - 1))  # noqa: E731
+    result = rollout(field, plan, 1, (1, 2, 2), seed=0)
+    sigmas = plan.sigmas.double()
+    t = result.transitions
+    for row, probe in enumerate(t.child.tolist()):
+        for tail, g in enumerate((1, 2, 3)):
+            expected, visited = g2rpo_official_finish(
+                t.x_next[row : row + 1].double(), 3, g, sigmas, lambda x, s: 0.3 * x + 0.1 * s
+            )
+            got = result.samples[(result.probe == probe) & (result.tail == tail)]
+            torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
+            assert visited == {1: list(range(4, 16)), 2: [4, 5, 7, 9, 11, 13], 3: [4, 5, 8, 11]}[g]
+    assert method.configure().unbiased and method.configure().eps == 1e-8  # its code: torch.std + 1e-8
+
+
+# --- MixGRPO-Flash (its code: fastvideo/utils/sampling_utils.py) ---------------------------------
+
+
+def test_mixgrpo_flash_keeps_the_solver_memory_through_the_window():
+    # Its code pushes x0 = x - sigma v of every step into DPM-Solver++'s memory, SDE window steps
+    # included (before their noise), so the first step after the window is second order.
+    from references import dpmpp_2m_reference
+
+    method = get_method("mix_grpo_flash")
+    plan = method.plan(method.configure(), 0)
+    field = lambda x, s, p: 0.3 * x + 0.1 * s.view(-1, *[1] * (x.ndim - 1))  # noqa: E731
+    result = rollout(field, plan, 2, (1, 2, 2), seed=0)
+    t = result.transitions
+    last = max(t.step.tolist())
+    window_end = t.step == last
+    sigmas = plan.sigmas.double()
+    x_last = t.x[window_end].double()
+    memory = (x_last - float(sigmas[last]) * (0.3 * x_last + 0.1 * float(sigmas[last])), float(sigmas[last]))
+    expected = dpmpp_2m_reference(
+        lambda x, s: 0.3 * x + 0.1 * s.view(-1, 1, 1, 1), t.x_next[window_end].double(), sigmas[last + 1 :], memory
+    )
+    order = [
+        int(torch.nonzero(result.node_root[result.sample_node] == r)) for r in result.node_root[t.child[window_end]]
+    ]
+    torch.testing.assert_close(result.samples[order].double(), expected, atol=1e-5, rtol=1e-5)
+    first_order = dpmpp_2m_reference(
+        lambda x, s: 0.3 * x + 0.1 * s.view(-1, 1, 1, 1), t.x_next[window_end].double(), sigmas[last + 1 :]
+    )
+    assert not torch.allclose(first_order, expected, atol=1e-4)
+
+
+# --- GRPO-Guard (arXiv 2510.22319) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reweight", [True, False])
+def test_grpo_guard_clips_the_normalised_ratio_and_reweights_steps(reweight):
+    # Eq. 8: log r_hat = -(mu_old - mu_new) . eps, eps the rollout's standard noise of the step (the
+    # dot product averaged over dimensions, as the log-probs are); eq. 12: each step's clipped
+    # surrogate -min(r_hat A, clip(r_hat, 1 - e, 1 + e) A) weighted by 1 / dt.
+    from flowrl.experience import Batch
+
+    def velocity_at(scale):
+        return lambda x, sigma, prompt: scale * x + sigma.view(-1, *([1] * (x.ndim - 1)))
+
+    old, new = velocity_at(0.5), velocity_at(0.47)
+    method = get_method("flow_grpo")
+    config = method.configure(num_steps=4, group_size=3, shift=3.0, grid="time_shift")  # steps of unequal dt
+    result = rollout(old, method.plan(config), 1, (2, 3, 3), root_seeds=[0, 1, 2])
+    t = result.transitions
+    advantages = torch.linspace(-0.5, 1.5, len(t))
+    batch = Batch(
+        0,
+        result,
+        ["p"],
+        None,
+        torch.arange(3),
+        torch.zeros(3),
+        torch.ones(len(t), dtype=torch.bool),
+        t,
+        advantages,
+        torch.ones(len(t)),
+        {},
+    )
+    context = ObjectiveContext({}, None, None, 0.0, "clip", 5.0, 64, 64, (2, 3, 3), lambda i, r: [0] * len(r))
+    clip = 2e-3
+    objective = SdeObjective(SdeOptions(clip_low=clip, clip_high=clip, guard=True, guard_reweight=reweight), context)
+    objective.begin_update(old, batch, 1)
+    loss, stats = objective.loss(new, batch, torch.arange(len(t)), float(len(t)))
+    expected, unit_ratio = 0.0, 0.0  # the loss, and what it would be with every ratio 1
+    for k in range(len(t)):
+        x, x_next = t.x[k : k + 1].double(), t.x_next[k : k + 1].double()
+        sigma, sigma_next = float(t.sigma[k]), float(t.sigma_next[k])
+        dt = sigma - sigma_next
+        mean_old, std_dev_t = flow_grpo_step_mean(0.5 * x + sigma, x, sigma, sigma_next, 0.7)
+        mean_new, _ = flow_grpo_step_mean(0.47 * x + sigma, x, sigma, sigma_next, 0.7)
+        eps = (x_next - mean_old) / (std_dev_t * math.sqrt(dt))
+        ratio = math.exp(-((mean_old - mean_new) * eps).mean().item())
+        a = float(advantages[k])
+        surrogate = max(-a * ratio, -a * min(max(ratio, 1 - clip), 1 + clip))
+        expected += surrogate * (1 / dt if reweight else 1.0)
+        unit_ratio += -a * (1 / dt if reweight else 1.0)
+    # compared beyond the ratio-1 part, so that the ratios' own effect (about 1e-3) is what is checked
+    assert loss.item() - unit_ratio / len(t) == pytest.approx((expected - unit_ratio) / len(t), rel=1e-3)
+    assert abs(expected - unit_ratio) > 1e-4 * abs(unit_ratio)
+    assert {"ratio/step00/mean", "ratio/step03/std"} <= set(stats)
+
+
+def test_grpo_guard_s_ratio_is_exactly_one_before_the_update():
+    from flowrl.experience import Batch
+
+    velocity = lambda x, sigma, prompt: 0.5 * x + sigma.view(-1, *([1] * (x.ndim - 1)))  # noqa: E731
+    method = get_method("flow_grpo")
+    result = rollout(velocity, method.plan(method.configure(num_steps=3, group_size=2)), 1, (1, 2, 2), seed=0)
+    t = result.transitions
+    batch = Batch(
+        0,
+        result,
+        ["p"],
+        None,
+        torch.arange(2),
+        torch.zeros(2),
+        torch.ones(len(t), dtype=torch.bool),
+        t,
+        torch.ones(len(t)),
+        torch.ones(len(t)),
+        {},
+    )
+    context = ObjectiveContext({}, None, None, 0.0, "clip", 5.0, 64, 64, (1, 2, 2), lambda i, r: [0] * len(r))
+    objective = SdeObjective(SdeOptions(guard=True), context)
+    objective.begin_update(velocity, batch, 1)
+    _, stats = objective.loss(velocity, batch, torch.arange(len(t)), float(len(t)))
+    assert stats["ratio/min"] == stats["ratio/max"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.guard=true", "loss=gspo"], "GRPO-Guard's option of the clipped surrogate"),
+        (["objective.guard=true", "fsdp=true"], "not supported with fsdp=true or zero_stage"),
+    ],
+)
+def test_grpo_guard_is_refused_where_it_does_not_apply(overrides, message):
+    from flowrl.config import build_config
+
+    with pytest.raises(ValueError, match=message):
+        build_config({}, overrides)
+
+
+@pytest.mark.parametrize("name", ["dance_grpo", "branch_grpo"])
+def test_dance_and_branch_grpo_score_the_last_step_s_clean_estimate(name):
+    # Their code returns pred_original = z - sigma v of the last step as the image, not its SDE sample.
+    method = get_method(name)
+    config = (
+        method.configure(num_steps=4, group_size=2)
+        if name == "dance_grpo"
+        else method.configure(num_steps=4, split_steps=(0, 2))
+    )
+    field = lambda x, s, p: 0.3 * x + 0.1 * s.view(-1, *[1] * (x.ndim - 1))  # noqa: E731
+    result = rollout(field, method.plan(config), 1, (1, 2, 2), seed=0)
+    t = result.transitions
+    last = t.step == 3
+    x, sigma = t.x[last].double(), float(t.sigma[last][0])
+    clean = x - sigma * (0.3 * x + 0.1 * sigma)
+    sample_of = {int(node): k for k, node in enumerate(result.sample_node.tolist())}
+    samples = result.samples[[sample_of[int(c)] for c in t.child[last]]].double()
+    torch.testing.assert_close(samples, clean, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(samples, t.x_next[last].double(), atol=1e-3)  # the transition keeps its sample
+    noisy = rollout(field, method.plan(method.configure(**{**vars(config), "final": "sample"})), 1, (1, 2, 2), seed=0)
+    assert torch.equal(noisy.samples[[sample_of[int(c)] for c in t.child[last]]], t.x_next[last])

@@ -105,15 +105,16 @@ def test_chain_credit_is_the_group_advantage_of_the_chain_leaf(name):
 
 @pytest.mark.parametrize("name", ["branch_grpo", "tree_rpo"])
 def test_tree_credit_matches_brute_force_depthwise_z_scores(name):
-    _, _, result, rewards, credit = run(name)
+    _, config, result, rewards, credit = run(name)
     below = leaves_below(result)
     value = {node: sum(rewards[s].item() for s in leaves) / len(leaves) for node, leaves in below.items()}
+    min_std = getattr(config, "min_std", 0.0)
     for k, child in enumerate(result.transitions.child.tolist()):
         depth, prompt = int(result.node_index[child]), int(result.node_prompt[child])
         mates = [value[n] for n in value if int(result.node_index[n]) == depth and int(result.node_prompt[n]) == prompt]
         mean = sum(mates) / len(mates)
-        std = math.sqrt(sum((v - mean) ** 2 for v in mates) / len(mates))
-        expected = 0.0 if std == 0 else (value[child] - mean) / (std + 1e-4)
+        std = math.sqrt(sum((v - mean) ** 2 for v in mates) / (len(mates) - config.unbiased))
+        expected = 0.0 if std <= min_std else (value[child] - mean) / (std + config.eps)
         assert credit.advantages[k].item() == pytest.approx(expected, abs=1e-4)
 
 
@@ -150,8 +151,8 @@ def test_g2rpo_sums_the_z_scores_of_each_granularity():
                 if int(result.tail[s]) == tail and int(result.probe[s]) in siblings
             }
             mean = sum(scores.values()) / len(scores)
-            std = math.sqrt(sum((v - mean) ** 2 for v in scores.values()) / len(scores))
-            total += (scores[child] - mean) / (std + 1e-4)
+            std = math.sqrt(sum((v - mean) ** 2 for v in scores.values()) / (len(scores) - config.unbiased))
+            total += (scores[child] - mean) / (std + config.eps)
         assert credit.advantages[k].item() == pytest.approx(total, abs=1e-4)
 
 
@@ -159,3 +160,11 @@ def test_flowrl_methods_lists_every_method():
     out = subprocess.run([sys.executable, "-m", "flowrl", "methods"], capture_output=True, text=True, check=True).stdout
     for name in MISSION:
         assert name in out
+
+
+def test_flowrl_methods_verbose_shows_the_sde_forms_and_grpo_guard():
+    out = subprocess.run(
+        [sys.executable, "-m", "flowrl", "methods", "-v"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "cps (noise level 0.8)" in out and "guard=False" in out and "guard_reweight=True" in out
+    assert "split_noise='scaled'" in out and "tail_schedule='lead'" in out

@@ -412,7 +412,7 @@ def test_split_noise_scale_zero_makes_siblings_identical():
 def test_split_noise_keeps_unit_variance_and_correlates_siblings():
     # child noise (xi_0 + s eta_b) / sqrt(1 + s^2): variance 1, sibling correlation 1 / (1 + s^2)
     s = 1.0
-    plan = tree_plan(2, {0: 2}, trained=(0,), form="dance_grpo", split_noise_scale=s)
+    plan = tree_plan(2, {0: 2}, trained=(0,), form="dance_grpo", split_noise_scale=s, split_noise="correlated")
     out = rollout(CountingVelocity(), plan, 400, (4, 4))
     t = out.transitions
     x, sig, sn = t.x.double(), 1.0, 0.5
@@ -424,6 +424,24 @@ def test_split_noise_keeps_unit_variance_and_correlates_siblings():
     assert torch.equal(t.parent[0::2], t.parent[1::2])
     corr = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
     assert abs(corr - 1 / (1 + s * s)) < 0.05
+
+
+def test_scaled_split_noise_is_independent_and_scored_at_the_step_std():
+    # BranchGRPO's code: child = mean + s * std * eta_b (eta_b independent), log-prob at std, not s * std
+    s = 4.0
+    plan = tree_plan(2, {0: 2}, trained=(0,), form="dance_grpo", split_noise_scale=s)
+    out = rollout(CountingVelocity(), plan, 400, (4, 4))
+    t = out.transitions
+    x, sig, sn = t.x.double(), 1.0, 0.5
+    v = exact_velocity(t.x, t.sigma, t.prompt).double()
+    mean = x + (v + 0.3**2 / (2 * sig) * (x + (1 - sig) * v)) * (sn - sig)
+    std = 0.3 * math.sqrt(sig - sn)
+    eps = (t.x_next.double() - mean) / std
+    assert abs(eps.var().item() - s * s) / (s * s) < 0.05
+    corr = torch.corrcoef(torch.stack([eps[0::2].flatten(), eps[1::2].flatten()]))[0, 1].item()
+    assert abs(corr) < 0.05
+    logp = (-((t.x_next.double() - mean) ** 2) / (2 * std**2) - math.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1)
+    torch.testing.assert_close(t.logp.double(), logp.mean(1), atol=1e-4, rtol=1e-5)
 
 
 def test_noise_override_and_its_shape_check():
@@ -570,7 +588,7 @@ def test_trained_ode_steps_record_deterministic_transitions_and_sample_as_untrai
 
 
 def test_dpmpp_2m_probe_tails_beside_a_dpmpp_2m_spine_keep_their_own_history():
-    # Spine nodes (with history) and probe tails (without, then with their own) share fronts.
+    # Spine nodes and probe tails (starting from the spine's memory, then with their own) share fronts.
     steps, j = 7, 2
     specs = tuple(
         StepSpec(solver="dpmpp_2m", probes=2, trained=True) if i == j else StepSpec(solver="dpmpp_2m")
@@ -592,7 +610,16 @@ def test_dpmpp_2m_probe_tails_beside_a_dpmpp_2m_spine_keep_their_own_history():
     for i, probe in enumerate(t.child.tolist()):
         for tail, stride in ((0, 1), (1, 2)):
             sub = list(range(j + 1, steps, stride)) + [steps]
-            expected = dpmpp_2m_by_hand(t.x_next[i : i + 1], sig.double()[sub], float(t.prompt[i]))
+            # the tail's solver remembers the data prediction at the spine point the probe left
+            parent_x = t.x[i : i + 1].double()
+            parent_v = exact_velocity(t.x[i : i + 1], t.sigma[i : i + 1], t.prompt[i : i + 1]).double()
+            memory = (parent_x - float(sig[j]) * parent_v, float(sig[j]))
+            expected = dpmpp_2m_reference(
+                lambda x, s, p=float(t.prompt[i]): 0.1 * x + 0.01 * p + 0.05 * s.view(-1, *[1] * (x.ndim - 1)),
+                t.x_next[i : i + 1].double(),
+                sig.double()[sub],
+                memory,
+            )
             got = out.samples[(out.probe == probe) & (out.tail == tail)]
             torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
 

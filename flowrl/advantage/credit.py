@@ -147,25 +147,55 @@ def steps_per_sample(rollout: Rollout, child_leaf: torch.Tensor, fraction: float
     return keep
 
 
-def path_logp(rollout: Rollout) -> torch.Tensor:
-    """[K] the summed log-probability of the SDE transitions from the root to each node."""
+def edge_logp(rollout: Rollout) -> torch.Tensor:
+    """[K] the log-probability of the SDE transition into each node (0 where none leads in)."""
     step_logp = torch.zeros(len(rollout.node_parent))
     step_logp[rollout.transitions.child.cpu()] = rollout.transitions.logp.float().cpu()
-    total = torch.zeros_like(step_logp)
-    for node in range(len(total)):  # parents always precede their children
-        parent = int(rollout.node_parent[node])
-        total[node] = step_logp[node] + (total[parent] if parent >= 0 else 0.0)
-    return total
+    return step_logp
+
+
+def pruned_depth_steps(depths: tuple[int, ...], interval: int, stop: int, iteration: int) -> set[int]:
+    """BranchGRPO's depth pruning: the grid steps whose transitions lose their gradients at
+    `iteration` (0-based). The child depths `depths` slide one depth shallower every `interval`
+    iterations until the shallowest reaches `stop`; a transition at step s has child depth s + 1."""
+    if not depths:
+        return set()
+    shift = min((iteration + 1) // interval, max(0, min(depths) - stop))
+    return {d - 1 - shift for d in depths}
+
+
+def width_pruned(rollout: Rollout, rewards: torch.Tensor, fraction: float) -> torch.Tensor:
+    """[M] bool, BranchGRPO's width pruning: below the last split, of each prompt's leaves only the
+    best and worst keep their transitions, k = max(2, int(fraction * n)) of n leaves (k // 2 best,
+    the rest worst); the last split's own transitions always keep theirs."""
+    transitions = rollout.transitions
+    splits = [i for i, spec in enumerate(rollout.plan.steps) if spec.branch > 1]
+    keep = torch.ones(len(transitions), dtype=torch.bool)
+    if not splits:
+        return keep
+    kept_samples = torch.zeros(len(rewards), dtype=torch.bool)
+    for prompt in rollout.prompt.unique().tolist():
+        members = torch.nonzero(rollout.prompt == prompt).flatten()
+        order = members[torch.argsort(rewards[members], stable=True, descending=True)]
+        k = min(len(order), max(2, int(fraction * len(order))))
+        best = k // 2
+        kept_samples[order[:best]] = True
+        kept_samples[order[len(order) - (k - best) :]] = True
+    leaf = leaf_of_node(rollout)[transitions.child.cpu()]
+    below = transitions.step.cpu() > max(splits)
+    return ~below | (leaf < 0) | kept_samples[leaf.clamp_min(0)]
 
 
 @dataclass
 class TreeOptions:
-    beta: float = 0.0  # node value = softmax(beta * path logp)-weighted mean of leaf rewards; 0: plain mean
-    unbiased: bool = False  # the std of each depth's z-score with n - 1
-    eps: float = 1e-4
-    width_pruning: int = 0
-    depth_pruning: int = 0
-    depth_interval: int = 30
+    beta: float = 0.0  # each split's children weighted by softmax(beta * edge log-prob); 0: plain mean of leaves
+    unbiased: bool = True  # the std of each depth's z-score with n - 1 (BranchGRPO's code)
+    eps: float = 1e-8
+    min_std: float = 1e-6  # depths whose std is at most this get advantage 0
+    width_pruning: float = 0.0  # share of leaves below the last split that keep gradients (0: off)
+    depth_pruning: tuple[int, ...] = ()  # child depths whose transitions lose gradients (empty: off)
+    depth_interval: int = 30  # ... sliding one depth shallower every this many iterations
+    depth_stop: int = 0  # ... until the shallowest reaches this depth
     iteration: int = 0
 
 
@@ -174,18 +204,19 @@ def tree_credit(
     rollout: Rollout,
     rewards: torch.Tensor,
     beta: float = 0.0,
-    width_pruning: int = 0,
-    depth_pruning: int = 0,
+    width_pruning: float = 0.0,
+    depth_pruning: tuple[int, ...] = (),
     depth_interval: int = 30,
+    depth_stop: int = 0,
     iteration: int = 0,
-    unbiased: bool = False,
-    eps: float = 1e-4,
+    unbiased: bool = True,
+    eps: float = 1e-8,
+    min_std: float = 1e-6,
 ) -> Credit:
     """BranchGRPO credit: leaf rewards fused up the tree, z-scored among the nodes of a prompt at
     each depth; each transition gets its child's advantage. Width pruning keeps gradients below the
-    last split only for the `width_pruning` best and worst leaves of each prompt; depth pruning drops
-    a window of `depth_pruning` consecutive depths that slides every `depth_interval` iterations.
-    """
+    last split only for the best and worst leaves; depth pruning drops the transitions into a
+    window of depths that slides toward the root (`pruned_depth_steps`)."""
     rewards = checked_rewards(rollout, rewards)
     node_advantage = tree_advantages(
         parent=rollout.node_parent,
@@ -193,28 +224,20 @@ def tree_credit(
         group_ids=rollout.node_prompt,
         leaf_nodes=rollout.sample_node,
         leaf_rewards=rewards,
-        path_logp=path_logp(rollout) if beta != 0 else None,
+        edge_logp=edge_logp(rollout) if beta != 0 else None,
         beta=beta,
         unbiased=unbiased,
         eps=eps,
+        min_std=min_std,
     )  # [K]
     transitions = rollout.transitions
     child = transitions.child.cpu()
-    step = transitions.step.cpu()
     keep = torch.ones(len(transitions), dtype=torch.bool)
     if width_pruning > 0:
-        kept_samples = torch.zeros(len(rewards), dtype=torch.bool)
-        for prompt in rollout.prompt.unique().tolist():
-            members = torch.nonzero(rollout.prompt == prompt).flatten()
-            order = members[torch.argsort(rewards[members], stable=True)]
-            kept_samples[order[:width_pruning]] = True
-            kept_samples[order[-width_pruning:]] = True
-        leaf = leaf_of_node(rollout)[child]  # transitions below the last split have a single leaf
-        keep &= (leaf < 0) | kept_samples[leaf.clamp_min(0)]
-    if depth_pruning > 0:
-        steps = rollout.plan.num_steps
-        start = (iteration // depth_interval) % max(1, steps - depth_pruning + 1)
-        keep &= ~((step >= start) & (step < start + depth_pruning))
+        keep &= width_pruned(rollout, rewards, width_pruning)
+    pruned_steps = pruned_depth_steps(tuple(depth_pruning), depth_interval, depth_stop, iteration)
+    if pruned_steps:
+        keep &= ~torch.isin(transitions.step.cpu(), torch.tensor(sorted(pruned_steps)))
     trained = transitions.trained.cpu()
     pruned = float(1 - keep[trained].float().mean()) if bool(trained.any()) else 0.0
     return transition_credit(rollout, node_advantage[child], keep, {**reward_stats(rewards), "pruned_fraction": pruned})
@@ -222,11 +245,12 @@ def tree_credit(
 
 @dataclass
 class ProbeOptions:
-    """The probe rule has no options."""
+    unbiased: bool = False  # each granularity's z-score with the n - 1 std
+    eps: float = 1e-4  # added to that std
 
 
 @CREDIT_RULES.register("probe", options=ProbeOptions)
-def probe_credit(rollout: Rollout, rewards: torch.Tensor) -> Credit:
+def probe_credit(rollout: Rollout, rewards: torch.Tensor, unbiased: bool = False, eps: float = 1e-4) -> Credit:
     """TempFlow-GRPO / G2RPO credit: probes that left the same spine node form a group; each tail
     granularity is z-scored within the group and the probe's advantage is their sum (one tail:
     the plain z-score)."""
@@ -243,7 +267,7 @@ def probe_credit(rollout: Rollout, rewards: torch.Tensor) -> Credit:
         per_tail[f"tail{t}"] = values
     group_of_probe = torch.zeros(len(unique_probes), dtype=torch.long)
     group_of_probe[probe_row] = parent
-    probe_advantage = multi_granularity(per_tail, group_of_probe)  # [P]
+    probe_advantage = multi_granularity(per_tail, group_of_probe, unbiased=unbiased, eps=eps)  # [P]
     node_advantage = torch.zeros(len(rollout.node_parent))
     node_advantage[unique_probes] = probe_advantage
     child = rollout.transitions.child.cpu()

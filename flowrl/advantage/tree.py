@@ -39,13 +39,16 @@ def fuse_tree_rewards(
     leaf_rewards: torch.Tensor,
     *,
     rule: str = "mean",
-    path_logp: torch.Tensor | None = None,
+    edge_logp: torch.Tensor | None = None,
     beta: float = 0.0,
 ) -> torch.Tensor:
     """[K] each node's value from the leaves below it; NaN for a node with no leaf below.
 
-    "mean" is BranchGRPO's fusion: a weighted mean with weights softmax(beta * path log-prob of
-    the leaf); beta = 0 gives the uniform mean. "max" and "min" are optimistic/pessimistic extras.
+    "mean" is BranchGRPO's fusion: with beta = 0 the mean of the leaves below (its default); with
+    beta != 0 its probability-weighted form, one softmax per split: a node's value is the
+    softmax(beta * log-prob of the edge into each child)-weighted sum of its children's values,
+    and a node with one child takes that child's value (`edge_logp` [K]: the log-probability of
+    the transition into each node). "max" and "min" are optimistic/pessimistic extras.
     """
     if rule not in FUSION_RULES:
         raise ValueError(f"rule must be one of {FUSION_RULES}, got {rule!r}")
@@ -60,22 +63,45 @@ def fuse_tree_rewards(
         values = torch.where(ancestry, leaf_rewards, -torch.inf).amax(dim=1)
     elif rule == "min":
         values = torch.where(ancestry, leaf_rewards, torch.inf).amin(dim=1)
+    elif beta == 0:
+        values = (ancestry * leaf_rewards).sum(dim=1) / ancestry.sum(dim=1).clamp_min(1)
     else:
-        logits = torch.zeros_like(leaf_rewards)
-        if beta != 0:
-            if path_logp is None:
-                raise ValueError("beta != 0 weights leaves by their path log-probability: pass path_logp")
-            path_logp = torch.as_tensor(path_logp, dtype=torch.float64).flatten()
-            leaf_logp = (
-                path_logp[torch.as_tensor(leaf_nodes).long().flatten()]
-                if len(path_logp) == ancestry.shape[0]
-                else path_logp
-            )
-            logits = beta * leaf_logp
-        scores = torch.where(ancestry, logits, -torch.inf)  # [K, N]
-        weights = torch.softmax(torch.where(has_leaf[:, None], scores, 0.0), dim=1)
-        values = (weights * leaf_rewards).sum(dim=1)
+        if edge_logp is None:
+            raise ValueError("beta != 0 weights each split's children by their edge log-probability: pass edge_logp")
+        values = split_weighted_values(parent, leaf_nodes, leaf_rewards, edge_logp, beta)
     return torch.where(has_leaf, values, torch.nan)
+
+
+def split_weighted_values(
+    parent: torch.Tensor, leaf_nodes: torch.Tensor, leaf_rewards: torch.Tensor, edge_logp: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """[K] values fused bottom-up, each split's children weighted by softmax(beta * edge log-prob)."""
+    parent = torch.as_tensor(parent).long().flatten()
+    edge_logp = torch.as_tensor(edge_logp, dtype=torch.float64).flatten()
+    if len(edge_logp) != len(parent):
+        raise ValueError(f"edge_logp needs one entry per node ({len(parent)}), got {len(edge_logp)}")
+    values = torch.full((len(parent),), torch.nan, dtype=torch.float64)
+    values[torch.as_tensor(leaf_nodes).long().flatten()] = leaf_rewards
+    children: dict[int, list[int]] = {}
+    for node, up in enumerate(parent.tolist()):
+        if up >= 0:
+            children.setdefault(up, []).append(node)
+    for node in sorted(children, key=lambda n: -depth_of(parent, n)):
+        kids = [c for c in children[node] if not bool(torch.isnan(values[c]))]
+        if not kids:
+            continue
+        kids_t = torch.tensor(kids)
+        weights = torch.softmax(beta * edge_logp[kids_t], dim=0)
+        values[node] = (weights * values[kids_t]).sum()
+    return values
+
+
+def depth_of(parent: torch.Tensor, node: int) -> int:
+    """The number of edges from the root to `node`."""
+    depth = 0
+    while int(parent[node]) >= 0:
+        node, depth = int(parent[node]), depth + 1
+    return depth
 
 
 def tree_advantages(
@@ -86,15 +112,16 @@ def tree_advantages(
     leaf_rewards: torch.Tensor,
     *,
     rule: str = "mean",
-    path_logp: torch.Tensor | None = None,
+    edge_logp: torch.Tensor | None = None,
     beta: float = 0.0,
     unbiased: bool = False,
     eps: float = 1e-4,
+    min_std: float = 0.0,
 ) -> torch.Tensor:
     """[K] per-node advantages: fused values z-scored among the nodes of one group (prompt) at one
-    depth. Nodes alone at their depth, nodes whose depth-mates all share one value, and nodes
-    with no leaf below get 0. `path_logp` is per node [K] or per leaf [N]."""
-    values = fuse_tree_rewards(parent, leaf_nodes, leaf_rewards, rule=rule, path_logp=path_logp, beta=beta)
+    depth, (value - mean) / (std + eps). Nodes alone at their depth, nodes whose depth-mates'
+    std is at most `min_std` (BranchGRPO's code: below 1e-6), and nodes with no leaf below get 0."""
+    values = fuse_tree_rewards(parent, leaf_nodes, leaf_rewards, rule=rule, edge_logp=edge_logp, beta=beta)
     depth = torch.as_tensor(depth).long().flatten()
     group_ids = torch.as_tensor(group_ids).long().flatten()
     if not (len(depth) == len(group_ids) == len(values)):
@@ -111,6 +138,6 @@ def tree_advantages(
     if unbiased:
         _, std = group_mean_std(values[valued], dense, unbiased=True)
     centred = values[valued] - mean
-    flat = (std == 0) | ~torch.isfinite(std)  # a lone node (unbiased std NaN) or identical values
+    flat = (std <= min_std) | ~torch.isfinite(std)  # a lone node (unbiased std NaN) or (near-)identical values
     advantages[valued] = torch.where(flat, torch.zeros_like(centred), centred / (std + eps))
     return advantages.float()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..plan import Plan, StepSpec
+from ..plan import SPLIT_NOISE, Plan, StepSpec
 from .common import GridConfig, require
 from .registry import Method, register_method
 
@@ -12,18 +12,24 @@ from .registry import Method, register_method
 @dataclass
 class BranchGrpoConfig(GridConfig):
     grid: str = "time_shift"  # its official code's grid
+    final: str = "clean"  # its code scores the last step's clean estimate x - sigma v
     num_steps: int = 20
     group_size: int = 1  # trees per prompt; one tree of 2^4 = 16 leaves by default
     split_steps: tuple[int, ...] = (0, 3, 6, 9)  # "dense" splits; also (0, 4, 8, 12), (0, 5, 10, 15)
     branch: int = 2
     eta: float = 0.3  # DanceGRPO's SDE
-    split_noise_scale: float | None = 4.0  # s in (xi_0 + s eta_b) / sqrt(1 + s^2); None: independent
-    fusion_beta: float = 0.0  # node value = softmax(beta * path logp)-weighted mean of leaf rewards; 0: plain mean
-    unbiased: bool = False  # the std of each depth's z-score with n - 1
-    eps: float = 1e-4  # added to that std
-    width_pruning: int = 0  # keep gradients after the last split only for the b best and b worst leaves (0: off)
-    depth_pruning: int = 0  # drop gradients of this many consecutive depths (0: off) ...
-    depth_interval: int = 30  # ... a window that slides one depth every this many iterations
+    # Split children draw s * eta_b, independent, scored at the step's own std (BranchGRPO's code);
+    # split_noise=correlated draws (xi_0 + s eta_b) / sqrt(1 + s^2), an exact density; None: plain noise.
+    split_noise_scale: float | None = 4.0
+    split_noise: str = "scaled"
+    fusion_beta: float = 0.0  # each split's children weighted by softmax(beta * edge logp); 0: leaf mean
+    unbiased: bool = True  # the std of each depth's z-score with n - 1 (its code's torch.std)
+    eps: float = 1e-8  # added to that std
+    min_std: float = 1e-6  # depths with a smaller std get advantage 0
+    width_pruning: float = 0.0  # share of the leaves below the last split that keep gradients (its code: 0.5)
+    depth_pruning: tuple[int, ...] = ()  # child depths whose transitions lose gradients (its example: 15..18) ...
+    depth_interval: int = 30  # ... sliding one depth toward the root every this many iterations ...
+    depth_stop: int | None = None  # ... until the shallowest reaches this depth (None: the last split step)
     # Mix variant: SDE only at split steps and inside this window of steps, ODE elsewhere.
     mix_window: tuple[int, int] | None = None
 
@@ -36,10 +42,16 @@ class BranchGrpoConfig(GridConfig):
         )
         require(self.branch >= 2, f"branch must be at least 2, got {self.branch!r}")
         require(self.eta > 0, f"eta must be positive, got {self.eta!r}")
+        self.depth_pruning = tuple(int(d) for d in self.depth_pruning)
         require(
-            self.width_pruning >= 0 and self.depth_pruning >= 0 and self.depth_interval >= 1,
-            "width_pruning, depth_pruning must be >= 0 and depth_interval >= 1",
+            0 <= self.width_pruning <= 1, f"width_pruning is a share of leaves in [0, 1], got {self.width_pruning!r}"
         )
+        require(
+            all(1 <= d <= self.num_steps for d in self.depth_pruning),
+            f"depth_pruning names child depths in [1, {self.num_steps}], got {self.depth_pruning}",
+        )
+        require(self.depth_interval >= 1, f"depth_interval must be at least 1, got {self.depth_interval!r}")
+        require(self.split_noise in SPLIT_NOISE, f"split_noise must be one of {SPLIT_NOISE}, got {self.split_noise!r}")
 
 
 @dataclass
@@ -74,7 +86,9 @@ def make_plan(config: BranchGrpoConfig, iteration: int = 0) -> Plan:
         steps,
         group_size=config.group_size,
         share_noise=config.share_noise,
+        final=config.final,
         split_noise_scale=config.split_noise_scale,
+        split_noise=config.split_noise,
         method=name,
     )
 
@@ -84,9 +98,11 @@ def credit_options(config: BranchGrpoConfig, iteration: int = 0) -> dict:
         "beta": config.fusion_beta,
         "unbiased": config.unbiased,
         "eps": config.eps,
+        "min_std": config.min_std,
         "width_pruning": config.width_pruning,
         "depth_pruning": config.depth_pruning,
         "depth_interval": config.depth_interval,
+        "depth_stop": max(config.split_steps) if config.depth_stop is None else config.depth_stop,
         "iteration": iteration,
     }
 

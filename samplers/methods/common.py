@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..grid import GRIDS
-from ..plan import StepSpec
+from ..plan import FINAL_IMAGES, StepSpec
 from ..sde import SDE_FORMS
 
 
@@ -39,6 +39,9 @@ class GridConfig:
     # the form of the SDE steps: None (the method's own: flow_grpo or dance_grpo) or another of
     # flow_grpo, dance_grpo, cps (coefficients-preserving; the noise level is its eta, at most 1)
     sde: str | None = None
+    # the image an SDE step into sigma 0 leaves: sample (mean + noise, Flow-GRPO's) or clean (the
+    # step's clean estimate x - sigma v, which DanceGRPO's and BranchGRPO's code score)
+    final: str = "sample"
 
     def __post_init__(self) -> None:
         require(
@@ -47,6 +50,7 @@ class GridConfig:
         )
         require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
         require(self.grid in GRIDS, f"grid must be one of {list(GRIDS)}, got {self.grid!r}")
+        require(self.final in FINAL_IMAGES, f"final must be one of {FINAL_IMAGES}, got {self.final!r}")
         require(self.sde is None or self.sde in SDE_FORMS, f"sde must be one of {list(SDE_FORMS)}, got {self.sde!r}")
         require(
             int(self.group_size) == self.group_size and self.group_size >= 1,

@@ -14,6 +14,7 @@ from .registry import Method, register_method
 @dataclass
 class DanceGrpoConfig(ChainCredit, GridConfig):
     grid: str = "time_shift"  # its official code's grid
+    final: str = "clean"  # its code scores the last step's clean estimate x - sigma v
     num_steps: int = 16
     group_size: int = 12
     share_noise: bool = True  # a group's samples start from one noise
@@ -61,7 +62,12 @@ def make_plan(config: DanceGrpoConfig, iteration: int = 0) -> Plan:
         for i in range(config.num_steps)
     )
     return Plan(
-        config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="dance_grpo"
+        config.sigmas(),
+        steps,
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        final=config.final,
+        method="dance_grpo",
     )
 
 

@@ -43,7 +43,12 @@ def make_plan(config: FlowGrpoConfig, iteration: int = 0) -> Plan:
         for i in range(config.num_steps)
     )
     return Plan(
-        config.sigmas(), steps, group_size=config.group_size, share_noise=config.share_noise, method="flow_grpo"
+        config.sigmas(),
+        steps,
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        final=config.final,
+        method="flow_grpo",
     )
 
 

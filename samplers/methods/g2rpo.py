@@ -8,6 +8,8 @@ from ..plan import Plan, StepSpec, Tail
 from .common import GridConfig, require
 from .registry import Method, register_method
 
+TAIL_SCHEDULES = ("lead", "clamped")
+
 
 @dataclass
 class G2rpoConfig(GridConfig):
@@ -19,6 +21,11 @@ class G2rpoConfig(GridConfig):
     tail_strides: tuple[int, ...] = (1, 2)  # ODE finishes at these granularities (G2RPO's code: 1 and 2)
     noise_level: float = 0.7
     tail_solver: str = "euler"
+    # lead (its code): one stride-1 step after the probe, then strides, then straight to sigma 0 from the
+    # last point a stride would not overshoot; clamped: strides from the probe, the last one cut at sigma 0
+    tail_schedule: str = "lead"
+    unbiased: bool = True  # each granularity's z-score with the n - 1 std (its code's torch.std)
+    eps: float = 1e-8  # added to that std
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -29,6 +36,10 @@ class G2rpoConfig(GridConfig):
             f"sde_steps must lie in [0, {self.num_steps}), got {self.sde_steps}",
         )
         require(self.probes >= 2, f"probes must be at least 2, got {self.probes!r}")
+        require(
+            self.tail_schedule in TAIL_SCHEDULES,
+            f"tail_schedule must be one of {TAIL_SCHEDULES}, got {self.tail_schedule!r}",
+        )
         require(
             len(self.tail_strides) >= 1 and all(s >= 1 for s in self.tail_strides),
             f"tail_strides must be positive, got {self.tail_strides}",
@@ -44,15 +55,21 @@ def make_plan(config: G2rpoConfig, iteration: int = 0) -> Plan:
         else StepSpec("ode")
         for i in range(config.num_steps)
     )
-    tails = tuple(Tail(s, config.tail_solver) for s in config.tail_strides)
+    lead = config.tail_schedule == "lead"
+    tails = tuple(Tail(s, config.tail_solver, lead=lead) for s in config.tail_strides)
     return Plan(
         config.sigmas(),
         steps,
         tails=tails,
         group_size=config.group_size,
         share_noise=config.share_noise,
+        final=config.final,
         method="g2rpo",
     )
+
+
+def credit_options(config: G2rpoConfig, iteration: int = 0) -> dict:
+    return {"unbiased": config.unbiased, "eps": config.eps}
 
 
 METHOD = register_method(
@@ -63,5 +80,6 @@ METHOD = register_method(
         G2rpoConfig,
         make_plan,
         "probe",
+        credit_options,
     )
 )

@@ -116,7 +116,12 @@ def window_steps(config: MixGrpoConfig, start: int, end: int) -> list[StepSpec]:
 def make_plan(config: MixGrpoConfig, iteration: int = 0) -> Plan:
     steps = window_steps(config, *config.window_bounds(iteration))
     return Plan(
-        config.sigmas(), tuple(steps), group_size=config.group_size, share_noise=config.share_noise, method="mix_grpo"
+        config.sigmas(),
+        tuple(steps),
+        group_size=config.group_size,
+        share_noise=config.share_noise,
+        final=config.final,
+        method="mix_grpo",
     )
 
 
@@ -138,6 +143,7 @@ def make_flash_plan(config: MixGrpoFlashConfig, iteration: int = 0) -> Plan:
         tuple(steps),
         group_size=config.group_size,
         share_noise=config.share_noise,
+        final=config.final,
         method="mix_grpo_flash",
         info={"window_start": start},
     )

@@ -21,6 +21,8 @@ class TempFlowGrpoConfig(GridConfig):
     noise_level: float = 0.7
     noise_aware: bool = True  # weight step i's loss by its transition std, normalised to mean 1
     tail_solver: str = "euler"
+    unbiased: bool = False  # each step's z-score with the n - 1 std (Flow-GRPO's convention: biased)
+    eps: float = 1e-4  # added to that std
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,8 +82,13 @@ def make_plan(config: TempFlowGrpoConfig, iteration: int = 0) -> Plan:
         tails=(Tail(1, config.tail_solver),),
         group_size=config.group_size,
         share_noise=config.share_noise,
+        final=config.final,
         method="tempflow_grpo",
     )
+
+
+def credit_options(config: TempFlowGrpoConfig, iteration: int = 0) -> dict:
+    return {"unbiased": config.unbiased, "eps": config.eps}
 
 
 METHOD = register_method(
@@ -92,5 +99,6 @@ METHOD = register_method(
         TempFlowGrpoConfig,
         make_plan,
         "probe",
+        credit_options,
     )
 )

@@ -58,13 +58,14 @@ def make_plan(config: TreeRpoConfig, iteration: int = 0) -> Plan:
         tuple(steps),
         group_size=config.group_size,
         share_noise=config.share_noise,
+        final=config.final,
         method="tree_rpo",
         info={"window_start": start},
     )
 
 
 def credit_options(config: TreeRpoConfig, iteration: int = 0) -> dict:
-    return {"beta": config.fusion_beta, "unbiased": config.unbiased, "eps": config.eps}
+    return {"beta": config.fusion_beta, "unbiased": config.unbiased, "eps": config.eps, "min_std": 0.0}
 
 
 METHOD = register_method(
