@@ -21,9 +21,29 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, targets: lis
             f"lora_targets {targets} match no module of the transformer; e.g. {[n for n, _ in transformer.named_modules()][1:8]}"
         )
     transformer.requires_grad_(False)
-    transformer.add_adapter(
-        LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
-    )
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(targets))
+    if is_transformers_model(transformer):  # peft's own injection (transformers' integration wants a newer peft)
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, transformer)
+        transformer.flowrl_peft_layers = True
+    else:
+        transformer.add_adapter(config)
+
+
+def is_transformers_model(module: torch.nn.Module) -> bool:
+    from transformers import PreTrainedModel
+
+    return isinstance(module, PreTrainedModel)
+
+
+def set_adapters_enabled(module: torch.nn.Module, enabled: bool) -> None:
+    """Switch every peft LoRA layer of `module` on or off."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for layer in module.modules():
+        if isinstance(layer, BaseTunerLayer):
+            layer.enable_adapters(enabled)
 
 
 def trainable_named_parameters(transformer: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -44,6 +64,13 @@ class Reference:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        if self.lora and getattr(self.transformer, "flowrl_peft_layers", False):
+            set_adapters_enabled(self.transformer, False)
+            try:
+                yield
+            finally:
+                set_adapters_enabled(self.transformer, True)
+            return
         if self.lora:
             self.transformer.disable_adapters()
             try:

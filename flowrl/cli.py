@@ -305,6 +305,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return exit_code(summary["stopped_by"])
 
 
+def cmd_pretrain_llm_toy(args: argparse.Namespace, rest: list[str]) -> int:
+    from .llm.pretraining import main as pretrain_main
+
+    return pretrain_main(rest)
+
+
 def cmd_pretrain_toy(args: argparse.Namespace, rest: list[str]) -> int:
     from .toy_pretraining import main as pretrain_main
 
@@ -479,6 +485,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrain-toy", help="pretrain the toy model (see scripts/pretrain_toy.py --help)", add_help=False
     )
     pretrain.set_defaults(func=cmd_pretrain_toy)
+    pretrain_llm = sub.add_parser(
+        "pretrain-llm-toy",
+        help="pretrain the tiny causal LM of llm_toy (flowrl pretrain-llm-toy --help)",
+        add_help=False,
+    )
+    pretrain_llm.set_defaults(func=cmd_pretrain_llm_toy)
     return parser
 
 
@@ -486,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("pretrain-toy", "serve-reward"):
+    if args.command in ("pretrain-toy", "pretrain-llm-toy", "serve-reward"):
         return args.func(args, rest)
     if rest:
         parser.error(f"unrecognised arguments: {' '.join(rest)}")

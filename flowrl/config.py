@@ -317,7 +317,9 @@ def validate(config: TrainConfig) -> None:
         "device",
         "expected auto, cpu, cuda or cuda:N",
     )
-    check_reward_spec(config)
+    text = is_text_source(config.policy)
+    if not text:
+        check_reward_spec(config)
     need(
         len(config.adam_betas) == 2 and all(0 <= b < 1 for b in config.adam_betas),
         "adam_betas",
@@ -334,7 +336,7 @@ def validate(config: TrainConfig) -> None:
             "policy",
             "this path is neither a toy model directory (config.json + model.safetensors) nor a diffusers pipeline folder (model_index.json)",
         )
-    elif config.policy != "toy":
+    elif config.policy not in ("toy", "llm_toy"):
         need(
             config.policy.count("/") == 1 and not config.policy.startswith((".", "/", "~")),
             "policy",
@@ -351,12 +353,17 @@ def validate(config: TrainConfig) -> None:
             "log_with",
             f"{tracker} is not installed (pip install 'flowrl-toolkit[tracking]')",
         )
-    if config.eval_prompts:
+    if config.eval_prompts and not text:
         need(
             Path(config.eval_prompts).is_file(),
             "eval_prompts",
             "expected an existing text file with one prompt per line",
         )
+    if text:
+        from flowrl.llm.config import validate_text
+
+        validate_text(config)
+        return
     if config.prompts.startswith("toyshapes:"):
         toyshapes_prompt_spec(config.prompts)
     elif not Path(config.prompts).is_file():
@@ -370,6 +377,11 @@ def validate(config: TrainConfig) -> None:
     except (TypeError, ValueError) as error:
         raise ValueError(f"method {config.method!r}: {error}") from None
     objective = OBJECTIVES.lookup(config.objective)
+    need(
+        getattr(objective, "modality", "image") == "image",
+        "objective",
+        "objective=tokens trains text policies (policy=llm_toy or a transformers causal-LM folder)",
+    )
     try:
         objective_options = OBJECTIVES.configure(config.objective, config.objective_options)
     except ValueError as error:
@@ -440,9 +452,21 @@ def check_reward_spec(config: TrainConfig) -> None:
             raise ValueError(f"config key reward_options={config.reward_options!r}: {error}") from None
 
 
+def is_text_source(policy: str) -> bool:
+    """Whether `policy` names a causal language model (a text run)."""
+    from flowrl.llm.policy import is_text_source as text_source
+
+    return text_source(policy)
+
+
 def method_config(config: TrainConfig):
     """The method's own config object for this run."""
     from flowrl.samplers.methods import get_method
+
+    if is_text_source(config.policy):
+        from flowrl.llm.config import text_method_options
+
+        return text_method_options(config)
 
     return get_method(config.method).configure(**config.method_options)
 

@@ -28,12 +28,15 @@ from flowrl.samplers.shard import seeded_noise, shard_roots
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters, warmed_up_decay
 from .backend import TrainingBackend
 from .checkpointing import Checkpointer, Progress
-from .config import TrainConfig, method_config
+from .config import TrainConfig, is_text_source, method_config
 from .evaluation import Evaluator
 from .experience import Batch
 from .global_credit import credit_global_batch
 from .interrupts import StopRequests
 from .launch import Processes, adopt_launch, choose_device, load_policy, refuse_sharded_backends, uses_autocast
+from .llm.evaluation import TextEvaluator
+from .llm.experience import TextExperience
+from .llm.policy import load_text_policy
 from .metrics import UpdateStats, combine_processes
 from .objectives import OBJECTIVES, ObjectiveContext
 from .policies.base import rollout_velocity
@@ -68,9 +71,11 @@ class Trainer:
     def _build(self, config: TrainConfig, offload: str | None) -> None:
         """The parts: policy with adapters, backend, optimizer, EMA, objective, prompts, reward."""
         self.processes.start_trackers(config)
-        self.method, self.method_config = get_method(config.method), method_config(config)
+        self.text = is_text_source(config.policy)
+        self.method = None if self.text else get_method(config.method)
+        self.method_config = method_config(config)
         torch.manual_seed(config.seed)
-        self.policy = load_policy(config, self.device)
+        self.policy = load_text_policy(config.policy, self.device) if self.text else load_policy(config, self.device)
         network = self.policy.network
         self.lora = config.lora_rank > 0
         if self.lora:
@@ -90,18 +95,25 @@ class Trainer:
         )
         options = OBJECTIVES.configure(config.objective, config.objective_options)
         self.objective = OBJECTIVES.lookup(config.objective)(options, context)
-        self.prompts = PromptSource(config.prompts, config.seed)
-        self.reward = RewardSet.load(
-            config.reward,
-            config.reward_options,
-            device=self.device,
-            on_invalid=config.reward_invalid,
-            batch_size=config.max_batch,
-        )
-        shift = float(getattr(self.method_config, "shift", 1.0))
-        self.evaluator = Evaluator(
-            config, self.policy, self.reward, self.prompts, self.out, shift, self.final_weights, self.rank
-        )
+        if self.text:  # the text side's rollout, rewards and evaluation (flowrl.llm)
+            self.experience = TextExperience(
+                config, self.policy, self.method_config, self.rank, self.world, self.processes.gather
+            )
+            self.evaluator = TextEvaluator(config, self.experience, self.out, self.final_weights, self.rank)
+        else:
+            self.experience = None
+            self.prompts = PromptSource(config.prompts, config.seed)
+            self.reward = RewardSet.load(
+                config.reward,
+                config.reward_options,
+                device=self.device,
+                on_invalid=config.reward_invalid,
+                batch_size=config.max_batch,
+            )
+            shift = float(getattr(self.method_config, "shift", 1.0))
+            self.evaluator = Evaluator(
+                config, self.policy, self.reward, self.prompts, self.out, shift, self.final_weights, self.rank
+            )
         self.progress = Progress()
         self.checkpoints = Checkpointer(
             self.out, config, self.rank, self.world, self.backend, self.ema, self.objective, self.progress
@@ -247,7 +259,10 @@ class Trainer:
     # --- one iteration ------------------------------------------------------------------------
 
     def velocity_fn(self, cond):
-        """The policy's velocity for encoded prompts, under bf16 autocast when the run uses it."""
+        """The policy's velocity for encoded prompts, under bf16 autocast when the run uses it (for
+        a text policy: its completions' token log-probabilities)."""
+        if self.text:
+            return self.experience.scorer()
         return rollout_velocity(self.policy, cond, self.config.guidance, self.device.type if self.autocast else None)
 
     def root_seeds(self, iteration: int, roots: torch.Tensor) -> list[int]:
@@ -260,6 +275,10 @@ class Trainer:
         """Rollout of this process's shard of the global batch, rewards, then credit over the whole
         batch (every process's rewards and rollout structure gathered, so a group split across
         processes is normalised as one)."""
+        if self.text:
+            batch = self.experience.collect(iteration)
+            self.objective.prepare(batch)
+            return batch
         config, gather = self.config, self.processes.gather
         start = time.perf_counter()
         plan = self.method.plan(self.method_config, iteration)

@@ -41,7 +41,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PAGES = ["training", "methods", "rewards", "unigenbench", "toyshapes", "distributed", "results"]
+PAGES = ["training", "methods", "llm", "rewards", "unigenbench", "toyshapes", "distributed", "results"]
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
 COMMAND_STARTS = ("flowrl ", "python ", "python3 ", "accelerate launch ", "make ")
 SEPARATORS = {"&&", "||", ";", "|"}
@@ -232,7 +232,7 @@ class Checker:
             return
         if "--help" in args or "-h" in args or len(args) == len(words):
             return  # `flowrl SUB` alone names the command (in prose and tables): its --help is the check
-        if args[0] in ("pretrain-toy", "serve-reward"):
+        if args[0] in ("pretrain-toy", "pretrain-llm-toy", "serve-reward"):
             self.check_passed_on(where, args[0], args[1:])
             return
         from flowrl.cli import build_parser
@@ -256,6 +256,8 @@ class Checker:
         """pretrain-toy and serve-reward hand their arguments to their own parsers."""
         if sub == "pretrain-toy":
             from flowrl.toy_pretraining import build_parser
+        elif sub == "pretrain-llm-toy":
+            from flowrl.llm.pretraining import build_parser
         else:
             from flowrl.rewards import serve
 

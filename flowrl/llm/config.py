@@ -1,0 +1,56 @@
+"""The checks of a text run's config, before any model loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .method import TEXT_METHODS
+from .rewards import resolve
+
+
+def text_method_options(config: Any):
+    """The text method's options object of this run."""
+    return TEXT_METHODS.configure(config.method, config.method_options)
+
+
+def validate_text(config: Any) -> None:
+    """Text runs: a text method and objective, a prompt source, rewards that resolve."""
+    from flowrl.advantage import ADVANTAGES
+    from flowrl.objectives import OBJECTIVES
+
+    def need(condition: bool, key: str, what: str) -> None:
+        if not condition:
+            raise ValueError(f"config key {key}={getattr(config, key)!r}: {what}")
+
+    need(config.method in TEXT_METHODS, "method", f"a text policy trains with a text method: {sorted(TEXT_METHODS)}")
+    try:
+        options = text_method_options(config)
+    except ValueError as error:
+        raise ValueError(f"method {config.method!r}: {error}") from None
+    ADVANTAGES.lookup(options.advantage)
+    need(
+        getattr(OBJECTIVES.lookup(config.objective), "modality", "image") == "text",
+        "objective",
+        "a text policy trains with objective=tokens",
+    )
+    OBJECTIVES.configure(config.objective, config.objective_options)
+    need(not config.fsdp and not config.zero_stage, "fsdp", "text runs train data parallel (fsdp/zero not yet)")
+    spec = config.prompts
+    need(
+        spec.startswith("task:") or (spec.endswith(".jsonl") and Path(spec).is_file()),
+        "prompts",
+        "expected task:NAME (e.g. task:mul3x2) or an existing .jsonl file",
+    )
+    if spec.startswith("task:"):
+        from .task import ArithmeticTask
+
+        ArithmeticTask(spec.split(":", 1)[1])
+    names = [config.reward] if isinstance(config.reward, str) else list(config.reward)
+    for name in names:
+        try:
+            resolve(name)
+        except ValueError as error:
+            raise ValueError(f"config key reward={config.reward!r}: {error}") from None
+    unknown = sorted(set(config.reward_options) - set(names))
+    need(not unknown, "reward_options", f"options for {unknown}, which reward={config.reward!r} does not name")

@@ -1,0 +1,47 @@
+"""Text methods: how completions are sampled and grouped (TRL's GRPOConfig names). The loss side
+(epsilon, loss_type, importance_sampling_level) is the `tokens` objective's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flowrl.registry import Registry
+
+TEXT_METHODS = Registry("text method")
+SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none"}
+
+
+@dataclass
+class TextGrpoOptions:
+    num_generations: int = 8  # completions per prompt (the group)
+    temperature: float = 1.0  # sampling temperature; log-probs are taken at it
+    top_p: float = 1.0
+    max_completion_length: int = 32  # new tokens at most; longer completions are truncated
+    stop: list[str] = field(default_factory=list)  # stop strings besides EOS
+    advantage: str = "grpo"  # the estimator (grpo, dr_grpo, rloo, ngrpo)
+    scale_rewards: str = "group"  # grpo's std: group, batch or none (Dr. GRPO)
+    mask_truncated_completions: bool = False  # truncated completions take no gradient (DAPO)
+    eval_size: int = 200  # held-out prompts per evaluation, answered greedily
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(f"num_generations must be at least 2 to compare completions, got {self.num_generations!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.max_completion_length < 1 or self.eval_size < 1:
+            raise ValueError("max_completion_length and eval_size must be positive")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {list(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        self.stop = [str(s) for s in self.stop]
+
+
+TEXT_METHODS.register(
+    "grpo", options=TextGrpoOptions, description="a group of sampled completions per prompt, group-relative advantages"
+)(TextGrpoOptions)
+
+
+def estimator_options(options: TextGrpoOptions) -> dict:
+    """The advantage estimator's options: scale_rewards is grpo's std scope."""
+    return {"std_scope": SCALE_REWARDS[options.scale_rewards]} if options.advantage == "grpo" else {}

@@ -1,0 +1,285 @@
+"""The text side (flowrl.llm): completions, rewards with TRL's signature, the tokens objective's
+loss types written out by hand, and text runs through the one trainer loop."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import metric_records, same_checkpoint_weights
+from flowrl.config import build_config
+from flowrl.experience import Batch
+from flowrl.llm.policy import Completions, completion_mask, is_text_source, load_text_policy
+from flowrl.llm.prompts import TextPrompts
+from flowrl.llm.rewards import TEXT_REWARDS, TextRewardSet, boxed, last_number, register_text_reward
+from flowrl.llm.task import ArithmeticTask
+from flowrl.llm.tiny import build_tokenizer, save_tiny
+from flowrl.objectives.base import ObjectiveContext
+from flowrl.objectives.tokens import TokenObjective, TokenOptions
+from flowrl.trainer import train
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory) -> str:
+    return str(save_tiny(tmp_path_factory.mktemp("lm") / "tiny"))
+
+
+def text_run(lm_dir, out, *overrides):
+    values = dict(
+        out=str(out),
+        policy=lm_dir,
+        method="grpo",
+        objective="tokens",
+        prompts="task:add2x2",
+        reward="length",
+        reward_options={"length": {"target": 2}},
+        iterations=2,
+        prompts_per_iteration=4,
+        lr=1e-3,
+        eval_every=2,
+        lora_rank=0,
+        ema=0,
+        checkpoint_every=1,
+        method_options=dict(num_generations=4, max_completion_length=4, eval_size=8),
+    )
+    return build_config(values, list(overrides))
+
+
+def test_the_tokenizer_is_one_token_per_character_and_round_trips():
+    tokenizer = build_tokenizer()
+    ids = tokenizer("12*34=")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and len(ids) == 7
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "12*34="
+
+
+def test_completion_masks_stop_after_the_first_eos_and_flag_truncation():
+    eos = 2
+    completion = torch.tensor([[5, 6, eos, 0], [5, 5, 5, 5], [eos, 7, eos, 0]])
+    mask, truncated = completion_mask(completion, eos)
+    assert mask.tolist() == [[True, True, True, False], [True] * 4, [True, False, False, False]]
+    assert truncated.tolist() == [False, True, False]
+
+
+def test_sampled_log_probs_are_the_update_s_and_sampling_is_reproducible(lm_dir):
+    policy = load_text_policy(lm_dir)
+    a = policy.sample(["12+34=", "5+6="], 3, max_new_tokens=5, seed=7)
+    b = policy.sample(["12+34=", "5+6="], 3, max_new_tokens=5, seed=7)
+    assert torch.equal(a.ids, b.ids) and a.texts == b.texts
+    assert a.prompt.tolist() == [0, 0, 0, 1, 1, 1]
+    again = policy.token_logps(a)
+    assert torch.equal(again, a.logp) and bool((a.logp[~a.mask] == 0).all())
+    # the log-probs at temperature 1 are log-softmax of the model's logits at those positions, by hand
+    row = 0
+    ids, attention = a.ids[row : row + 1], a.attention[row : row + 1]
+    logits = policy.network(
+        input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0)
+    ).logits[0]
+    start = a.prompt_length
+    for t in range(int(a.mask[row].sum())):
+        expected = torch.log_softmax(logits[start + t - 1], -1)[ids[0, start + t]]
+        assert a.logp[row, t].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_answer_extractors_and_a_trl_style_reward_with_columns_and_none():
+    assert last_number("so 12 and then 345.") == "345" and last_number("none") is None
+    assert boxed(r"x \boxed{42} and \boxed{ 7 }") == "7"
+    rows = [{"prompt": "1+1=", "answer": "2"}, {"prompt": "2+2=", "answer": "4"}]
+    rewards = TextRewardSet("exact_match")
+    values, means = rewards(rows, ["2", "5"])
+    assert values == [1.0, 0.0] and means["reward/exact_match/mean"] == 0.5
+
+    @register_text_reward("test_half_missing")
+    def half(prompts, completions, answer, **kwargs):
+        return [None if i % 2 else float(len(c)) for i, c in enumerate(completions)]
+
+    try:
+        values, _ = TextRewardSet("test_half_missing")(rows, ["abc", "de"])
+        assert values[0] == 3.0 and math.isnan(values[1])
+    finally:
+        TEXT_REWARDS.unregister("test_half_missing")
+
+
+def test_async_rewards_are_awaited():
+    async def reward(prompts, completions, **kwargs):
+        return [1.0 for _ in completions]
+
+    import sys
+    import types
+
+    module = types.ModuleType("async_reward_module")
+    module.reward = reward
+    sys.modules["async_reward_module"] = module
+    try:
+        values, _ = TextRewardSet("async_reward_module:reward")([{"prompt": "p"}], ["x"])
+        assert values == [1.0]
+    finally:
+        del sys.modules["async_reward_module"]
+
+
+def test_task_prompts_never_draw_held_out_ones():
+    task = ArithmeticTask("mul2x1")
+    held = {row["prompt"] for row in task.held_out()}
+    source = TextPrompts("task:mul2x1", seed=3)
+    drawn = [row for i in range(20) for row in source.batch(i, 16)]
+    assert not held & {row["prompt"] for row in drawn}
+    row = drawn[0]
+    x, y = (int(v) for v in row["prompt"][:-1].split("*"))
+    assert row["answer"] == str(x * y).zfill(3)[::-1]
+    assert source.batch(5, 4) == TextPrompts("task:mul2x1", seed=3).batch(5, 4)
+
+
+def objective_batch(loss_type, level="token"):
+    """A batch of 3 completions with hand-set log-probs and a fake scorer returning new ones."""
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
+    old = torch.tensor([[-1.0, -2.0, -0.5, 0.0], [-0.3, 0, 0, 0], [-1.5, -0.2, -0.7, -1.1]]) * mask
+    new = old + torch.tensor([[0.1, -0.3, 0.02, 0.0], [0.5, 0, 0, 0], [-0.05, 0.25, 0.0, -0.4]]) * mask
+    completions = Completions(
+        torch.zeros(3, 6, dtype=torch.long),
+        torch.ones(3, 6, dtype=torch.long),
+        mask,
+        old,
+        torch.tensor([False, False, True]),
+        torch.tensor([0, 0, 1]),
+        ["a", "b", "c"],
+    )
+    advantages = torch.tensor([1.0, -0.5, 2.0])
+    batch = Batch(
+        0,
+        completions,
+        ["p"],
+        None,
+        torch.arange(2),
+        torch.zeros(3),
+        torch.ones(3, dtype=torch.bool),
+        completions,
+        advantages,
+        torch.ones(3),
+        {},
+    )
+    context = ObjectiveContext({}, None, None, 0.0, "clip", 5.0, 64, 64, (), lambda i, r: [])
+    objective = TokenObjective(
+        TokenOptions(epsilon=0.2, epsilon_high=0.28, loss_type=loss_type, importance_sampling_level=level), context
+    )
+    objective.prepare(batch)
+    return objective, batch, mask, old, new, advantages
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
+def test_token_loss_types_match_trl_s_formulas_by_hand(loss_type):
+    objective, batch, mask, old, new, advantages = objective_batch(loss_type)
+    loss, stats = objective.loss(lambda part: new[: len(part)], batch, torch.arange(3), 3.0)
+
+    def per_token(i, t):
+        ratio = math.exp(new[i, t] - old[i, t])
+        a = float(advantages[i])
+        return -min(ratio * a, min(max(ratio, 0.8), 1.28) * a)
+
+    rows = [[per_token(i, t) for t in range(4) if mask[i, t]] for i in range(3)]
+    expected = {
+        "grpo": sum(sum(r) / len(r) for r in rows) / 3,
+        "bnpo": sum(map(sum, rows)) / sum(map(len, rows)),
+        "dapo": sum(map(sum, rows)) / sum(map(len, rows)),
+        "dr_grpo": sum(map(sum, rows)) / (3 * 4),
+    }[loss_type]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_gspo_clips_the_length_normalised_sequence_ratio():
+    objective, batch, mask, old, new, advantages = objective_batch("grpo", level="sequence")
+    objective.options.epsilon, objective.options.epsilon_high = 3e-4, 4e-4
+    loss, _ = objective.loss(lambda part: new[: len(part)], batch, torch.arange(3), 3.0)
+    expected = 0.0
+    for i in range(3):
+        s = math.exp(float(((new[i] - old[i]) * mask[i]).sum() / mask[i].sum()))
+        a = float(advantages[i])
+        expected += -min(s * a, min(max(s, 1 - 3e-4), 1 + 4e-4) * a) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_text_run_trains_writes_its_files_and_resumes_exactly(lm_dir, tmp_path):
+    straight = tmp_path / "a"
+    train(text_run(lm_dir, straight, "iterations=3", "beta=0.04", "inner_epochs=2", "train_batch=8"))
+    records = metric_records(straight, skip_first=True)
+    assert len(records) == 3 and all(math.isfinite(r["loss/total"]) for r in records)
+    # rollout and update score with one function: the log-probs agree exactly before the first step
+    assert all(r["consistency/max_abs_logp_diff"] == 0.0 for r in records)
+    assert all(r["consistency/first_ratio_mean"] == pytest.approx(1.0, abs=1e-12) for r in records)
+    assert records[-1]["loss/kl"] > 0  # the weights left the reference
+    assert (straight / "final" / "model.safetensors").is_file() and is_text_source(str(straight / "final"))
+    assert "eval/reward" in records[1] and (straight / "samples" / "iter_00002.json").is_file()
+    before = load_text_policy(lm_dir).network.state_dict()
+    after = load_text_policy(str(straight / "final")).network.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    resumed = tmp_path / "b"
+    train(text_run(lm_dir, resumed, "iterations=2", "beta=0.04", "inner_epochs=2", "train_batch=8"))
+    train(text_run(lm_dir, resumed, "iterations=3", "beta=0.04", "inner_epochs=2", "train_batch=8"))
+    assert same_checkpoint_weights(straight, resumed)
+    assert [r["loss/total"] for r in records] == [r["loss/total"] for r in metric_records(resumed, skip_first=True)]
+
+
+def test_a_text_run_with_lora_exports_a_plain_model(lm_dir, tmp_path):
+    train(
+        text_run(lm_dir, tmp_path / "lora", "lora_rank=4", "lora_targets=[q_proj,v_proj]", "beta=0.04", "iterations=3")
+    )
+    records = metric_records(tmp_path / "lora", skip_first=True)
+    assert records[0]["loss/kl"] == 0.0 and records[-1]["loss/kl"] > 0  # the reference: adapters switched off
+    exported = load_text_policy(str(tmp_path / "lora" / "final")).network.state_dict()
+    base = load_text_policy(lm_dir).network.state_dict()
+    assert exported.keys() == base.keys()  # LoRA merged into plain weights
+    assert not torch.equal(
+        exported["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(
+        exported["model.layers.0.self_attn.k_proj.weight"], base["model.layers.0.self_attn.k_proj.weight"]
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["method=mix_grpo"], "a text policy trains with a text method"),
+        (["objective=sde"], "a text policy trains with objective=tokens"),
+        (["method.num_generations=1"], "num_generations must be at least 2"),
+        (["objective.loss_type=ppo"], "loss_type must be one of"),
+        (["prompts=task:div2x2"], "unknown arithmetic task"),
+        (["reward=no_such_reward"], "unknown text reward"),
+        (["method.scale_rewards=global"], "scale_rewards must be one of"),
+    ],
+)
+def test_text_configs_are_checked_before_loading(lm_dir, tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        text_run(lm_dir, tmp_path / "x", *overrides)
+
+
+def test_supervised_batches_train_on_the_answer_and_eos_only():
+    from flowrl.llm.pretraining import supervised_batch
+
+    tokenizer = build_tokenizer()
+    ids, attention, labels = supervised_batch(
+        tokenizer, [{"prompt": "12*3=", "answer": "630"}, {"prompt": "1*2=", "answer": "2"}]
+    )
+    first = tokenizer("12*3=630")["input_ids"] + [tokenizer.eos_token_id]
+    assert ids[0].tolist() == first and attention[0].tolist() == [1] * len(first)
+    assert labels[0].tolist() == [-100] * 6 + first[6:]  # BOS + "12*3=" carry no loss
+    second = tokenizer("1*2=2")["input_ids"] + [tokenizer.eos_token_id]
+    assert attention[1].tolist() == [1] * 7 + [0] * 3 and ids[1, :7].tolist() == second
+    assert labels[1].tolist() == [-100] * 5 + second[5:] + [-100] * 3
+
+
+def test_pretraining_writes_a_loadable_model_and_its_curve(tmp_path):
+    from flowrl.llm.pretraining import pretrain
+
+    report = pretrain(
+        "add1x1",
+        tmp_path / "base",
+        minutes=0.02,
+        train_rows=50,
+        hidden=16,
+        layers=1,
+        lr=1e-3,
+        eval_every=0.5,
+        eval_rows=20,
+    )
+    assert report["curve"][0]["held_out_greedy"] >= 0 and len(report["curve"]) >= 2
+    policy = load_text_policy(str(tmp_path / "base"))
+    assert policy.sample(["3+4="], 1, max_new_tokens=3, greedy=True).texts[0] is not None
