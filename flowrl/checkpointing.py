@@ -55,6 +55,28 @@ def adam_steps(optimizer: torch.optim.Optimizer) -> int:
     return max((int(state["step"]) for state in optimizer.state.values() if "step" in state), default=0)
 
 
+class StateParts:
+    """Several parts' checkpoint state as one (the objective's, and a text run's prompt values):
+    their state dicts merge (keys must differ) and each reads its own back from the whole."""
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = [part for part in parts if part is not None]
+
+    def state_dict(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for part in self.parts:
+            state = part.state_dict()
+            clash = set(state) & set(merged)
+            if clash:
+                raise ValueError(f"checkpoint state keys {sorted(clash)} are written by two parts")
+            merged.update(state)
+        return merged
+
+    def load_state_dict(self, state: dict[str, Any], where: str) -> None:
+        for part in self.parts:
+            part.load_state_dict(state, where)
+
+
 class Checkpointer:
     """Writes out/checkpoint on rank 0 and resumes from it; every process calls save (sharded
     tensors are gathered first), and a sharded run writes the same full tensors as an unsharded

@@ -27,7 +27,7 @@ from flowrl.samplers.shard import seeded_noise, shard_roots
 
 from .adapters import Ema, Reference, add_lora, trainable_named_parameters, warmed_up_decay
 from .backend import TrainingBackend
-from .checkpointing import Checkpointer, Progress
+from .checkpointing import Checkpointer, Progress, StateParts
 from .config import TrainConfig, is_text_source, method_config
 from .evaluation import Evaluator
 from .experience import Batch
@@ -116,7 +116,14 @@ class Trainer:
             )
         self.progress = Progress()
         self.checkpoints = Checkpointer(
-            self.out, config, self.rank, self.world, self.backend, self.ema, self.objective, self.progress
+            self.out,
+            config,
+            self.rank,
+            self.world,
+            self.backend,
+            self.ema,
+            StateParts(self.objective, self.experience),
+            self.progress,
         )
         self.metrics_path = self.out / "metrics.jsonl"
         if self.rank == 0:  # one writer per run-directory file

@@ -243,6 +243,8 @@ def test_a_text_run_with_lora_exports_a_plain_model(lm_dir, tmp_path):
         (["objective.loss_type=ppo"], "loss_type must be one of"),
         (["prompts=task:div2x2"], "unknown arithmetic task"),
         (["reward=no_such_reward"], "unknown text reward"),
+        (["prompts=/no/such.jsonl"], "expected task:NAME"),
+        (["eval_prompts=held_out.txt"], "expected task:NAME or an existing .jsonl file"),
         (["method.scale_rewards=global"], "scale_rewards must be one of"),
     ],
 )
@@ -283,3 +285,85 @@ def test_pretraining_writes_a_loadable_model_and_its_curve(tmp_path):
     assert report["curve"][0]["held_out_greedy"] >= 0 and len(report["curve"]) >= 2
     policy = load_text_policy(str(tmp_path / "base"))
     assert policy.sample(["3+4="], 1, max_new_tokens=3, greedy=True).texts[0] is not None
+    # the supervised control: the same rows and settings, continued from the base
+    from flowrl.llm.pretraining import main
+
+    assert main(["--continue-from", str(tmp_path / "base"), "--out", str(tmp_path / "more"), "--minutes", "0.01"]) == 0
+    import json
+
+    report = json.loads((tmp_path / "more" / "pretraining.json").read_text())
+    assert report["continued_from"] == str(tmp_path / "base") and report["train_rows"] == 50
+    assert report["curve"][0]["held_out_greedy"] == report_curve_end(tmp_path / "base")
+
+
+def test_dapo_s_overlong_penalty_by_hand():
+    from flowrl.llm.rewards import overlong_penalty
+
+    ids = [[0] * n for n in (10, 12, 14, 16, 17)]
+    # max_length 16, cache 4: 0 up to 12 tokens, then (12 - n) / 4, -1 beyond 16
+    assert overlong_penalty([""] * 5, [""] * 5, ids, max_length=16, cache=4) == [0.0, 0.0, -0.5, -1.0, -1.0]
+    with pytest.raises(ValueError, match="0 < cache <= max_length"):
+        overlong_penalty([""], [""], [[0]], max_length=4, cache=5)
+
+
+def test_joined_batches_score_each_row_as_alone(lm_dir):
+    policy = load_text_policy(lm_dir)
+    a = policy.sample(["1+2="], 2, max_new_tokens=3, seed=1)
+    b = policy.sample(["123+456=", "7+8="], 2, max_new_tokens=6, seed=2)
+    joined = Completions.cat([a, b], policy.tokenizer.pad_token_id)
+    assert joined.texts == a.texts + b.texts and joined.prompt.tolist() == [0, 0, 0, 0, 1, 1]
+    scored = policy.token_logps(joined)
+    torch.testing.assert_close(scored[:2, : a.mask.shape[1]], a.logp, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored[2:, : b.mask.shape[1]], b.logp, atol=1e-5, rtol=1e-5)
+    assert joined.completion_ids()[2] == b.completion_ids()[0]
+
+
+def test_a_shuffled_reward_control_trains_on_noise_and_is_judged_truly(lm_dir, tmp_path):
+    rows = [{"prompt": f"{i}+0=", "answer": str(i)} for i in range(8)]
+    rewards = TextRewardSet("shuffled:exact_match")
+    values, _ = rewards(rows, [str(i) for i in range(4)] + ["x"] * 4, seed=3)
+    assert sorted(values) == [0.0] * 4 + [1.0] * 4 and values != [1.0] * 4 + [0.0] * 4
+    judged, _ = rewards.unshuffled()(rows, [str(i) for i in range(4)] + ["x"] * 4)
+    assert judged == [1.0] * 4 + [0.0] * 4
+    train(text_run(lm_dir, tmp_path / "control", "reward=shuffled:exact_match", "reward_options={}"))
+    assert "eval/accuracy" in metric_records(tmp_path / "control")[-1]
+
+
+def test_spo_keeps_per_prompt_values_across_a_resume(lm_dir, tmp_path):
+    # advantage=spo: no groups needed; the Beta tracker's state is in the checkpoint
+    rows = write_rows(tmp_path)
+    overrides = (
+        "method.advantage=spo",
+        "method.num_generations=2",
+        f"prompts={rows}",
+        f"eval_prompts={rows}",
+        "reward=format",  # in [0, 1], as SPO's Beta tracker needs: does the completion hold a digit
+        'reward_options={"format": {"pattern": ".*[0-9].*"}}',
+    )
+    train(text_run(lm_dir, tmp_path / "a", "iterations=3", *overrides))
+    train(text_run(lm_dir, tmp_path / "b", "iterations=2", *overrides))
+    train(text_run(lm_dir, tmp_path / "b", "iterations=3", *overrides))
+    assert same_checkpoint_weights(tmp_path / "a", tmp_path / "b")
+    state = torch.load(tmp_path / "b" / "checkpoint" / "state.pt", weights_only=False)
+    assert len(state["spo"]["state"]) >= 1
+
+
+def write_rows(tmp_path):
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) for i in range(3)))
+    return path
+
+
+def test_tied_groups_are_redrawn_when_asked(lm_dir, tmp_path):
+    # A random model never answers exactly: every group ties, and each round redraws all of them.
+    train(text_run(lm_dir, tmp_path / "r", "reward=exact_match", "reward_options={}", "method.resample_rounds=2"))
+    records = metric_records(tmp_path / "r", skip_first=True)
+    assert all(r["groups/resampled"] == 8 for r in records)  # 4 prompts x 2 rounds
+
+
+def report_curve_end(directory):
+    import json
+
+    return json.loads((directory / "pretraining.json").read_text())["curve"][-1]["held_out_greedy"]

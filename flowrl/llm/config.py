@@ -42,14 +42,28 @@ def validate_text(config: Any) -> None:
         "prompts",
         "expected task:NAME (e.g. task:mul3x2) or an existing .jsonl file",
     )
-    if spec.startswith("task:"):
-        from .task import ArithmeticTask
+    from .task import ArithmeticTask
 
+    if spec.startswith("task:"):
         ArithmeticTask(spec.split(":", 1)[1])
+    evaluation = config.eval_prompts
+    need(
+        not config.eval_every or bool(evaluation) or spec.startswith("task:"),
+        "eval_prompts",
+        "a JSONL prompt file has no held-out split: name evaluation rows (a JSONL file or task:NAME) or set eval_every=0",
+    )
+    if evaluation:
+        need(
+            evaluation.startswith("task:") or (evaluation.endswith(".jsonl") and Path(evaluation).is_file()),
+            "eval_prompts",
+            "expected task:NAME or an existing .jsonl file",
+        )
+        if evaluation.startswith("task:"):
+            ArithmeticTask(evaluation.split(":", 1)[1])
     names = [config.reward] if isinstance(config.reward, str) else list(config.reward)
     for name in names:
         try:
-            resolve(name)
+            resolve(name.removeprefix("shuffled:"))
         except ValueError as error:
             raise ValueError(f"config key reward={config.reward!r}: {error}") from None
     unknown = sorted(set(config.reward_options) - set(names))

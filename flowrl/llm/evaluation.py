@@ -21,15 +21,16 @@ class TextEvaluator(Evaluator):
         self.config, self.experience, self.weights, self.rank = config, experience, weights, rank
         self.samples = out / "samples"
         self.rows = experience.prompts.evaluation(config.eval_prompts, experience.options.eval_size)
+        self.judge = experience.rewards.unshuffled()  # a shuffled-reward control is still judged truly
 
     @torch.no_grad()
     def evaluate(self, iteration: int) -> dict[str, float]:
         start = time.perf_counter()
         completions = self.experience.sample(self.rows, 1, seed=0, greedy=True)
-        values, means = self.experience.rewards(self.rows, completions.texts)
+        values, means = self.judge(self.rows, completions.texts, completions.completion_ids())
         scored = [v for v in values if v == v]
         stats = {"eval/reward": sum(scored) / len(scored) if scored else float("nan")}
-        if "exact_match" in self.experience.rewards.functions:
+        if "exact_match" in self.judge.functions:
             stats["eval/accuracy"] = means["reward/exact_match/mean"]
         self.samples.mkdir(exist_ok=True)
         records = [

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from flowrl.advantage import ADVANTAGES, clip_advantages, zero_variance_mask
+from flowrl.advantage import ADVANTAGES, SpoTracker, clip_advantages, spo_advantages, zero_variance_mask
 from flowrl.experience import Batch
 from flowrl.metrics import reward_stats
 
@@ -33,6 +33,7 @@ class TextExperience:
         self.rank, self.world, self.gather = rank, world, gather
         self.prompts = TextPrompts(config.prompts, config.seed)
         self.rewards = TextRewardSet(config.reward, config.reward_options)
+        self.tracker = SpoTracker() if options.advantage == "spo" else None
 
     def scorer(self):
         """The log-probability function the objective calls (the rollout's own)."""
@@ -53,6 +54,22 @@ class TextExperience:
             max_batch=self.config.max_batch,
         )
 
+    def state_dict(self) -> dict:
+        """SPO's per-prompt values, when the run uses them."""
+        return {"spo": self.tracker.state_dict()} if self.tracker is not None else {}
+
+    def load_state_dict(self, state: dict, where: str) -> None:
+        if self.tracker is None:
+            return
+        if "spo" not in state:
+            raise ValueError(f"{where} has no SPO prompt values to resume (written by a run without advantage=spo)")
+        self.tracker.load_state_dict(state["spo"])
+
+    def score(self, rows: list[dict], completions: Completions, seed: int) -> tuple[torch.Tensor, dict]:
+        per_completion = [rows[int(p)] for p in completions.prompt]
+        values, means = self.rewards(per_completion, completions.texts, completions.completion_ids(), seed=seed)
+        return torch.tensor(values, dtype=torch.float32), means
+
     @torch.no_grad()
     def collect(self, iteration: int) -> Batch:
         config, o = self.config, self.options
@@ -60,20 +77,35 @@ class TextExperience:
         global_rows = self.prompts.batch(iteration, config.prompts_per_iteration)
         local = list(range(self.rank, len(global_rows), self.world))
         rows = [global_rows[i] for i in local]
-        completions = self.sample(rows, o.num_generations, iteration_seed(config.seed, iteration, self.rank))
+        seed = iteration_seed(config.seed, iteration, self.rank)
+        completions = self.sample(rows, o.num_generations, seed)
+        rewards, means = self.score(rows, completions, seed)
+        resampled = 0
+        for round_ in range(1, o.resample_rounds + 1):  # DAPO's dynamic sampling: replace tied groups
+            tied = tied_prompts(rewards, completions.prompt)
+            if not tied:
+                break
+            fresh = self.prompts.batch(iteration + 1_000_003 * round_, len(global_rows))
+            replacements = [fresh[i] for i in local][: len(tied)]
+            extra = self.sample(replacements, o.num_generations, seed + round_)
+            extra_rewards, _ = self.score(replacements, extra, seed + round_)
+            for slot, prompt in enumerate(tied):
+                rows[prompt] = replacements[slot]
+            extra.prompt = torch.tensor(tied)[extra.prompt]
+            kept = ~torch.isin(completions.prompt, torch.tensor(tied))
+            completions = Completions.cat([completions.select(kept), extra], self.policy.tokenizer.pad_token_id)
+            rewards = torch.cat([rewards[kept], extra_rewards])
+            resampled += len(tied)
         timings = {"time/rollout": time.perf_counter() - start}
-        start = time.perf_counter()
-        per_completion = [rows[int(p)] for p in completions.prompt]
-        values, means = self.rewards(per_completion, completions.texts)
-        timings["time/reward"] = time.perf_counter() - start
-        rewards = torch.tensor(values, dtype=torch.float32)
         groups = torch.tensor(local)[completions.prompt]  # global prompt index of each completion
+        keys = [row["prompt"] for row in rows]
         # Group statistics over the whole batch: every process's rewards, in process order.
-        everyone = self.gather((rewards, groups))
-        all_rewards = torch.cat([r for r, _ in everyone])
-        all_groups = torch.cat([g for _, g in everyone])
-        offset = sum(len(r) for r, _ in everyone[: self.rank])
-        advantages, keep, stats = self.credit(all_rewards, all_groups)
+        everyone = self.gather((rewards, groups, [keys[int(p)] for p in completions.prompt]))
+        all_rewards = torch.cat([r for r, _, _ in everyone])
+        all_groups = torch.cat([g for _, g, _ in everyone])
+        all_keys = [k for _, _, part in everyone for k in part]
+        offset = sum(len(r) for r, _, _ in everyone[: self.rank])
+        advantages, keep, stats = self.credit(all_rewards, all_groups, all_keys)
         local_rows = slice(offset, offset + len(rewards))
         advantages, keep = advantages[local_rows], keep[local_rows]
         if o.mask_truncated_completions:
@@ -86,13 +118,14 @@ class TextExperience:
                 "completions/mean_length": float(lengths.mean()),
                 "completions/truncated_fraction": float(completions.truncated.float().mean()),
                 "transitions/trained": float(keep.sum()),
+                **({"groups/resampled": float(resampled)} if o.resample_rounds else {}),
                 **timings,
             }
         )
         return Batch(
             iteration,
             completions,
-            [row["prompt"] for row in rows],
+            keys,
             None,
             torch.tensor(local),
             rewards,
@@ -103,20 +136,37 @@ class TextExperience:
             stats,
         )
 
-    def credit(self, rewards: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def credit(
+        self, rewards: torch.Tensor, groups: torch.Tensor, keys: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Advantages [N] (0 where the reward is missing), the rows that train, and reward stats."""
         finite = torch.isfinite(rewards)
         advantages = torch.zeros_like(rewards)
         keep = finite.clone()
         stats: dict[str, float] = {"reward/missing_fraction": float((~finite).float().mean())}
-        if bool(finite.any()):
-            estimator = ADVANTAGES.lookup(self.options.advantage)
-            advantages[finite] = estimator(rewards[finite], groups[finite], **estimator_options(self.options)).float()
-            stats.update(reward_stats(rewards[finite]))
-            tied = zero_variance_mask(rewards[finite], groups[finite])
-            stats["groups/zero_variance_fraction"] = float(tied.float().mean())
-            if self.config.drop_zero_variance:
-                keep[torch.nonzero(finite).flatten()[tied]] = False
-        else:
+        if not bool(finite.any()):
             stats.update({"reward/mean": math.nan, "reward/std": math.nan, "reward/max": math.nan})
+            return advantages, keep, stats
+        stats.update(reward_stats(rewards[finite]))
+        rows = torch.nonzero(finite).flatten()
+        if self.tracker is not None:  # SPO: each prompt's tracked value is the baseline; no groups needed
+            advantages[rows] = spo_advantages(rewards[rows], [keys[i] for i in rows.tolist()], self.tracker)
+            return advantages, keep, stats
+        estimator = ADVANTAGES.lookup(self.options.advantage)
+        advantages[rows] = estimator(rewards[rows], groups[rows], **estimator_options(self.options)).float()
+        tied = zero_variance_mask(rewards[rows], groups[rows])
+        stats["groups/zero_variance_fraction"] = float(tied.float().mean())
+        if self.config.drop_zero_variance:
+            keep[rows[tied]] = False
         return advantages, keep, stats
+
+
+def tied_prompts(rewards: torch.Tensor, prompt: torch.Tensor) -> list[int]:
+    """The local prompt indices whose completions' rewards all tie (or are all missing)."""
+    tied = []
+    for p in prompt.unique().tolist():
+        values = rewards[prompt == p]
+        values = values[torch.isfinite(values)]
+        if len(values) == 0 or bool((values == values[0]).all()):
+            tied.append(p)
+    return tied

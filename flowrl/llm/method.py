@@ -18,9 +18,10 @@ class TextGrpoOptions:
     top_p: float = 1.0
     max_completion_length: int = 32  # new tokens at most; longer completions are truncated
     stop: list[str] = field(default_factory=list)  # stop strings besides EOS
-    advantage: str = "grpo"  # the estimator (grpo, dr_grpo, rloo, ngrpo)
+    advantage: str = "grpo"  # the estimator (grpo, dr_grpo, rloo, ngrpo; spo: a per-prompt value, no groups needed)
     scale_rewards: str = "group"  # grpo's std: group, batch or none (Dr. GRPO)
     mask_truncated_completions: bool = False  # truncated completions take no gradient (DAPO)
+    resample_rounds: int = 0  # DAPO's dynamic sampling: redraw prompts for tied groups, up to this many rounds
     eval_size: int = 200  # held-out prompts per evaluation, answered greedily
 
     def __post_init__(self) -> None:
@@ -32,6 +33,8 @@ class TextGrpoOptions:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.max_completion_length < 1 or self.eval_size < 1:
             raise ValueError("max_completion_length and eval_size must be positive")
+        if self.resample_rounds < 0:
+            raise ValueError(f"resample_rounds must not be negative, got {self.resample_rounds!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {list(SCALE_REWARDS)}, got {self.scale_rewards!r}")
         self.stop = [str(s) for s in self.stop]

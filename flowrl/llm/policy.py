@@ -35,6 +35,39 @@ class Completions:
     def prompt_length(self) -> int:
         return self.ids.shape[1] - self.mask.shape[1]
 
+    def completion_ids(self) -> list[list[int]]:
+        """Each completion's token ids, EOS excluded (TRL's `completion_ids` reward column)."""
+        tokens = self.ids[:, self.prompt_length :]
+        lengths = (self.mask.sum(dim=1) - (~self.truncated).long()).tolist()
+        return [tokens[i, :n].tolist() for i, n in enumerate(lengths)]
+
+    @staticmethod
+    def cat(parts: list[Completions], pad: int) -> Completions:
+        """One batch from several (prompt sections left-padded, completions right-padded to fit);
+        `prompt` indices are kept as given."""
+        prompt_width = max(p.prompt_length for p in parts)
+        width = max(p.mask.shape[1] for p in parts)
+
+        def fit(tensor: torch.Tensor, left: int, right: int, value) -> torch.Tensor:
+            return torch.nn.functional.pad(tensor, (left, right), value=value)
+
+        ids, attention, mask, logp = [], [], [], []
+        for p in parts:
+            left, right = prompt_width - p.prompt_length, width - p.mask.shape[1]
+            ids.append(fit(p.ids, left, right, pad))
+            attention.append(fit(p.attention, left, right, 0))
+            mask.append(fit(p.mask, 0, right, False))
+            logp.append(fit(p.logp, 0, right, 0.0))
+        return Completions(
+            torch.cat(ids),
+            torch.cat(attention),
+            torch.cat(mask),
+            torch.cat(logp),
+            torch.cat([p.truncated for p in parts]),
+            torch.cat([p.prompt for p in parts]),
+            [t for p in parts for t in p.texts],
+        )
+
     def select(self, index: torch.Tensor) -> Completions:
         index = torch.as_tensor(index)
         rows = torch.nonzero(index).flatten() if index.dtype == torch.bool else index

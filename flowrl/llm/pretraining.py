@@ -58,12 +58,18 @@ def pretrain(
     batch: int = 64,
     seed: int = 0,
     eval_every: float = 30.0,
-    eval_rows: int = 300,
+    eval_rows: int = 1000,
+    start_from: str | None = None,
 ) -> dict:
-    """Train from random weights for `minutes`; returns the held-out curve; writes the model to out."""
+    """Train from random weights for `minutes` (or, with `start_from`, continue that model on its
+    own labelled rows: the supervised control beside an RL run); returns the held-out curve and
+    writes the model to out."""
     task = ArithmeticTask(task_name)
     out = Path(out)
-    save_tiny(out, hidden=hidden, layers=layers, seed=seed)
+    if start_from is None:
+        save_tiny(out, hidden=hidden, layers=layers, seed=seed)
+    elif Path(start_from).resolve() != out.resolve():
+        shutil.copytree(start_from, out, dirs_exist_ok=True)
     policy = load_text_policy(str(out))
     rows = task.train(train_rows, seed=seed)
     held_out = task.held_out(eval_rows)
@@ -72,12 +78,13 @@ def pretrain(
     curve, start, next_eval, steps = [], time.perf_counter(), 0.0, 0
     while True:
         elapsed = time.perf_counter() - start
-        if elapsed >= next_eval:
+        done = elapsed >= 60 * minutes
+        if elapsed >= next_eval or (done and curve[-1]["steps"] != steps):  # the curve ends at the saved model
             accuracy = greedy_accuracy(policy, held_out, task.answer_length + 1)
             curve.append({"seconds": round(elapsed, 1), "steps": steps, "held_out_greedy": accuracy})
             print(f"{elapsed:7.1f}s  step {steps:6d}  held-out greedy {accuracy:.3f}", file=sys.stderr)
             next_eval += eval_every
-        if elapsed >= 60 * minutes:
+        if done:
             break
         ids, attention, labels = supervised_batch(policy.tokenizer, rng.sample(rows, min(batch, len(rows))))
         loss = policy.network(input_ids=ids, attention_mask=attention, labels=labels).loss
@@ -95,6 +102,7 @@ def pretrain(
         "lr": lr,
         "minutes": minutes,
         "seed": seed,
+        "continued_from": str(start_from) if start_from else None,
         "curve": curve,
     }
     (out / "pretraining.json").write_text(json.dumps(report, indent=2))
@@ -112,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ship", action="store_true", help="copy the result into the package as policy=llm_toy")
+    parser.add_argument(
+        "--continue-from",
+        default=None,
+        help="continue a pretrained model (llm_toy or a folder) on its own labelled rows, with its settings",
+    )
     return parser
 
 
@@ -120,6 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.train_rows < 1:
         parser.error("--minutes and --train-rows must be positive")
+    if args.continue_from:
+        base = SHIPPED if args.continue_from == "llm_toy" else Path(args.continue_from)
+        settings = json.loads((base / "pretraining.json").read_text())
+        pretrain(
+            settings["task"],
+            args.out,
+            args.minutes,
+            settings["train_rows"],
+            settings["hidden"],
+            settings["layers"],
+            settings["lr"],
+            seed=settings["seed"],
+            start_from=str(base),
+        )
+        return 0
     pretrain(args.task, args.out, args.minutes, args.train_rows, args.hidden, args.layers, args.lr, seed=args.seed)
     if args.ship:
         if SHIPPED.exists():

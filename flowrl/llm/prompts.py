@@ -57,7 +57,8 @@ class TextPrompts:
     def evaluation(self, spec: str, n: int) -> list[Row]:
         """Evaluation rows: `spec` (a JSONL file or task:NAME), else the task's held-out prompts."""
         if spec:
-            return TextPrompts(spec, 0).evaluation("", n)
+            source = TextPrompts(spec, 0)
+            return source.task.held_out(n) if source.task is not None else source.pool[:n]
         if self.task is None:
             raise ValueError(f"prompts={self.spec!r} has no held-out split: set eval_prompts to a JSONL file")
         return self.task.held_out(n)

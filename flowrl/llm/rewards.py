@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import inspect
 import math
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,22 @@ def length_reward(prompts: list[str], completions: list[str], target: int = 100,
     return [-max(0, len(c) - target) / target for c in completions]
 
 
+@register_text_reward(
+    "overlong", description="DAPO's soft overlong penalty: 0, then linear to -1 over the last `cache` tokens, -1 beyond"
+)
+def overlong_penalty(
+    prompts: list[str], completions: list[str], completion_ids: list[list[int]], max_length: int, cache: int, **_
+) -> list:
+    """0 up to max_length - cache tokens, ((max_length - cache) - n) / cache up to max_length, -1 past it."""
+    if not 0 < cache <= max_length:
+        raise ValueError(f"need 0 < cache <= max_length, got cache={cache!r}, max_length={max_length!r}")
+    values = []
+    for ids in completion_ids:
+        n = len(ids)
+        values.append(0.0 if n <= max_length - cache else -1.0 if n > max_length else (max_length - cache - n) / cache)
+    return values
+
+
 def resolve(name: str) -> Callable:
     """A registered text reward, or "module:function" imported (the module must be importable)."""
     if name in TEXT_REWARDS:
@@ -75,14 +92,26 @@ class TextRewardSet:
 
     def __init__(self, spec: str | dict, options: dict | None = None) -> None:
         weights = {spec: 1.0} if isinstance(spec, str) else dict(spec)
-        self.functions = {name: resolve(name) for name in weights}
+        # "shuffled:NAME" is a control: NAME's values permuted among the batch's completions (no signal)
+        self.shuffled = {name for name in weights if name.startswith("shuffled:")}
+        self.functions = {name: resolve(name.removeprefix("shuffled:")) for name in weights}
         self.weights = {name: float(w) for name, w in weights.items()}
         self.options = options or {}
 
-    def __call__(self, rows: list[dict], completions: list[str]) -> tuple[list[float], dict[str, float]]:
+    def unshuffled(self) -> TextRewardSet:
+        """The same rewards without the shuffled controls (what evaluation judges with)."""
+        plain = {name.removeprefix("shuffled:"): weight for name, weight in self.weights.items()}
+        options = {name.removeprefix("shuffled:"): value for name, value in self.options.items()}
+        return TextRewardSet(plain, options)
+
+    def __call__(
+        self, rows: list[dict], completions: list[str], completion_ids: list[list[int]] | None = None, seed: int = 0
+    ) -> tuple[list[float], dict[str, float]]:
         """(weighted reward per completion, NaN where a function returned None; mean per reward)."""
         prompts = [row["prompt"] for row in rows]
         columns = {key: [row.get(key) for row in rows] for key in rows[0] if key != "prompt"} if rows else {}
+        if completion_ids is not None:
+            columns["completion_ids"] = completion_ids
         total = [0.0] * len(completions)
         means = {}
         for name, function in self.functions.items():
@@ -90,6 +119,8 @@ class TextRewardSet:
             if len(values) != len(completions):
                 raise ValueError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
             scored = [math.nan if v is None else float(v) for v in values]
+            if name in self.shuffled:
+                random.Random(seed).shuffle(scored)
             total = [t + self.weights[name] * v for t, v in zip(total, scored)]
             finite = [v for v in scored if not math.isnan(v)]
             means[f"reward/{name}/mean"] = sum(finite) / len(finite) if finite else math.nan
