@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +35,13 @@ class CLIPScoreReward:
                 "CLIPScoreReward needs pretrained weights: an open_clip tag such as 'openai' or a checkpoint file, got None"
             )
         self.batch_size = check_batch_size(batch_size)
+        if quick_gelu is None and os.path.isfile(os.path.expanduser(str(pretrained))):
+            quick_gelu = architecture.endswith("-quickgelu") or None
+            if quick_gelu is None:
+                raise ValueError(
+                    f"CLIPScoreReward(pretrained={pretrained!r}): a checkpoint file does not say its activation; pass "
+                    "quick_gelu=True for OpenAI CLIP weights (trained with QuickGELU) or quick_gelu=False for LAION/open_clip ones"
+                )
         self.clip = load_open_clip(architecture, pretrained, device, dtype, quick_gelu=quick_gelu)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

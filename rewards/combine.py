@@ -21,8 +21,30 @@ from .win_rates import win_rates, within_group_pairs
 _TERM = re.compile(r"^\s*(?:(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*)?(?P<name>[^\s*]+)\s*$")
 
 
+# Published scales, as NAME@PROJECT in a reward spec: the factor that turns our score into theirs.
+SCALES = {
+    ("pickscore", "flow_grpo"): 1 / 26,  # Flow-GRPO trains on PickScore / 26
+    ("pickscore", "dance_grpo"): 1 / 100,  # DanceGRPO on the raw cosine (PickScore's logit scale is 100)
+    ("clip", "flow_grpo"): 100 / 30,  # Flow-GRPO's CLIP score: 100 cos / 30
+    ("jpeg_compressibility", "flow_grpo"): 1 / 500,  # Flow-GRPO's -size / 500 (size in kB)
+    ("jpeg_incompressibility", "flow_grpo"): 1 / 500,
+}
+
+
+def scaled_name(name: str) -> tuple[str, float]:
+    """(reward name, factor) of "name" (factor 1) or "name@project" (a published scale)."""
+    if "@" not in name or name.startswith(("remote:", "http")):
+        return name, 1.0
+    base, _, project = name.partition("@")
+    if (base, project) not in SCALES:
+        known = ", ".join(f"{b}@{p}" for b, p in SCALES)
+        raise ValueError(f"no published scale {name!r}; known: {known}")
+    return base, SCALES[(base, project)]
+
+
 def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
-    """[(name, weight)] from "name" or "w1*name1 + w2*name2" (a weight defaults to 1)."""
+    """[(name, weight)] from "name" or "w1*name1 + w2*name2" (a weight defaults to 1); a name may
+    carry a published scale, "pickscore@flow_grpo", which multiplies its weight."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"reward spec {spec!r}: expected a reward name or a sum like '0.7*pickscore + 0.3*ocr'")
     terms = []
@@ -33,7 +55,8 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
                 f"reward spec {spec!r}: cannot read the term {part.strip()!r}; expected NAME or WEIGHT*NAME"
             )
         weight = float(match["weight"]) if match["weight"] else 1.0
-        terms.append((match["name"], weight))
+        name, factor = scaled_name(match["name"])
+        terms.append((name, weight * factor))
     names = [name for name, _ in terms]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

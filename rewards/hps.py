@@ -25,7 +25,7 @@ from .clip_common import (
 
 HPS_REPO = "xswu/HPSv2"
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
-HPS_NAMES = {"v2.0": "hpsv2", "v2.1": "hpsv2.1"}
+HPS_NAMES = {"v2.0": "hpsv2.0", "v2.1": "hpsv2.1"}
 BACKENDS = ("open_clip", "hpsv2")
 
 
@@ -38,7 +38,7 @@ class HPSReward:
 
     def __init__(
         self,
-        version: str = "v2.0",
+        version: str = "v2.1",
         checkpoint: str | None = None,
         architecture: str = "ViT-H-14",
         device: torch.device | str | None = None,
@@ -96,10 +96,17 @@ class HPSReward:
 
     def _score_hpsv2_package(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         pictures = to_pil(images)
-        values = [
-            float(self._img_score.score(picture, prompt, cp=self._checkpoint, hps_version=self.version)[0])
-            for picture, prompt in zip(pictures, prompts)
-        ]
+        try:
+            values = [
+                float(self._img_score.score(picture, prompt, cp=self._checkpoint, hps_version=self.version)[0])
+                for picture, prompt in zip(pictures, prompts)
+            ]
+        except FileNotFoundError as error:
+            raise RuntimeError(
+                f"HPSReward(backend='hpsv2'): the hpsv2 package could not find a file it ships ({error}); the PyPI "
+                "wheel lacks its tokenizer vocabulary (bpe_simple_vocab_16e6.txt.gz). Install hpsv2 from its source "
+                "repository, or use the default backend='open_clip' (the same checkpoint and scores, no package)"
+            ) from None
         return torch.tensor(values, dtype=torch.float32)
 
     __call__ = score

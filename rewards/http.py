@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import requests
+
+from .wire import RETRYABLE_HEADER
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,14 +36,24 @@ def post_with_retries(
     headers: dict | None = None,
     json: object = None,
     data: bytes | None = None,
+    deadline: float | None = None,
 ) -> requests.Response:
     """POST and return the 2xx response. Connection errors, timeouts, 429 and 5xx are retried
-    `retries` times, waiting backoff * 2^k (with jitter) between tries; other 4xx fail at once
-    with the server's message. `what` names the reward in errors."""
+    `retries` times, waiting backoff * 2^k (with jitter, or the server's Retry-After) between
+    tries, within `deadline` seconds in all; other 4xx, and a 5xx the server marks as not
+    retryable (the same request would fail again), fail at once with the server's message.
+    `what` names the reward in errors."""
     last = "no attempt"
+    end = None if deadline is None else time.monotonic() + deadline
+    wait = 0.0
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(backoff * 2 ** (attempt - 1), 30.0) * (0.5 + random.random()))
+            pause = wait or min(backoff * 2 ** (attempt - 1), 30.0) * (0.5 + random.random())
+            if end is not None and time.monotonic() + pause > end:
+                last += f" (stopped: the {deadline:g} s deadline)"
+                break
+            time.sleep(pause)
+        wait = 0.0
         try:
             response = session.post(url, json=json, data=data, headers=headers, timeout=timeout)
         except (
@@ -50,8 +63,10 @@ def post_with_retries(
         ) as error:  # a reply cut off mid-body too
             last = f"{type(error).__name__}: {error}"
             continue
-        if response.status_code in RETRY_STATUS:
+        final = response.headers.get(RETRYABLE_HEADER, "").lower() == "false"
+        if response.status_code in RETRY_STATUS and not final:
             last = f"HTTP {response.status_code}: {response.text[:300]}"
+            wait = retry_after(response)
             continue
         if not response.ok:
             raise RewardServiceError(
@@ -59,6 +74,38 @@ def post_with_retries(
             )
         return response
     raise RewardServiceError(f"{what}: {url} failed after {retries + 1} attempts; last error: {last}")
+
+
+def retry_after(response: requests.Response) -> float:
+    """The server's Retry-After in seconds (capped at 60), or 0 when it sends none we can read."""
+    try:
+        return min(max(float(response.headers.get("Retry-After", "")), 0.0), 60.0)
+    except ValueError:
+        return 0.0
+
+
+def warn_token_in_clear(url: str, headers: dict) -> None:
+    """Warn when a bearer token would travel unencrypted to a host that is not this machine."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    if "Authorization" in headers and url.startswith("http://") and not is_loopback_host(host):
+        warnings.warn(
+            f"sending a bearer token over plain http to {host}, which is not this machine: anyone on the path can "
+            "read it; use https (or an SSH tunnel to a loopback port)",
+            stacklevel=3,
+        )
+
+
+def is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def pooled_session(concurrency: int) -> requests.Session:

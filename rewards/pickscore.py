@@ -67,6 +67,8 @@ class PickScoreReward:
         self.device, self.dtype = resolve_device(device), resolve_dtype(dtype)
         self.processor = AutoProcessor.from_pretrained(_source(processor, "processor"))
         loaded = AutoModel.from_pretrained(_source(model, "model"))
+        # exp(logit_scale) read in float32 before any cast: in bf16 exp(4.6052) is 99.0, not 100.0
+        self.logit_scale = float(loaded.logit_scale.detach().float().exp())
         self.model = loaded.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.transform = transform_from_hf_processor(self.processor.image_processor)
         self.max_length = int(self.model.config.text_config.max_position_embeddings)  # 77 for PickScore
@@ -85,6 +87,6 @@ class PickScoreReward:
             _embeds(self.model.get_image_features(pixel_values=pixels)).float(), dim=-1
         )  # [b, D]
         text_embeds = F.normalize(_embeds(self.model.get_text_features(**text)).float(), dim=-1)  # [b, D]
-        return self.model.logit_scale.exp().float() * (image_embeds * text_embeds).sum(dim=-1)  # [b]
+        return self.logit_scale * (image_embeds * text_embeds).sum(dim=-1)  # [b]
 
     __call__ = score

@@ -34,7 +34,16 @@ BUILTIN: dict[str, tuple[str, dict, str]] = {
         {"binary": True},
         "ToyShapes verifier, 1 only when the image is exactly right",
     ),
-    "hpsv2": ("flowrl.rewards.hps:HPSReward", {"version": "v2.0"}, "HPSv2 human preference score (open_clip ViT-H-14)"),
+    "hpsv2": (
+        "flowrl.rewards.hps:HPSReward",
+        {"version": "v2.1"},
+        "HPSv2.1 human preference score (open_clip ViT-H-14), as Flow-GRPO, DanceGRPO and Pref-GRPO use",
+    ),
+    "hpsv2.0": (
+        "flowrl.rewards.hps:HPSReward",
+        {"version": "v2.0"},
+        "HPSv2.0 human preference score (open_clip ViT-H-14)",
+    ),
     "hpsv2.1": (
         "flowrl.rewards.hps:HPSReward",
         {"version": "v2.1"},

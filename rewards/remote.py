@@ -15,7 +15,15 @@ import requests
 import torch
 
 from .base import INVALID_POLICIES, check_images, check_scores
-from .http import RewardServiceError, check_url, map_in_threads, pooled_session, post_with_retries, request_headers
+from .http import (
+    RewardServiceError,
+    check_url,
+    map_in_threads,
+    pooled_session,
+    post_with_retries,
+    request_headers,
+    warn_token_in_clear,
+)
 from .wire import ENDPOINTS, TOKEN_ENV, WIRE_DTYPES, BadResponse, decode_scores, encode_batch
 
 
@@ -34,6 +42,7 @@ class _RemoteBase:
         timeout: float,
         retries: int,
         backoff: float,
+        deadline: float,
         batch_size: int,
         concurrency: int,
         wire_dtype: str,
@@ -44,7 +53,7 @@ class _RemoteBase:
         self.served_name = str(info.get("name", "?"))
         self.session = session
         self.headers = headers
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff, self.deadline = timeout, retries, backoff, deadline
         self.batch_size = min(batch_size, int(info.get("max_batch") or batch_size))  # never more than the server takes
         self.max_request_bytes = int(info.get("max_request_bytes") or 0) or None
         self.concurrency = concurrency
@@ -72,6 +81,7 @@ class _RemoteBase:
             backoff=self.backoff,
             headers=self.headers,
             data=body,
+            deadline=self.deadline,
         )
         try:
             return decode_scores(response.text, len(prompts))
@@ -129,8 +139,9 @@ def RemoteReward(
     url: str,
     token_env: str | None = TOKEN_ENV,
     timeout: float = 60.0,
-    retries: int = 3,
+    retries: int = 6,  # 0.5 + 1 + ... + 16 s of waits: a server restart (10-15 s) does not stop training
     backoff: float = 0.5,
+    deadline: float = 300.0,
     batch_size: int = 16,
     concurrency: int = 4,
     wire_dtype: str = "float16",
@@ -146,6 +157,7 @@ def RemoteReward(
     url = check_url(url, "remote reward URL", "http://127.0.0.1:8731 (as printed by serve-reward)")
     _check_options(timeout, retries, backoff, batch_size, concurrency, wire_dtype, on_invalid)
     headers = request_headers("application/octet-stream", token_env)
+    warn_token_in_clear(url, headers)
     session = pooled_session(concurrency)
     response = post_with_retries(
         session,
@@ -156,6 +168,7 @@ def RemoteReward(
         backoff=backoff,
         headers=headers,
         data=b"",
+        deadline=deadline,
     )
     info = _info_from(response, url)
     return KINDS[info["kind"]](
@@ -166,6 +179,7 @@ def RemoteReward(
         timeout=timeout,
         retries=retries,
         backoff=backoff,
+        deadline=deadline,
         batch_size=batch_size,
         concurrency=concurrency,
         wire_dtype=wire_dtype,

@@ -8,7 +8,10 @@ out) are in rewards.wire, which the client (rewards.remote) shares.
 
 Security. The server listens on loopback unless told otherwise. With a token (the environment
 variable named by --token-env, FLOWRL_REWARD_TOKEN when set) every request must carry
-`Authorization: Bearer <token>`. A body over the size limit is refused (413) before it is read.
+`Authorization: Bearer <token>`, checked before anything else is answered. A body over the size
+limit is refused (413) before it is read; images over 4096 pixels a side or 16:1 are refused
+before any resize. At most MAX_CONNECTIONS connections are served at once (more get 503 with
+Retry-After), and a connection that sends no request within HEADER_TIMEOUT is closed.
 """
 
 from __future__ import annotations
@@ -29,10 +32,13 @@ from urllib.parse import urlsplit
 import torch
 
 from .base import check_scores, is_pairwise, reward_name
-from .wire import ENDPOINTS, TOKEN_ENV, BadRequest, BatchTooLarge, decode_batch, encode_scores
+from .wire import ENDPOINTS, RETRYABLE_HEADER, TOKEN_ENV, BadRequest, BatchTooLarge, decode_batch, encode_scores
 
 MAX_REQUEST_BYTES = 64 * 2**20
 MAX_BATCH = 256
+MAX_CONNECTIONS = 16  # connections served at once; more get 503 with Retry-After
+HEADER_TIMEOUT = 15.0  # seconds a connection may take to send its request line and headers (or sit idle)
+BODY_TIMEOUT = 120.0  # seconds a body may take to arrive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,8 +53,15 @@ class RewardServer(ThreadingHTTPServer):
     request_queue_size = 64
 
     def __init__(
-        self, address: tuple, reward: object, token: str | None, max_request_bytes: int, max_batch: int
+        self,
+        address: tuple,
+        reward: object,
+        token: str | None,
+        max_request_bytes: int,
+        max_batch: int,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        self.slots = threading.BoundedSemaphore(max_connections)
         self.reward = reward
         self.reward_name = reward_name(reward)
         self.kind = "pairwise" if is_pairwise(reward) else "pointwise"
@@ -57,6 +70,28 @@ class RewardServer(ThreadingHTTPServer):
         self.max_batch = max_batch
         self.lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        """Serve the connection in a thread when a slot is free; else answer 503 at once."""
+        if not self.slots.acquire(blocking=False):
+            body = json.dumps({"error": "the reward server is busy; retry after a second"}).encode()
+            try:
+                request.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                    + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     @property
     def url(self) -> str:
@@ -88,7 +123,7 @@ class _RewardServer6(RewardServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a client's batches reuse one connection
-    timeout = 120  # seconds a connection may sit idle or trickle its body
+    timeout = HEADER_TIMEOUT  # for the request line and headers (and idling); the body gets BODY_TIMEOUT
     server: RewardServer
 
     def do_GET(self) -> None:
@@ -98,6 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._route("POST")
 
     def _route(self, method: str) -> None:
+        if not self._authorized():  # before anything else is answered: no endpoint is revealed
+            return self._error(
+                401,
+                "missing or wrong bearer token (send 'Authorization: Bearer <token>'; the token is the server's --token-env variable)",
+            )
         path = urlsplit(self.path).path
         endpoint = ENDPOINTS[self.server.kind]
         if path not in ("/info", endpoint):
@@ -108,11 +148,6 @@ class _Handler(BaseHTTPRequestHandler):
                 else f"no endpoint {path!r}; use GET /info or POST {endpoint}"
             )
             return self._error(404, why)
-        if not self._authorized():
-            return self._error(
-                401,
-                "missing or wrong bearer token (send 'Authorization: Bearer <token>'; the token is the server's --token-env variable)",
-            )
         if path == "/info":
             if method == "POST" and self._read_body() is None:
                 return
@@ -146,7 +181,13 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if length > self.server.max_request_bytes:
             return self._too_large(length)
-        body = self.rfile.read(length)
+        self.connection.settimeout(BODY_TIMEOUT)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            body = b""
+        finally:
+            self.connection.settimeout(HEADER_TIMEOUT)
         if len(body) < length:
             self.close_connection = True  # the client hung up mid-body; nobody to answer
             return None
@@ -177,7 +218,12 @@ class _Handler(BaseHTTPRequestHandler):
             scores, valid = self.server.run_reward(images, prompts)
         except Exception as error:  # any failure of the model goes back to the client, named
             self.log_message("reward %r failed: %s: %s", self.server.reward_name, type(error).__name__, error)
-            return self._error(500, f"reward {self.server.reward_name!r} failed: {type(error).__name__}: {error}")
+            # the same request would fail again: the client must not retry it
+            return self._error(
+                500,
+                f"reward {self.server.reward_name!r} failed: {type(error).__name__}: {error}",
+                **{RETRYABLE_HEADER: "false"},
+            )
         self._send(200, encode_scores(scores, valid))
 
     def _error(self, status: int, message: str, **headers: str) -> None:
@@ -354,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if threading.current_thread() is threading.main_thread():
         _stop_on_sigterm()
-    announce = lambda url: print(f"serving {reward_name(reward)} at {url}", flush=True)  # noqa: E731
+    auth = "a bearer token is required" if token else "no token: anyone who can reach it may use it"
+    announce = lambda url: print(f"serving {reward_name(reward)} ({auth}) at {url}", flush=True)  # noqa: E731
     try:
         serve(reward, args.host, args.port, token, int(args.max_request_mb * 2**20), args.max_batch, ready=announce)
     except KeyboardInterrupt:

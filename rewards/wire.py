@@ -63,6 +63,11 @@ def _metadata(body: bytes) -> dict:
     return metadata
 
 
+MAX_SIDE = 4096  # pixels a side of a served image, checked before any resize
+MAX_ASPECT = 16.0
+RETRYABLE_HEADER = "X-Flowrl-Retryable"  # "false" on an error the same request would meet again
+
+
 def decode_batch(body: bytes, kind: str, max_batch: int) -> tuple[list[torch.Tensor], list[str]]:
     """(float32 image tensors, prompts) from a request body, or BadRequest saying what is wrong."""
     import safetensors.torch
@@ -102,6 +107,14 @@ def _image_batch(key: str, images: torch.Tensor, count: int, max_batch: int) -> 
         raise BadRequest(f"{key} has dtype {images.dtype}; expected float16 or float32")
     if images.ndim != 4 or images.shape[1] != 3:
         raise BadRequest(f"{key} has shape {tuple(images.shape)}; expected [B, 3, H, W]")
+    height, width = int(images.shape[2]), int(images.shape[3])
+    if height < 1 or width < 1:
+        raise BadRequest(f"{key} has shape {tuple(images.shape)}: an image needs at least one pixel a side")
+    if max(height, width) > MAX_SIDE or max(height, width) / min(height, width) > MAX_ASPECT:
+        raise BadRequest(
+            f"{key} images are {height} x {width}; this server takes at most {MAX_SIDE} pixels a side "
+            f"and an aspect ratio of at most {MAX_ASPECT:g}:1"
+        )
     if images.shape[0] > max_batch:
         raise BatchTooLarge(f"{key} holds {images.shape[0]} images; this server takes at most {max_batch} per request")
     images = images.float()  # rewards get float32 whatever the wire dtype; float16 -> float32 is exact

@@ -119,7 +119,7 @@ def test_hps_score_is_the_cosine_of_normalised_features(hps, hps_checkpoint, tin
     scores = hps.score(images, PROMPTS[:3])
     assert scores.shape == (3,) and scores.dtype == torch.float32 and scores.device.type == "cpu"
     torch.testing.assert_close(scores, expected, atol=ATOL_SCORE, rtol=0)
-    assert hps.name == "hpsv2"
+    assert hps.name == "hpsv2.0"
 
 
 def test_hps_preprocessing_fits_the_long_side_and_pads_with_black(hps):
@@ -144,6 +144,8 @@ def test_hps_batching_and_versions_by_name(hps, hps_checkpoint, tiny_arch):
     assert hps.score(images[:0], []).shape == (0,)
     v21 = registry.load("hpsv2.1", checkpoint=str(hps_checkpoint[0]), architecture=tiny_arch)
     assert isinstance(v21, HPSReward) and v21.name == "hpsv2.1"
+    default = registry.load("hpsv2", checkpoint=str(hps_checkpoint[0]), architecture=tiny_arch)
+    assert default.version == "v2.1"  # as Flow-GRPO, DanceGRPO and Pref-GRPO use
     torch.testing.assert_close(v21.score(images, PROMPTS), whole, atol=1e-6, rtol=0)
 
 
@@ -175,7 +177,7 @@ def clip_file(tiny_arch, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clip_score(tiny_arch, clip_file) -> CLIPScoreReward:
-    return CLIPScoreReward(architecture=tiny_arch, pretrained=str(clip_file[0]))
+    return CLIPScoreReward(architecture=tiny_arch, pretrained=str(clip_file[0]), quick_gelu=False)
 
 
 def hand_shortest_edge(images: torch.Tensor, floor_offset: bool) -> torch.Tensor:
@@ -224,6 +226,9 @@ def test_openai_weights_get_quick_gelu(tiny_arch, clip_file):
     assert quick_gelu_for(tiny_arch, str(clip_file[0])) is False
     reward = CLIPScoreReward(architecture=tiny_arch, pretrained=str(clip_file[0]), quick_gelu=True)
     assert type(reward.clip.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    # a file cannot say its activation: the CLIP score asks instead of guessing GELU for OpenAI weights
+    with pytest.raises(ValueError, match="quick_gelu=True for OpenAI CLIP weights"):
+        CLIPScoreReward(architecture=tiny_arch, pretrained=str(clip_file[0]))
 
 
 def test_clip_score_missing_checkpoint_names_the_path(tmp_path, tiny_arch):
@@ -385,6 +390,13 @@ def test_pickscore_preprocessing_matches_the_clip_image_processor(pickscore, hei
     assert got.shape == expected.shape == (2, 3, SIDE, SIDE)
     torch.testing.assert_close(got, expected, atol=ATOL_PIL, rtol=0)
     assert (got - expected).abs().mean() < MEAN_PIL
+
+
+def test_pickscore_keeps_its_logit_scale_in_float32_under_bf16(pickscore_dirs):
+    # exp(ln 100) in bfloat16 is 99.0: the scale is read before the model is cast
+    bf16 = PickScoreReward(model=str(pickscore_dirs[0]), processor=str(pickscore_dirs[1]), dtype=torch.bfloat16)
+    assert bf16.logit_scale == pytest.approx(100.0, rel=1e-4)
+    assert float(torch.tensor(4.6052, dtype=torch.bfloat16).exp()) == pytest.approx(99.0, abs=0.6)
 
 
 def test_pickscore_missing_directory_names_the_path(tmp_path, pickscore_dirs):

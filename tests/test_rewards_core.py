@@ -137,6 +137,15 @@ class PreferBrighter:
 
 def test_reward_specs_parse_weights_and_names_with_colons():
     assert parse_reward_spec("pickscore") == [("pickscore", 1.0)]
+    # published scales: Flow-GRPO trains on PickScore / 26 and 100 cos / 30, DanceGRPO on the cosine
+    assert parse_reward_spec("pickscore@flow_grpo") == [("pickscore", pytest.approx(1 / 26))]
+    assert parse_reward_spec("2*pickscore@dance_grpo + clip@flow_grpo") == [
+        ("pickscore", pytest.approx(2 / 100)),
+        ("clip", pytest.approx(100 / 30)),
+    ]
+    assert parse_reward_spec("jpeg_compressibility@flow_grpo") == [("jpeg_compressibility", pytest.approx(1 / 500))]
+    with pytest.raises(ValueError, match="no published scale 'ocr@flow_grpo'; known: pickscore@flow_grpo"):
+        parse_reward_spec("ocr@flow_grpo")
     assert parse_reward_spec("0.7*pickscore + 0.3*ocr") == [("pickscore", 0.7), ("ocr", 0.3)]
     assert parse_reward_spec("1e-1*remote:http://127.0.0.1:8000+-2*pkg.mod:fn") == [
         ("remote:http://127.0.0.1:8000", 0.1),

@@ -11,10 +11,12 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -433,3 +435,84 @@ def test_binding_beyond_loopback_without_a_token_warns(capsys):
     server = make_server(fixture.BrightnessPreference(), host="127.0.0.1", port=0)
     server.server_close()
     assert "WARNING" not in capsys.readouterr().err
+
+
+def test_the_token_is_checked_before_anything_is_answered(servers):
+    url = servers["pairwise"].url
+    assert requests.get(url + "/no-such-endpoint", timeout=10).status_code == 401  # not 404: nothing revealed
+    assert requests.get(url + "/no-such-endpoint", headers=AUTH, timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "shape, message",
+    [((1, 3, 0, 8), "at least one pixel"), ((1, 3, 12, 5000), "at most 4096"), ((1, 3, 8, 200), "16:1")],
+)
+def test_image_sizes_are_capped_before_any_resize(servers, shape, message):
+    response = requests.post(
+        servers["plain"].url + "/score", data=body({"images": torch.zeros(shape)}, ["p"]), timeout=10
+    )
+    assert response.status_code == 400 and message in response.json()["error"]
+
+
+def test_a_failing_reward_is_not_retried_and_a_busy_server_says_when_to_come_back():
+    from flowrl.rewards.serve import make_server
+
+    calls = []
+
+    class Failing:
+        name = "failing"
+
+        def score(self, images, prompts):
+            calls.append(len(prompts))
+            raise RuntimeError("deterministic failure")
+
+    server = make_server(Failing(), max_batch=8)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        remote = RemoteReward(server.url, retries=6, backoff=0.01)
+        with pytest.raises(RewardServiceError, match="deterministic failure"):
+            remote.score(*batch(2))
+        assert calls == [2]  # one request: the server marked the 500 as not worth retrying
+        while server.slots.acquire(blocking=False):  # every connection slot taken
+            pass
+        response = requests.get(server.url + "/info", timeout=10)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_retries_stop_at_the_deadline_and_honour_retry_after():
+    from flowrl.rewards.http import post_with_retries, retry_after
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(RewardServiceError, match="stopped: the 0.2 s deadline"):
+        post_with_retries(
+            requests.Session(),
+            f"http://127.0.0.1:{port}/score",
+            what="x",
+            timeout=1,
+            retries=5,
+            backoff=1.0,
+            deadline=0.2,
+        )
+    response = requests.Response()
+    response.headers["Retry-After"] = "7"
+    assert retry_after(response) == 7.0
+    response.headers["Retry-After"] = "soon"
+    assert retry_after(response) == 0.0
+
+
+def test_a_token_sent_in_clear_beyond_this_machine_warns():
+    from flowrl.rewards.http import warn_token_in_clear
+
+    with pytest.warns(UserWarning, match="plain http to 10.1.2.3"):
+        warn_token_in_clear("http://10.1.2.3:8731", {"Authorization": "Bearer x"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_token_in_clear("http://127.0.0.1:8731", {"Authorization": "Bearer x"})
+        warn_token_in_clear("https://judge.example.org", {"Authorization": "Bearer x"})
+        warn_token_in_clear("http://10.1.2.3:8731", {})
