@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -321,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flowrl.benchmarks.toyshapes.prompts import CATEGORIES
 
     parser = argparse.ArgumentParser(prog="flowrl", description="RL for flow-matching text-to-image models.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also FLOWRL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -505,5 +507,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as error:
+        if debugging(args):
+            raise
         print(f"flowrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # one line for every failure; the traceback on request
+        if debugging(args):
+            raise
+        print(
+            f"flowrl {args.command}: error: {type(error).__name__}: {error} (flowrl --debug {args.command} ... shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def debugging(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("FLOWRL_DEBUG", "") not in ("", "0")

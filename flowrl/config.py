@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -185,6 +186,35 @@ def check_value(name: str, value: Any) -> Any:
     return value
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {key!r} appears twice (YAML would silently keep the last)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """YAML from a recipe; a syntax error or a repeated key names the file and line."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ValueError(f"{where}{line}: {problem}") from None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """'key=value' with value read as YAML ('3' -> 3, 'true' -> True, '[1, 2]' -> list)."""
     if "=" not in text:
@@ -259,7 +289,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = load_yaml(path.read_text(), str(path)) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a recipe must be a mapping of keys to values, got {type(values).__name__}")
         for key in ("prompts", "eval_prompts"):  # a recipe's own prompt files live beside it
@@ -283,6 +313,9 @@ def validate(config: TrainConfig) -> None:
         if not condition:
             raise ValueError(f"config key {key}={getattr(config, key)!r}: {what}")
 
+    for key, value in vars(config).items():  # nan passes no comparison, inf trains nothing
+        if isinstance(value, float):
+            need(math.isfinite(value), key, "must be a finite number")
     for key in (
         "iterations",
         "prompts_per_iteration",

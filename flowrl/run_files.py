@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -148,10 +149,12 @@ def forget_earlier_run(directory: Path) -> list[str]:
 
 
 def rng_state() -> dict:
+    """Every generator's state as tensors and plain values (a checkpoint is data, loaded without pickle)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss)),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
@@ -159,7 +162,8 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), position, has_gauss, gauss))
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -176,17 +180,28 @@ def save_checkpoint(
     if ema is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     torch.save(state, tmp / "state.pt")
+    replace_directory(tmp, directory)
+    return directory
+
+
+def replace_directory(new: Path, directory: Path) -> None:
+    """Swap a finished directory in for `directory` (the old one moved aside first, then removed)."""
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
-    tmp.rename(directory)
+    new.rename(directory)
     shutil.rmtree(old, ignore_errors=True)
-    return directory
 
 
 def load_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict]:
     weights = load_file(str(directory / "trainable.safetensors"))
     ema = load_file(str(directory / "ema.safetensors")) if (directory / "ema.safetensors").is_file() else None
-    state = torch.load(directory / "state.pt", weights_only=False)
+    try:  # tensors and plain values only: a run folder from someone else cannot run code here
+        state = torch.load(directory / "state.pt", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{directory / 'state.pt'} holds more than tensors and plain values, which flowrl does not load "
+            f"(a run folder is data, not code); it was not written by this flowrl, or was altered ({str(error)[:200]})"
+        ) from None
     return weights, ema, state

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,7 +42,15 @@ from .metrics import UpdateStats, combine_processes
 from .objectives import OBJECTIVES, ObjectiveContext
 from .policies.base import rollout_velocity
 from .prompt_source import PromptSource
-from .run_files import append_metrics, finish_run_files, lock_run_directory, read_metrics, rng_state, write_config
+from .run_files import (
+    append_metrics,
+    finish_run_files,
+    lock_run_directory,
+    read_metrics,
+    replace_directory,
+    rng_state,
+    write_config,
+)
 from .schedules import learning_rate
 from .scoring import score_rollout
 
@@ -126,8 +135,6 @@ class Trainer:
             self.progress,
         )
         self.metrics_path = self.out / "metrics.jsonl"
-        if self.rank == 0:  # one writer per run-directory file
-            write_config(self.out, config.to_dict())
 
     # --- evaluation and export ----------------------------------------------------------------
 
@@ -145,8 +152,11 @@ class Trainer:
         process calls it (a sharded model is gathered); rank 0 writes."""
         directory = self.out / "final"
         with self.final_weights():
-            if self.rank == 0:
-                self.policy.export(directory, self.lora, network=self.backend.exportable())
+            if self.rank == 0:  # written beside, then swapped in: a failed export leaves the last one whole
+                staging = directory.with_name("final.tmp")
+                shutil.rmtree(staging, ignore_errors=True)
+                self.policy.export(staging, self.lora, network=self.backend.exportable())
+                replace_directory(staging, directory)
         return directory
 
     # --- the loop -----------------------------------------------------------------------------
@@ -167,6 +177,8 @@ class Trainer:
         config, progress, checkpoints = self.config, self.progress, self.checkpoints
         resumed = checkpoints.resume()
         checkpoints.start_over_unless_resumed(resumed)
+        if self.rank == 0:  # written once the run is accepted: a refused launch leaves the folder as it was
+            write_config(self.out, config.to_dict())
         started = time.perf_counter()
         fresh = self.processes.gather(
             progress.iteration == 0 and self.rank == 0 and not read_metrics(self.metrics_path)
@@ -385,6 +397,11 @@ class Trainer:
                     backend.backward(self.objective.idle_loss(velocity, batch), last=not micros and i == idle - 1)
                 for position, micro in enumerate(micros):
                     loss, micro_stats = self.objective.loss(velocity, batch, micro, normalizer)
+                    if not bool(torch.isfinite(loss.detach())):  # before it reaches the weights
+                        raise FloatingPointError(
+                            f"the loss of iteration {iteration + 1} is {float(loss.detach())} (not finite); lower lr= "
+                            f"(now {config.lr}) or check the reward"
+                        )
                     backend.backward(loss, last=position == len(micros) - 1)
                     stats.add(micro_stats, len(micro))
                 self.progress.weights_touched = True  # from here a failure may leave the weights half-updated
@@ -396,6 +413,12 @@ class Trainer:
                     self.ema.update(
                         self.params, warmed_up_decay(self.progress.optimizer_steps, config.ema, config.ema_warmup)
                     )
+        broken = [name for name, p in self.params.items() if not bool(torch.isfinite(p.detach()).all())]
+        if broken:
+            raise FloatingPointError(
+                f"iteration {iteration + 1} left non-finite weights ({broken[:3]}); lower lr= (now {config.lr}) "
+                "or max_grad_norm="
+            )
         values = combine_processes(gather((stats.values, count))) if self.world > 1 else stats.values
         return {**values, "lr": lr, "transitions/global": total_count, "time/update": time.perf_counter() - start}
 

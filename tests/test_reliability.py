@@ -1,0 +1,124 @@
+"""A mistake gets a clear answer and damages nothing: run folders are data, refused launches
+leave the folder as it was, exports are atomic, non-finite numbers stop a run, recipes are strict."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_run
+from flowrl.config import build_config, load_config
+from flowrl.objectives import OBJECTIVES, register_objective
+from flowrl.objectives.sde import SdeObjective, SdeOptions
+from flowrl.trainer import train
+
+MARKER = []
+
+
+class Payload:
+    """Unpickling this would call list.append: what a crafted state.pt could make run."""
+
+    def __reduce__(self):
+        return (MARKER.append, ("ran",))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running_anything(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_run(tiny_dir, out, "iterations=1"))
+    state = out / "checkpoint" / "state.pt"
+    torch.save({"iteration": 1, "payload": Payload()}, state)
+    with pytest.raises(ValueError, match="a run folder is data, not code"):
+        train(tiny_run(tiny_dir, out, "iterations=2"))
+    assert MARKER == []
+
+
+def test_a_refused_launch_leaves_config_json_as_it_was(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_run(tiny_dir, out, "iterations=1"))
+    before = (out / "config.json").read_text()
+    with pytest.raises(ValueError, match="holds a checkpoint of a different run"):
+        train(tiny_run(tiny_dir, out, "iterations=2", "method=dance_grpo", "method.num_steps=4", "method.group_size=3"))
+    assert (out / "config.json").read_text() == before
+
+
+def test_a_failed_export_keeps_the_last_one_whole(tiny_dir, tmp_path, monkeypatch):
+    from flowrl.policies.toy import ToyPolicy
+
+    out = tmp_path / "run"
+    train(tiny_run(tiny_dir, out, "iterations=1"))
+    weights = (out / "final" / "model.safetensors").read_bytes()
+
+    def full_disk(self, directory, lora, network=None):
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ToyPolicy, "export", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny_run(tiny_dir, out, "iterations=2"))
+    assert (out / "final" / "model.safetensors").read_bytes() == weights
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tiny_dir, tmp_path):
+    @register_objective("test_nan", options=SdeOptions)
+    class NotANumber(SdeObjective):
+        def loss(self, velocity, batch, micro, normalizer):
+            loss, stats = super().loss(velocity, batch, micro, normalizer)
+            return loss * float("nan"), stats
+
+    out = tmp_path / "run"
+    try:
+        train(tiny_run(tiny_dir, out, "iterations=1"))
+        saved = (out / "checkpoint" / "trainable.safetensors").read_bytes()
+        with pytest.raises(FloatingPointError, match="the loss of iteration 2 is nan"):
+            train(tiny_run(tiny_dir, out, "iterations=2", "objective=test_nan"))
+    finally:
+        OBJECTIVES.unregister("test_nan")
+    assert (out / "checkpoint" / "trainable.safetensors").read_bytes() == saved  # iteration 1's, untouched
+
+
+@pytest.mark.parametrize("override", ["lr=nan", "guidance=inf", "beta=-inf"])
+def test_non_finite_numbers_are_refused(override):
+    with pytest.raises(ValueError, match="must be a finite number"):
+        build_config({}, [override])
+
+
+def test_a_recipe_naming_a_key_twice_is_refused_with_its_line(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("iterations: 3\nlr: 1.0e-3\niterations: 5\n")
+    with pytest.raises(ValueError, match=r"twice.yaml, line 3: the key 'iterations' appears twice"):
+        load_config(recipe)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("iterations: 3\nmethod_options: {window: 2\n")
+    with pytest.raises(ValueError, match=r"broken.yaml, line 3"):
+        load_config(broken)
+
+
+def test_the_cli_ends_any_error_in_one_line_and_shows_the_traceback_on_request(monkeypatch, capsys):
+    from flowrl import cli
+
+    def broken(args):
+        raise RuntimeError("the reward plug-in raised")
+
+    monkeypatch.setattr(cli, "cmd_methods", broken)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: rebind(parser(), "methods", broken))
+    assert cli.main(["methods"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RuntimeError: the reward plug-in raised" in err[0] and "--debug" in err[0]
+    with pytest.raises(RuntimeError, match="plug-in raised"):
+        cli.main(["--debug", "methods"])
+
+
+def rebind(parser, command, func):
+    """The parser with `command` dispatching to `func`."""
+    for action in parser._subparsers._group_actions:
+        action.choices[command].set_defaults(func=func)
+    return parser
+
+
+def test_a_checkpoint_is_tensors_and_plain_values(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_run(tiny_dir, out, "iterations=1"))
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)  # would raise on any other object
+    assert state["iteration"] == 1 and json.dumps(state["config"])
