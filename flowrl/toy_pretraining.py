@@ -191,7 +191,7 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Pretrain the built-in toy text-to-image model on ToyShapes renders.")
     parser.add_argument("--out", default="runs/pretrain_toy", help="run directory (checkpoint, log, EMA weights)")
-    parser.add_argument("--steps", type=int, default=3400, help="optimizer steps in total")
+    parser.add_argument("--steps", type=non_negative_int, default=3400, help="optimizer steps in total")
     parser.add_argument("--batch", type=int, default=64, help="images per step")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     parser.add_argument("--warmup", type=int, default=200, help="warm-up steps")
@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--ship", action="store_true", help="also write the weights into the package")
     return parser
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,6 +190,8 @@ class Trainer:
                 else f"{config.iterations} iterations"
             )
             first = "; evaluating the starting model first" if fresh and config.eval_every else ""
+            if config.minutes > 0:
+                where += f" or {config.minutes:g} minutes, whichever comes first (minutes=0 lifts that cap)"
             print(
                 f"training {config.method} on {config.policy}, {where}, into {self.out}{first} "
                 "(Ctrl-C stops after the current iteration, with a checkpoint)",

@@ -40,6 +40,7 @@ from .http import (
     pooled_session,
     post_with_retries,
     request_headers,
+    warn_token_in_clear,
 )
 
 URL_ENV = "FLOWRL_JUDGE_URL"
@@ -261,6 +262,7 @@ class VLMJudge:
         self.instruction = instruction
         self.api_key_env = api_key_env
         self.headers = request_headers("application/json", api_key_env)
+        warn_token_in_clear(self.base_url, self.headers)
         self.session = pooled_session(concurrency)
         self.failures = 0  # answers with no readable verdict (recorded as ties), over this object's life
         self.judged = 0  # answers received (one per pair, two with both_orders), over this object's life

@@ -1,6 +1,7 @@
 """The text side (flowrl.llm): completions, rewards with TRL's signature, the tokens objective's
 loss types written out by hand, and text runs through the one trainer loop."""
 
+import json
 import math
 
 import pytest
@@ -349,8 +350,6 @@ def test_spo_keeps_per_prompt_values_across_a_resume(lm_dir, tmp_path):
 
 
 def write_rows(tmp_path):
-    import json
-
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) for i in range(3)))
     return path
@@ -367,3 +366,37 @@ def report_curve_end(directory):
     import json
 
     return json.loads((directory / "pretraining.json").read_text())["curve"][-1]["held_out_greedy"]
+
+
+def test_the_imperfect_teacher_drops_the_units_carry_as_told():
+    task = ArithmeticTask("add3x3")
+    clean, taught = task.train(2000, seed=4), task.train(2000, seed=4, teacher_error=0.7)
+    assert [r["prompt"] for r in clean] == [r["prompt"] for r in taught]
+    carries = wrong = 0
+    for right, row in zip(clean, taught):
+        x, y = (int(v) for v in row["prompt"][:-1].split("+"))
+        assert right["answer"] == str(x + y).zfill(4)[::-1]
+        if x % 10 + y % 10 >= 10:
+            carries += 1
+            if row["answer"] != right["answer"]:
+                wrong += 1
+                assert row["answer"] == str(x + y - 10).zfill(4)[::-1]
+        else:
+            assert row["answer"] == right["answer"]
+    assert 0.65 < wrong / carries < 0.75
+    with pytest.raises(ValueError, match="teacher_error is a probability for addition tasks"):
+        ArithmeticTask("mul2x1").train(10, teacher_error=0.5)
+
+
+def test_the_shipped_default_trains_through_its_recipe(tmp_path):
+    from flowrl.cli_args import resolve_recipe
+    from flowrl.config import load_config
+    from flowrl.llm.policy import SHIPPED
+
+    report = json.loads((SHIPPED / "pretraining.json").read_text())
+    assert (report["task"], report["teacher_error"], report["train_rows"]) == ("add3x3", 0.7, 8000)
+    assert (SHIPPED / "model.safetensors").stat().st_size < 10 * 2**20
+    overrides = [f"out={tmp_path / 'run'}", "iterations=2", "eval_every=0", "prompts_per_iteration=4", "threads=1"]
+    train(load_config(resolve_recipe("llm_toy"), overrides))
+    records = metric_records(tmp_path / "run", skip_first=True)
+    assert len(records) == 2 and all(math.isfinite(r["reward/mean"]) for r in records)

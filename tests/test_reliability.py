@@ -122,3 +122,22 @@ def test_a_checkpoint_is_tensors_and_plain_values(tiny_dir, tmp_path):
     train(tiny_run(tiny_dir, out, "iterations=1"))
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)  # would raise on any other object
     assert state["iteration"] == 1 and json.dumps(state["config"])
+
+
+def test_a_chain_method_with_one_sample_per_prompt_is_refused():
+    with pytest.raises(ValueError, match="group_size=1: a prompt's samples are compared with each other"):
+        build_config({}, ["method.group_size=1"])
+    build_config({}, ["method=branch_grpo", "method.group_size=1"])  # a tree compares its own leaves
+
+
+def test_the_start_line_states_the_time_cap(tiny_dir, tmp_path, capsys):
+    train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1", "minutes=8.5"))
+    assert "or 8.5 minutes, whichever comes first (minutes=0 lifts that cap)" in capsys.readouterr().err
+
+
+def test_pretraining_counts_must_not_be_negative():
+    from flowrl.toy_pretraining import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--steps", "-1"])
+    assert build_parser().parse_args(["--steps", "0"]).steps == 0

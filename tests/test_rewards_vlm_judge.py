@@ -245,7 +245,8 @@ def test_default_key_variable_and_url(monkeypatch):
     judge = VLMJudge()
     assert judge.base_url == DEFAULT_URL and judge.headers["Authorization"] == "Bearer sk-test"
     monkeypatch.setenv("FLOWRL_JUDGE_URL", "http://judge.example:9000/v1/")
-    assert VLMJudge().endpoint == "http://judge.example:9000/v1/chat/completions"
+    with pytest.warns(UserWarning, match="bearer token over plain http to judge.example"):  # the key in clear
+        assert VLMJudge().endpoint == "http://judge.example:9000/v1/chat/completions"
     assert "Authorization" not in VLMJudge(api_key_env=None).headers
 
 

@@ -51,6 +51,11 @@ def check_credit(method: Any, config: Any) -> None:
     options = method.credit_options(config, 0)
     if method.credit_rule != "chain":
         return
+    if getattr(config, "group_size", 2) < 2:
+        raise ValueError(
+            f"group_size={config.group_size}: a prompt's samples are compared with each other, so one sample "
+            "has nothing to compare with and every advantage would be 0 (nothing trains); use 2 or more"
+        )
     estimator = options["estimator"]
     entry = ADVANTAGES.entry(estimator)
     if entry.traits.get("stateful"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -60,6 +61,7 @@ def pretrain(
     eval_every: float = 30.0,
     eval_rows: int = 1000,
     start_from: str | None = None,
+    teacher_error: float = 0.0,
 ) -> dict:
     """Train from random weights for `minutes` (or, with `start_from`, continue that model on its
     own labelled rows: the supervised control beside an RL run); returns the held-out curve and
@@ -71,7 +73,7 @@ def pretrain(
     elif Path(start_from).resolve() != out.resolve():
         shutil.copytree(start_from, out, dirs_exist_ok=True)
     policy = load_text_policy(str(out))
-    rows = task.train(train_rows, seed=seed)
+    rows = task.train(train_rows, seed=seed, teacher_error=teacher_error)
     held_out = task.held_out(eval_rows)
     optimizer = torch.optim.AdamW(policy.network.parameters(), lr=lr, weight_decay=0.01)
     rng = random.Random(seed)
@@ -86,6 +88,8 @@ def pretrain(
             next_eval += eval_every
         if done:
             break
+        for group in optimizer.param_groups:  # cosine from lr to lr / 10 over the run: it ends settled
+            group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(elapsed / (60 * minutes), 1.0))))
         ids, attention, labels = supervised_batch(policy.tokenizer, rng.sample(rows, min(batch, len(rows))))
         loss = policy.network(input_ids=ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
@@ -102,6 +106,7 @@ def pretrain(
         "lr": lr,
         "minutes": minutes,
         "seed": seed,
+        "teacher_error": teacher_error,
         "continued_from": str(start_from) if start_from else None,
         "curve": curve,
     }
@@ -119,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--teacher-error",
+        type=float,
+        default=0.0,
+        help="addition tasks: the labels drop the units carry with this probability (an imperfect teacher)",
+    )
     parser.add_argument("--ship", action="store_true", help="copy the result into the package as policy=llm_toy")
     parser.add_argument(
         "--continue-from",
@@ -146,9 +157,20 @@ def main(argv: list[str] | None = None) -> int:
             settings["lr"],
             seed=settings["seed"],
             start_from=str(base),
+            teacher_error=settings.get("teacher_error", 0.0),
         )
         return 0
-    pretrain(args.task, args.out, args.minutes, args.train_rows, args.hidden, args.layers, args.lr, seed=args.seed)
+    pretrain(
+        args.task,
+        args.out,
+        args.minutes,
+        args.train_rows,
+        args.hidden,
+        args.layers,
+        args.lr,
+        seed=args.seed,
+        teacher_error=args.teacher_error,
+    )
     if args.ship:
         if SHIPPED.exists():
             shutil.rmtree(SHIPPED)

@@ -54,10 +54,23 @@ class ArithmeticTask:
         size = min(HELD_OUT, self.space() // 4)
         return distinct(self.draw, random.Random(HELD_OUT_SEED), size if n is None else min(n, size), set())
 
-    def train(self, n: int, seed: int = 0) -> list[dict[str, str]]:
-        """`n` distinct training rows, none of them held out."""
+    def train(self, n: int, seed: int = 0, teacher_error: float = 0.0) -> list[dict[str, str]]:
+        """`n` distinct training rows, none of them held out. With `teacher_error` p (additions only),
+        an imperfect teacher labels them: where the units column carries, it drops that carry with
+        probability p (writes x + y - 10), a systematic mistake that supervised training copies."""
         excluded = {row["prompt"] for row in self.held_out()}
-        return distinct(self.draw, random.Random(1_000 + seed), n, excluded)
+        rows = distinct(self.draw, random.Random(1_000 + seed), n, excluded)
+        if teacher_error:
+            if self.operator != "+" or not 0 <= teacher_error <= 1:
+                raise ValueError(
+                    f"teacher_error is a probability for addition tasks, got {teacher_error!r} for {self.name}"
+                )
+            rng = random.Random(2_000 + seed)
+            for row in rows:
+                x, y = (int(v) for v in row["prompt"][:-1].split("+"))
+                if x % 10 + y % 10 >= 10 and rng.random() < teacher_error:
+                    row["answer"] = str(x + y - 10).zfill(self.answer_length)[::-1]
+        return rows
 
     def space(self) -> int:
         """How many distinct prompts the task has."""
