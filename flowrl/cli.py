@@ -271,13 +271,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .config import describe, load_config
     from .interrupts import exit_code
 
-    if args.help_config:
-        print(describe())
-        return 0
     recipe, overrides = args.recipe, list(args.overrides)
     if recipe is not None and "=" in recipe:  # `flowrl train key=value` without a recipe
         recipe, overrides = None, [recipe, *overrides]
     config = load_config(resolve_recipe(recipe or "toy"), overrides)
+    if args.help_config:  # the values that would run, with the recipe's and the overrides' marked
+        print(describe(config))
+        return 0
     from .trainer import train
 
     summary = train(config)
@@ -472,7 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
         "recipe", nargs="?", default=None, help="a YAML recipe path or a shipped recipe name (default: toy)"
     )
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lr=1e-5 method.window=3")
-    train.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
+    train.add_argument(
+        "--help-config",
+        action="store_true",
+        help="list every config key with the value that would run (the recipe's, default: toy) and its meaning",
+    )
     train.set_defaults(func=cmd_train)
 
     rewards = sub.add_parser("rewards", help="list the reward models (built-in, registered and installed plug-ins)")

@@ -504,10 +504,15 @@ def method_config(config: TrainConfig):
     return get_method(config.method).configure(**config.method_options)
 
 
-def describe() -> str:
-    """Every key with its default and help, for `flowrl train --help-config`."""
+def describe(config: TrainConfig | None = None) -> str:
+    """Every key with the value that will run (the default, or `config`'s, marked * where the
+    recipe or an override set it) and its help, for `flowrl train [RECIPE] --help-config`."""
     lines = []
     for name, f in FIELDS.items():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"{name:24s} {default!r:28s} {f.metadata['help']}")
+        value = default if config is None else getattr(config, name)
+        mark = "*" if value != default else " "
+        lines.append(f"{mark} {name:24s} {value!r:28s} {f.metadata['help']}")
+    if config is not None:
+        lines.append("* set by the recipe or an override; the rest are the defaults")
     return "\n".join(lines)

@@ -141,3 +141,15 @@ def test_pretraining_counts_must_not_be_negative():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--steps", "-1"])
     assert build_parser().parse_args(["--steps", "0"]).steps == 0
+
+
+def test_help_config_shows_the_values_that_would_run(capsys):
+    from flowrl import cli
+
+    assert cli.main(["train", "llm_toy", "lr=5e-4", "--help-config"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines() if line[1:2] == " "}
+    assert lines["lr"].startswith("*") and "0.0005" in lines["lr"]  # the override
+    assert lines["policy"].startswith("*") and "'llm_toy'" in lines["policy"]  # the recipe
+    assert lines["seed"].startswith(" ")  # a default
+    assert cli.main(["train", "--help-config"]) == 0
+    assert "'toy'" in capsys.readouterr().out  # no recipe named: the default run's, toy.yaml
