@@ -392,6 +392,16 @@ def validate(config: TrainConfig) -> None:
             "eval_prompts",
             "expected an existing text file with one prompt per line",
         )
+    need(not Path(config.out).is_file(), "out", "names a file; expected a run directory (made when missing)")
+    from flowrl.policies.loading import is_toy_source as toy_source
+
+    if not text and toy_source(config.policy):  # toy prompts are checked word by word before any model loads
+        from flowrl.policies.toy import check_toy_prompts
+
+        for key in ("prompts", "eval_prompts"):
+            value = getattr(config, key)
+            if value and not value.startswith("toyshapes:") and Path(value).is_file():
+                check_toy_prompts(None if config.policy == "toy" else config.policy, value, key)
     if text:
         from flowrl.llm.config import validate_text
 

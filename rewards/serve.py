@@ -267,6 +267,7 @@ def make_server(
     token: str | None = None,
     max_request_bytes: int = MAX_REQUEST_BYTES,
     max_batch: int = MAX_BATCH,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> RewardServer:
     """A bound (not yet serving) RewardServer for `reward`; see the module docstring."""
     if not (callable(getattr(reward, "score", None)) or callable(getattr(reward, "compare", None))):
@@ -285,7 +286,9 @@ def make_server(
             flush=True,
         )
     server_class = _RewardServer6 if ":" in host else RewardServer
-    return server_class((host.strip("[]"), port), reward, token, int(max_request_bytes), int(max_batch))
+    return server_class(
+        (host.strip("[]"), port), reward, token, int(max_request_bytes), int(max_batch), int(max_connections)
+    )
 
 
 def serve(
@@ -337,7 +340,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default loopback; others need a token)"
     )
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one, printed on start)")
+    parser.add_argument("--port", type=port_number, default=0, help="port (default 0: a free one, printed on start)")
     parser.add_argument(
         "--token-env",
         default=None,
@@ -363,6 +366,14 @@ def _parser() -> argparse.ArgumentParser:
         "--max-batch", type=int, default=MAX_BATCH, help=f"most images per request (default {MAX_BATCH})"
     )
     return parser
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: a free one), got {text}")
+    return value
 
 
 def _token(token_env: str | None) -> str | None:

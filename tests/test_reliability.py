@@ -153,3 +153,34 @@ def test_help_config_shows_the_values_that_would_run(capsys):
     assert lines["seed"].startswith(" ")  # a default
     assert cli.main(["train", "--help-config"]) == 0
     assert "'toy'" in capsys.readouterr().out  # no recipe named: the default run's, toy.yaml
+
+
+def test_toy_prompts_are_checked_word_by_word_before_any_model_loads(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na purple unicorn\n")
+    with pytest.raises(ValueError, match=r"prompts.txt', line 2: the prompt 'a purple unicorn' uses words .*'unicorn'"):
+        build_config({}, [f"prompts={prompts}"])
+
+
+def test_out_naming_a_file_and_a_bad_port_are_refused(tmp_path):
+    from flowrl.rewards.serve import _parser
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(ValueError, match="names a file; expected a run directory"):
+        build_config({}, [f"out={afile}"])
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["pickscore", "--port", "99999"])
+
+
+def test_a_truncated_weights_file_is_named(tiny_dir, tmp_path):
+    import shutil
+
+    from flowrl.policies.toy import load_toy
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
+        load_toy(broken)

@@ -474,13 +474,19 @@ def test_a_failing_reward_is_not_retried_and_a_busy_server_says_when_to_come_bac
         with pytest.raises(RewardServiceError, match="deterministic failure"):
             remote.score(*batch(2))
         assert calls == [2]  # one request: the server marked the 500 as not worth retrying
-        while server.slots.acquire(blocking=False):  # every connection slot taken
-            pass
-        response = requests.get(server.url + "/info", timeout=10)
-        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
     finally:
         server.shutdown()
         server.server_close()
+    busy = make_server(Failing(), max_connections=1)
+    busy.slots.acquire()  # its one connection slot taken, before any client came
+    thread = threading.Thread(target=busy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        response = requests.get(busy.url + "/info", timeout=10)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+    finally:
+        busy.shutdown()
+        busy.server_close()
 
 
 def test_retries_stop_at_the_deadline_and_honour_retry_after():

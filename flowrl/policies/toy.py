@@ -189,6 +189,25 @@ def save_toy(model: ToyModel, directory: str | Path, dtype: torch.dtype = torch.
     return directory
 
 
+def check_toy_prompts(directory: str | Path | None, path: str, key: str) -> None:
+    """Every line of the prompt file `path` is a prompt the toy model at `directory` can read:
+    checked before any model loads, naming the line, the prompt and the unknown words."""
+    config = json.loads(((Path(directory) if directory else SHIPPED_DIR) / CONFIG_NAME).read_text())
+    vocabulary = set(config.get("vocabulary", []))
+    max_words = int(config.get("max_tokens", ToyConfig.max_tokens)) - 1
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        words = line.strip().lower().split()
+        unknown = [w for w in words if w not in vocabulary]
+        if unknown or len(words) > max_words:
+            why = (
+                f"uses words the toy model does not know: {unknown}" if unknown else f"has more than {max_words} words"
+            )
+            raise ValueError(
+                f"config key {key}={path!r}, line {number}: the prompt {line.strip()!r} {why} "
+                f"(its vocabulary: flowrl prompts lists prompts it reads)"
+            )
+
+
 def load_toy(directory: str | Path | None = None, device: str | torch.device = "cpu") -> ToyPolicy:
     """Load the toy policy from a directory holding config.json and model.safetensors.
 
@@ -204,7 +223,10 @@ def load_toy(directory: str | Path | None = None, device: str | torch.device = "
             )
     config = ToyConfig(**json.loads(config_path.read_text()))
     model = ToyModel(config)
-    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    try:
+        state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    except Exception as error:  # safetensors' errors have no common base class
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(error).__name__}: {error})") from None
     model.load_state_dict(state)
     model.eval()
     return ToyPolicy(model, device)
