@@ -301,9 +301,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         against_start = paired_with_start(Path(config.out) / "samples")
         if against_start:
             print(against_start)
+    elif "eval/accuracy" in last:  # a text run: exact match of greedy answers to held-out prompts
+        print(text_run_summary(Path(config.out), last))
     elif "eval/reward" in last:
         print(f"evaluation reward {last['eval/reward']:.4f}; trained weights in {config.out}/final")
     return exit_code(summary["stopped_by"])
+
+
+def text_run_summary(out: Path, last: dict) -> str:
+    """The held-out exact match of a text run at its end, beside the starting model's."""
+    from .run_files import read_metrics
+
+    first = next((r for r in read_metrics(out / "metrics.jsonl") if "eval/accuracy" in r), None)
+    earlier = first is not None and first["iteration"] != last["iteration"]
+    start = f" (the starting model: {100 * first['eval/accuracy']:.1f}%)" if earlier else ""
+    return f"held-out exact match {100 * last['eval/accuracy']:.1f}%{start}; model in {out}/final"
 
 
 def cmd_pretrain_llm_toy(args: argparse.Namespace, rest: list[str]) -> int:

@@ -400,3 +400,13 @@ def test_the_shipped_default_trains_through_its_recipe(tmp_path):
     train(load_config(resolve_recipe("llm_toy"), overrides))
     records = metric_records(tmp_path / "run", skip_first=True)
     assert len(records) == 2 and all(math.isfinite(r["reward/mean"]) for r in records)
+
+
+def test_flowrl_train_ends_a_text_run_with_its_held_out_exact_match(tmp_path, capsys):
+    from flowrl import cli
+
+    out = tmp_path / "run"
+    overrides = [f"out={out}", "iterations=2", "eval_every=2", "method.eval_size=20", "prompts_per_iteration=2"]
+    assert cli.main(["train", "llm_toy", *overrides]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("held-out exact match ") and "(the starting model: " in last and str(out) in last
