@@ -3,6 +3,7 @@ supervised training and a shuffled-reward control, on held-out greedy exact matc
 
     python benchmarks/llm_toy.py --seeds 0 1 2 --minutes 10            # 3 RL runs + 2 controls
     python benchmarks/llm_toy.py --seeds 0 --skip-train --runs runs/llm_bench   # report existing runs
+    python benchmarks/llm_toy.py --rl-only --runs runs/disco objective=disco    # RL runs with overrides
 
 Each run evaluates the same held-out prompts greedily at its start and end (and along the way);
 the supervised control continues the base on its own labelled rows with its settings
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/llm_bench")
     parser.add_argument("--skip-train", action="store_true", help="report the runs already in --runs")
     parser.add_argument("--json", default=None, help="write the table here too")
+    parser.add_argument("--rl-only", action="store_true", help="no shuffled-reward or supervised control")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the RL runs (objective=disco, ...)")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
     from flowrl.llm.policy import SHIPPED
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print("headroom of the shipped base (1000 held-out prompts):", json.dumps(headroom(str(SHIPPED))))
     if not args.skip_train:
         for seed in args.seeds:
-            train_run(runs / f"rl_s{seed}", seed, args.minutes, [])
+            train_run(runs / f"rl_s{seed}", seed, args.minutes, args.overrides)
+    if not args.skip_train and not args.rl_only:
         train_run(runs / "shuffled", args.seeds[0], args.minutes, ["reward=shuffled:exact_match"])
         from flowrl.llm.policy import SHIPPED
         from flowrl.llm.pretraining import main as pretrain_main

@@ -277,9 +277,12 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
 
 
 def registry_option_names(part: str, name: str) -> list[str]:
+    """The option names of a method or objective (a text method when `name` is one)."""
+    from flowrl.llm.method import TEXT_METHODS
     from flowrl.registry import option_names
 
-    return option_names(part_registry(part).entry(name).options)
+    registry = TEXT_METHODS if part == "method" and name in TEXT_METHODS else part_registry(part)
+    return option_names(registry.entry(name).options)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:

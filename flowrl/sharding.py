@@ -15,9 +15,20 @@ from dataclasses import dataclass
 
 import torch
 
-# Block lists of the transformers we shard, one FSDP unit each (SD3 and the toy model; FLUX adds
-# its single-stream blocks). The root unit holds what is left (embeddings, final norm and proj).
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+# Block lists of the networks we shard, one FSDP unit each (SD3 and the toy model; FLUX adds its
+# single-stream blocks; Llama-style causal LMs keep theirs in model.layers, GPT-2 in transformer.h).
+# The root unit holds what is left (embeddings, final norm and projection or LM head).
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks", "model.layers", "transformer.h")
+
+
+def block_list(network: torch.nn.Module, path: str) -> list[torch.nn.Module]:
+    """The blocks at a dotted attribute path of `network` (none when it has no such path)."""
+    value = network
+    for name in path.split("."):
+        value = getattr(value, name, None)
+        if value is None:
+            return []
+    return list(value) if isinstance(value, torch.nn.ModuleList) else []
 
 
 def env_flag(environ: Mapping[str, str], key: str, default: bool = False) -> bool:
@@ -81,8 +92,8 @@ def shard_transformer(transformer: torch.nn.Module, device: torch.device, enviro
         "offload_policy": CPUOffloadPolicy() if env_flag(environ, "FSDP_OFFLOAD_PARAMS") else OffloadPolicy(),
     }
     units = []
-    for attribute in BLOCK_LISTS:
-        for block in getattr(transformer, attribute, None) or []:
+    for path in BLOCK_LISTS:
+        for block in block_list(transformer, path):
             fully_shard(block, **options)
             units.append(block)
     fully_shard(transformer, **options)
@@ -165,7 +176,8 @@ def shard_optimizer_state(state: dict, params: list[torch.Tensor]) -> dict:
 
 def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
     """An unsharded copy of a sharded `transformer` inside `unsharded` (same class, config, LoRA
-    adapters, weights and dtypes), for the diffusers and toy exporters, which expect plain modules.
+    adapters, weights and dtypes), for the diffusers, toy and transformers exporters, which expect
+    plain modules.
     Built on the meta device and then given copies of the gathered tensors: no second random init."""
     from torch.distributed.fsdp import FSDPModule
 
@@ -173,10 +185,18 @@ def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
     tensors = {n: t.detach() for n, t in [*transformer.named_parameters(), *transformer.named_buffers()]}
     if any(is_sharded(t) for t in tensors.values()):
         raise RuntimeError("plain_replica needs the transformer's weights gathered (call it inside sharding.unsharded)")
+    text = getattr(transformer, "flowrl_peft_layers", False) or not hasattr(original, "from_config")
     with torch.device("meta"):
-        replica = original.from_config(transformer.config)
+        # diffusers and the toy build from a config with from_config, transformers with _from_config
+        replica = original._from_config(transformer.config) if text else original.from_config(transformer.config)
         for name, adapter in getattr(transformer, "peft_config", {}).items():
-            replica.add_adapter(adapter, adapter_name=name)
+            if getattr(transformer, "flowrl_peft_layers", False):  # peft's own injection, as adapters.add_lora
+                from peft import inject_adapter_in_model
+
+                inject_adapter_in_model(adapter, replica, adapter_name=name)
+                replica.flowrl_peft_layers = True
+            else:
+                replica.add_adapter(adapter, adapter_name=name)
     names = [n for n, _ in replica.named_parameters()] + [n for n, _ in replica.named_buffers()]
     if sorted(names) != sorted(tensors):
         raise RuntimeError(
@@ -190,4 +210,6 @@ def plain_replica(transformer: torch.nn.Module) -> torch.nn.Module:
             module._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
         else:
             module._buffers[leaf] = value
+    if text and getattr(transformer.config, "tie_word_embeddings", False):
+        replica.tie_weights()  # the head shares the embedding again (tied tensors are listed once)
     return replica

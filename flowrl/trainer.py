@@ -297,7 +297,8 @@ class Trainer:
         batch (every process's rewards and rollout structure gathered, so a group split across
         processes is normalised as one)."""
         if self.text:
-            batch = self.experience.collect(iteration)
+            with self.backend.unsharded():  # sharded: one all-gather, then generation of any length
+                batch = self.experience.collect(iteration)
             self.objective.prepare(batch)
             return batch
         config, gather = self.config, self.processes.gather
@@ -386,15 +387,15 @@ class Trainer:
         start = time.perf_counter()
         self.objective.begin_update(velocity, batch, stats.optimizer_steps)
         for _ in range(config.inner_epochs):
-            order = torch.randperm(count, generator=generator)
+            order = self.objective.order(batch, generator)
             for first in range(0, steps_per_epoch * step_size, step_size):
                 indices = order[first : first + step_size]
                 sizes = gather(len(indices))
                 normalizer = sum(sizes) / self.world
                 backend.zero_grad()
-                micros = [m for m in indices.split(config.micro_batch) if len(m)]  # none when this process kept nothing
+                micros = self.objective.micro_batches(batch, indices, config.micro_batch)  # none if nothing kept
                 # Collectives in backward passes (and FSDP's forwards): the same number of passes everywhere.
-                idle = math.ceil(max(sizes) / config.micro_batch) - len(micros) if backend.lockstep else 0
+                idle = max(gather(len(micros))) - len(micros) if backend.lockstep else 0
                 for i in range(idle):
                     backend.backward(self.objective.idle_loss(velocity, batch), last=not micros and i == idle - 1)
                 for position, micro in enumerate(micros):

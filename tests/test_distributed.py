@@ -434,3 +434,64 @@ def test_sharded_and_unsharded_checkpoints_resume_each_other(tmp_path, sharding,
     assert [r["iteration"] for r in metric_records(a)] == [r["iteration"] for r in metric_records(b)] == [0, 1, 2, 3]
     kl = metric_records(a)[3]["loss/kl"]
     assert kl > 0 and kl == pytest.approx(metric_records(c)[3]["loss/kl"], rel=1e-3, abs=1e-9)
+
+
+def text_overrides(lm_dir, out, *extra):
+    """4 prompts x 4 completions, 2 prompts per process; uneven kept rows once groups tie."""
+    return [
+        f"policy={lm_dir}",
+        f"out={out}",
+        "method=grpo",
+        "objective=tokens",
+        "prompts=task:add2x1",
+        "reward=length",
+        "reward_options={length: {target: 2}}",
+        "method.num_generations=4",
+        "method.temperature=2.0",
+        "method.max_completion_length=4",
+        "iterations=3",
+        "prompts_per_iteration=4",
+        "micro_batch=2",
+        "lr=1e-3",
+        "beta=0.04",
+        "eval_every=0",
+        "checkpoint_every=10",
+        "threads=1",
+        *extra,
+    ]
+
+
+@pytest.mark.skipif(ACCELERATE is None or not DEEPSPEED, reason="needs the accelerate launcher and DeepSpeed")
+def test_text_runs_train_alike_data_parallel_under_fsdp_and_under_zero(tmp_path):
+    from flowrl.llm.tiny import save_tiny
+
+    lm_dir = str(save_tiny(tmp_path / "lm"))
+    launch(2, text_overrides(lm_dir, tmp_path / "dp"), tmp_path)
+    launch(2, text_overrides(lm_dir, tmp_path / "fsdp", "fsdp=true"), tmp_path)
+    launch(2, text_overrides(lm_dir, tmp_path / "zero"), tmp_path, launcher=("--use_deepspeed", "--zero_stage", "2"))
+    dp = load_file(str(tmp_path / "dp" / "params_rank0.safetensors"))
+    initial = {k: v for k, v in load_file(str(Path(lm_dir) / "model.safetensors")).items() if k in dp}
+    assert any(not torch.equal(dp[k], initial[k]) for k in initial)
+    for run in ("fsdp", "zero"):
+        weights = load_file(str(tmp_path / run / "params_rank0.safetensors"))
+        assert_equal_up_to_roundoff(weights, dp, initial)
+        for a, b in zip(metric_records(tmp_path / "dp")[1:], metric_records(tmp_path / run)[1:]):
+            for key in ("reward/mean", "transitions/global", "loss/policy", "loss/kl"):
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (run, key)
+    held = [local(tmp_path / "fsdp", r)["numel"] for r in (0, 1)]
+    assert all(held[0][n] + held[1][n] == t.numel() for n, t in dp.items())  # each process held a part
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_a_sharded_text_run_with_lora_exports_a_plain_model(tmp_path):
+    from flowrl.llm.policy import load_text_policy
+    from flowrl.llm.tiny import save_tiny
+
+    lm_dir = str(save_tiny(tmp_path / "lm"))
+    extra = ("fsdp=true", "lora_rank=4", "lora_targets=[q_proj,v_proj]", "iterations=2")
+    launch(2, text_overrides(lm_dir, tmp_path / "lora", *extra), tmp_path)
+    exported = load_text_policy(str(tmp_path / "lora" / "final")).network.state_dict()
+    base = load_text_policy(lm_dir).network.state_dict()
+    assert exported.keys() == base.keys()  # LoRA merged into plain weights
+    changed = [k for k in base if not torch.equal(exported[k], base[k])]
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)

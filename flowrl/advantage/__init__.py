@@ -5,6 +5,7 @@ Estimators of the form fn(rewards [N], group_ids [N], **options) -> [N] live in 
 (`register_advantage`, `get_advantage`) so users can add their own by name.
 """
 
+from .budgets import knapsack_budgets, knapsack_value
 from .credit import CREDIT_RULES, Credit, LearningSignal, assign_credit, check_credit, clip_advantages, learning_signal
 from .group import STD_SCOPES, GrpoOptions, NgrpoOptions, dr_grpo, grpo, ngrpo, rloo
 from .groups import group_sizes, zero_variance_mask
@@ -36,6 +37,8 @@ __all__ = [
     "get_advantage",
     "group_sizes",
     "grpo",
+    "knapsack_budgets",
+    "knapsack_value",
     "leaf_ancestry",
     "multi_granularity",
     "ngrpo",

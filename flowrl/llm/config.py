@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,20 @@ def validate_text(config: Any) -> None:
         "a text policy trains with objective=tokens",
     )
     OBJECTIVES.configure(config.objective, config.objective_options)
-    need(not config.fsdp and not config.zero_stage, "fsdp", "text runs train data parallel (fsdp/zero not yet)")
+    if config.fsdp:
+        need(
+            config.micro_batch <= config.max_batch,
+            "micro_batch",
+            f"with fsdp=true must not exceed max_batch={config.max_batch}: one model call per micro-batch everywhere",
+        )
+    if config.zero_stage:
+        need(config.zero_stage in (1, 2), "zero_stage", "expected 0 (off), 1 or 2; fsdp=true partitions the weights")
+        need(not config.fsdp, "zero_stage", "fsdp=true already shards the optimizer state; use one of the two")
+        need(
+            importlib.util.find_spec("deepspeed") is not None,
+            "zero_stage",
+            "DeepSpeed is not installed (pip install 'flowrl-toolkit[deepspeed]')",
+        )
     spec = config.prompts
     need(
         spec.startswith("task:") or (spec.endswith(".jsonl") and Path(spec).is_file()),

@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from flowrl.advantage import ADVANTAGES, SpoTracker, clip_advantages, spo_advantages, zero_variance_mask
+from flowrl.advantage import (
+    ADVANTAGES,
+    SpoTracker,
+    clip_advantages,
+    knapsack_budgets,
+    spo_advantages,
+    zero_variance_mask,
+)
 from flowrl.experience import Batch
 from flowrl.metrics import reward_stats
 
@@ -70,6 +77,34 @@ class TextExperience:
         values, means = self.rewards(per_completion, completions.texts, completions.completion_ids(), seed=seed)
         return torch.tensor(values, dtype=torch.float32), means
 
+    def knapsack_sample(self, rows: list[dict], seed: int) -> tuple[Completions, torch.Tensor, dict]:
+        """Knapsack RL's budgets: budget_min samples of every prompt estimate its success rate, then
+        the rest of len(rows) x num_generations samples go where they are worth most (ragged groups)."""
+        o = self.options
+        pilot = self.sample(rows, o.budget_min, seed)
+        rewards, means = self.score(rows, pilot, seed)
+        finite = torch.isfinite(rewards)
+        if bool(((rewards[finite] < 0) | (rewards[finite] > 1)).any()):
+            bad = sorted(set(rewards[finite & ((rewards < 0) | (rewards > 1))].tolist()))[:5]
+            raise ValueError(f"budget=knapsack reads rewards as success rates, in [0, 1]; got {bad}")
+        rates = []
+        for p in range(len(rows)):
+            values = rewards[(pilot.prompt == p) & finite]
+            rates.append(float(values.mean()) if len(values) else 0.0)
+        budgets = knapsack_budgets(rates, len(rows) * o.num_generations, o.budget_min, o.budget_max)
+        owners = torch.tensor([p for p, n in enumerate(budgets) for _ in range(n - o.budget_min)], dtype=torch.long)
+        if len(owners) == 0:
+            return pilot, rewards, means
+        extra = self.sample([rows[int(p)] for p in owners], 1, seed + 7_919)
+        extra_rewards, extra_means = self.score([rows[int(p)] for p in owners], extra, seed + 7_919)
+        extra.prompt = owners[extra.prompt]
+        weight = len(extra) / (len(extra) + len(pilot))
+        means = {k: (1 - weight) * v + weight * extra_means.get(k, v) for k, v in means.items()}
+        means["budget/max_generations"] = float(max(budgets))
+        means["budget/min_generations"] = float(min(budgets))
+        completions = Completions.cat([pilot, extra], self.policy.tokenizer.pad_token_id)
+        return completions, torch.cat([rewards, extra_rewards]), means
+
     @torch.no_grad()
     def collect(self, iteration: int) -> Batch:
         config, o = self.config, self.options
@@ -78,8 +113,11 @@ class TextExperience:
         local = list(range(self.rank, len(global_rows), self.world))
         rows = [global_rows[i] for i in local]
         seed = iteration_seed(config.seed, iteration, self.rank)
-        completions = self.sample(rows, o.num_generations, seed)
-        rewards, means = self.score(rows, completions, seed)
+        if o.budget == "knapsack":
+            completions, rewards, means = self.knapsack_sample(rows, seed)
+        else:
+            completions = self.sample(rows, o.num_generations, seed)
+            rewards, means = self.score(rows, completions, seed)
         resampled = 0
         for round_ in range(1, o.resample_rounds + 1):  # DAPO's dynamic sampling: replace tied groups
             tied = tied_prompts(rewards, completions.prompt)

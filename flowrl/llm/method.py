@@ -9,6 +9,7 @@ from flowrl.registry import Registry
 
 TEXT_METHODS = Registry("text method")
 SCALE_REWARDS = {"group": "group", "batch": "batch", "none": "none"}
+BUDGETS = ("uniform", "knapsack")  # samples per prompt: num_generations each, or Knapsack RL's allocation
 
 
 @dataclass
@@ -23,6 +24,9 @@ class TextGrpoOptions:
     mask_truncated_completions: bool = False  # truncated completions take no gradient (DAPO)
     resample_rounds: int = 0  # DAPO's dynamic sampling: redraw prompts for tied groups, up to this many rounds
     eval_size: int = 200  # held-out prompts per evaluation, answered greedily
+    budget: str = "uniform"  # or knapsack: num_generations per prompt on average, shared out by success rate
+    budget_min: int = 2  # knapsack: the first samples of every prompt, which estimate its success rate
+    budget_max: int | None = None  # knapsack: samples per prompt at most; None: 4 x num_generations
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -37,6 +41,17 @@ class TextGrpoOptions:
             raise ValueError(f"resample_rounds must not be negative, got {self.resample_rounds!r}")
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {list(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"budget must be one of {list(BUDGETS)}, got {self.budget!r}")
+        if self.budget_max is None:
+            self.budget_max = 4 * self.num_generations
+        if not 1 <= self.budget_min <= self.num_generations <= self.budget_max:
+            raise ValueError(
+                f"need 1 <= budget_min <= num_generations <= budget_max, got {self.budget_min!r}, "
+                f"{self.num_generations!r}, {self.budget_max!r}"
+            )
+        if self.budget == "knapsack" and self.resample_rounds:
+            raise ValueError("budget=knapsack already moves samples away from tied groups: set resample_rounds=0")
         self.stop = [str(s) for s in self.stop]
 
 

@@ -84,6 +84,14 @@ class Objective:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def order(self, batch: Batch, generator: torch.Generator) -> torch.Tensor:
+        """The order in which an inner epoch visits the kept transitions (a permutation)."""
+        return torch.randperm(len(batch), generator=generator)
+
+    def micro_batches(self, batch: Batch, indices: torch.Tensor, size: int) -> list[torch.Tensor]:
+        """One optimizer step's transitions cut into forward/backward passes of at most `size` rows."""
+        return [m for m in indices.split(size) if len(m)]
+
     def idle_loss(self, velocity: RolloutVelocity, batch: Batch) -> torch.Tensor:
         """A loss with zero gradient through every parameter (keeps lockstep backends in step)."""
         raise NotImplementedError(f"{type(self).__name__} does not run under fsdp or zero_stage")

@@ -1,5 +1,6 @@
-"""objective=tokens: the clipped ratio of each completion token's log-probability, aggregated as
-TRL's loss types do, with the k3 KL to the reference per token."""
+"""objective=tokens: the clipped ratio of each completion token's log-probability (or of its
+sequence's, GSPO), aggregated as TRL's loss types do, with the k3 KL to the reference per token
+(times the ratio by default, as TRL's GRPOTrainer). tests/test_trl_parity.py checks it against TRL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from flowrl.experience import Batch
 from flowrl.losses import policy_loss
+from flowrl.losses.kl import kl_estimate
 
 from .base import Objective
 from .registry import register_objective
@@ -28,6 +30,7 @@ class TokenOptions:
     epsilon_high: float | None = None  # its upper side (DAPO's clip-higher: 0.28); None: epsilon
     loss_type: str = "dapo"
     importance_sampling_level: str = "token"  # or sequence (GSPO: the length-normalised sequence ratio)
+    use_bias_correction_kl: bool = True  # the KL term times the importance ratio (TRL's default, DeepSeek-V3.2)
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -49,6 +52,7 @@ class TokenObjective(Objective):
     """Reads from the batch: transitions (Completions), advantages [B] and weights [B]."""
 
     modality = "text"
+    supports_sharding = True
 
     def __init__(self, options: Any, context: Any) -> None:
         super().__init__(options, context)
@@ -67,10 +71,11 @@ class TokenObjective(Objective):
     def begin_update(self, velocity, batch: Batch, optimizer_steps: int) -> None:
         """The rollout-vs-update consistency of the log-probs, on one micro-batch before any step."""
         self.consistency = {}
-        if len(batch) == 0:
+        source = batch.transitions if len(batch) else batch.rollout  # every process makes this pass (fsdp)
+        if len(source) == 0:
             return
         with torch.no_grad():
-            part = batch.transitions.select(torch.arange(min(len(batch), self.context.micro_batch)))
+            part = source.select(torch.arange(min(len(source), self.context.micro_batch)))
             logp = velocity(part)
         diff = (logp - part.logp.to(logp)).abs()[part.mask]
         self.consistency = {
@@ -83,28 +88,40 @@ class TokenObjective(Objective):
         part = batch.transitions.select(micro)
         reference = self.reference_pass(lambda: velocity(part))
         logp = velocity(part)
-        sequence_level = options.importance_sampling_level == "sequence"
         aggregation = LOSS_TYPES[options.loss_type]
         scale = {
             "token-mean": self.tokens_per_row,
             "seq-mean-token-sum-norm": self.max_length,
             "seq-mean-token-mean": 1.0,
         }
+        old = part.logp.to(logp)
+        current = logp
+        if options.importance_sampling_level == "sequence":  # GSPO: each token takes its sequence's ratio
+            mean = ((logp - old) * part.mask).sum(dim=1) / part.mask.sum(dim=1).clamp_min(1)
+            current = old + mean.unsqueeze(1).expand_as(logp)
+        log_ratio = current - old
+        kl_values = None
+        if reference is not None:
+            kl_values = kl_estimate(logp, reference.detach(), "k3")
+            if options.use_bias_correction_kl:  # the unbiased reverse-KL gradient
+                kl_values = kl_values * torch.exp(log_ratio)
         loss, stats = policy_loss(
-            logp,
-            part.logp.to(logp),
+            current,  # the token's own log-prob, or its old one plus the sequence's mean log-ratio
+            old,
             batch.advantages[micro].to(logp),
             mask=part.mask,
             loss="clip",
             loss_options={"eps_low": options.epsilon, "eps_high": options.epsilon_high},
-            sequence_level=sequence_level,
-            logp_ref=reference,
+            kl_values=kl_values,
             beta=self.context.beta,
             aggregation=aggregation,
-            normalizer=normalizer * (1.0 if sequence_level else scale[aggregation]),  # one element per sequence
+            normalizer=normalizer * scale[aggregation],
             max_length=self.max_length,
         )
         return loss, {**stats, **self.consistency}
 
     def idle_loss(self, velocity, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError("objective=tokens does not run under fsdp or zero_stage yet")
+        """The forwards of a loss on one completion, with zero gradient (keeps fsdp/zero in step)."""
+        part = (batch.transitions if len(batch) else batch.rollout).select(torch.arange(1))
+        self.reference_pass(lambda: velocity(part))
+        return velocity(part).sum() * 0
