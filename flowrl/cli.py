@@ -97,6 +97,14 @@ def cmd_eval_toyshapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_unigenbench_protocol(args: argparse.Namespace) -> int:
+    from flowrl.benchmarks.unigenbench.protocol import COMMIT, REPOSITORY, download_protocol
+
+    path = download_protocol()
+    print(f"the official judging protocol of {REPOSITORY} at {COMMIT[:12]} is in {path}")
+    return 0
+
+
 def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
     import yaml
 
@@ -110,9 +118,10 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
     for text in args.judge_option:
         key, _, value = text.partition("=")
         judge[key] = yaml.safe_load(value)
+    policy = args.checkpoint or ("images in " + str(Path(args.out) / "images") if args.judge_only else "toy")
     run = UniGenBenchRun(
         prompts=args.prompts,
-        policy=args.checkpoint,
+        policy=policy,
         out=args.out,
         images_per_prompt=args.images_per_prompt,
         seed=args.seed,
@@ -126,6 +135,9 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
         on_bad_row=args.on_bad_row,
         judge=judge,
         judge_only=args.judge_only,
+        protocol=args.protocol,
+        regenerate=args.regenerate,
+        rejudge=args.rejudge,
     )
     summary = run_unigenbench(run)
     print(Path(summary["reports"]["markdown"]).read_text())
@@ -137,6 +149,13 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
         print(
             f"{len(summary['failed'])} images failed to be judged (rerun the same command to judge only those); first: "
             f"{next(iter(summary['failed'].items()))}",
+            file=sys.stderr,
+        )
+        return 1
+    if summary["missing"]:
+        print(
+            f"{summary['missing']} images are missing from {Path(args.out) / 'images'}: the results cover only the "
+            "others" + ("" if summary["overall"] is not None else " (none was judged: overall is null)"),
             file=sys.stderr,
         )
         return 1
@@ -401,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unigen.add_argument(
         "--checkpoint",
-        default="toy",
+        default=None,
         help="what to evaluate: toy, a toy model folder, an SD3/FLUX hub id or folder, or a flowrl train run directory (default toy)",
     )
     unigen.add_argument(
@@ -451,7 +470,22 @@ def build_parser() -> argparse.ArgumentParser:
     unigen.add_argument(
         "--judge-only", action="store_true", help="judge and report the images already in OUT/images; load no model"
     )
+    unigen.add_argument(
+        "--protocol",
+        choices=["official", "flowrl"],
+        default="official",
+        help="official: the request the evaluation models were trained on and the official answer rule (needs "
+        "`flowrl eval unigenbench-protocol` once); flowrl: our own prompt and lenient parsing",
+    )
+    unigen.add_argument("--regenerate", action="store_true", help="OUT's images were made otherwise: draw them again")
+    unigen.add_argument("--rejudge", action="store_true", help="OUT's verdicts came from another judge: judge again")
     unigen.set_defaults(func=cmd_eval_unigenbench)
+
+    fetch_protocol = benches.add_parser(
+        "unigenbench-protocol",
+        help="download UniGenBench's official judging template (pinned commit, checked hash) into the cache",
+    )
+    fetch_protocol.set_defaults(func=cmd_eval_unigenbench_protocol)
 
     compare = benches.add_parser(
         "compare",

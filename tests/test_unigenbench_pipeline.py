@@ -74,6 +74,8 @@ def evaluate(prompts_file: Path, out: Path, url: str, *extra: str, wait: bool = 
         "test-judge",
         "--judge-option",
         "backoff=0.05",
+        "--protocol",
+        "flowrl",
         *extra,
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -222,3 +224,46 @@ def test_short_names_download_the_official_file_once_into_the_cache(prompts_file
     assert resolve_prompt_file(str(prompts_file)) == prompts_file
     with pytest.raises(ValueError, match="does not exist; give a UniGenBench CSV path or one of"):
         resolve_prompt_file(str(tmp_path / "nope.csv"))
+
+
+def test_a_rerun_with_other_settings_refuses_unless_asked_to_redo(prompts_file, tmp_path):
+    server, url = start_server(SERVER)
+    out = tmp_path / "run"
+    try:
+        assert evaluate(prompts_file, out, url).returncode == 0
+        images = sorted((out / "images").glob("*.png"))
+        before = {p.name: p.read_bytes() for p in images}
+        stored = (out / "judgments.sqlite").read_bytes()
+        changed = evaluate(prompts_file, out, url, "--seed", "5")
+        assert changed.returncode == 2 and "Traceback" not in changed.stderr
+        assert "images made with other settings (seed 0 -> 5)" in changed.stderr and "--regenerate" in changed.stderr
+        assert {p.name: p.read_bytes() for p in images} == before and (out / "judgments.sqlite").read_bytes() == stored
+        judge = evaluate(prompts_file, out, url, "--judge-model", "another-judge")
+        assert judge.returncode == 2 and "verdicts of another judge (judge_model" in judge.stderr
+        assert "--rejudge" in judge.stderr
+        redone = evaluate(prompts_file, out, url, "--seed", "5", "--regenerate")
+        assert redone.returncode == 0, redone.stderr[-2000:]
+        assert "6 images drawn (0 already there), 6 judged (0 already judged)" in redone.stdout
+        assert {p.name: p.read_bytes() for p in images} != before
+        meta = json.loads((out / "results.json").read_text())["meta"]
+        assert meta["seed"] == 5 and meta["prompt_file_sha256"] == hashlib.sha256(prompts_file.read_bytes()).hexdigest()
+    finally:
+        stop_server(server)
+
+
+def test_judge_only_with_missing_images_exits_non_zero(prompts_file, tmp_path):
+    out = tmp_path / "run"
+    (out / "images").mkdir(parents=True)
+    nothing = evaluate(prompts_file, out, "http://127.0.0.1:9/v1", "--judge-only")
+    assert nothing.returncode == 1 and "6 images are missing" in nothing.stderr and "overall is null" in nothing.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["overall"] is None and results["meta"]["missing_images"] == 6
+    assert results["meta"]["policy"] == f"images in {out / 'images'}"  # not the default checkpoint's name
+    server, url = start_server(SERVER)
+    try:
+        Image.new("RGB", (16, 16), (240, 240, 240)).save(out / "images" / "0_0.png")
+        some = evaluate(prompts_file, out, url, "--judge-only")
+    finally:
+        stop_server(server)
+    assert some.returncode == 1 and "5 images are missing" in some.stderr
+    assert json.loads((out / "results.json").read_text())["overall"] is not None

@@ -79,7 +79,7 @@ class Results:
         groups = {name: {k: t.to_dict() for k, t in getattr(self, name).items()} for name in _GROUPS}
         return {
             "format": FORMAT,
-            "overall": self.overall,
+            "overall": self.overall if self.num_verdicts else None,  # null when nothing was judged
             "micro_accuracy": self.micro_accuracy,
             **groups,
             "counts": {
@@ -106,7 +106,9 @@ class Results:
         total = sum(t.total for t in groups["primary_dimensions"].values())
         return cls(
             **groups,
-            overall=float(data["overall"]) if "overall" in data else _mean_accuracy(groups["primary_dimensions"]),
+            overall=float(data["overall"])
+            if data.get("overall") is not None
+            else _mean_accuracy(groups["primary_dimensions"]),
             num_images=int(counts.get("images", 0)),
             num_verdicts=int(counts.get("verdicts", total)),
             num_prompts=int(counts.get("prompts", 0)),

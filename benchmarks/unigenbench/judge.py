@@ -20,10 +20,9 @@ and a rerun asks only for what is missing. A failed image does not stop the othe
 collected, returned in the report (image -> error) and summarised in a RuntimeWarning; rerun
 with the same store to retry just those.
 
-Note: the released offline evaluation models were fine-tuned on the official scripts' prompt
-(an <analysis>/<score> answer); our prompt is our own, so agreement figures published for those
-models may not carry over exactly. Pass `instruction=` to use another prompt: `parse_answer`
-also reads the official answer format.
+With `protocol=` (protocol.OfficialProtocol) the judge sends the official request instead, the one
+the released evaluation models were fine-tuned on, and reads answers by the official rule; our own
+prompt stays the default of this class (`flowrl eval unigenbench` defaults to the official one).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ from flowrl.rewards.http import (
     request_headers,
 )
 
+from .protocol import ANSWERS, MAX_TOKENS, SERVED_MODEL, OfficialProtocol, official_image_url, parse_official
 from .store import JudgmentStore
 from .types import BenchPrompt, Verdict
 
@@ -376,17 +376,18 @@ class Judge:
     def __init__(
         self,
         base_url: str | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
         concurrency: int = 8,
         timeout: float = 300.0,
         retries: int = 3,
         backoff: float = 1.0,
-        temperature: float = 0.0,
+        temperature: float | None = None,
         max_tokens: int | None = None,
         language: str = "en",
-        parse_retries: int = 2,
+        parse_retries: int | None = None,
         instruction: str | None = None,
+        protocol: OfficialProtocol | None = None,
     ) -> None:
         """base_url: the API root (…/v1), from $FLOWRL_JUDGE_URL when not given, else
         http://127.0.0.1:8000/v1; model: the served model name; api_key_env: the environment
@@ -395,7 +396,17 @@ class Judge:
         max_tokens: sampling (None leaves it to the server); language: "en" or "zh", the language
         of our judging prompt (match the prompt file); parse_retries: how many more times an
         answer missing some verdicts is asked again; instruction: a str.format template replacing
-        ours, with {prompt}, {testpoints} and optionally {count}."""
+        ours, with {prompt}, {testpoints} and optionally {count}; protocol: the official request
+        and answer rule (protocol.OfficialProtocol) instead of ours, which changes the defaults to
+        the official client's: model QwenVL, no temperature, max_tokens 4096, 11 answers at most."""
+        official = protocol is not None
+        if official and instruction is not None:
+            raise ValueError("UniGenBench judge: instruction= replaces our prompt; the official protocol has its own")
+        model = model if model is not None else (SERVED_MODEL if official else DEFAULT_MODEL)
+        temperature = temperature if temperature is not None or official else 0.0
+        max_tokens = max_tokens if max_tokens is not None or not official else MAX_TOKENS
+        parse_retries = parse_retries if parse_retries is not None else (ANSWERS - 1 if official else 2)
+        self.protocol = protocol
         self.base_url = check_url(
             base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL,
             "UniGenBench judge base_url",
@@ -413,7 +424,7 @@ class Judge:
             timeout=timeout,
             retries=retries,
             backoff=backoff,
-            temperature=temperature,
+            temperature=0.0 if temperature is None else temperature,
             max_tokens=max_tokens,
             parse_retries=parse_retries,
             instruction=instruction,
@@ -425,7 +436,8 @@ class Judge:
             retries,
             float(backoff),
         )
-        self.temperature, self.max_tokens, self.parse_retries = float(temperature), max_tokens, parse_retries
+        self.temperature = None if temperature is None else float(temperature)
+        self.max_tokens, self.parse_retries = max_tokens, parse_retries
         self.api_key_env = api_key_env
         self.headers = request_headers("application/json", api_key_env)
         self.session = pooled_session(concurrency)
@@ -434,7 +446,10 @@ class Judge:
         return f"Judge({self.model!r} at {self.base_url!r}, language={self.language!r})"
 
     def build_instruction(self, prompt: BenchPrompt) -> str:
-        """Our judging prompt for one BenchPrompt: its text and numbered test points."""
+        """The judging prompt for one BenchPrompt: the official one, or ours (numbered test points)."""
+        if self.protocol is not None:
+            names = [point.name for point in prompt.testpoints]
+            return self.protocol.render(prompt.text, names, [point.description for point in prompt.testpoints])
         lines = [
             f'{k}. {point.name} — "{point.description}"' if point.description.strip() else f"{k}. {point.name}"
             for k, point in enumerate(prompt.testpoints, start=1)
@@ -447,11 +462,11 @@ class Judge:
             {"type": "image_url", "image_url": {"url": image_url}},
             {"type": "text", "text": self.build_instruction(prompt)},
         ]
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": self.temperature,
-        }
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}]}
+        if self.protocol is not None:
+            body["do_sample"] = False  # as the official client sends it (vLLM ignores it)
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         return body
@@ -462,13 +477,14 @@ class Judge:
         name = Path(image_path).name
         if not prompt.testpoints:
             raise ValueError(f"image {name}: prompt {prompt.index} has no test points to judge")
-        body = self.request_body(image_data_url(image_path), prompt)
+        encode = official_image_url if self.protocol is not None else image_data_url
+        body = self.request_body(encode(image_path), prompt)
         names = [point.name for point in prompt.testpoints]
         text, missing = "", list(range(len(names)))
         for _ in range(1 + self.parse_retries):
             response = self._post(body, name)
             text, _, problem = chat_answer_text(response)
-            found = parse_answer(text, names) if problem is None else {}
+            found = self.read(text, names) if problem is None else {}
             missing = [i for i in range(len(names)) if i not in found]
             if not missing:
                 verdicts = [
@@ -483,14 +499,25 @@ class Judge:
                 ]
                 return verdicts, text
         described = ", ".join(f"{i + 1} {names[i]!r}" for i in missing)
+        expected = (
+            f"<analysis> and <score> lists of {len(names)} entries each (the official format)"
+            if self.protocol is not None
+            else 'a JSON object such as {"1": {"verdict": "yes", "reason": "..."}} with one entry per test point'
+        )
         raise UnparseableJudgment(
             f"UniGenBench judge {self.endpoint}: image {os.fspath(image_path)} (prompt {prompt.index}) got no verdict for test point(s) "
-            f"{described} in {1 + self.parse_retries} answers; last answer: {(problem or text)[-400:]!r}. Expected a JSON object "
-            f'such as {{"1": {{"verdict": "yes", "reason": "..."}}}} with one entry per test point',
+            f"{described} in {1 + self.parse_retries} answers; last answer: {(problem or text)[-400:]!r}. Expected {expected}",
             image=name,
             missing=[names[i] for i in missing],
             answer=text,
         )
+
+    def read(self, text: str, names: list[str]) -> dict[int, tuple[bool, str]]:
+        """{position: (correct, reason)} of the test points an answer gives verdicts for."""
+        if self.protocol is None:
+            return parse_answer(text, names)
+        parsed = parse_official(text, len(names))
+        return dict(enumerate(parsed)) if parsed is not None else {}
 
     def _post(self, body: dict, name: str) -> requests.Response:
         """One judge request with rewards.http's retries; failures raise RewardServiceError naming the URL."""

@@ -6,7 +6,9 @@ directory that a rerun continues (images on disk and judgments in the store are 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +20,11 @@ from .download import resolve_prompt_file
 from .generate import IMAGES_PER_PROMPT, generate_images, image_name
 from .judge import Judge
 from .prompts import load_prompts_report
+from .protocol import OfficialProtocol
 from .report import write_reports
 from .store import JudgmentStore
 
+PROTOCOLS = ("official", "flowrl")
 # Sampling defaults per backend: the toy model's own, and the papers' evaluation settings.
 SAMPLING = {
     "toy": {"steps": 20, "guidance": 4.0, "shift": 1.0},
@@ -48,6 +52,9 @@ class UniGenBenchRun:
     on_bad_row: str = "stop"
     judge: dict = field(default_factory=dict)  # Judge keyword options (base_url, model, concurrency, ...)
     judge_only: bool = False  # judge and report images already on disk; load no model
+    protocol: str = "official"  # the official judging request and answer rule, or flowrl (our prompt)
+    regenerate: bool = False  # settings changed: draw the images again (and judge them again)
+    rejudge: bool = False  # judge settings changed: judge the images again
 
 
 def backend_of(policy) -> str:
@@ -82,16 +89,81 @@ def generate_step(run: UniGenBenchRun, prompts: list, image_dir: Path, progress:
     )
 
 
+def fingerprint(run: UniGenBenchRun, prompt_file: Path, prompts: list, judge: Judge) -> dict:
+    """What the images and the verdicts of a run folder were made with: a rerun that differs would
+    mix results of two settings under one label."""
+    listed = [[p.index, p.text, [[t.name, t.description] for t in p.testpoints]] for p in prompts]
+    images = {
+        "policy": run.policy,
+        "prompt_file_sha256": hashlib.sha256(prompt_file.read_bytes()).hexdigest(),
+        "prompts_sha256": hashlib.sha256(json.dumps(listed, ensure_ascii=False).encode()).hexdigest(),
+        **{key: getattr(run, key) for key in ("images_per_prompt", "seed", "steps", "guidance", "shift", "resolution")},
+    }
+    protocol = judge.protocol.fingerprint if judge.protocol is not None else "flowrl"
+    instruction = hashlib.sha256(judge.instruction.encode()).hexdigest() if judge.protocol is None else None
+    judging = {"judge_model": judge.model, "protocol": protocol, "instruction_sha256": instruction}
+    return {"images": images, "judging": judging}
+
+
+def check_folder(out: Path, run: UniGenBenchRun, current: dict) -> dict:
+    """The fingerprint to record: refuses a rerun whose settings differ from the folder's (naming
+    what differs) unless asked to regenerate or re-judge, which clears what the change invalidates."""
+    path = out / "fingerprint.json"
+    stored = json.loads(path.read_text()) if path.is_file() else None
+    images, store = out / "images", out / "judgments.sqlite"
+    has_images = images.is_dir() and any(images.iterdir())
+    if stored is None:
+        if (has_images or store.is_file()) and not run.judge_only:
+            if not run.regenerate:
+                raise ValueError(
+                    f"{out} holds images or verdicts made with unknown settings (no fingerprint.json); use a new "
+                    "--out, --judge-only to judge those images, or --regenerate to draw them again"
+                )
+            store.unlink(missing_ok=True)
+            shutil.rmtree(images, ignore_errors=True)
+        return current
+    if run.judge_only:  # the images are the folder's: keep what they were made with
+        current = {**current, "images": stored["images"]}
+    changed_images = sorted(k for k in current["images"] if current["images"][k] != stored["images"].get(k))
+    changed_judging = sorted(k for k in current["judging"] if current["judging"][k] != stored["judging"].get(k))
+    if changed_images and has_images and not run.regenerate:
+        described = ", ".join(f"{k} {stored['images'].get(k)!r} -> {current['images'][k]!r}" for k in changed_images)
+        raise ValueError(
+            f"{out} holds images made with other settings ({described}); use a new --out, or --regenerate to draw "
+            "and judge them again"
+        )
+    if (changed_images and run.regenerate) or (changed_judging and store.is_file()):
+        if changed_judging and not changed_images and not run.rejudge:
+            described = ", ".join(
+                f"{k} {stored['judging'].get(k)!r} -> {current['judging'][k]!r}" for k in changed_judging
+            )
+            raise ValueError(
+                f"{out} holds verdicts of another judge ({described}); use a new --out, or --rejudge to judge again"
+            )
+        store.unlink(missing_ok=True)
+        if changed_images:
+            shutil.rmtree(images, ignore_errors=True)
+    return current
+
+
 def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
     """Run every stage that is not done yet and write the results; returns a summary with the
     counts of each stage and the report paths."""
     out = Path(run.out)
     image_dir = out / "images"
-    loaded = load_prompts_report(resolve_prompt_file(run.prompts), on_error=run.on_bad_row)
+    prompt_file = resolve_prompt_file(run.prompts)
+    loaded = load_prompts_report(prompt_file, on_error=run.on_bad_row)
     prompts = loaded.prompts[: run.limit] if run.limit else loaded.prompts
     if not prompts:
         raise ValueError(f"{run.prompts}: no prompts to evaluate")
+    if run.protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {run.protocol!r}")
+    protocol = OfficialProtocol.load(loaded.language) if run.protocol == "official" else None
+    # judge in the prompt file's language; built before any image is drawn, so a bad option fails first
+    judge = Judge(**{"language": loaded.language, **run.judge, "protocol": protocol})
     out.mkdir(parents=True, exist_ok=True)
+    recorded = check_folder(out, run, fingerprint(run, prompt_file, prompts, judge))
+    (out / "fingerprint.json").write_text(json.dumps(recorded, indent=2))
     (out / "run.json").write_text(json.dumps(vars(run), indent=2))
     started = time.time()
     expected = [(image_dir / image_name(p.index, k), p) for p in prompts for k in range(run.images_per_prompt)]
@@ -101,20 +173,26 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
     else:
         generated = generate_step(run, prompts, image_dir, progress)
     items = [(path, prompt) for path, prompt in expected if path.is_file()]
-    judge = Judge(**{"language": loaded.language, **run.judge})  # judge in the prompt file's language
     with JudgmentStore(out / "judgments.sqlite") as store:
         judged = judge.judge_all(items, store, progress=progress)
         wanted = {path.name for path, _ in items}
         verdicts = [v for v in store.verdicts() if v.image in wanted]
     meta = {
-        "policy": run.policy,
+        "policy": recorded["images"]["policy"],
         "prompts": str(run.prompts),
+        "prompt_file_sha256": recorded["images"]["prompt_file_sha256"],
         "judge_model": judge.model,
         "judge_url": judge.base_url,
+        "protocol": run.protocol,
+        "protocol_sha256": recorded["judging"]["protocol"] if protocol is not None else None,
         "images_per_prompt": run.images_per_prompt,
         "seed": run.seed,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "skipped_rows": [f"row {s.line}: {s.reason}" for s in loaded.skipped],
+        "skipped_rows": [
+            f"index {s.index}: {s.reason}" if s.index is not None else f"row {s.line}: {s.reason}"
+            for s in loaded.skipped
+        ],
+        "missing_images": len(expected) - len(items),
     }
     results = aggregate(prompts, verdicts, images_per_prompt=run.images_per_prompt, meta=meta)
     paths = write_reports(results, prompts, verdicts, image_dir, out)
@@ -124,7 +202,8 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
         "judged": judged["judged"],
         "already_judged": judged["skipped"],
         "failed": judged["failed"],
-        "overall": results.overall,
+        "missing": len(expected) - len(items),
+        "overall": results.overall if verdicts else None,
         "seconds": time.time() - started,
         "reports": {k: str(v) for k, v in paths.items()},
     }
