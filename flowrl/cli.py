@@ -111,6 +111,8 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
     from flowrl.benchmarks.unigenbench.run import UniGenBenchRun, run_unigenbench
 
     judge = {"concurrency": args.judge_concurrency, "timeout": args.judge_timeout}
+    if args.requests_per_minute is not None:
+        judge["requests_per_minute"] = args.requests_per_minute
     if args.judge_url:
         judge["base_url"] = args.judge_url
     if args.judge_model:
@@ -118,7 +120,8 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
     for text in args.judge_option:
         key, _, value = text.partition("=")
         judge[key] = yaml.safe_load(value)
-    policy = args.checkpoint or ("images in " + str(Path(args.out) / "images") if args.judge_only else "toy")
+    folder = args.images or str(Path(args.out) / "images")
+    policy = args.checkpoint or (f"images in {folder}" if args.judge_only else "toy")
     run = UniGenBenchRun(
         prompts=args.prompts,
         policy=policy,
@@ -138,13 +141,23 @@ def cmd_eval_unigenbench(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         regenerate=args.regenerate,
         rejudge=args.rejudge,
+        sampling=args.sampling,
+        images=args.images,
+        image_suffix=args.image_suffix,
     )
     summary = run_unigenbench(run)
     print(Path(summary["reports"]["markdown"]).read_text())
+    print(Path(summary["reports"]["leaderboard"]).read_text())
     print(
         f"{summary['prompts']} prompts: {summary['generated']} images drawn ({summary['existing']} already there), "
         f"{summary['judged']} judged ({summary['already_judged']} already judged); reports in {args.out}"
     )
+    usage = summary["usage"]
+    if usage["requests"]:
+        print(
+            f"judge: {usage['requests']} requests, {usage['prompt_tokens']} prompt and "
+            f"{usage['completion_tokens']} completion tokens"
+        )
     if summary["failed"]:
         print(
             f"{len(summary['failed'])} images failed to be judged (rerun the same command to judge only those); first: "
@@ -448,9 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     unigen.add_argument("--limit", type=int, default=0, help="only the first N prompts (default: all)")
     unigen.add_argument(
         "--on-bad-row",
-        choices=["stop", "skip"],
+        choices=["stop", "skip", "fix"],
         default="stop",
-        help="a malformed prompt row: stop, or skip it with a warning",
+        help="a malformed prompt row: stop, skip it with a warning, or fix: repair the public files' known "
+        "defects (en_long index 509: a missing comma) and stop on others",
     )
     unigen.add_argument(
         "--judge-url",
@@ -460,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     unigen.add_argument("--judge-model", default=None, help="the served judge model name")
     unigen.add_argument("--judge-concurrency", type=_positive_int, default=8, help="images judged at once (default 8)")
     unigen.add_argument("--judge-timeout", type=float, default=300.0, help="seconds per judge request (default 300)")
+    unigen.add_argument(
+        "--requests-per-minute", type=float, default=None, help="judge requests started per minute at most"
+    )
     unigen.add_argument(
         "--judge-option",
         action="append",
@@ -477,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="official: the request the evaluation models were trained on and the official answer rule (needs "
         "`flowrl eval unigenbench-protocol` once); flowrl: our own prompt and lenient parsing",
     )
+    unigen.add_argument(
+        "--sampling",
+        choices=["flowrl", "official"],
+        default="flowrl",
+        help="official: the official inference settings (FLUX.1-dev: 1024 px, 30 steps, guidance 3.5, dynamic "
+        "shift, seeds 3407+k); flowrl: our per-backend defaults",
+    )
+    unigen.add_argument(
+        "--images",
+        default=None,
+        help="the image folder (default OUT/images); with --judge-only, e.g. the official eval_data/en/MODEL, judged in place",
+    )
+    unigen.add_argument("--image-suffix", default=".png", help="the images' suffix, e.g. .jpg (with --judge-only)")
     unigen.add_argument("--regenerate", action="store_true", help="OUT's images were made otherwise: draw them again")
     unigen.add_argument("--rejudge", action="store_true", help="OUT's verdicts came from another judge: judge again")
     unigen.set_defaults(func=cmd_eval_unigenbench)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from flowrl.samplers import flow_sigmas, sample_euler
+from flowrl.samplers import sample_euler
+from flowrl.samplers.grid import GRIDS
 from flowrl.samplers.plan import Plan, StepSpec
 from flowrl.samplers.rollout import RolloutVelocity, rollout
 from flowrl.samplers.shard import seeded_noise
@@ -29,16 +30,20 @@ def generate(
     batch_size: int = 64,
     progress: bool = False,
     eta: float = 0.0,
+    grid: str = "scheduler",
 ) -> torch.Tensor:
     """Images [B, 3, H, W] in [0, 1] for B (prompt, seed) pairs, in batches of `batch_size`.
 
     eta > 0 samples every step with the dance_grpo SDE at noise level eta (the toy default
     trains with 0.3); its step noise, like the initial noise, depends on each image's seed only.
+    grid: the sigmas (samplers.grid.GRIDS): the scheduler's, or time_shift (FLUX's pipeline grid).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     _check_settings(batch_size, eta)
-    sigmas = flow_sigmas(steps, shift).to(policy.device)
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {sorted(GRIDS)}, got {grid!r}")
+    sigmas = GRIDS[grid](steps, shift).to(policy.device)
     chunks = range(0, len(prompts), batch_size)
     bar = tqdm(total=len(chunks) * steps, desc=f"sampling {len(prompts)} images", unit="step", disable=not progress)
 

@@ -151,6 +151,32 @@ def check_client_numbers(
             )
 
 
+def check_chat_server(
+    session: requests.Session, base_url: str, model: str, what: str, headers: dict, timeout: float = 20.0
+) -> list[str] | None:
+    """Before any work: GET {base_url}/models of an OpenAI-compatible API and check that it serves
+    `model`. Returns the served names (None when the server lists none); a ValueError names what is
+    wrong: nothing listening, a refused key, a root without /v1, or the names it does serve."""
+    root = base_url.removesuffix("/chat/completions").rstrip("/")
+    try:
+        response = session.get(root + "/models", timeout=timeout, headers=headers)
+    except requests.RequestException as error:
+        raise ValueError(
+            f"{what}: nothing answers at {root} ({type(error).__name__}); is the server running?"
+        ) from None
+    if response.status_code in (401, 403):
+        raise ValueError(f"{what}: {root} refused the request ({response.status_code}); check the API key")
+    if response.status_code == 404 and not root.endswith("/v1"):
+        raise ValueError(f"{what}: {root}/models is not found; an OpenAI-compatible API root ends in /v1: {root}/v1?")
+    try:
+        served = [entry["id"] for entry in response.json()["data"]] if response.ok else None
+    except (ValueError, KeyError, TypeError):
+        served = None
+    if served and model not in served:
+        raise ValueError(f"{what}: {root} serves {served}, not {model!r}; pass one of those as the model")
+    return served
+
+
 def chat_answer_text(response: requests.Response) -> tuple[str, object, str | None]:
     """(the first choice's message text, its finish_reason, None) of an OpenAI-style chat
     completion, or ("", None, what is wrong) for a body that is not one with text."""

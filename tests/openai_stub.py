@@ -1,6 +1,7 @@
 """What the OpenAI-compatible stand-in servers under tests/ share, and how tests run them.
 
-Server side: `State` (the counters behind GET /stats), `StubHandler` (quiet logging, GET /stats,
+Server side: `State` (the counters behind GET /stats), `StubHandler` (quiet logging, GET /stats
+and /v1/models,
 POST counting and the /chat/completions route; a server subclasses it and writes `answer`), the
 request/answer helpers and `parser`/`serve`, which print the bound port on the first line.
 Test side: `start_server`/`stop_server` run one as a subprocess, `StubServer` adds `stats()`, and
@@ -68,6 +69,9 @@ class StubHandler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":  # the served model names (--models)
+            listed = [{"id": name, "object": "model"} for name in self.args.models.split(",") if name]
+            return self.send(200, json.dumps({"object": "list", "data": listed}).encode())
         if self.path.rstrip("/") != "/stats":
             return self.send(404, b'{"error": {"message": "not found"}}')
         with self.state.lock:
@@ -132,6 +136,7 @@ def completion(number: int, model: str | None, content: str) -> bytes:
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": len(content)},  # fixed, and the answer's characters
         }
     ).encode()
 
@@ -141,6 +146,7 @@ def parser(description: str, modes: tuple[str, ...]) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=description)
     result.add_argument("--port", type=int, default=0, help="0 picks a free port; the bound one is printed first")
     result.add_argument("--mode", choices=modes, default="normal")
+    result.add_argument("--models", default="test-judge,QwenVL", help="GET /v1/models lists these (comma-separated)")
     return result
 
 

@@ -576,3 +576,35 @@ def test_judge_options_are_checked(monkeypatch):
         Judge(instruction="Judge {prompt}")
     monkeypatch.setenv("FLOWRL_JUDGE_URL", "http://judge.example:9000/v1/")
     assert Judge().endpoint == "http://judge.example:9000/v1/chat/completions"
+
+
+def test_the_known_defect_of_the_english_long_file_is_repaired_on_request(tmp_path):
+    meta = (
+        '"{""Primary Categories"": ""Art"", ""Secondary Categories"": ""Other"", ""Testpoints"": '
+        '[""Grammar - Negation"" ""Attribute - Color""], ""Testpoint Description"": [""no hat"", ""red""]}"'
+    )
+    path = write_text(tmp_path / "long.csv", f"index,prompt_en,sub_dims_en\n509,a red cat without a hat,{meta}\n")
+    with pytest.raises(PromptFileError, match="index '509'"):
+        load_prompts(path)
+    report = load_prompts_report(path, on_error="fix")
+    assert [t.name for t in report.prompts[0].testpoints] == ["Grammar - Negation", "Attribute - Color"]
+    assert report.fixed == ["index 509: '\"Grammar - Negation\" \"Attribute - Color\"' -> "
+                            "'\"Grammar - Negation\", \"Attribute - Color\"'"]  # fmt: skip
+    other = write_text(tmp_path / "other.csv", "index,prompt_en,sub_dims_en\n" + meta.join(["508,x,", "\n"]))
+    with pytest.raises(PromptFileError, match="index '508'"):
+        load_prompts(other, on_error="fix")  # only the known row is repaired
+
+
+def test_requests_per_minute_spaces_the_request_starts(monkeypatch):
+    from flowrl.benchmarks.unigenbench import judge as judge_module
+
+    clock = {"now": 100.0, "slept": []}
+    monkeypatch.setattr(judge_module.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(judge_module.time, "sleep", lambda s: clock["slept"].append(s))
+    monkeypatch.setattr(judge_module, "post_with_retries", lambda *a, **k: None)
+    judge = Judge(base_url="http://127.0.0.1:9/v1", requests_per_minute=30)  # one start every 2 s
+    for _ in range(3):
+        judge._post({}, "x.png")
+    assert clock["slept"] == [0.0, 2.0, 4.0]  # all asked at once: they start 0, 2 and 4 s later
+    with pytest.raises(ValueError, match="requests_per_minute must be positive"):
+        Judge(base_url="http://127.0.0.1:9/v1", requests_per_minute=0)

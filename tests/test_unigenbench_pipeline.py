@@ -2,6 +2,7 @@
 images, judgments, results equal to a hand tally, reports, and a resume after the evaluation is
 killed mid-judging that redoes no image and no recorded judgment."""
 
+import csv
 import hashlib
 import json
 import os
@@ -267,3 +268,50 @@ def test_judge_only_with_missing_images_exits_non_zero(prompts_file, tmp_path):
         stop_server(server)
     assert some.returncode == 1 and "5 images are missing" in some.stderr
     assert json.loads((out / "results.json").read_text())["overall"] is not None
+
+
+def test_a_judge_that_cannot_answer_stops_the_run_before_any_image_is_drawn(prompts_file, tmp_path):
+    server, url = start_server(SERVER)
+    try:
+        cases = [
+            (url, ["--judge-model", "other"], "serves ['test-judge', 'QwenVL'], not 'other'"),
+            (url.removesuffix("/v1"), [], "ends in /v1"),
+            ("http://127.0.0.1:9/v1", [], "nothing answers at http://127.0.0.1:9/v1"),
+        ]
+        for n, (address, extra, message) in enumerate(cases):
+            done = evaluate(prompts_file, tmp_path / f"run{n}", address, *extra)
+            assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+            assert not list((tmp_path / f"run{n}").glob("images/*.png"))
+        assert server_requests(url) == 0  # no judging request was sent
+    finally:
+        stop_server(server)
+
+
+def server_requests(url: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as response:
+        return json.loads(response.read())["requests"]
+
+
+def test_an_official_layout_folder_is_judged_in_place(prompts_file, tmp_path):
+    folder = tmp_path / "eval_data" / "en" / "some-model"
+    folder.mkdir(parents=True)
+    for prompt in PROMPTS:
+        for k in range(2):
+            Image.new("RGB", (16, 16), (30 * k, 200, 90)).save(folder / f"{prompt.index}_{k}.jpg", quality=95)
+    server, url = start_server(SERVER)
+    try:
+        out = tmp_path / "run"
+        done = evaluate(prompts_file, out, url, "--judge-only", "--images", str(folder), "--image-suffix", ".jpg")
+    finally:
+        stop_server(server)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "images").exists() and sorted(p.name for p in folder.iterdir())[0] == "0_0.jpg"
+    with open(out / "official_results.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and rows[0]["img_path"] == str(folder / "0_0.jpg")
+    results = json.loads((out / "results.json").read_text())
+    assert results["counts"]["images"] == 6 and results["missing_images"] == []
+    assert "| Model | Overall |" in done.stdout  # the leaderboard row
+    assert "judge: 6 requests, 600 prompt and" in done.stdout  # the stub counts 100 prompt tokens per request

@@ -10,6 +10,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 from PIL import Image
 
 from flowrl.benchmarks.unigenbench import protocol
@@ -192,3 +193,58 @@ def test_the_judge_sends_the_official_request_and_asks_again_until_it_parses(tmp
     expected = io.BytesIO()
     Image.open(image).convert("RGB").save(expected, format="JPEG", quality=95)
     assert base64.b64decode(url.split(",", 1)[1]) == expected.getvalue()
+
+
+def test_official_sampling_is_flux_s_dynamic_shift_and_fixed_seeds():
+    import math
+
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from flowrl.benchmarks.unigenbench.generate import image_seed
+    from flowrl.benchmarks.unigenbench.run import flux_dynamic_shift
+    from flowrl.samplers.grid import time_shift_sigmas
+
+    assert flux_dynamic_shift(None, 1024) == pytest.approx(math.exp(1.15))  # 4096 image tokens: max_shift
+    assert flux_dynamic_shift(None, 512) == pytest.approx(math.exp(0.5 + 0.65 * (1024 - 256) / (4096 - 256)))
+    # diffusers' FLUX pipeline: sigmas linspace(1, 1/N, N), exponential time shift with mu
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, time_shift_type="exponential")
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 30, 30), mu=1.15)
+    assert torch.allclose(time_shift_sigmas(30, flux_dynamic_shift(None, 1024)), scheduler.sigmas.float(), atol=1e-6)
+    assert [image_seed(0, index, k, "official") for index in (3, 500) for k in range(2)] == [3407, 3408, 3407, 3408]
+
+
+class ListsNoModels(BaseHTTPRequestHandler):
+    """A judge root whose GET /v1/models lists nothing (so any model name passes the check)."""
+
+    def do_GET(self):
+        data = b'{"data": []}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_official_sampling_refuses_a_checkpoint_without_published_settings(tmp_path):
+    import subprocess
+    import sys
+
+    from flowrl.benchmarks.unigenbench.prompts import write_prompts
+
+    prompts = tmp_path / "p.csv"
+    write_prompts(prompts, [BenchPrompt(0, "a red circle", "t", "s", (TestPoint("Style", "red"),))])
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ListsNoModels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "flowrl", "eval", "unigenbench", str(prompts), "--out", str(tmp_path / "run"),
+             "--sampling", "official", "--protocol", "flowrl", "--device", "cpu",
+             "--judge-url", f"http://127.0.0.1:{server.server_port}/v1"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert done.returncode == 2 and "published for FLUX.1-dev only" in done.stderr and "Traceback" not in done.stderr

@@ -189,7 +189,7 @@ def written(tmp_path):
 
 def test_markdown_and_csv_hold_every_row(written):
     results, _, _, paths = written
-    assert set(paths) == {"json", "markdown", "csv", "html"} and all(p.is_file() for p in paths.values())
+    assert set(paths) == {"json", "markdown", "csv", "html", "leaderboard"} and all(p.is_file() for p in paths.values())
     md = paths["markdown"].read_text()
     assert "| Attribute | 2 | 6 | 33.3% |" in md
     assert "| Overall |  |  | 52.8% |" in md
@@ -413,3 +413,79 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
         assert any(max(abs(a - b) for a, b in zip(colour, p)) <= 8 for p in present), (
             f"image colour {colour} not rendered"
         )
+
+
+def test_the_leaderboard_row_has_two_decimals_in_the_leaderboard_s_order():
+    from flowrl.benchmarks.unigenbench.report import leaderboard_markdown
+
+    r = aggregate(make_prompts(), make_verdicts(), images_per_prompt=2)
+    lines = leaderboard_markdown(r, "m").splitlines()
+    assert lines[0] == "| Model | Overall | Style | World Knowledge | Attribute |"  # the leaderboard's column order
+    assert lines[2] == "| m | 52.78 | 75.00 | 50.00 | 33.33 |"  # 19/36, 3/4, 1/2, 2/6
+    assert "- **Attribute** 33.33: Color 50.00 | Quantity 25.00" in lines
+
+
+def test_compare_warns_when_the_runs_are_not_comparable(tmp_path):
+    prompts, verdicts = make_prompts(), make_verdicts()
+    for name, judge in (("a", "judge-1"), ("b", "judge-2")):
+        meta = {"policy": name, "judge_model": judge, "prompt_file_sha256": "0" * 64, "protocol": "official"}
+        write_reports(aggregate(prompts, verdicts, meta=meta), prompts, verdicts, tmp_path / "images", tmp_path / name)
+    text = compare_results(tmp_path / "a" / "results.json", tmp_path / "b" / "results.json")
+    assert text.startswith("> warning: the two runs used different judges (judge-1 vs judge-2)")
+    assert "prompt files" not in text and "protocols" not in text
+    same = compare_results(tmp_path / "a" / "results.json", tmp_path / "a" / "results.json")
+    assert "warning" not in same
+
+
+def test_the_official_per_image_file_round_trips_and_reads_by_the_official_rule(tmp_path):
+    from flowrl.benchmarks.unigenbench.interop import COLUMNS, read_official_results, write_official_results
+    from flowrl.benchmarks.unigenbench.store import JudgmentStore
+
+    prompts, verdicts = make_prompts(), make_verdicts()
+    with JudgmentStore(tmp_path / "j.sqlite") as store:
+        for image in sorted({v.image for v in verdicts}):
+            mine = [v for v in verdicts if v.image == image]
+            store.record(image, mine[0].prompt_index, mine, model="m", raw=f"answer for {image}")
+        path = write_official_results(tmp_path / "official.csv", prompts, store.verdicts(), store, tmp_path / "img")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert tuple(rows[0]) == COLUMNS and rows[1][0] == "0" and rows[1][3] == "answer for 0_0.png"
+    assert rows[1][2] == str([p.name for p in prompts[0].testpoints])  # the Python list, as the official file
+    key = lambda v: (v.image, v.testpoint)  # noqa: E731
+    assert sorted(read_official_results(path), key=key) == sorted(verdicts, key=key)
+    # written by the official scripts: a failed image (null), booleans (not literals) and a string score
+    official = tmp_path / "theirs.csv"
+    with open(official, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        result = {"prompt": "p", "testpoint": ["Style", "Grammar"], "analysis": ["a", "b"], "score": [1, "1"]}
+        writer.writerow(["3", "p", "['Style', 'Grammar']", "x", json.dumps(result, indent=4), "eval_data/en/m/3_0.png"])
+        writer.writerow(["3", "p", "['Style', 'Grammar']", "", "null", "eval_data/en/m/3_1.png"])
+        booleans = json.dumps({**result, "score": [True, False]}, indent=4)
+        writer.writerow(["3", "p", "['Style', 'Grammar']", "x", booleans, "eval_data/en/m/3_2.png"])
+    assert read_official_results(official) == [
+        Verdict("3_0.png", 3, "Style", True, "a"),
+        Verdict("3_0.png", 3, "Grammar", False, "b"),  # '1' is not 1
+    ]
+
+
+def test_compare_pairs_the_verdicts_of_two_runs_per_dimension(tmp_path):
+    from flowrl.benchmarks.unigenbench.interop import write_official_results
+    from flowrl.benchmarks.unigenbench.store import JudgmentStore
+
+    prompts = make_prompts()
+    flipped = [  # run B gets every Style verdict right, the rest as run A
+        Verdict(v.image, v.prompt_index, v.testpoint, True if v.testpoint == STYLE else v.correct, v.explanation)
+        for v in make_verdicts()
+    ]
+    for name, verdicts in (("a", make_verdicts()), ("b", flipped)):
+        with JudgmentStore(tmp_path / f"{name}.sqlite") as store:
+            for image in sorted({v.image for v in verdicts}):
+                mine = [v for v in verdicts if v.image == image]
+                store.record(image, mine[0].prompt_index, mine, model="m", raw="")
+            write_official_results(tmp_path / name / "official_results.csv", prompts, verdicts, store, tmp_path)
+        write_reports(aggregate(prompts, verdicts, meta={"policy": name}), prompts, verdicts, tmp_path, tmp_path / name)
+    text = compare_results(tmp_path / "a" / "results.json", tmp_path / "b" / "results.json")
+    # Style: 3 of 4 right in A, 4 of 4 in B: one pair where only B is right, +25 pp; the others unchanged
+    assert "| Style | 4 | +25.0 pp |" in text and "| World Knowledge | 2 | +0.0 pp |" in text
+    assert "Verdict by verdict on the 12 (image, test point) pairs" in text

@@ -199,7 +199,7 @@ def _tally(keys_and_outcomes: Iterable[tuple[str, bool]]) -> dict[str, Tally]:
 
 
 def _coverage(
-    prompts: dict[int, BenchPrompt], verdicts: list[Verdict], images_per_prompt: int | None
+    prompts: dict[int, BenchPrompt], verdicts: list[Verdict], images_per_prompt: int | None, suffix: str = ".png"
 ) -> tuple[list[str], list[str]]:
     """(images judged on only some of their prompt's test points, expected images with no verdict)."""
     judged: dict[str, Counter[str]] = defaultdict(Counter)
@@ -218,7 +218,7 @@ def _coverage(
     missing: list[str] = []
     if images_per_prompt is not None:
         names = {Path(image).name for image in judged}
-        expected = (f"{index}_{k}.png" for index in sorted(prompts) for k in range(images_per_prompt))
+        expected = (f"{index}_{k}{suffix}" for index in sorted(prompts) for k in range(images_per_prompt))
         missing = [name for name in expected if name not in names]
     return incomplete, missing
 
@@ -234,10 +234,11 @@ def aggregate(
     *,
     images_per_prompt: int | None = None,
     meta: dict[str, Any] | None = None,
+    suffix: str = ".png",
 ) -> Results:
     """Tally verdicts per sub-dimension, primary dimension, theme and subtheme; Overall is the
     unweighted mean of primary-dimension accuracies. With `images_per_prompt`, images
-    `{index}_{k}.png` (k < images_per_prompt) of listed prompts that have no verdict are reported missing."""
+    `{index}_{k}{suffix}` (k < images_per_prompt) of listed prompts that have no verdict are reported missing."""
     by_index: dict[int, BenchPrompt] = {}
     for p in prompts:
         if p.index in by_index:
@@ -251,7 +252,7 @@ def aggregate(
     points = [TestPoint(v.testpoint, "") for v in verdicts]
     owners = [by_index[v.prompt_index] for v in verdicts]
     primary = _tally((tp.primary, v.correct) for tp, v in zip(points, verdicts))
-    incomplete, missing = _coverage(by_index, verdicts, images_per_prompt)
+    incomplete, missing = _coverage(by_index, verdicts, images_per_prompt, suffix)
     return Results(
         sub_dimensions=_tally((tp.sub, v.correct) for tp, v in zip(points, verdicts)),
         primary_dimensions=primary,

@@ -10,8 +10,8 @@ from pathlib import Path
 COMMIT = "49d0bcebb0b9418d975d3957c2fee10f34811d14"  # the official repository, pinned (2026-06)
 RELEASE_URL = f"https://raw.githubusercontent.com/CodeGoat24/UniGenBench/{COMMIT}/data"
 URL_ENV = "FLOWRL_UNIGENBENCH_URL"  # another mirror of the data/ folder (its files are not hash-checked)
-# sha256 of each file at COMMIT; the English short file has 110 "Logical Reasoning" test points, as
-# the leaderboard counts (Pref-GRPO's copy has one more, at index 428)
+# sha256 of each file at COMMIT. Its English short file has 109 "Logical Reasoning" test points;
+# Pref-GRPO's copy has 110 (one more, at index 428), the count the leaderboard's figures fit.
 SHA256 = {
     "test_prompts_en.csv": "f82e8ce854985ef963378eaaf8ce12f2e3a57dd6f53e1aea84a61fbeadfe4459",
     "test_prompts_en_long.csv": "5d2c3d642cc4923504b662ad15b425c2d161a137884701881e00c2691a697253",

@@ -18,9 +18,14 @@ def image_name(index: int, k: int) -> str:
     return f"{index}_{k}.png"
 
 
-def image_seed(seed: int, index: int, k: int) -> int:
+OFFICIAL_SEED = 3407  # the official inference script seeds image k of every prompt with 3407 + k
+
+
+def image_seed(seed: int, index: int, k: int, seeds: str = "flowrl") -> int:
     """The noise seed of image k of prompt `index`: a function of these alone, so a resumed or
-    partial run draws the same image."""
+    partial run draws the same image; seeds="official": 3407 + k for every prompt."""
+    if seeds == "official":
+        return OFFICIAL_SEED + k
     return ((seed * 1_000_003 + index) * 1_009 + k) % (2**62)
 
 
@@ -45,6 +50,8 @@ def generate_images(
     shift: float = 3.0,
     batch_size: int = 4,
     progress: bool = True,
+    seeds: str = "flowrl",
+    grid: str = "scheduler",
 ) -> dict[str, int]:
     """Draw the images of `prompts` into out_dir that are not there yet; returns counts
     {"generated", "existing"}."""
@@ -64,11 +71,12 @@ def generate_images(
         images = generate(
             policy,
             [p.text for p, _ in chunk],
-            [image_seed(seed, p.index, k) for p, k in chunk],
+            [image_seed(seed, p.index, k, seeds) for p, k in chunk],
             steps=steps,
             guidance=guidance,
             shift=shift,
             batch_size=batch_size,
+            grid=grid,
         )
         for (p, k), image in zip(chunk, images):
             save_png(image, out_dir / image_name(p.index, k))

@@ -31,6 +31,8 @@ import base64
 import json
 import os
 import re
+import threading
+import time
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -41,6 +43,7 @@ from tqdm.auto import tqdm
 
 from flowrl.rewards.http import (
     chat_answer_text,
+    check_chat_server,
     check_client_numbers,
     check_url,
     pooled_session,
@@ -388,6 +391,7 @@ class Judge:
         parse_retries: int | None = None,
         instruction: str | None = None,
         protocol: OfficialProtocol | None = None,
+        requests_per_minute: float | None = None,
     ) -> None:
         """base_url: the API root (…/v1), from $FLOWRL_JUDGE_URL when not given, else
         http://127.0.0.1:8000/v1; model: the served model name; api_key_env: the environment
@@ -441,6 +445,12 @@ class Judge:
         self.api_key_env = api_key_env
         self.headers = request_headers("application/json", api_key_env)
         self.session = pooled_session(concurrency)
+        if requests_per_minute is not None and not requests_per_minute > 0:
+            raise ValueError(f"UniGenBench judge requests_per_minute must be positive, got {requests_per_minute!r}")
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0  # between request starts
+        self._pace = threading.Lock()
+        self._next_start = 0.0
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}  # summed over this judge's answers
 
     def __repr__(self) -> str:
         return f"Judge({self.model!r} at {self.base_url!r}, language={self.language!r})"
@@ -483,6 +493,7 @@ class Judge:
         text, missing = "", list(range(len(names)))
         for _ in range(1 + self.parse_retries):
             response = self._post(body, name)
+            self._count_usage(response)
             text, _, problem = chat_answer_text(response)
             found = self.read(text, names) if problem is None else {}
             missing = [i for i in range(len(names)) if i not in found]
@@ -512,6 +523,10 @@ class Judge:
             answer=text,
         )
 
+    def check_server(self) -> list[str] | None:
+        """The served model names; fails before any image is drawn when the judge cannot answer."""
+        return check_chat_server(self.session, self.base_url, self.model, "UniGenBench judge", self.headers)
+
     def read(self, text: str, names: list[str]) -> dict[int, tuple[bool, str]]:
         """{position: (correct, reason)} of the test points an answer gives verdicts for."""
         if self.protocol is None:
@@ -519,8 +534,25 @@ class Judge:
         parsed = parse_official(text, len(names))
         return dict(enumerate(parsed)) if parsed is not None else {}
 
+    def _count_usage(self, response: requests.Response) -> None:
+        """Add an answer's token usage (OpenAI's `usage` field, when the server sends one)."""
+        try:
+            usage = response.json().get("usage") or {}
+        except (ValueError, AttributeError):
+            usage = {}
+        with self._pace:
+            self.usage["requests"] += 1
+            for key in ("prompt_tokens", "completion_tokens"):
+                if isinstance(usage.get(key), int):
+                    self.usage[key] += usage[key]
+
     def _post(self, body: dict, name: str) -> requests.Response:
         """One judge request with rewards.http's retries; failures raise RewardServiceError naming the URL."""
+        if self.interval:  # --requests-per-minute: request starts at least `interval` apart
+            with self._pace:
+                start = max(time.monotonic(), self._next_start)
+                self._next_start = start + self.interval
+            time.sleep(max(0.0, start - time.monotonic()))
         return post_with_retries(
             self.session,
             self.endpoint,

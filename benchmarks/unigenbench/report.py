@@ -3,10 +3,12 @@ built on the shared machinery in benchmarks/report.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
 
+from ..paired import PairedDifference, mean_of_groups, paired_difference
 from ..report import (
     Entry,
     ImageRecord,
@@ -20,6 +22,7 @@ from ..report import (
     write_markdown,
 )
 from .aggregate import Results, Tally, subtheme_key
+from .interop import read_official_results
 from .types import BenchPrompt, Verdict
 
 TITLE = "UniGenBench"
@@ -141,12 +144,84 @@ def write_reports(
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     meta = {**results.meta, "overall": f"{100 * results.overall:.2f}%", "images": str(image_dir)}
+    leaderboard = out_dir / "leaderboard.md"
+    name = str(results.meta.get("model") or results.meta.get("policy") or "model").replace("|", "\\|")
+    leaderboard.write_text(leaderboard_markdown(results, name), encoding="utf-8")
     return {
         "json": json_path,
+        "leaderboard": leaderboard,
         "markdown": write_markdown(out_dir / "results.md", _title(results), tables, notes),
         "csv": write_csv(out_dir / "results.csv", tables),
         "html": write_html(out_dir / "report.html", _title(results), tables, entries, meta, notes),
     }
+
+
+# The leaderboard's column order of the primary dimensions (names as the prompt files spell them).
+LEADERBOARD_ORDER = (
+    "Style", "World Knowledge", "Attribute", "Action", "Relationship",
+    "Logical Reasoning", "Grammar", "Compound", "Entity Layout", "Text Generation",
+)  # fmt: skip
+
+
+def leaderboard_markdown(results: Results, name: str) -> str:
+    """The results as a leaderboard row (Overall, then the primary dimensions, two decimals), then
+    each primary dimension with its sub-dimensions."""
+    primaries = sorted(
+        results.primary_dimensions,
+        key=lambda p: (LEADERBOARD_ORDER.index(p) if p in LEADERBOARD_ORDER else len(LEADERBOARD_ORDER), p),
+    )
+    overall = "-" if not results.num_verdicts else f"{100 * results.overall:.2f}"
+    cells = [overall] + [f"{100 * results.primary_dimensions[p].accuracy:.2f}" for p in primaries]
+    lines = [
+        "| Model | Overall | " + " | ".join(primaries) + " |",
+        "|---|" + "---:|" * (len(primaries) + 1),
+        f"| {name} | " + " | ".join(cells) + " |",
+        "",
+    ]
+    for primary in primaries:
+        subs = [k for k in results.sub_dimensions if k.split("-", 1)[0].strip() == primary and k != primary]
+        if subs:
+            row = " | ".join(
+                f"{k.split('-', 1)[1].strip()} {100 * results.sub_dimensions[k].accuracy:.2f}" for k in subs
+            )
+            lines.append(f"- **{primary}** {100 * results.primary_dimensions[primary].accuracy:.2f}: {row}")
+    return "\n".join(lines) + "\n"
+
+
+def paired_unigenbench(csv_a: Path, csv_b: Path) -> tuple[tuple[PairedDifference, ...], str]:
+    """Per primary dimension, the verdicts of both runs paired by image and test point (the
+    per-image files beside the results), with the Overall as the mean over dimensions."""
+    if not csv_a.is_file() or not csv_b.is_file():
+        return (), "No paired test: a run has no official_results.csv beside its results.json."
+    a = {(Path(v.image).stem, v.testpoint): v.correct for v in read_official_results(csv_a)}
+    b = {(Path(v.image).stem, v.testpoint): v.correct for v in read_official_results(csv_b)}
+    shared = sorted(set(a) & set(b))
+    if not shared:
+        return (), "No paired test: the runs judged no image and test point in common."
+    groups: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
+    for key in shared:
+        primary = key[1].split("-", 1)[0].strip()
+        groups[primary][0].append(a[key])
+        groups[primary][1].append(b[key])
+    parts = [paired_difference(name, xs, ys) for name, (xs, ys) in sorted(groups.items())]
+    note = (
+        f"Verdict by verdict on the {len(shared)} (image, test point) pairs both runs judged. p: exact McNemar "
+        "test per primary dimension; Overall is their mean (normal approximation). Intervals: 95%."
+    )
+    return (*parts, mean_of_groups("Overall", parts)), note
+
+
+def comparison_warnings(a: Results, b: Results) -> list[str]:
+    """What makes two results not comparable: other prompt files, judges, protocols or dimensions."""
+    warnings = []
+    for key, what in (("prompt_file_sha256", "prompt files"), ("judge_model", "judges"), ("protocol", "protocols")):
+        left, right = a.meta.get(key), b.meta.get(key)
+        if left is not None and right is not None and left != right:
+            warnings.append(f"the two runs used different {what} ({left} vs {right})")
+    if set(a.sub_dimensions) != set(b.sub_dimensions):
+        only = sorted(set(a.sub_dimensions) ^ set(b.sub_dimensions))
+        warnings.append(f"the two runs judged different sub-dimensions (in one only: {only[:5]})")
+    return warnings
 
 
 def _title(results: Results) -> str:
@@ -171,6 +246,9 @@ def compare_results(path_a: str | Path, path_b: str | Path, out_dir: str | Path 
     if label_a == label_b:
         label_a, label_b = f"{label_a} ({path_a})", f"{label_b} ({path_b})"
     comparison = compare_tables(results_tables(a), results_tables(b), label_a, label_b)
+    paired, note = paired_unigenbench(path_a.parent / "official_results.csv", path_b.parent / "official_results.csv")
+    comparison = dataclasses.replace(comparison, paired=paired, paired_note=note)
     if out_dir is not None:
         comparison.write(out_dir)
-    return comparison.markdown()
+    warnings = comparison_warnings(a, b)
+    return "".join(f"> warning: {w}\n" for w in warnings) + ("\n" if warnings else "") + comparison.markdown()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from .aggregate import aggregate
 from .download import resolve_prompt_file
 from .generate import IMAGES_PER_PROMPT, generate_images, image_name
+from .interop import write_official_results
 from .judge import Judge
 from .prompts import load_prompts_report
 from .protocol import OfficialProtocol
@@ -25,6 +27,8 @@ from .report import write_reports
 from .store import JudgmentStore
 
 PROTOCOLS = ("official", "flowrl")
+SAMPLINGS = ("flowrl", "official")  # our defaults per backend, or the official inference script's
+OFFICIAL_RESOLUTION = 1024  # the official FLUX.1-dev inference: 30 steps, guidance 3.5, seeds 3407 + k
 # Sampling defaults per backend: the toy model's own, and the papers' evaluation settings.
 SAMPLING = {
     "toy": {"steps": 20, "guidance": 4.0, "shift": 1.0},
@@ -55,6 +59,9 @@ class UniGenBenchRun:
     protocol: str = "official"  # the official judging request and answer rule, or flowrl (our prompt)
     regenerate: bool = False  # settings changed: draw the images again (and judge them again)
     rejudge: bool = False  # judge settings changed: judge the images again
+    sampling: str = "flowrl"  # or official: the official inference settings (published for FLUX.1-dev)
+    images: str | None = None  # the image folder (default OUT/images), e.g. the official eval_data/<category>/<model>
+    image_suffix: str = ".png"  # the images' file suffix (another than .png only with judge_only)
 
 
 def backend_of(policy) -> str:
@@ -74,8 +81,18 @@ def generate_step(run: UniGenBenchRun, prompts: list, image_dir: Path, progress:
         else ("cpu" if run.device == "auto" else run.device)
     )
     dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    policy = load_trained_policy(run.policy, device=device, dtype=dtype, resolution=run.resolution)
-    sampling = dict(SAMPLING[backend_of(policy)])
+    official = run.sampling == "official"
+    resolution = run.resolution or (OFFICIAL_RESOLUTION if official else None)
+    policy = load_trained_policy(run.policy, device=device, dtype=dtype, resolution=resolution)
+    backend = backend_of(policy)
+    if official and backend != "flux":
+        raise ValueError(
+            f"--sampling official: the official inference settings are published for FLUX.1-dev only, not for "
+            f"this {backend} checkpoint; use --sampling flowrl"
+        )
+    sampling = dict(SAMPLING[backend])
+    if official:
+        sampling.update(steps=30, guidance=3.5, shift=flux_dynamic_shift(policy, resolution))
     sampling.update({k: getattr(run, k) for k in sampling if getattr(run, k) is not None})
     return generate_images(
         policy,
@@ -85,8 +102,20 @@ def generate_step(run: UniGenBenchRun, prompts: list, image_dir: Path, progress:
         run.seed,
         batch_size=run.batch_size,
         progress=progress,
+        seeds="official" if official else "flowrl",
+        grid="time_shift" if official else "scheduler",  # FLUX's pipeline: linspace(1, 1/N, N), shifted
         **sampling,
     )
+
+
+def flux_dynamic_shift(policy, resolution: int) -> float:
+    """FLUX's resolution-dependent shift as a constant one: exp(mu), mu linear in the number of
+    image tokens between the scheduler's base and max settings (1.15 at 1024 px: shift 3.16)."""
+    config = dict(getattr(getattr(getattr(policy, "pipeline", None), "scheduler", None), "config", {}) or {})
+    low, high = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    base, top = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    tokens = (resolution // 16) ** 2  # 8x VAE, then 2x2 patches
+    return math.exp(base + (top - base) * (tokens - low) / (high - low))
 
 
 def fingerprint(run: UniGenBenchRun, prompt_file: Path, prompts: list, judge: Judge) -> dict:
@@ -97,7 +126,10 @@ def fingerprint(run: UniGenBenchRun, prompt_file: Path, prompts: list, judge: Ju
         "policy": run.policy,
         "prompt_file_sha256": hashlib.sha256(prompt_file.read_bytes()).hexdigest(),
         "prompts_sha256": hashlib.sha256(json.dumps(listed, ensure_ascii=False).encode()).hexdigest(),
-        **{key: getattr(run, key) for key in ("images_per_prompt", "seed", "steps", "guidance", "shift", "resolution")},
+        **{
+            key: getattr(run, key)
+            for key in ("images_per_prompt", "seed", "steps", "guidance", "shift", "resolution", "sampling")
+        },
     }
     protocol = judge.protocol.fingerprint if judge.protocol is not None else "flowrl"
     instruction = hashlib.sha256(judge.instruction.encode()).hexdigest() if judge.protocol is None else None
@@ -105,12 +137,14 @@ def fingerprint(run: UniGenBenchRun, prompt_file: Path, prompts: list, judge: Ju
     return {"images": images, "judging": judging}
 
 
-def check_folder(out: Path, run: UniGenBenchRun, current: dict) -> dict:
+def check_folder(out: Path, images: Path, run: UniGenBenchRun, current: dict) -> dict:
     """The fingerprint to record: refuses a rerun whose settings differ from the folder's (naming
     what differs) unless asked to regenerate or re-judge, which clears what the change invalidates."""
     path = out / "fingerprint.json"
     stored = json.loads(path.read_text()) if path.is_file() else None
-    images, store = out / "images", out / "judgments.sqlite"
+    store = out / "judgments.sqlite"
+    if run.regenerate and images.resolve() != (out / "images").resolve():
+        raise ValueError(f"--regenerate deletes images; it is refused for a folder outside --out ({images})")
     has_images = images.is_dir() and any(images.iterdir())
     if stored is None:
         if (has_images or store.is_file()) and not run.judge_only:
@@ -150,24 +184,37 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
     """Run every stage that is not done yet and write the results; returns a summary with the
     counts of each stage and the report paths."""
     out = Path(run.out)
-    image_dir = out / "images"
+    image_dir = Path(run.images) if run.images else out / "images"
+    if run.image_suffix != ".png" and not run.judge_only:
+        raise ValueError(f"image_suffix {run.image_suffix!r}: images are drawn as .png; other suffixes with judge_only")
     prompt_file = resolve_prompt_file(run.prompts)
     loaded = load_prompts_report(prompt_file, on_error=run.on_bad_row)
     prompts = loaded.prompts[: run.limit] if run.limit else loaded.prompts
     if not prompts:
         raise ValueError(f"{run.prompts}: no prompts to evaluate")
-    if run.protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {run.protocol!r}")
+    if run.protocol not in PROTOCOLS or run.sampling not in SAMPLINGS:
+        raise ValueError(
+            f"need protocol in {PROTOCOLS} and sampling in {SAMPLINGS}, got {run.protocol!r}, {run.sampling!r}"
+        )
     protocol = OfficialProtocol.load(loaded.language) if run.protocol == "official" else None
     # judge in the prompt file's language; built before any image is drawn, so a bad option fails first
     judge = Judge(**{"language": loaded.language, **run.judge, "protocol": protocol})
     out.mkdir(parents=True, exist_ok=True)
-    recorded = check_folder(out, run, fingerprint(run, prompt_file, prompts, judge))
+    recorded = check_folder(out, image_dir, run, fingerprint(run, prompt_file, prompts, judge))
     (out / "fingerprint.json").write_text(json.dumps(recorded, indent=2))
     (out / "run.json").write_text(json.dumps(vars(run), indent=2))
     started = time.time()
-    expected = [(image_dir / image_name(p.index, k), p) for p in prompts for k in range(run.images_per_prompt)]
+    expected = [
+        (image_dir / image_name(p.index, k).replace(".png", run.image_suffix), p)
+        for p in prompts
+        for k in range(run.images_per_prompt)
+    ]
     present = sum(path.is_file() for path, _ in expected)
+    with JudgmentStore(out / "judgments.sqlite") as store:
+        judged_before = store.done_images()
+    # images to judge ahead (drawn by this run, or on disk): the judge must answer before any work
+    if any(p.name not in judged_before and (p.is_file() or not run.judge_only) for p, _ in expected):
+        judge.check_server()
     if run.judge_only or present == len(expected):  # nothing to draw: load no model
         generated = {"generated": 0, "existing": present}
     else:
@@ -193,9 +240,15 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
             for s in loaded.skipped
         ],
         "missing_images": len(expected) - len(items),
+        "fixed_rows": loaded.fixed,
+        "judge_usage": dict(judge.usage),  # this run's requests and tokens (not those of earlier runs)
     }
-    results = aggregate(prompts, verdicts, images_per_prompt=run.images_per_prompt, meta=meta)
+    results = aggregate(prompts, verdicts, images_per_prompt=run.images_per_prompt, meta=meta, suffix=run.image_suffix)
     paths = write_reports(results, prompts, verdicts, image_dir, out)
+    with JudgmentStore(out / "judgments.sqlite") as store:  # the official per-image file, for side-by-side checks
+        paths["official_csv"] = write_official_results(
+            out / "official_results.csv", prompts, verdicts, store, image_dir
+        )
     return {
         "prompts": len(prompts),
         **generated,
@@ -203,6 +256,7 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
         "already_judged": judged["skipped"],
         "failed": judged["failed"],
         "missing": len(expected) - len(items),
+        "usage": dict(judge.usage),
         "overall": results.overall if verdicts else None,
         "seconds": time.time() - started,
         "reports": {k: str(v) for k, v in paths.items()},
