@@ -3,6 +3,7 @@ objective's own state and where the run stands; and what a failure saves."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,14 @@ from .backend import TrainingBackend
 from .config import TrainConfig
 from .run_files import (
     append_metrics,
+    archived_checkpoints,
     forget_earlier_run,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
     truncate_metrics,
+    verify_checkpoint,
 )
 from .sharding import full_tensors, load_full
 
@@ -116,7 +119,7 @@ class Checkpointer:
             "evaluation_due": evaluation_due,
             **self.objective.state_dict(),
         }
-        save_checkpoint(self.directory, weights, ema, state)
+        save_checkpoint(self.directory, weights, ema, state, keep=self.config.keep_checkpoints)
         self.progress.saved_iteration = self.progress.iteration
 
     def save_after_failure(self, what: str, rng: dict, record: dict | None = None) -> None:
@@ -164,14 +167,39 @@ class Checkpointer:
             )
         return "a rerun starts over (no checkpoint yet)"
 
+    def candidates(self) -> list[Path]:
+        """The checkpoints a resume may load, in order: the last one (or, after a crash mid-swap,
+        the one moved aside), then the earlier ones kept, newest first."""
+        last = [self.directory, self.directory.with_name(self.directory.name + ".old")]
+        return [path for path in last if path.is_dir()] + archived_checkpoints(self.out)
+
     def resume(self) -> bool:
-        """Load out/checkpoint when resuming is on and one exists; False to start over."""
-        directory = self.directory
-        if not directory.is_dir() and directory.with_name(directory.name + ".old").is_dir():
-            directory = directory.with_name(directory.name + ".old")  # a crash mid-swap
-        if not (self.config.resume and directory.is_dir()):
+        """Load the newest sound checkpoint when resuming is on and one exists; False to start over.
+        A damaged one is named and the next older one taken; if all are damaged, the run stops."""
+        candidates = self.candidates()
+        if not (self.config.resume and candidates):
             return False
-        weights, ema, state = load_checkpoint(directory)
+        damaged: dict[Path, str] = {}
+        for directory in candidates:
+            try:
+                verify_checkpoint(directory)
+                weights, ema, state = load_checkpoint(directory)
+                break
+            except Exception as error:  # noqa: BLE001  (safetensors raises its own type on a truncated file)
+                damaged[directory] = f"{directory.name}: {error}"
+        else:
+            raise ValueError(
+                f"{self.out}: no sound checkpoint to resume ({'; '.join(damaged.values())}); resume=false starts over"
+            )
+        if damaged and self.rank == 0:  # set aside (kept for a look), so that no later save keeps them
+            for path in damaged:
+                aside = path.with_name(path.name + ".damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+            print(
+                f"skipped damaged checkpoints ({'; '.join(damaged.values())}), now *.damaged; resuming from {directory}",
+                file=sys.stderr,
+            )
         saved = dict(state["config"])
         mismatched = [k for k in SAME_RUN_KEYS if k in saved and saved[k] != getattr(self.config, k)]
         if mismatched:

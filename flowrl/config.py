@@ -147,6 +147,10 @@ class TrainConfig:
         "", "also log metrics to tensorboard, wandb or both (comma-separated); metrics.jsonl is always written"
     )
     checkpoint_every: int = option(10, "checkpoint every this many iterations (and at the end)")
+    keep_checkpoints: int = option(2, "checkpoints kept: the last in checkpoint/, earlier ones in checkpoints/")
+    stall_iterations: int = option(
+        5, "stop (with a checkpoint) after this many iterations that train nothing; 0: never"
+    )
     max_batch: int = option(256, "rows per model call in rollouts and scoring (memory knob)")
 
     def to_dict(self) -> dict:
@@ -329,6 +333,7 @@ def validate(config: TrainConfig) -> None:
         "eval_per_category",
         "checkpoint_every",
         "ema_every",
+        "keep_checkpoints",
     ):
         need(getattr(config, key) >= 1, key, "must be at least 1")
     for key in (
@@ -344,6 +349,7 @@ def validate(config: TrainConfig) -> None:
         "eval_every",
         "threads",
         "lr_warmup",
+        "stall_iterations",
     ):
         need(getattr(config, key) >= 0, key, "must not be negative")
     need(config.lr > 0, "lr", "must be positive")

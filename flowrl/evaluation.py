@@ -86,10 +86,13 @@ class Evaluator:
                 **{f"eval/{k}": v for k, v in report.accuracy.items()},
             }
             nrow = config.eval_per_category
+            captions = [("ok " if r["correct"] else "no ") + r["prompt"] for r in report.records]
         else:
             stats, images = self.evaluate_reward(iteration, name)
             nrow = min(8, len(self.prompts))
-        save_grid(images, self.samples / f"{name}.png", nrow=nrow, scale=max(1, 128 // images.shape[-1]))
+            captions = list(self.prompts)[: len(images)]
+        scale = max(1, 128 // images.shape[-1])
+        save_grid(images, self.samples / f"{name}.png", nrow=nrow, scale=scale, captions=captions)
         stats["time/eval"] = time.perf_counter() - start
         return stats
 

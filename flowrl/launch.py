@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -110,6 +111,20 @@ class Processes:
 
     def log(self, record: dict[str, Any]) -> None:
         self.accelerator.log({k: v for k, v in record.items() if k != "iteration"}, step=record["iteration"])
+
+    def log_image(self, name: str, path: Path, step: int) -> None:
+        """An image file (an evaluation's sample grid) to the trackers that take images."""
+        if not self.trackers or not path.is_file():
+            return
+        import numpy as np
+        from PIL import Image
+
+        array = np.asarray(Image.open(path).convert("RGB"))
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({name: array[None]}, step=step, dataformats="NHWC")
+            elif hasattr(tracker, "log_images"):  # wandb: one wandb.Image per array
+                tracker.log_images({name: [array]}, step=step)
 
     def end(self) -> None:
         """Every process takes the group down together: one leaving while a peer still worked on

@@ -73,8 +73,9 @@ def finish_run_files(out: Path) -> dict[str, Any]:
 
 
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:
-    """A small PNG of the training reward per iteration (blue) and eval accuracy (red dots)."""
-    width, height, pad = 640, 360, 40
+    """A PNG of the training reward per iteration (blue line) and the evaluations (red dots), with
+    labelled ticks on both axes."""
+    width, height, left, right, top, bottom = 640, 360, 56, 16, 28, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     points = [(r["iteration"], r[key]) for r in records if key in r]
@@ -85,21 +86,29 @@ def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_k
         lo, hi = min(values + [0.0]), max(values + [1.0])
 
         def scale(i, v):
-            return (pad + (width - 2 * pad) * i / x_max, height - pad - (height - 2 * pad) * (v - lo) / (hi - lo or 1))
+            x = left + (width - left - right) * i / x_max
+            return x, height - bottom - (height - top - bottom) * (v - lo) / (hi - lo or 1)
 
-        draw.line([(pad, height - pad), (width - pad, height - pad)], fill="black")
-        draw.line([(pad, pad), (pad, height - pad)], fill="black")
+        draw.line([(left, height - bottom), (width - right, height - bottom)], fill="black")
+        draw.line([(left, top), (left, height - bottom)], fill="black")
+        for k in range(5):  # ticks: five levels of each axis
+            value = lo + (hi - lo) * k / 4
+            _, y = scale(0, value)
+            draw.line([(left - 4, y), (left, y)], fill="black")
+            draw.line([(left + 1, y), (width - right, y)], fill=(230, 230, 230))
+            draw.text((4, y - 5), f"{value:.2f}", fill="black")
+            iteration = round(x_max * k / 4)
+            x, _ = scale(iteration, lo)
+            draw.line([(x, height - bottom), (x, height - bottom + 4)], fill="black")
+            draw.text((x - 3 * len(str(iteration)), height - bottom + 6), str(iteration), fill="black")
+        draw.text((width // 2 - 24, height - 14), "iteration", fill="black")
         draw.line(
             [scale(i, v) for i, v in points] if len(points) > 1 else [scale(*points[0])] * 2, fill="blue", width=2
         )
         for i, v in evals:
             x, y = scale(i, v)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="red")
-        draw.text(
-            (pad, 8),
-            f"{key} (blue), {eval_key} (red); y in [{lo:.2f}, {hi:.2f}], x: iteration 0..{x_max}",
-            fill="black",
-        )
+        draw.text((left, 8), f"{key} (blue line), {eval_key} (red dots)", fill="black")
     image.save(path)
     return path
 
@@ -136,7 +145,16 @@ def forget_earlier_run(directory: Path) -> list[str]:
     """Remove what an earlier run left in `directory` that a fresh start would otherwise mix with
     its own (metrics, checkpoint, evaluation samples, curve); returns the names removed."""
     removed = []
-    for name in ("metrics.jsonl", "checkpoint", "checkpoint.old", "checkpoint.tmp", "samples", "reward_curve.png"):
+    for name in (
+        "metrics.jsonl",
+        "checkpoint",
+        "checkpoint.old",
+        "checkpoint.tmp",
+        "checkpoints",
+        "checkpoint.damaged",
+        "samples",
+        "reward_curve.png",
+    ):
         path = directory / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -168,11 +186,20 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+MANIFEST = "manifest.json"
+
+
 def save_checkpoint(
-    directory: Path, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None, state: dict
+    directory: Path,
+    weights: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor] | None,
+    state: dict,
+    keep: int = 1,
 ) -> Path:
-    """Write weights (safetensors), EMA and the rest (optimizer, RNG, iteration) to a temporary
-    directory, then swap it in: an interrupted save never damages the previous checkpoint."""
+    """Write weights (safetensors), EMA and the rest (optimizer, RNG, iteration) with a manifest of
+    their sha256 to a temporary directory, then swap it in: an interrupted save never damages the
+    previous checkpoint. keep > 1: the previous one moves to checkpoints/iter_NNNNN (the newest
+    keep - 1 of those stay), so a checkpoint damaged later still leaves an earlier one."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -180,12 +207,72 @@ def save_checkpoint(
     if ema is not None:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
     torch.save(state, tmp / "state.pt")
+    files = {path.name: file_sha256(path) for path in sorted(tmp.iterdir())}
+    (tmp / MANIFEST).write_text(json.dumps({"iteration": int(state.get("iteration", 0)), "files": files}, indent=1))
+    previous = json.loads((directory / MANIFEST).read_text())["iteration"] if (directory / MANIFEST).is_file() else None
+    if keep > 1 and previous is not None and previous != int(state.get("iteration", 0)):  # not a re-save
+        archive = directory.parent / "checkpoints"
+        archive.mkdir(exist_ok=True)
+        iteration = previous
+        target = archive / f"iter_{iteration:05d}"
+        shutil.rmtree(target, ignore_errors=True)
+        directory.rename(target)  # a crash before the swap below resumes from here
+        for old in archived_checkpoints(directory.parent)[keep - 1 :]:
+            shutil.rmtree(old, ignore_errors=True)
     replace_directory(tmp, directory)
     return directory
 
 
+def archived_checkpoints(out: Path) -> list[Path]:
+    """The earlier checkpoints kept in out/checkpoints, newest first."""
+    archive = out / "checkpoints"
+    if not archive.is_dir():
+        return []
+    return sorted((p for p in archive.glob("iter_*") if p.name[len("iter_") :].isdigit()), reverse=True)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise ValueError naming the first file of a checkpoint that is missing or differs from its
+    manifest (a checkpoint without a manifest, written by an older flowrl, is not checked)."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{manifest} is not a readable checkpoint manifest") from None
+    for name, digest in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing")
+        if file_sha256(path) != digest:
+            raise ValueError(f"{path} differs from its manifest (damaged or altered)")
+
+
+def umask_modes(directory: Path) -> None:
+    """Give every file under `directory` the mode the umask gives new files (safetensors writes
+    its files 0600, everything else 0644 under the usual umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o666 & ~mask)
+
+
 def replace_directory(new: Path, directory: Path) -> None:
-    """Swap a finished directory in for `directory` (the old one moved aside first, then removed)."""
+    """Swap a finished directory in for `directory` (the old one moved aside first, then removed);
+    its files get the umask's mode first."""
+    umask_modes(new)
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():

@@ -27,6 +27,7 @@ from .policies.sd3_velocity import sd3_velocity
 from .policies.toy import SHIPPED_DIR, ToyConfig, ToyModel, load_toy, save_toy
 from .run_files import lock_run_directory, truncate_metrics
 from .schedules import learning_rate
+from .shipping import ship
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -180,8 +181,7 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
     log.close()
     final = save_toy(ema, out / "ema")
     if args.ship and done >= args.steps:
-        save_toy(ema, SHIPPED_DIR)
-        print(f"shipped EMA weights to {SHIPPED_DIR}")
+        ship(out / "ema", SHIPPED_DIR, done)
     elif args.ship:
         print(f"not shipped: step {done} of {args.steps}; the run ships when it completes")
     stopped_by = stop.signal if done < args.steps else None

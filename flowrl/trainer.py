@@ -206,7 +206,7 @@ class Trainer:
             if config.eval_every:
                 self.evaluator.redo(progress.iteration, self.metrics_path, self.processes.log)
         bar = tqdm(total=config.iterations, initial=progress.iteration, desc="train", unit="it", disable=self.rank != 0)
-        first_iteration, last = progress.iteration, {}
+        first_iteration, last, stalled = progress.iteration, {}, 0
         stopped_early, stopped_by = False, None
         with StopRequests("iteration") as stop:  # Ctrl-C / SIGTERM: end after this iteration, with a checkpoint
             while progress.iteration < config.iterations:
@@ -248,8 +248,27 @@ class Trainer:
                 if self.rank == 0:
                     append_metrics(self.metrics_path, record)
                 self.processes.log(record)
-                if progress.iteration % config.checkpoint_every == 0 or at_end or out_of_time or stopped_by is not None:
+                if any(k.startswith("eval/") for k in record):
+                    grid = self.out / "samples" / f"iter_{progress.iteration:05d}.png"
+                    self.processes.log_image("samples", grid, progress.iteration)
+                # a run that never trains from its start cannot learn (one that learned and now ties is done)
+                stalled = stalled + 1 if update_stats.get("skipped_update") and stalled >= 0 else -1
+                cannot_learn = bool(config.stall_iterations) and stalled >= config.stall_iterations
+                if (
+                    progress.iteration % config.checkpoint_every == 0
+                    or at_end
+                    or out_of_time
+                    or stopped_by is not None
+                    or cannot_learn
+                ):
                     checkpoints.save()
+                if cannot_learn:
+                    raise ValueError(
+                        f"no sample trained in the first {stalled} iterations (up to {progress.iteration}, checkpoint "
+                        f"saved): every group's rewards tied (reward/std {record.get('reward/std', float('nan')):.3g})"
+                        " or were dropped; check the reward, or give a group more samples or more noise "
+                        "(stall_iterations=0 runs on regardless)"
+                    )
                 last = record
                 evaluation = next(
                     ({"eval": f"{record[k]:.3f}"} for k in ("eval/overall", "eval/reward") if k in record), {}

@@ -84,17 +84,29 @@ def retry_after(response: requests.Response) -> float:
         return 0.0
 
 
-def warn_token_in_clear(url: str, headers: dict) -> None:
-    """Warn when a bearer token would travel unencrypted to a host that is not this machine."""
+PLAIN_HTTP_TOKEN_ENV = "FLOWRL_ALLOW_PLAIN_HTTP_TOKEN"  # 1: send a token over plain http to another host
+
+
+def warn_token_in_clear(url: str, headers: dict) -> dict:
+    """The headers to send to `url`: a bearer token travels over https or to this machine only;
+    over plain http to another host it is left out (with a warning) unless $FLOWRL_ALLOW_PLAIN_HTTP_TOKEN=1."""
     from urllib.parse import urlsplit
 
     host = urlsplit(url).hostname or ""
-    if "Authorization" in headers and url.startswith("http://") and not is_loopback_host(host):
+    if "Authorization" not in headers or not url.startswith("http://") or is_loopback_host(host):
+        return headers
+    if os.environ.get(PLAIN_HTTP_TOKEN_ENV) == "1":
         warnings.warn(
-            f"sending a bearer token over plain http to {host}, which is not this machine: anyone on the path can "
-            "read it; use https (or an SSH tunnel to a loopback port)",
+            f"sending a bearer token over plain http to {host} ({PLAIN_HTTP_TOKEN_ENV}=1): anyone on the path can read it",
             stacklevel=3,
         )
+        return headers
+    warnings.warn(
+        f"not sending the API key over plain http to {host}, which is not this machine (anyone on the path could "
+        f"read it); use https or an SSH tunnel to a loopback port, or set {PLAIN_HTTP_TOKEN_ENV}=1 to send it anyway",
+        stacklevel=3,
+    )
+    return {k: v for k, v in headers.items() if k != "Authorization"}
 
 
 def is_loopback_host(host: str) -> bool:

@@ -156,8 +156,7 @@ def RemoteReward(
     caller's reward_invalid=drop can leave them out."""
     url = check_url(url, "remote reward URL", "http://127.0.0.1:8731 (as printed by serve-reward)")
     _check_options(timeout, retries, backoff, batch_size, concurrency, wire_dtype, on_invalid)
-    headers = request_headers("application/octet-stream", token_env)
-    warn_token_in_clear(url, headers)
+    headers = warn_token_in_clear(url, request_headers("application/octet-stream", token_env))
     session = pooled_session(concurrency)
     response = post_with_retries(
         session,

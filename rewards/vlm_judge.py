@@ -261,8 +261,7 @@ class VLMJudge:
         self.image_format = image_format.lower()
         self.instruction = instruction
         self.api_key_env = api_key_env
-        self.headers = request_headers("application/json", api_key_env)
-        warn_token_in_clear(self.base_url, self.headers)
+        self.headers = warn_token_in_clear(self.base_url, request_headers("application/json", api_key_env))
         self.session = pooled_session(concurrency)
         self.failures = 0  # answers with no readable verdict (recorded as ties), over this object's life
         self.judged = 0  # answers received (one per pair, two with both_orders), over this object's life

@@ -157,6 +157,11 @@ def brightness_nan_for_dark(images, prompts):
     return values
 
 
+def constant_reward(images, prompts):
+    """The same reward for every image: every group ties, nothing trains."""
+    return torch.full((len(prompts),), 0.5)
+
+
 def brightness_tied_for_squares(images, prompts):
     """Mean brightness, but 0.5 for every prompt about squares: their groups tie (zero variance) and
     leave the update, so processes can hold different numbers of transitions."""

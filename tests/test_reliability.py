@@ -1,12 +1,13 @@
 """A mistake gets a clear answer and damages nothing: run folders are data, refused launches
 leave the folder as it was, exports are atomic, non-finite numbers stop a run, recipes are strict."""
 
+import hashlib
 import json
 
 import pytest
 import torch
 
-from conftest import tiny_run
+from conftest import same_checkpoint_weights, tiny_run
 from flowrl.config import build_config, load_config
 from flowrl.objectives import OBJECTIVES, register_objective
 from flowrl.objectives.sde import SdeObjective, SdeOptions
@@ -27,9 +28,29 @@ def test_a_crafted_checkpoint_is_refused_without_running_anything(tiny_dir, tmp_
     train(tiny_run(tiny_dir, out, "iterations=1"))
     state = out / "checkpoint" / "state.pt"
     torch.save({"iteration": 1, "payload": Payload()}, state)
+    with pytest.raises(ValueError, match="state.pt differs from its manifest"):
+        train(tiny_run(tiny_dir, out, "iterations=2"))
+    manifest = out / "checkpoint" / "manifest.json"  # crafted with a manifest that matches
+    record = json.loads(manifest.read_text())
+    record["files"]["state.pt"] = hashlib.sha256(state.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(record))
     with pytest.raises(ValueError, match="a run folder is data, not code"):
         train(tiny_run(tiny_dir, out, "iterations=2"))
     assert MARKER == []
+
+
+def test_a_damaged_checkpoint_resumes_from_the_one_before_it(tiny_dir, tmp_path, capsys):
+    straight, damaged = tmp_path / "straight", tmp_path / "damaged"
+    train(tiny_run(tiny_dir, straight, "iterations=4", "checkpoint_every=2"))
+    train(tiny_run(tiny_dir, damaged, "iterations=3", "checkpoint_every=2"))  # checkpoints of iterations 2 and 3
+    assert [p.name for p in (damaged / "checkpoints").iterdir()] == ["iter_00002"]
+    weights = damaged / "checkpoint" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated by a full disk, say
+    train(tiny_run(tiny_dir, damaged, "iterations=4", "checkpoint_every=2"))
+    assert "skipped damaged checkpoints (checkpoint:" in capsys.readouterr().err
+    assert (damaged / "checkpoint.damaged" / "trainable.safetensors").stat().st_size == 100  # kept aside
+    assert same_checkpoint_weights(straight, damaged)  # iteration 2's checkpoint, then 3 and 4 again
+    assert sorted(p.name for p in (damaged / "checkpoints").iterdir()) == ["iter_00002"]  # keep_checkpoints=2
 
 
 def test_a_refused_launch_leaves_config_json_as_it_was(tiny_dir, tmp_path):
@@ -184,3 +205,89 @@ def test_a_truncated_weights_file_is_named(tiny_dir, tmp_path):
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
         load_toy(broken)
+
+
+def test_ship_refuses_an_untrained_or_broken_model_and_keeps_the_one_it_replaces(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    from flowrl.shipping import ship
+
+    monkeypatch.setenv("FLOWRL_CACHE", str(tmp_path / "cache"))
+    shipped, source = tmp_path / "assets" / "model", tmp_path / "new"
+    shipped.mkdir(parents=True)
+    source.mkdir()
+    save_file({"w": torch.zeros(2)}, str(shipped / "model.safetensors"))
+    before = (shipped / "model.safetensors").read_bytes()
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(source / "model.safetensors"))
+    with pytest.raises(ValueError, match="non-finite weights"):
+        ship(source, shipped, steps=10)
+    save_file({"w": torch.ones(2)}, str(source / "model.safetensors"))
+    with pytest.raises(ValueError, match="trained for 0 steps"):
+        ship(source, shipped, steps=0)
+    assert (shipped / "model.safetensors").read_bytes() == before
+    backup = ship(source, shipped, steps=10)
+    assert (backup / "model.safetensors").read_bytes() == before
+    assert (shipped / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    assert oct((shipped / "model.safetensors").stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_files_of_a_run_take_the_umask_s_mode(tiny_dir, tmp_path):
+    train(tiny_run(tiny_dir, tmp_path / "run", "iterations=1"))
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert (
+        modes["trainable.safetensors"]
+        == modes["model.safetensors"]
+        == modes["metrics.jsonl"]
+        == 0o666 & ~current_umask()
+    )
+
+
+def test_a_run_that_trains_nothing_stops_with_a_checkpoint_and_says_why(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_run(tiny_dir, out, "iterations=10", "reward=conftest:constant_reward", "stall_iterations=3")
+    with pytest.raises(ValueError, match=r"no sample trained in the first 3 iterations \(up to 3, checkpoint saved\)"):
+        train(config)
+    assert json.loads((out / "checkpoint" / "manifest.json").read_text())["iteration"] == 3
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2, 3] and all(r["skipped_update"] == 1.0 for r in records[1:])
+    train(
+        tiny_run(tiny_dir, tmp_path / "free", "iterations=4", "reward=conftest:constant_reward", "stall_iterations=0")
+    )
+
+
+def test_sample_grids_carry_a_caption_under_each_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from flowrl.images import CAPTION_HEIGHT, save_grid
+
+    images = torch.zeros(3, 3, 8, 8)  # black images
+    path = save_grid(images, tmp_path / "grid.png", nrow=2, scale=2, captions=["a red circle", "b", "c"])
+    sheet = np.asarray(Image.open(path).convert("L"))
+    assert sheet.shape == (2 * (16 + CAPTION_HEIGHT + 2) + 2, 2 * (16 + 2) + 2)  # 2 rows of 2 cells
+    strip = sheet[2 + 16 : 2 + 16 + CAPTION_HEIGHT, 2 : 2 + 16]  # under the first image: white with black text
+    assert (strip == 255).mean() > 0.5 and (strip < 128).any()
+    with pytest.raises(ValueError, match="got 2 captions for 3 images"):
+        save_grid(images, tmp_path / "bad.png", captions=["a", "b"])
+
+
+def test_the_reward_curve_has_labelled_ticks_on_both_axes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from flowrl.run_files import draw_curve
+
+    records = [{"iteration": i, "reward/mean": 0.1 * i} for i in range(1, 9)]
+    sheet = np.asarray(Image.open(draw_curve(records, tmp_path / "curve.png")).convert("L"))
+    labels = (sheet[:, :50] < 128).any(axis=1)  # rows with text left of the y axis
+    bands = int(labels[1:].astype(int).__sub__(labels[:-1].astype(int)).clip(0).sum())
+    assert bands >= 5  # five y tick labels
+    assert (sheet[-34:-20, 60:] < 128).any()  # x tick labels under the axis

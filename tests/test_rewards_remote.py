@@ -512,13 +512,18 @@ def test_retries_stop_at_the_deadline_and_honour_retry_after():
     assert retry_after(response) == 0.0
 
 
-def test_a_token_sent_in_clear_beyond_this_machine_warns():
+def test_a_token_is_not_sent_in_clear_beyond_this_machine_unless_asked(monkeypatch):
     from flowrl.rewards.http import warn_token_in_clear
 
-    with pytest.warns(UserWarning, match="plain http to 10.1.2.3"):
-        warn_token_in_clear("http://10.1.2.3:8731", {"Authorization": "Bearer x"})
+    token = {"Authorization": "Bearer x", "Content-Type": "application/json"}
+    monkeypatch.delenv("FLOWRL_ALLOW_PLAIN_HTTP_TOKEN", raising=False)
+    with pytest.warns(UserWarning, match="not sending the API key over plain http to 10.1.2.3"):
+        assert warn_token_in_clear("http://10.1.2.3:8731", token) == {"Content-Type": "application/json"}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_token_in_clear("http://127.0.0.1:8731", {"Authorization": "Bearer x"})
-        warn_token_in_clear("https://judge.example.org", {"Authorization": "Bearer x"})
-        warn_token_in_clear("http://10.1.2.3:8731", {})
+        assert warn_token_in_clear("http://127.0.0.1:8731", token) == token
+        assert warn_token_in_clear("https://judge.example.org", token) == token
+        assert warn_token_in_clear("http://10.1.2.3:8731", {}) == {}
+    monkeypatch.setenv("FLOWRL_ALLOW_PLAIN_HTTP_TOKEN", "1")
+    with pytest.warns(UserWarning, match="anyone on the path can read it"):
+        assert warn_token_in_clear("http://10.1.2.3:8731", token) == token

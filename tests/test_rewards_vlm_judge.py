@@ -245,8 +245,10 @@ def test_default_key_variable_and_url(monkeypatch):
     judge = VLMJudge()
     assert judge.base_url == DEFAULT_URL and judge.headers["Authorization"] == "Bearer sk-test"
     monkeypatch.setenv("FLOWRL_JUDGE_URL", "http://judge.example:9000/v1/")
-    with pytest.warns(UserWarning, match="bearer token over plain http to judge.example"):  # the key in clear
-        assert VLMJudge().endpoint == "http://judge.example:9000/v1/chat/completions"
+    monkeypatch.delenv("FLOWRL_ALLOW_PLAIN_HTTP_TOKEN", raising=False)
+    with pytest.warns(UserWarning, match="not sending the API key over plain http to judge.example"):
+        judge = VLMJudge()
+    assert judge.endpoint == "http://judge.example:9000/v1/chat/completions" and "Authorization" not in judge.headers
     assert "Authorization" not in VLMJudge(api_key_env=None).headers
 
 

@@ -671,6 +671,25 @@ def test_tensorboard_logging_writes_event_files_with_the_metrics(tiny_dir, tmp_p
     rewards = [r["reward/mean"] for r in metric_records(tmp_path / "run", skip_first=True)]
     logged = [e.value for e in accumulator.Scalars("reward/mean")]
     assert logged == pytest.approx(rewards)  # the same values metrics.jsonl holds, per iteration
+    # the evaluation's sample grid, as an image at its iteration
+    train(
+        tiny_run(
+            tiny_dir,
+            tmp_path / "evaluated",
+            "log_with=tensorboard",
+            "eval_every=2",
+            "eval_prompts=" + prompts_file(tmp_path),
+        )
+    )
+    events = list((tmp_path / "evaluated" / "logs").rglob("events.out.tfevents.*"))
+    images = EventAccumulator(str(events[0].parent), size_guidance={"images": 0}).Reload().Images("samples")
+    assert [image.step for image in images] == [2]  # iteration 0 is written to metrics.jsonl only
+
+
+def prompts_file(tmp_path) -> str:
+    path = tmp_path / "eval_prompts.txt"
+    path.write_text("a red circle\na blue square\n")
+    return str(path)
 
 
 def test_unknown_tracker_fails_by_name():

@@ -49,6 +49,7 @@ from flowrl.rewards.http import (
     pooled_session,
     post_with_retries,
     request_headers,
+    warn_token_in_clear,
 )
 
 from .protocol import ANSWERS, MAX_TOKENS, SERVED_MODEL, OfficialProtocol, official_image_url, parse_official
@@ -443,7 +444,7 @@ class Judge:
         self.temperature = None if temperature is None else float(temperature)
         self.max_tokens, self.parse_retries = max_tokens, parse_retries
         self.api_key_env = api_key_env
-        self.headers = request_headers("application/json", api_key_env)
+        self.headers = warn_token_in_clear(self.base_url, request_headers("application/json", api_key_env))
         self.session = pooled_session(concurrency)
         if requests_per_minute is not None and not requests_per_minute > 0:
             raise ValueError(f"UniGenBench judge requests_per_minute must be positive, got {requests_per_minute!r}")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..shipping import ship
 from .policy import SHIPPED, load_text_policy
 from .task import ArithmeticTask
 from .tiny import save_tiny
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher_error=settings.get("teacher_error", 0.0),
         )
         return 0
-    pretrain(
+    report = pretrain(
         args.task,
         args.out,
         args.minutes,
@@ -172,8 +173,5 @@ def main(argv: list[str] | None = None) -> int:
         teacher_error=args.teacher_error,
     )
     if args.ship:
-        if SHIPPED.exists():
-            shutil.rmtree(SHIPPED)
-        shutil.copytree(args.out, SHIPPED)
-        print(f"shipped to {SHIPPED}", file=sys.stderr)
+        ship(Path(args.out), SHIPPED, report["curve"][-1]["steps"] if report["curve"] else 0)
     return 0
