@@ -274,9 +274,10 @@ def cmd_serve_reward(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def paired_with_start(samples: Path) -> str | None:
-    """A line comparing a run's last ToyShapes evaluation with its first (iteration 0: the
-    starting model) image by image, accuracy and dense score (the reward the toy recipe trains
-    on), so a printed gain comes with its noise; None without both evaluations."""
+    """Lines comparing a run's last ToyShapes evaluation with its first (iteration 0: the starting
+    model) image by image: each category's accuracy before -> after, then the overall accuracy and
+    the mean dense score (the reward the toy recipe trains on), each change with its interval and
+    p; None without both evaluations."""
     from flowrl.benchmarks.report import format_difference, format_interval, format_p, format_score_interval
     from flowrl.benchmarks.toyshapes.report import load_report, paired_toyshapes, paired_toyshapes_scores
 
@@ -287,16 +288,30 @@ def paired_with_start(samples: Path) -> str | None:
     tests, _ = paired_toyshapes(start, end)
     if not tests:
         return None
-    overall = tests[-1]
-    line = (
-        f"vs iteration 0 (the starting model) on the same {overall.n} images: accuracy {format_difference(overall.difference)} "
-        f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})"
+    *categories, overall = tests
+    lines = [f"vs iteration 0 (the starting model), image by image on the same {overall.n} images:"]
+    for test in categories:
+        before, after = start.accuracy[test.name], end.accuracy[test.name]
+        lines.append(
+            f"  {test.name:<14} {100 * before:5.1f}% -> {100 * after:5.1f}%  {format_difference(test.difference)} "
+            f"(95% interval {format_interval(test)}, p {format_p(test.p_value)})"
+        )
+    lines.append(
+        f"  {'overall':<14} {100 * start.overall:5.1f}% -> {100 * end.overall:5.1f}%  "
+        f"{format_difference(overall.difference)} (95% interval {format_interval(overall)}, p {format_p(overall.p_value)})"
     )
     scores, _ = paired_toyshapes_scores(start, end)
     if scores:
         score = scores[-1]
-        line += f", mean dense score {score.difference:+.3f} (95% interval {format_score_interval(score)}, p {format_p(score.p_value)})"
-    return line + "; for a finer figure evaluate both with flowrl eval toyshapes and pair them with flowrl eval compare"
+        lines.append(
+            f"  {'dense score':<14} {start.mean_score:.3f} -> {end.mean_score:.3f}  {score.difference:+.3f} "
+            f"(95% interval {format_score_interval(score)}, p {format_p(score.p_value)})"
+        )
+    lines.append(
+        "before_after.png shows the same prompts and noise; for finer figures evaluate both with "
+        "flowrl eval toyshapes and pair them with flowrl eval compare"
+    )
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

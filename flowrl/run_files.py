@@ -65,11 +65,32 @@ def write_config(out: Path, values: dict[str, Any]) -> None:
 
 
 def finish_run_files(out: Path) -> dict[str, Any]:
-    """Draw out/reward_curve.png from out/metrics.jsonl; returns the last record with an evaluation."""
+    """Draw out/reward_curve.png from out/metrics.jsonl and, when the run evaluated its start and
+    later, out/before_after.png; returns the last record with an evaluation."""
     records = read_metrics(out / "metrics.jsonl")
     eval_key = "eval/overall" if any("eval/overall" in r for r in records) else "eval/reward"
     draw_curve(records, out / "reward_curve.png", eval_key=eval_key)
+    grids = sorted((out / "samples").glob("iter_*.png")) if (out / "samples").is_dir() else []
+    if len(grids) >= 2 and grids[0].name == "iter_00000.png":
+        iteration = int(grids[-1].stem.split("_")[1])
+        labels = ("the starting model (iteration 0)", f"after training (iteration {iteration})")
+        stack_images(grids[0], grids[-1], labels, out / "before_after.png")
     return next((r for r in reversed(records) if eval_key in r), {})
+
+
+def stack_images(top: Path, bottom: Path, labels: tuple[str, str], path: Path) -> Path:
+    """Two images of the same prompts and noise one above the other, each under its label."""
+    band = 18
+    upper, lower = Image.open(top).convert("RGB"), Image.open(bottom).convert("RGB")
+    width = max(upper.width, lower.width)
+    sheet = Image.new("RGB", (width, 2 * band + upper.height + lower.height), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 3), labels[0], fill="black")
+    sheet.paste(upper, (0, band))
+    draw.text((4, band + upper.height + 3), labels[1], fill="black")
+    sheet.paste(lower, (0, 2 * band + upper.height))
+    sheet.save(path)
+    return path
 
 
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:

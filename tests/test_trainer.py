@@ -81,18 +81,37 @@ def test_the_cli_pairs_the_last_evaluation_with_the_starting_model(tiny_dir, tmp
     for a, b in zip(start.records, end.records):
         differences.setdefault(a["category"], []).append(b["score"] - a["score"])
     assert score.difference == pytest.approx(sum(sum(d) / len(d) for d in differences.values()) / 6, abs=1e-12)
+    assert "vs iteration 0 (the starting model), image by image on the same 12 images:" in out
     assert (
-        f"vs iteration 0 (the starting model) on the same 12 images: accuracy {format_difference(overall.difference)} "
-        f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)}), mean dense score {score.difference:+.3f} "
+        f"  overall        {100 * start.overall:5.1f}% -> {100 * end.overall:5.1f}%  {format_difference(overall.difference)} "
+        f"(95% interval {format_interval(overall)}, p {format_p(overall.p_value)})"
+    ) in out
+    assert (
+        f"  dense score    {start.mean_score:.3f} -> {end.mean_score:.3f}  {score.difference:+.3f} "
         f"(95% interval {score.interval[0]:+.3f} to {score.interval[1]:+.3f}, p {format_p(score.p_value)})"
     ) in out
+    counting = paired_toyshapes(start, end)[0][2]
+    assert (
+        counting.name == "counting"
+        and (
+            f"  counting       {100 * start.accuracy['counting']:5.1f}% -> {100 * end.accuracy['counting']:5.1f}%  "
+            f"{format_difference(counting.difference)}"
+        )
+        in out
+    )
     assert "held-out ToyShapes accuracy" in out
+    # the picture: iteration 0's grid above the last evaluation's, one label each
+    from PIL import Image
+
+    picture = Image.open(tmp_path / "run" / "before_after.png")
+    grids = [Image.open(tmp_path / "run" / "samples" / f"iter_0000{i}.png") for i in (0, 2)]
+    assert picture.height == sum(g.height for g in grids) + 2 * 18 and picture.width == grids[0].width
     # Run again: the run is complete, so nothing trains and the same figures are reported as such.
     assert main(["train", str(recipe), *overrides]) == 0
     again = capsys.readouterr().out
     assert "done: 2 iterations" in again and "already complete: nothing to train" in again and "iteration 2)" in again
-    assert [line for line in again.splitlines() if line.startswith(("held-out", "vs iteration 0"))] == [
-        line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0"))
+    assert [line for line in again.splitlines() if line.startswith(("held-out", "vs iteration 0", "  "))] == [
+        line for line in out.splitlines() if line.startswith(("held-out", "vs iteration 0", "  "))
     ]
 
 
