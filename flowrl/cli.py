@@ -267,6 +267,14 @@ def cmd_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_judge_protocol(args: argparse.Namespace) -> int:
+    from flowrl.rewards.judge_protocols import PRESETS, REPOSITORY, download_judge_protocol
+
+    path = download_judge_protocol(args.name)
+    print(f"the judge protocol {args.name} ({REPOSITORY} at {PRESETS[args.name]['commit'][:12]}) is in {path}")
+    return 0
+
+
 def cmd_serve_reward(args: argparse.Namespace, rest: list[str]) -> int:
     from flowrl.rewards.serve import main as serve_main
 
@@ -572,6 +580,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rewards = sub.add_parser("rewards", help="list the reward models (built-in, registered and installed plug-ins)")
     rewards.set_defaults(func=cmd_rewards)
+
+    judge_protocol = sub.add_parser(
+        "judge-protocol",
+        help="download a named vlm_judge protocol's template (Pref-GRPO's, pinned commit, hash-checked) into the cache",
+    )
+    judge_protocol.add_argument("name", choices=["pref_grpo", "pref_grpo_v1"])
+    judge_protocol.set_defaults(func=cmd_judge_protocol)
 
     serve = sub.add_parser(
         "serve-reward", help="serve a reward over HTTP (see flowrl serve-reward --help)", add_help=False

@@ -42,6 +42,7 @@ from .http import (
     request_headers,
     warn_token_in_clear,
 )
+from .judge_protocols import SERVED_MODEL, JudgeProtocol, parse_pref_grpo
 
 URL_ENV = "FLOWRL_JUDGE_URL"
 DEFAULT_URL = "http://127.0.0.1:8000/v1"
@@ -207,7 +208,7 @@ class VLMJudge:
     def __init__(
         self,
         base_url: str | None = None,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         api_key_env: str | None = "OPENAI_API_KEY",
         concurrency: int = 8,
         timeout: float = 120.0,
@@ -217,8 +218,9 @@ class VLMJudge:
         temperature: float = 0.0,
         max_tokens: int | None = 4096,
         on_unparseable: str = "tie",
-        image_format: str = "png",
-        instruction: str = DEFAULT_INSTRUCTION,
+        image_format: str | None = None,
+        instruction: str | None = None,
+        protocol: str = "flowrl",
     ) -> None:
         """base_url: the API root (…/v1), from $FLOWRL_JUDGE_URL when not given, else
         http://127.0.0.1:8000/v1; model: the served model name; api_key_env: the environment
@@ -227,7 +229,19 @@ class VLMJudge:
         both_orders: judge (a, b) and (b, a) and average; temperature, max_tokens: sampling
         (max_tokens=None leaves it to the server); on_unparseable: "tie" records an unreadable
         answer as 0.5 and counts it in `failures`, "error" raises; image_format: png, jpeg or
-        webp; instruction: the judging prompt, with {prompt} where the image prompt goes."""
+        webp; instruction: the judging prompt, with {prompt} where the image prompt goes;
+        protocol: flowrl (our prompt and lenient parsing), or a named preset (pref_grpo,
+        pref_grpo_v1: rewards.judge_protocols) that fixes the template, JPEG images, the request
+        fields (model UnifiedReward, no temperature) and Pref-GRPO's answer rule."""
+        self.protocol = JudgeProtocol.load(protocol) if protocol != "flowrl" else None
+        if self.protocol is not None:
+            if instruction is not None or image_format not in (None, "jpeg"):
+                raise ValueError(f"vlm_judge protocol={protocol!r} fixes the instruction and the image format")
+            model = model if model is not None else SERVED_MODEL
+            max_tokens = self.protocol.max_tokens
+        model = model if model is not None else DEFAULT_MODEL
+        image_format = image_format or ("jpeg" if self.protocol is not None else "png")
+        instruction = instruction or (self.protocol.template if self.protocol is not None else DEFAULT_INSTRUCTION)
         self.base_url = check_url(
             base_url if base_url is not None else os.environ.get(URL_ENV) or DEFAULT_URL,
             "vlm_judge base_url",
@@ -256,7 +270,9 @@ class VLMJudge:
             float(backoff),
         )
         self.both_orders = bool(both_orders)
-        self.temperature, self.max_tokens = float(temperature), max_tokens
+        # a preset sends no temperature (the server's default), as the project it reproduces
+        self.temperature = None if self.protocol is not None else float(temperature)
+        self.max_tokens = max_tokens
         self.on_unparseable = on_unparseable
         self.image_format = image_format.lower()
         self.instruction = instruction
@@ -335,11 +351,11 @@ class VLMJudge:
             {"type": "image_url", "image_url": {"url": second_url}},
             {"type": "text", "text": self.instruction.format(prompt=prompt)},
         ]
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": content}],
-            "temperature": self.temperature,
-        }
+        body = {"model": self.model, "messages": [{"role": "user", "content": content}]}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.protocol is not None and self.protocol.do_sample is not None:
+            body["do_sample"] = self.protocol.do_sample
         if self.max_tokens is not None:
             body["max_tokens"] = self.max_tokens
         return body
@@ -359,7 +375,8 @@ class VLMJudge:
             json=self.request_body(first, second, prompt),
         )
         text, finish, problem = chat_answer_text(response)
-        verdict = parse_verdict(text) if problem is None else None
+        read = parse_pref_grpo if self.protocol is not None else parse_verdict
+        verdict = read(text) if problem is None else None
         if verdict is not None:
             return verdict, None
         if problem is None:

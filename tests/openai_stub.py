@@ -121,9 +121,12 @@ def mean_level(data: bytes) -> float:
 
 
 def sampling(request: dict) -> dict:
-    """The model, temperature and max_tokens a request asked for."""
+    """The model, temperature, max_tokens and do_sample a request asked for (None when not sent)."""
     return dict(
-        model=request.get("model"), temperature=request.get("temperature"), max_tokens=request.get("max_tokens")
+        model=request.get("model"),
+        temperature=request.get("temperature"),
+        max_tokens=request.get("max_tokens"),
+        do_sample=request.get("do_sample"),
     )
 
 
