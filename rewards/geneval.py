@@ -41,7 +41,13 @@ position (pairs of those objects and the target group's objects in the relation)
 objects), 0 when the target include was not matched. The reward is the mean over includes times,
 for each violated exclude of count M with F found, (M - 1) / F (0 for "none allowed", 2/3 for 3
 found where two were asked). It lies in [0, 1], grows with every satisfied part, and is 1 exactly
-when the strict value is 1.
+when the strict value is 1. mode="flow_grpo" is Flow-GRPO's training reward (its reward server's
+`evaluate_reward`, `flow_grpo_score`): a flat mean of terms, counts scored 1 - |N - F| / N over
+every kept detection (below 0 for more than 2N), colour and relation only at the exact count,
+a failed relation adding 0 and then 1 as the server does, excludes not read, and the images
+judged after a JPEG round trip at quality 75. Its thresholds (0.3, 0.9) and the absence of NMS
+are tuned to GenEval's Mask2Former; OWLv2 scores lower and repeats boxes, so with it raise
+`max_overlap` below 1 (NMS) and set thresholds for it.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ from .geneval_prompts import ACCEPTED_FORMS, CLASSES, COLORS, Task, load_metadat
 
 DETECTOR = "google/owlv2-base-patch16-ensemble"
 COLOR_MODEL = "openai/clip-vit-large-patch14"
-MODES = ("partial", "strict")
+MODES = ("partial", "strict", "flow_grpo")
 POSITION_THRESHOLD = 0.1  # GenEval's default
 QUERY_TEMPLATE = "a photo of a {}"
 COLOR_TEMPLATES = ("a photo of a {color} {name}", "a photo of a {color}-colored {name}", "a photo of a {color} object")
@@ -216,6 +222,65 @@ def judge(
     return Judgment(correct, 1.0 if correct else partial, tuple(reasons))
 
 
+def flow_grpo_score(
+    task: Task, objects: Mapping[str, Sequence[Detection]], position_threshold: float = POSITION_THRESHOLD
+) -> tuple[float, bool]:
+    """(score, strict) of Flow-GRPO's GenEval training reward (its reward server's
+    `evaluate_reward`): the mean of a flat list of terms. Per include with N asked and F kept
+    detections (all of them, not the best N): 1 - |N - F| / N (negative beyond 2N); when F != N a
+    colour or position requirement adds 0; else colour adds 1 - |N - k| / N for k of the colour,
+    and a relation (when still matched) adds 0 at the first pair not in it, then 1 in any case.
+    Excludes are not read. strict: every count exact and every colour and relation right."""
+    terms: list[float] = []
+    strict, groups = True, []
+    for req in task.include:
+        found = list(objects.get(req.name, ()))
+        count = len(found)
+        terms.append(1 - abs(req.count - count) / req.count)
+        if count != req.count:
+            strict = False
+            if req.color is not None or req.position is not None:
+                terms.append(0.0)
+            groups.append(None)
+            continue
+        matched = True
+        if req.color is not None:
+            hits = sum(d.color == req.color for d in found)
+            terms.append(1 - abs(req.count - hits) / req.count)
+            matched = hits == req.count
+        if req.position is not None and matched:
+            relation, target = req.position
+            targets = groups[target]
+            if targets is None:
+                terms.append(0.0)
+                matched = False
+            else:
+                pairs = ((d, t) for d in found for t in targets)
+                if any(relation not in relative_position(d.box, t.box, position_threshold) for d, t in pairs):
+                    terms.append(0.0)
+                    matched = False
+                terms.append(1.0)  # appended whether or not the relation held, as the reward server does
+        strict = strict and matched
+        groups.append(found if matched else None)
+    return (sum(terms) / len(terms) if terms else 0.0), strict
+
+
+def jpeg_round_trip(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """Images as 8-bit pixels saved and read back as JPEG at `quality` (PIL's other defaults)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = (images.detach().float().cpu() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    decoded = []
+    for array in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+        decoded.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
+    return torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).float().div(255).to(images.device)
+
+
 # ---------------------------------------------------------------- the models
 
 
@@ -280,15 +345,23 @@ class GenEvalReward:
         batch_size: int = 16,
         max_overlap: float = 1.0,
         position_threshold: float = POSITION_THRESHOLD,
+        jpeg_quality: int | None = None,
     ) -> None:
         """detector: OWLv2 hub id or save_pretrained folder (model and Owlv2Processor);
         color_model: CLIP hub id or folder (CLIPModel and CLIPProcessor); threshold,
         counting_threshold: detection scores must exceed them (the latter for "counting" tasks);
         max_objects: detections kept per class; max_overlap: NMS IoU (1.0 = none);
-        position_threshold: GenEval's relative-position margin."""
+        position_threshold: GenEval's relative-position margin; jpeg_quality: judge the images
+        after a JPEG round trip at this quality (mode=flow_grpo: 75 unless given, as Flow-GRPO's
+        client sends them; None otherwise)."""
         if mode not in MODES:
             raise ValueError(f"GenEvalReward: mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        if jpeg_quality is None and mode == "flow_grpo":
+            jpeg_quality = 75
+        if jpeg_quality is not None and (isinstance(jpeg_quality, bool) or not 1 <= int(jpeg_quality) <= 100):
+            raise ValueError(f"GenEvalReward: jpeg_quality must be an int in [1, 100] or None, got {jpeg_quality!r}")
+        self.jpeg_quality = jpeg_quality
         self.threshold = _threshold(threshold, "threshold")
         self.counting_threshold = _threshold(counting_threshold, "counting_threshold")
         if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects < 1:
@@ -445,10 +518,17 @@ class GenEvalReward:
 
     def judge_images(self, images: torch.Tensor, prompts: Sequence[str]) -> list[Judgment]:
         """GenEval's judgment of each image against its prompt, with reasons (no batching)."""
+        return [judge(task, objects, self.position_threshold) for task, objects in self.observe(images, prompts)]
+
+    def observe(self, images: torch.Tensor, prompts: Sequence[str]) -> list[tuple[Task, dict[str, list[Detection]]]]:
+        """Per image, its task and class -> kept detections (the best `count` with their colour
+        where the task asks for one), after the JPEG round trip when one is set."""
         check_images(images, prompts, self.name)
+        if self.jpeg_quality is not None:
+            images = jpeg_round_trip(images, int(self.jpeg_quality))
         tasks = [self.task(p) for p in prompts]
         thresholds = [self.counting_threshold if t.tag == "counting" else self.threshold for t in tasks]
-        judgments = []
+        observed = []
         for image, task, objects in zip(images, tasks, self.detect(images, thresholds)):
             objects = {name: objects.get(name, []) for name in task.names}
             for name in {r.name for r in task.include if r.color is not None}:
@@ -456,17 +536,21 @@ class GenEvalReward:
                 top = objects[name][:count]
                 colors = self.classify_colors(image, top)
                 objects[name] = [dataclasses.replace(d, color=c) for d, c in zip(top, colors)] + objects[name][count:]
-            judgments.append(judge(task, objects, self.position_threshold))
-        return judgments
+            observed.append((task, objects))
+        return observed
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """Per-image reward in [0, 1] (float32 [B] on the CPU)."""
+        """Per-image reward (float32 [B] on the CPU): in [0, 1], or for mode=flow_grpo at most 1."""
         check_images(images, prompts, self.name)
         for prompt in prompts:  # fail on an unknown prompt before running any model
             self.task(prompt)
         return score_in_batches(self._score_batch, images, prompts, self.batch_size)
 
     def _score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if self.mode == "flow_grpo":
+            observed = self.observe(images, prompts)
+            values = [flow_grpo_score(task, objects, self.position_threshold)[0] for task, objects in observed]
+            return torch.tensor(values, dtype=torch.float32)
         judgments = self.judge_images(images, prompts)
         values = [float(j.correct) if self.mode == "strict" else j.partial for j in judgments]
         return torch.tensor(values, dtype=torch.float32)

@@ -598,3 +598,75 @@ def test_bad_images_and_prompts(reward):
         reward.score(torch.rand(2, 3, 32, 32), ["a photo of a cat"])
     with pytest.raises(ValueError, match=r"reward 'geneval': prompt 'a cat on a mat' has no metadata .*accepted forms"):
         reward.score(torch.rand(1, 3, 32, 32), ["a cat on a mat"])
+
+
+# --- mode=flow_grpo: Flow-GRPO's training reward, its values written out per prompt type --------
+
+
+def flow(prompt: str, *detections: Detection) -> tuple[float, bool]:
+    from flowrl.rewards.geneval import flow_grpo_score
+
+    return flow_grpo_score(parse_prompt(prompt), objects(*detections))
+
+
+def test_flow_grpo_counts_every_detection_and_goes_below_zero():
+    for found, expected in zip(range(4), (0.0, 1.0, 0.0, -1.0)):  # 1 - |1 - F|
+        assert (
+            flow("a photo of a cat", *[det("cat", (20 * i, 0, 20 * i + 10, 10)) for i in range(found)])[0] == expected
+        )
+    for found, expected in zip(range(7), (0, 1 / 3, 2 / 3, 1, 2 / 3, 1 / 3, 0)):  # three clocks: 1 - |3 - F| / 3
+        score, strict = flow(
+            "a photo of three clocks", *[det("clock", (20 * i, 0, 20 * i + 10, 10)) for i in range(found)]
+        )
+        assert score == pytest.approx(expected) and strict == (found == 3)  # the exclude (four) is not read
+
+
+def test_flow_grpo_colour_counts_only_at_the_exact_count():
+    assert flow("a photo of a red car", det("car", color="red")) == (1.0, True)
+    assert flow("a photo of a red car", det("car", color="blue")) == (0.5, False)
+    assert flow("a photo of a red car")[0] == 0.0  # (0 + 0) / 2
+    two = [det("car", (0, 0, 10, 10), color="red"), det("car", (20, 0, 30, 10), color="red")]
+    assert flow("a photo of a red car", *two)[0] == 0.0  # (1 - 1 + 0) / 2: colour not judged
+    pair = flow(
+        "a photo of a red car and a blue cup", det("car", color="red"), det("cup", (20, 0, 30, 10), color="red")
+    )
+    assert pair == (0.75, False)  # [1, 1, 1, 0]
+
+
+def test_flow_grpo_relation_failure_still_adds_one():
+    cat, dog_left, dog_right = det("cat", (50, 0, 60, 10)), det("dog", (0, 0, 10, 10)), det("dog", (100, 0, 110, 10))
+    assert flow("a photo of a dog left of a cat", cat, dog_left) == (1.0, True)  # [1, 1, 1]
+    assert flow("a photo of a dog left of a cat", cat, dog_right) == (0.75, False)  # [1, 1, 0, 1]
+    score, strict = flow("a photo of a dog left of a cat", cat)  # no dog: [1, 0, 0]
+    assert score == pytest.approx(1 / 3) and not strict
+
+
+def test_flow_grpo_mode_judges_the_jpeg_and_scores_each_observation(reward, model_dirs):
+    from flowrl.rewards.geneval import flow_grpo_score, jpeg_round_trip
+
+    images = smooth_images(4, 40, 56)
+    flow = GenEvalReward(
+        detector=str(model_dirs[0]), color_model=str(model_dirs[1]), threshold=0.0, counting_threshold=0.0,
+        mode="flow_grpo",
+    )  # fmt: skip
+    assert flow.jpeg_quality == 75  # as Flow-GRPO's client sends the images
+    values = flow.score(images, SCORED)
+    reward.jpeg_quality = 75
+    try:
+        expected = [flow_grpo_score(task, objects)[0] for task, objects in reward.observe(images, SCORED)]
+    finally:
+        reward.jpeg_quality = None
+    assert values.tolist() == pytest.approx(expected)
+    # the round trip is a real JPEG at quality 75: PIL's own encoder reproduces it
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = to_uint8(images[:1])[0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=75)
+    decoded = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1) / 255
+    assert torch.equal(jpeg_round_trip(images[:1], 75)[0], decoded.float())
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        GenEvalReward(detector=str(model_dirs[0]), color_model=str(model_dirs[1]), jpeg_quality=0)
