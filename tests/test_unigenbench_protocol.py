@@ -248,3 +248,11 @@ def test_official_sampling_refuses_a_checkpoint_without_published_settings(tmp_p
     finally:
         server.shutdown()
     assert done.returncode == 2 and "published for FLUX.1-dev only" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_official_prompt_file_is_named_by_its_hash():
+    from flowrl.benchmarks.unigenbench.download import COMMIT, SHA256
+    from flowrl.benchmarks.unigenbench.run import prompt_source
+
+    assert prompt_source(SHA256["test_prompts_zh.csv"]) == f"CodeGoat24/UniGenBench@{COMMIT}:data/test_prompts_zh.csv"
+    assert prompt_source("0" * 64) is None

@@ -180,6 +180,14 @@ def check_folder(out: Path, images: Path, run: UniGenBenchRun, current: dict) ->
     return current
 
 
+def prompt_source(sha256: str) -> str | None:
+    """The official file a prompt file is (by its sha256): repository, commit and path; else None."""
+    from .download import COMMIT, SHA256
+
+    official = {digest: file for file, digest in SHA256.items()}
+    return f"CodeGoat24/UniGenBench@{COMMIT}:data/{official[sha256]}" if sha256 in official else None
+
+
 def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
     """Run every stage that is not done yet and write the results; returns a summary with the
     counts of each stage and the report paths."""
@@ -228,6 +236,7 @@ def run_unigenbench(run: UniGenBenchRun, progress: bool = True) -> dict:
         "policy": recorded["images"]["policy"],
         "prompts": str(run.prompts),
         "prompt_file_sha256": recorded["images"]["prompt_file_sha256"],
+        "prompt_file_source": prompt_source(recorded["images"]["prompt_file_sha256"]),
         "judge_model": judge.model,
         "judge_url": judge.base_url,
         "protocol": run.protocol,
