@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,30 @@ def adopt_launch(config: TrainConfig, environ: dict[str, str]) -> tuple[TrainCon
 
 
 def choose_device(config: TrainConfig) -> torch.device:
-    """cuda when available and device=auto, else what the config names."""
+    """cuda when available and device=auto, else what the config names (refused when absent)."""
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device.type == "cpu" and is_large_model(config.policy):
+            print(
+                f"note: no CUDA device here, so {config.policy} trains on the CPU, which takes hours per iteration; "
+                "device=cpu says that is meant",
+                file=sys.stderr,
+            )
+        return device
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"config key device={config.device!r}: no CUDA device is available here (torch.cuda.is_available() is "
+            "False); use device=auto or device=cpu"
+        )
     return torch.device(config.device)
+
+
+def is_large_model(policy: str) -> bool:
+    """A diffusers pipeline (SD3, FLUX), as opposed to the toy model or a text policy."""
+    from .llm.policy import is_text_source
+    from .policies.loading import is_toy_source
+
+    return not is_toy_source(policy) and not is_text_source(policy)
 
 
 def uses_autocast(config: TrainConfig, device: torch.device) -> bool:

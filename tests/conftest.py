@@ -157,6 +157,11 @@ def brightness_nan_for_dark(images, prompts):
     return values
 
 
+def one_value_reward(images, prompts):
+    """A broken reward function: one number for the whole batch."""
+    return [0.5]
+
+
 def constant_reward(images, prompts):
     """The same reward for every image: every group ties, nothing trains."""
     return torch.full((len(prompts),), 0.5)

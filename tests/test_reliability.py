@@ -291,3 +291,55 @@ def test_the_reward_curve_has_labelled_ticks_on_both_axes(tmp_path):
     bands = int(labels[1:].astype(int).__sub__(labels[:-1].astype(int)).clip(0).sum())
     assert bands >= 5  # five y tick labels
     assert (sheet[-34:-20, 60:] < 128).any()  # x tick labels under the axis
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_refused_by_name(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match="device='cuda': no CUDA device is available here"):
+        train(tiny_run(tiny_dir, tmp_path / "run", "device=cuda"))
+
+
+def test_a_reward_function_is_called_on_a_dummy_batch_before_any_model_loads(tiny_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"'json:loads' failed on a dummy batch of 2 images \(TypeError"):
+        tiny_run(tiny_dir, tmp_path / "a", "reward=json:loads")
+    with pytest.raises(ValueError, match="returned 1 values for 2 images"):
+        tiny_run(tiny_dir, tmp_path / "b", "reward=conftest:one_value_reward")
+    tiny_run(tiny_dir, tmp_path / "c", "reward=conftest:brightness_reward")  # a sound one passes
+
+
+@pytest.mark.parametrize(
+    "failure,message",
+    [
+        ("gated", "the model is gated: accept its licence at https://huggingface.co/org/model"),
+        ("missing", "no model 'org/model' on the hub"),
+        ("offline", r"the hub \(huggingface.co\) did not answer \(ConnectionError\)"),
+    ],
+)
+def test_a_hub_model_that_cannot_be_read_says_why(monkeypatch, failure, message):
+    import huggingface_hub
+    import requests
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from flowrl.policies.loading import pipeline_class_name
+
+    response = requests.Response()
+    response.status_code, response.url = 401, "https://huggingface.co/api/models/org/model"
+    response.request = requests.Request("GET", response.url).prepare()
+    errors = {
+        "gated": GatedRepoError("gated", response=response),
+        "missing": RepositoryNotFoundError("missing", response=response),
+        "offline": requests.ConnectionError("no route"),
+    }
+
+    def model_info(repo_id, timeout):
+        raise errors[failure]
+
+    def load_config(source):  # what diffusers raises when it cannot get model_index.json
+        raise OSError(f"{source} does not appear to have a file named model_index.json")
+
+    from diffusers import DiffusionPipeline
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(DiffusionPipeline, "load_config", load_config)
+    with pytest.raises(ValueError, match=message):
+        pipeline_class_name("org/model")

@@ -50,9 +50,35 @@ def pipeline_class_name(source: str) -> str:
     try:
         return str(DiffusionPipeline.load_config(resolve_source(source))["_class_name"])
     except (OSError, KeyError) as error:
+        why = hub_problem(source) if not Path(source).expanduser().exists() else None
         raise ValueError(
-            f"policy={source!r}: not a toy model directory and no diffusers pipeline could be read there ({error})"
+            f"policy={source!r}: {why}"
+            if why
+            else f"policy={source!r}: not a toy model directory and no diffusers pipeline could be read there ({error})"
         ) from None
+
+
+def hub_problem(repo_id: str) -> str | None:
+    """Why a hub model cannot be read, in words: the hub unreachable (and the model not cached),
+    a gated model, or no such model; None when the hub answers and the model is there."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        huggingface_hub.model_info(repo_id, timeout=15)
+    except GatedRepoError:
+        return (
+            f"the model is gated: accept its licence at https://huggingface.co/{repo_id} and log in "
+            "(`hf auth login`, or set HF_TOKEN)"
+        )
+    except RepositoryNotFoundError:
+        return f"no model {repo_id!r} on the hub (or a private one this account cannot see), and no such folder here"
+    except Exception as error:  # noqa: BLE001  (offline mode, DNS, timeouts, proxies: the hub did not answer)
+        return (
+            f"the hub (huggingface.co) did not answer ({type(error).__name__}) and the model is not in the local "
+            f"cache; download it where there is a network (`hf download {repo_id}`) and pass its folder"
+        )
+    return None
 
 
 def load_policy(
