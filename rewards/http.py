@@ -189,6 +189,21 @@ def check_chat_server(
     return served
 
 
+def fetch_pinned(url: str, sha256: str, timeout: float = 60.0) -> bytes:
+    """The bytes at `url`, which must have the given sha256 (a pinned file of another project)."""
+    import hashlib
+
+    try:
+        response = requests.get(url, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as error:
+        raise ValueError(f"could not download {url} ({type(error).__name__}: {error})") from None
+    digest = hashlib.sha256(response.content).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{url} has sha256 {digest}, expected {sha256}: not the pinned file")
+    return response.content
+
+
 def chat_answer_text(response: requests.Response) -> tuple[str, object, str | None]:
     """(the first choice's message text, its finish_reason, None) of an OpenAI-style chat
     completion, or ("", None, what is wrong) for a body that is not one with text."""

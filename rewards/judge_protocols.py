@@ -88,19 +88,12 @@ def extract_template(source: str, find: tuple[str, str]) -> str:
 
 def download_judge_protocol(name: str, timeout: float = 60.0) -> Path:
     """Fetch a preset's pinned file, check both hashes, cache the template; returns the cache file."""
-    import requests
+    from .http import fetch_pinned
 
     preset = preset_of(name)
     url = f"https://raw.githubusercontent.com/{REPOSITORY}/{preset['commit']}/{preset['path']}"
-    try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-    except requests.RequestException as error:
-        raise ValueError(f"could not download {url} ({type(error).__name__}: {error})") from None
-    digest = hashlib.sha256(response.content).hexdigest()
-    if digest != preset["file_sha256"]:
-        raise ValueError(f"{url} has sha256 {digest}, expected {preset['file_sha256']}: not the pinned file")
-    template = extract_template(response.content.decode("utf-8"), preset["find"])
+    content = fetch_pinned(url, preset["file_sha256"], timeout)
+    template = extract_template(content.decode("utf-8"), preset["find"])
     if hashlib.sha256(template.encode()).hexdigest() != preset["template_sha256"]:
         raise ValueError(f"the template read from {url} is not the expected one (its sha256 differs)")
     target = cache_path(name)

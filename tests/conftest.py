@@ -173,3 +173,17 @@ def brightness_tied_for_squares(images, prompts):
     values = images.mean(dim=(1, 2, 3)).clone()
     values[torch.tensor(["square" in p for p in prompts], dtype=torch.bool)] = 0.5
     return values
+
+
+def serve_bytes(monkeypatch, content: bytes) -> None:
+    """requests.get answers every URL with `content` (a pinned file standing in, offline)."""
+    import requests
+
+    class Response:
+        def __init__(self) -> None:
+            self.content = content
+
+        def raise_for_status(self) -> None:
+            return None
+
+    monkeypatch.setattr(requests, "get", lambda url, timeout: Response())

@@ -10,6 +10,7 @@ import pytest
 import torch
 from openai_stub import server_fixture
 
+from conftest import serve_bytes
 from flowrl.rewards import judge_protocols
 from flowrl.rewards.judge_protocols import JudgeProtocol, extract_template, parse_pref_grpo
 from flowrl.rewards.vlm_judge import VLMJudge
@@ -49,18 +50,9 @@ def test_the_template_is_read_from_the_syntax_tree_without_running_the_module(tm
 
 def install(tmp_path, monkeypatch) -> None:
     """The synthetic module served as the pinned file (its hashes pinned in its place) and downloaded."""
-    import requests
-
     source = module(tmp_path).encode()
-
-    class Response:
-        content = source
-
-        def raise_for_status(self):
-            return None
-
     monkeypatch.setenv("FLOWRL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(requests, "get", lambda url, timeout: Response())
+    serve_bytes(monkeypatch, source)
     preset = dict(judge_protocols.PRESETS["pref_grpo"])
     monkeypatch.setitem(judge_protocols.PRESETS, "pref_grpo", preset)
     with pytest.raises(ValueError, match="not the pinned file"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import serve_bytes
 from flowrl.benchmarks.unigenbench import protocol
 from flowrl.benchmarks.unigenbench.judge import Judge
 from flowrl.benchmarks.unigenbench.protocol import OfficialProtocol, extract_protocol, parse_official
@@ -114,18 +115,9 @@ def test_answers_are_read_by_the_official_rule(answer, expected):
 
 
 def test_download_checks_the_pinned_hash_and_caches_the_extracted_values(tmp_path, monkeypatch):
-    import requests
-
     source = synthetic(tmp_path).encode()
-
-    class Response:
-        content = source
-
-        def raise_for_status(self):
-            return None
-
+    serve_bytes(monkeypatch, source)
     monkeypatch.setenv("FLOWRL_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(requests, "get", lambda url, timeout: Response())
     with pytest.raises(ValueError, match="not the pinned file"):
         protocol.download_protocol()
     monkeypatch.setattr(protocol, "SOURCE_SHA256", hashlib.sha256(source).hexdigest())

@@ -82,18 +82,12 @@ def extract_protocol(source: str) -> dict:
 
 def download_protocol(timeout: float = 60.0, url: str | None = None) -> Path:
     """Fetch the pinned official module, check its sha256, extract the protocol into the cache."""
-    import requests
+    from flowrl.rewards.http import fetch_pinned
 
     url = url or URL
-    try:
-        response = requests.get(url, timeout=timeout)
-        response.raise_for_status()
-    except requests.RequestException as error:
-        raise ValueError(f"could not download {url} ({type(error).__name__}: {error})") from None
-    digest = hashlib.sha256(response.content).hexdigest()
-    if digest != SOURCE_SHA256:
-        raise ValueError(f"{url} has sha256 {digest}, expected {SOURCE_SHA256}: not the pinned file")
-    languages = extract_protocol(response.content.decode("utf-8"))
+    content = fetch_pinned(url, SOURCE_SHA256, timeout)
+    digest = hashlib.sha256(content).hexdigest()
+    languages = extract_protocol(content.decode("utf-8"))
     target = cache_dir() / CACHE_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
     record = {"repository": REPOSITORY, "commit": COMMIT, "source": SOURCE, "sha256": digest, "languages": languages}
