@@ -343,3 +343,58 @@ def test_a_hub_model_that_cannot_be_read_says_why(monkeypatch, failure, message)
     monkeypatch.setattr(DiffusionPipeline, "load_config", load_config)
     with pytest.raises(ValueError, match=message):
         pipeline_class_name("org/model")
+
+
+def tree_digest(root) -> dict:
+    """Every file under `root` by relative path -> its sha256 (a folder's exact content)."""
+    from pathlib import Path
+
+    root = Path(root)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished tiny run, and the overrides that address it."""
+    from conftest import tiny_model, tiny_run_overrides
+    from flowrl.policies.toy import save_toy
+
+    root = tmp_path_factory.mktemp("bad_input")
+    tiny = str(save_toy(tiny_model(), root / "tiny", dtype=torch.float32))
+    overrides = tiny_run_overrides(tiny, root / "run")
+    from flowrl.cli import main
+
+    assert main(["train", *overrides]) == 0  # the toy recipe with the tiny run's settings on top
+    (root / "a_file.txt").write_text("not a folder\n")
+    (root / "words.txt").write_text("a purple hexagon\n")
+    return root, overrides
+
+
+BAD_INPUTS = [
+    (["lr=nan"], "lr"),
+    (["iterations=-1"], "iterations"),
+    (["reward=json:loads"], "dummy batch"),
+    (["reward=nosuch.module:thing"], "cannot import 'nosuch.module'"),
+    (["method.group_size=1"], "group_size"),
+    (["method=dance_grpo", "method.num_steps=4", "method.group_size=3"], "holds a checkpoint of a different run"),
+    (["out={root}/a_file.txt"], "a_file.txt"),
+    (["prompts={root}/words.txt"], "hexagon"),
+    (["stall_iterations=-2"], "stall_iterations"),
+    (["keep_checkpoints=0"], "keep_checkpoints"),
+    (["no_such_key=1"], "no_such_key"),
+]
+
+
+@pytest.mark.parametrize("extra,named", BAD_INPUTS, ids=[" ".join(e) for e, _ in BAD_INPUTS])
+def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, extra, named):
+    from flowrl.cli import main
+    from flowrl.policies.toy import SHIPPED_DIR
+
+    root, overrides = finished_run
+    before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
+    code = main(["train", *overrides, *(e.format(root=root) for e in extra)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
+    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and named in err[0], err
+    assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package

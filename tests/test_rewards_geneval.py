@@ -666,7 +666,7 @@ def test_flow_grpo_mode_judges_the_jpeg_and_scores_each_observation(reward, mode
     pixels = to_uint8(images[:1])[0]
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=75)
-    decoded = torch.from_numpy(np.asarray(Image.open(buffer).convert("RGB"))).permute(2, 0, 1) / 255
+    decoded = torch.from_numpy(np.array(Image.open(buffer).convert("RGB"))).permute(2, 0, 1) / 255
     assert torch.equal(jpeg_round_trip(images[:1], 75)[0], decoded.float())
     with pytest.raises(ValueError, match="jpeg_quality"):
         GenEvalReward(detector=str(model_dirs[0]), color_model=str(model_dirs[1]), jpeg_quality=0)

@@ -198,7 +198,8 @@ def test_an_iteration_whose_reward_fails_leaves_a_checkpoint_of_the_last_one_and
 
     settings = ("reward=conftest:brightness_failing_on_demand", "iterations=5", "checkpoint_every=100")
     monkeypatch.setitem(conftest.REWARD_FAILURES, "calls", 0)
-    monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", 3)  # one call per iteration: the fourth fails
+    # one call at config time (the dry call of a reward function), then one per iteration: the fourth fails
+    monkeypatch.setitem(conftest.REWARD_FAILURES, "after_calls", 4)
     with pytest.raises(ConnectionError, match="service is down"):
         train(tiny_run(tiny_dir, tmp_path / "failed", *settings))
     assert metric_values(tmp_path / "failed", "iteration") == [0, 1, 2, 3]
