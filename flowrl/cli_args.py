@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 
@@ -24,8 +25,11 @@ def resolve_recipe(name: str | None) -> Path | None:
     path = Path(name)
     if path.is_file():
         return path
-    shipped = Path(__file__).resolve().parent / "recipes" / f"{name}.yaml"
+    recipes = Path(__file__).resolve().parent / "recipes"
+    known = sorted(p.stem for p in recipes.glob("*.yaml"))
+    if "/" in name or os.sep in name or path.suffix in (".yaml", ".yml"):
+        raise ValueError(f"recipe file {name!r} does not exist (shipped recipes, by name: {known})")
+    shipped = recipes / f"{name}.yaml"
     if shipped.is_file():
         return shipped
-    known = sorted(p.stem for p in shipped.parent.glob("*.yaml"))
     raise ValueError(f"recipe {name!r} is neither a file nor a shipped recipe; shipped: {known}")

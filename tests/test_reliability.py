@@ -398,3 +398,14 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, 
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
     assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and named in err[0], err
     assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
+
+
+def test_a_recipe_path_that_does_not_exist_is_named_as_a_file():
+    from flowrl.cli_args import resolve_recipe
+
+    with pytest.raises(
+        ValueError, match=r"recipe file '/nowhere/r.yaml' does not exist \(shipped recipes, by name: \[.*'toy'"
+    ):
+        resolve_recipe("/nowhere/r.yaml")
+    with pytest.raises(ValueError, match=r"recipe 'toyy' is neither a file nor a shipped recipe; shipped: \[.*'toy'"):
+        resolve_recipe("toyy")
