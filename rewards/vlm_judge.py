@@ -34,6 +34,7 @@ import torch
 from .base import InvalidRewardError, check_images, to_uint8
 from .http import (
     chat_answer_text,
+    check_chat_server,
     check_client_numbers,
     check_url,
     map_in_threads,
@@ -279,6 +280,8 @@ class VLMJudge:
         self.api_key_env = api_key_env
         self.headers = warn_token_in_clear(self.base_url, request_headers("application/json", api_key_env))
         self.session = pooled_session(concurrency)
+        # the judge must answer before any rollout is scored (nothing listening, a wrong model name)
+        check_chat_server(self.session, self.base_url, self.model, f"reward {self.name!r}", self.headers)
         self.failures = 0  # answers with no readable verdict (recorded as ties), over this object's life
         self.judged = 0  # answers received (one per pair, two with both_orders), over this object's life
         self._lock = threading.Lock()

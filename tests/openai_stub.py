@@ -149,7 +149,11 @@ def parser(description: str, modes: tuple[str, ...]) -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=description)
     result.add_argument("--port", type=int, default=0, help="0 picks a free port; the bound one is printed first")
     result.add_argument("--mode", choices=modes, default="normal")
-    result.add_argument("--models", default="test-judge,QwenVL", help="GET /v1/models lists these (comma-separated)")
+    result.add_argument(
+        "--models",
+        default="test-judge,QwenVL,UnifiedReward,CodeGoat24/UnifiedReward-Think-qwen-7b",
+        help="GET /v1/models lists these (comma-separated)",
+    )
     return result
 
 

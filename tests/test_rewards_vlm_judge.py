@@ -241,6 +241,9 @@ def test_the_api_key_comes_from_the_environment(start_server, monkeypatch):
 
 
 def test_default_key_variable_and_url(monkeypatch):
+    from flowrl.rewards import vlm_judge
+
+    monkeypatch.setattr(vlm_judge, "check_chat_server", lambda *args: None)  # no server: only settings here
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     judge = VLMJudge()
     assert judge.base_url == DEFAULT_URL and judge.headers["Authorization"] == "Bearer sk-test"
@@ -270,8 +273,9 @@ def test_bad_options_fail_naming_the_value(options, message):
         VLMJudge(**options)
 
 
-def test_bad_batches_fail_before_any_request():
-    judge = VLMJudge(base_url="http://127.0.0.1:9/v1", retries=0, timeout=1.0)  # nothing listens there; never reached
+def test_bad_batches_fail_before_any_request(start_server):
+    server = start_server()
+    judge = VLMJudge(base_url=server.url, model="test-judge", retries=0, timeout=1.0)
     with pytest.raises(ValueError, match="must have the same shape"):
         judge.compare(grey(0.1, 0.2), grey(0.1, 0.2, size=4), ["a", "b"])
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
@@ -279,3 +283,11 @@ def test_bad_batches_fail_before_any_request():
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         judge.compare(grey(0.5) * 3, grey(0.1), ["a"])
     assert judge.compare(grey(0.1)[:0], grey(0.1)[:0], []).shape == (0,)
+    assert server.stats()["requests"] == 0  # no judging request was sent
+
+
+def test_a_judge_that_cannot_answer_fails_when_the_reward_is_built(start_server):
+    with pytest.raises(ValueError, match=r"reward 'vlm_judge': nothing answers at http://127.0.0.1:9/v1"):
+        VLMJudge(base_url="http://127.0.0.1:9/v1", timeout=1.0)
+    with pytest.raises(ValueError, match=r"serves \[.*'test-judge'.*\], not 'other-judge'"):
+        VLMJudge(base_url=start_server().url, model="other-judge")
