@@ -27,7 +27,7 @@ SCALES = {
     ("pickscore", "dance_grpo"): 1 / 100,  # DanceGRPO on the raw cosine (PickScore's logit scale is 100)
     ("clip", "flow_grpo"): 100 / 30,  # Flow-GRPO's CLIP score: 100 cos / 30
     ("jpeg_compressibility", "flow_grpo"): 1 / 500,  # Flow-GRPO's -size / 500 (size in kB)
-    ("jpeg_incompressibility", "flow_grpo"): 1 / 500,
+    ("jpeg_incompressibility", "flow_grpo"): 1.0,  # its incompressibility is the raw size in kB
 }
 
 

@@ -144,6 +144,8 @@ def test_reward_specs_parse_weights_and_names_with_colons():
         ("clip", pytest.approx(100 / 30)),
     ]
     assert parse_reward_spec("jpeg_compressibility@flow_grpo") == [("jpeg_compressibility", pytest.approx(1 / 500))]
+    # Flow-GRPO's incompressibility is the raw size in kB (only compressibility is -size / 500)
+    assert parse_reward_spec("jpeg_incompressibility@flow_grpo") == [("jpeg_incompressibility", 1.0)]
     with pytest.raises(ValueError, match="no published scale 'ocr@flow_grpo'; known: pickscore@flow_grpo"):
         parse_reward_spec("ocr@flow_grpo")
     assert parse_reward_spec("0.7*pickscore + 0.3*ocr") == [("pickscore", 0.7), ("ocr", 0.3)]
