@@ -18,16 +18,21 @@ from torch import nn
 from .base import check_images
 from .clip_common import (
     check_batch_size,
-    checkpoint_file,
     load_open_clip,
+    local_file,
     normalized_features,
     quick_gelu_for,
     score_in_batches,
+    verified_download,
 )
 
-# The authors publish the head in their GitHub repository; this hub repo mirrors the same file.
-HEAD_REPO = "camenduru/improved-aesthetic-predictor"
+# The authors' file in their GitHub repository, at a pinned commit, checked against its sha256.
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
+HEAD_URL = (
+    "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/"
+    "6934dd81792f086e613a121dbce43082cb8be85e/sac%2Blogos%2Bava1-l14-linearMSE.pth"
+)
+HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"  # 3,714,759 bytes
 LINEAR_INDICES = (0, 2, 4, 6, 7)  # positions of the Linear layers in the head's nn.Sequential
 DROPOUTS = (0.2, 0.2, 0.1)  # after the first three Linear layers
 HEAD_KEYS = frozenset(f"layers.{i}.{p}" for i in LINEAR_INDICES for p in ("weight", "bias"))
@@ -60,17 +65,21 @@ def load_head(path: str) -> AestheticHead:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
+    return head_from_state(state, repr(path), "an aesthetic predictor head")
+
+
+def head_from_state(state: object, source: str, what: str) -> AestheticHead:
+    """The linear MLP head held in `state` (keys layers.{0,2,4,6,7}.*), widths read from the
+    weights; ImageReward's `mlp` has the same layout."""
     if not isinstance(state, dict) or set(state) != HEAD_KEYS:
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"{path!r} is not an aesthetic predictor head: expected the keys {sorted(HEAD_KEYS)}, found {found}"
-        )
+        raise ValueError(f"{source} is not {what}: expected the keys {sorted(HEAD_KEYS)}, found {found}")
     weights = [state[f"layers.{i}.weight"] for i in LINEAR_INDICES]  # each [out, in]
     widths = [weights[0].shape[1]] + [w.shape[0] for w in weights]
     for index, (w, width_in) in enumerate(zip(weights, widths[:-1])):
         if w.ndim != 2 or w.shape[1] != width_in:
             raise ValueError(
-                f"{path!r}: layers.{LINEAR_INDICES[index]}.weight has shape {tuple(w.shape)}, expected [*, {width_in}]"
+                f"{source}: layers.{LINEAR_INDICES[index]}.weight has shape {tuple(w.shape)}, expected [*, {width_in}]"
             )
     head = AestheticHead(widths)
     head.load_state_dict({k: v.float() for k, v in state.items()})
@@ -98,7 +107,8 @@ class AestheticReward:
         batch_size: int = 32,
     ) -> None:
         self.batch_size = check_batch_size(batch_size)
-        self.head = load_head(checkpoint_file(head, HEAD_REPO, HEAD_FILE, what="aesthetic head"))
+        path = local_file(head, "aesthetic head") if head is not None else None
+        self.head = load_head(path or verified_download(HEAD_URL, HEAD_FILE, HEAD_SHA256, what="aesthetic head"))
         # A local file cannot say its activation; the head was trained on OpenAI CLIP (QuickGELU).
         is_file = os.path.isfile(os.path.expanduser(str(clip_pretrained)))
         quick_gelu = True if is_file else quick_gelu_for(architecture, clip_pretrained)

@@ -252,16 +252,21 @@ def looks_like_path(value: str) -> bool:
     return value.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz"))
 
 
+def local_file(path: str | os.PathLike, what: str) -> str:
+    """`path` with ~ expanded, which must be a file (named in the error when it is not)."""
+    path = os.path.expanduser(os.fspath(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{what} checkpoint not found: {path!r} (expected a file; leave it unset to download the published one)"
+        )
+    return path
+
+
 def checkpoint_file(path: str | os.PathLike | None, repo_id: str, filename: str, what: str) -> str:
     """A local checkpoint file: `path` when given (it must exist), else `filename` from the hub
     repo `repo_id` through huggingface_hub (cached; fails offline when not cached)."""
     if path is not None:
-        path = os.path.expanduser(os.fspath(path))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{what} checkpoint not found: {path!r} (expected a file; leave it unset to download {filename} from the hub repo {repo_id})"
-            )
-        return path
+        return local_file(path, what)
     from huggingface_hub import hf_hub_download
 
     try:
@@ -270,6 +275,31 @@ def checkpoint_file(path: str | os.PathLike | None, repo_id: str, filename: str,
         raise RuntimeError(
             f"could not get the {what} checkpoint {filename!r} from the hub repo {repo_id!r} ({type(error).__name__}: {error}); download it and pass its local path instead"
         ) from error
+
+
+def verified_download(url: str, filename: str, sha256: str, what: str) -> str:
+    """`url` saved once under torch's hub cache (flowrl/filename) and kept only when its sha256 is
+    `sha256`; a cached copy is checked again before use. Fails naming the file when it cannot
+    be fetched or its content differs."""
+    import hashlib
+    from pathlib import Path
+
+    target = Path(torch.hub.get_dir()) / "flowrl" / filename
+    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == sha256:
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=sha256, progress=True)
+    except RuntimeError as error:  # torch names both hashes and removes the partial file
+        raise RuntimeError(
+            f"the {what} downloaded from {url} is not the published file ({error}); nothing was kept"
+        ) from None
+    except OSError as error:  # offline, DNS, proxies
+        raise RuntimeError(
+            f"could not download the {what} from {url} ({type(error).__name__}: {error}); download it where there "
+            "is a network and pass its local path instead"
+        ) from None
+    return str(target)
 
 
 def quick_gelu_for(architecture: str, pretrained: str | None) -> bool:

@@ -1,6 +1,7 @@
 """What the test install resolved (the core plus the dev extra, as CI installs it): none of the
 extras we keep pulled the field's libraries back below the versions the code is written for
-(the hpsv2 and image-reward packages would: open_clip_torch 2.32, timm 0.6.13)."""
+(the hpsv2 and image-reward packages would: open_clip_torch 2.32, timm 0.6.13; neither is an
+extra of the core install, and ImageReward loads natively)."""
 
 import importlib.metadata
 

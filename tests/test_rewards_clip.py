@@ -1,4 +1,4 @@
-"""CLIP-family rewards (HPS, CLIP score, aesthetic, PickScore, ImageReward) on tiny random models.
+"""CLIP-family rewards (HPS, CLIP score, aesthetic, PickScore) on tiny random models.
 
 Each model is the real architecture (open_clip CLIP, transformers CLIPModel) from a tiny config,
 saved in the on-disk format of the real release and loaded through the reward's own loading
@@ -9,6 +9,7 @@ libraries' own 8-bit PIL pipelines.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import string
@@ -23,10 +24,16 @@ from torch import nn
 from flowrl.rewards import registry
 from flowrl.rewards.aesthetic import HEAD_FILE, HEAD_KEYS, AestheticReward
 from flowrl.rewards.base import to_pil, to_uint8
-from flowrl.rewards.clip_common import OPENAI_MEAN, OPENAI_STD, ImageTransform, preprocess, quick_gelu_for
+from flowrl.rewards.clip_common import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ImageTransform,
+    preprocess,
+    quick_gelu_for,
+    verified_download,
+)
 from flowrl.rewards.clip_score import CLIPScoreReward
 from flowrl.rewards.hps import HPSReward
-from flowrl.rewards.image_reward import ImageRewardReward
 from flowrl.rewards.pickscore import PickScoreReward
 
 TINY = "flowrl-test-tiny-clip"  # registered with open_clip below
@@ -284,6 +291,36 @@ def aesthetic_files(tmp_path_factory, clip_file):
     return path, head
 
 
+def test_a_downloaded_head_is_kept_only_with_the_published_sha256(
+    aesthetic_files, clip_file, tiny_arch, monkeypatch, tmp_path
+):
+    from flowrl.rewards import aesthetic
+
+    head_path, _ = aesthetic_files
+    data = head_path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    cached = tmp_path / "hub" / "flowrl" / "head.pth"
+    assert verified_download(head_path.as_uri(), "head.pth", digest, "aesthetic head") == str(cached)
+    assert cached.read_bytes() == data
+    # the checked copy is used again without the network (the URL may be gone)
+    assert verified_download("file:///nowhere/head.pth", "head.pth", digest, "aesthetic head") == str(cached)
+    with pytest.raises(RuntimeError, match=r"is not the published file .*nothing was kept"):
+        verified_download(head_path.as_uri(), "other.pth", "0" * 64, "aesthetic head")
+    assert not (tmp_path / "hub" / "flowrl" / "other.pth").exists()
+    cached.write_bytes(data[:-1])  # a damaged cached copy is fetched again, not used
+    with pytest.raises(RuntimeError, match=r"could not download the aesthetic head from file:///nowhere"):
+        verified_download("file:///nowhere/head.pth", "head.pth", digest, "aesthetic head")
+    # the reward's default head goes through the same check
+    monkeypatch.setattr(aesthetic, "HEAD_URL", head_path.as_uri())
+    monkeypatch.setattr(aesthetic, "HEAD_SHA256", digest)
+    reward = AestheticReward(clip_pretrained=str(clip_file[0]), architecture=tiny_arch)
+    assert reward.head.layers[0].weight.shape[1] == 768
+    monkeypatch.setattr(aesthetic, "HEAD_SHA256", "f" * 64)
+    with pytest.raises(RuntimeError, match="aesthetic head downloaded from file://.* is not the published file"):
+        AestheticReward(clip_pretrained=str(clip_file[0]), architecture=tiny_arch)
+
+
 def test_aesthetic_is_the_head_on_the_normalised_image_embedding(aesthetic_files, clip_file, tiny_arch):
     head_path, head = aesthetic_files
     assert set(torch.load(head_path, weights_only=True)) == HEAD_KEYS  # the release's key names
@@ -404,15 +441,7 @@ def test_pickscore_missing_directory_names_the_path(tmp_path, pickscore_dirs):
         PickScoreReward(model=str(tmp_path / "no-model-here"), processor=str(pickscore_dirs[1]))
 
 
-# ---------------------------------------------------------------- ImageReward and shared checks
-
-
-@pytest.mark.skipif(importlib.util.find_spec("ImageReward") is not None, reason="image-reward is installed here")
-def test_image_reward_without_the_package_says_how_to_install_it():
-    with pytest.raises(ImportError, match=r"pip install 'flowrl-toolkit\[image-reward\]'.*old timm.*core install"):
-        ImageRewardReward()
-    with pytest.raises(ImportError, match="optional extra"):
-        registry.load("imagereward")
+# ---------------------------------------------------------------- shared checks
 
 
 def test_transform_rejects_bad_settings():
