@@ -227,7 +227,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as error:
-        raise ValueError(f"override {text!r}: the value is not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None)
+        column = f" at character {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(
+            f"override {text!r}: the value is not valid YAML ({problem}{column}); quote it to pass a string"
+        ) from None
     return key.strip(), value
 
 
@@ -245,10 +250,21 @@ def part_registry(part: str):
     return OBJECTIVES
 
 
+def part_options(part: str, value: Any) -> dict[str, Any]:
+    """The `{part}_options` mapping (None is empty), or a ValueError naming the key."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"config key {part}_options={value!r}: expected a mapping such as {{name: value}} (or {part}.name=value)"
+        )
+    return dict(value)
+
+
 def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConfig:
     """A validated TrainConfig from a dict (a recipe) and key=value overrides (applied after)."""
     values = dict(values)
-    recipe_options = {part: dict(values.pop(f"{part}_options", None) or {}) for part in PARTS}
+    recipe_options = {part: part_options(part, values.pop(f"{part}_options", None)) for part in PARTS}
     recipe_names = {part: values.get(part, getattr(TrainConfig, part)) for part in PARTS}
     cli_options: dict[str, dict[str, Any]] = {part: {} for part in PARTS}
     for text in overrides:
@@ -256,6 +272,8 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
         prefix, _, rest = key.partition(".")
         if prefix in PARTS and rest:
             cli_options[prefix][rest] = value
+        elif key in {f"{part}_options" for part in PARTS}:
+            cli_options[key.removesuffix("_options")].update(part_options(key.removesuffix("_options"), value))
         else:
             values[key] = value
     options = {}

@@ -95,17 +95,32 @@ def build_options(options: type | None, values: Mapping[str, Any] | None, owner:
         raise ValueError(f"{owner} has no option(s) {unknown}; known options: {known or 'none'}")
     if options is None:
         return None
-    floats = {f.name for f in dataclasses.fields(options) if str(f.type).startswith("float")}
-    for key in floats & set(values):
-        if isinstance(values[key], str):  # YAML 1.1 reads 1e-4 as a string
-            try:
-                values[key] = float(values[key])
-            except ValueError:
-                pass
+    types = {
+        f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        for f in dataclasses.fields(options)
+    }
+    for key, value in values.items():
+        kind = types[key].removesuffix(" | None")
+        if kind in ("int", "float") and not (value is None and types[key] != kind):
+            values[key] = number_option(value, kind == "int", f"{owner} option {key}")
     try:
         return options(**values)
     except TypeError as error:
         raise ValueError(f"{owner}: {error}") from None
+
+
+def number_option(value: Any, integer: bool, what: str) -> int | float:
+    """`value` as the int or float an option is typed for (YAML 1.1 reads 1e-4 as a string; 3.0
+    is the integer 3); anything else is a ValueError naming `what`."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or (integer and not float(number).is_integer()):
+        raise ValueError(f"{what}={value!r}: expected {'an integer' if integer else 'a number'}")
+    return int(number) if integer else float(number)
 
 
 def options_dict(options: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from .llm.policy import load_text_policy
 from .metrics import UpdateStats, combine_processes
 from .objectives import OBJECTIVES, ObjectiveContext
 from .policies.base import rollout_velocity
+from .policies.loading import check_hub_policy
 from .prompt_source import PromptSource
 from .run_files import (
     append_metrics,
@@ -62,6 +63,8 @@ class Trainer:
         self.config, self.out = config, Path(config.out)
         if config.threads:
             torch.set_num_threads(config.threads)
+        if not is_text_source(config.policy):  # unreachable, gated or missing: said before anything loads
+            check_hub_policy(config.policy)
         self.device = choose_device(config)
         self.autocast = uses_autocast(config, self.device)
         self.processes = Processes(config, self.device, str(self.out / "logs"))
@@ -84,6 +87,17 @@ class Trainer:
         self.method = None if self.text else get_method(config.method)
         self.method_config = method_config(config)
         torch.manual_seed(config.seed)
+        if (
+            not self.text
+        ):  # prompts and rewards first: a judge or reward server that is down is found before the policy loads
+            self.prompts = PromptSource(config.prompts, config.seed)
+            self.reward = RewardSet.load(
+                config.reward,
+                config.reward_options,
+                device=self.device,
+                on_invalid=config.reward_invalid,
+                batch_size=config.max_batch,
+            )
         self.policy = load_text_policy(config.policy, self.device) if self.text else load_policy(config, self.device)
         network = self.policy.network
         self.lora = config.lora_rank > 0
@@ -111,14 +125,6 @@ class Trainer:
             self.evaluator = TextEvaluator(config, self.experience, self.out, self.final_weights, self.rank)
         else:
             self.experience = None
-            self.prompts = PromptSource(config.prompts, config.seed)
-            self.reward = RewardSet.load(
-                config.reward,
-                config.reward_options,
-                device=self.device,
-                on_invalid=config.reward_invalid,
-                batch_size=config.max_batch,
-            )
             shift = float(getattr(self.method_config, "shift", 1.0))
             self.evaluator = Evaluator(
                 config, self.policy, self.reward, self.prompts, self.out, shift, self.final_weights, self.rank

@@ -61,7 +61,7 @@ def post_with_retries(
             requests.Timeout,
             requests.exceptions.ChunkedEncodingError,
         ) as error:  # a reply cut off mid-body too
-            last = f"{type(error).__name__}: {error}"
+            last = connection_problem(error, timeout)
             continue
         final = response.headers.get(RETRYABLE_HEADER, "").lower() == "false"
         if response.status_code in RETRY_STATUS and not final:
@@ -74,6 +74,19 @@ def post_with_retries(
             )
         return response
     raise RewardServiceError(f"{what}: {url} failed after {retries + 1} attempts; last error: {last}")
+
+
+def connection_problem(error: Exception, timeout: float) -> str:
+    """A failed connection in words: nothing listening, a host name that does not resolve, or no
+    answer in time; otherwise the error itself."""
+    text = str(error)
+    if "Connection refused" in text:
+        return "nothing is listening there (connection refused)"
+    if any(sign in text for sign in ("Name or service not known", "nodename nor servname", "getaddrinfo failed")):
+        return "the host name does not resolve"
+    if isinstance(error, requests.Timeout):
+        return f"no answer within the {timeout:g} s timeout"
+    return f"{type(error).__name__}: {error}"
 
 
 def retry_after(response: requests.Response) -> float:

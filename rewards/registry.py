@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from typing import Any
 
 import torch
 
@@ -50,7 +53,11 @@ BUILTIN: dict[str, tuple[str, dict, str]] = {
         "HPSv2.1 human preference score (open_clip ViT-H-14)",
     ),
     "pickscore": ("flowrl.rewards.pickscore:PickScoreReward", {}, "PickScore (transformers CLIPModel)"),
-    "imagereward": ("flowrl.rewards.image_reward:ImageRewardReward", {}, "ImageReward (needs the image-reward extra)"),
+    "imagereward": (
+        "flowrl.rewards.image_reward:ImageRewardReward",
+        {},
+        "ImageReward (BLIP; the official checkpoint, loaded natively)",
+    ),
     "clip": ("flowrl.rewards.clip_score:CLIPScoreReward", {}, "CLIP image-text similarity (open_clip)"),
     "aesthetic": ("flowrl.rewards.aesthetic:AestheticReward", {}, "LAION aesthetic predictor (CLIP ViT-L/14 + MLP)"),
     "ocr": ("flowrl.rewards.ocr:OCRReward", {}, "text accuracy of the quoted text in the prompt (rapidocr)"),
@@ -184,13 +191,32 @@ def _is_factory(target: Callable) -> bool:
     return not required
 
 
+def import_here_too(module_name: str) -> Any:
+    """importlib.import_module, also finding a module in the current folder as `python -m` would
+    (the `flowrl` console script does not put it on sys.path)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        here = os.getcwd()
+        top = module_name.split(".")[0]
+        if error.name != top or here in sys.path or "" in sys.path:
+            raise
+        if not (os.path.isfile(os.path.join(here, top + ".py")) or os.path.isdir(os.path.join(here, top))):
+            raise
+        sys.path.insert(0, here)
+        return importlib.import_module(module_name)
+
+
 def import_object(spec: str) -> object:
     """`package.module:object` (dotted attributes allowed after the colon)."""
     module_name, _, attribute = spec.partition(":")
     try:
-        target = importlib.import_module(module_name)
+        target = import_here_too(module_name)
     except ImportError as error:
-        raise ValueError(f"reward {spec!r}: cannot import {module_name!r} ({error})") from None
+        raise ValueError(
+            f"reward {spec!r}: cannot import {module_name!r} ({error}); the module must be importable where flowrl "
+            "runs: a file in the current folder, a folder on PYTHONPATH, or an installed package"
+        ) from None
     for part in attribute.split("."):
         if not hasattr(target, part):
             raise ValueError(f"reward {spec!r}: module {module_name!r} has no {attribute!r}")

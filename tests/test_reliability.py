@@ -3,6 +3,8 @@ leave the folder as it was, exports are atomic, non-finite numbers stop a run, r
 
 import hashlib
 import json
+import shutil
+import socket
 
 import pytest
 import torch
@@ -340,9 +342,49 @@ def test_a_hub_model_that_cannot_be_read_says_why(monkeypatch, failure, message)
     from diffusers import DiffusionPipeline
 
     monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(DiffusionPipeline, "load_config", load_config)
     with pytest.raises(ValueError, match=message):
         pipeline_class_name("org/model")
+
+
+def test_a_hub_policy_is_checked_before_the_run_folder_or_any_model(monkeypatch, tmp_path, capsys):
+    import types
+
+    import huggingface_hub
+    import requests
+    from huggingface_hub.errors import GatedRepoError
+
+    from flowrl.cli import main
+    from flowrl.policies.loading import check_hub_policy
+
+    def refuse_access(repo_id):  # the card is public, the files are not
+        response = requests.Response()
+        response.status_code, response.url = 403, f"https://huggingface.co/api/models/{repo_id}/auth-check"
+        response.request = requests.Request("GET", response.url).prepare()
+        raise GatedRepoError("gated", response=response)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(huggingface_hub, "model_info", lambda repo_id, timeout: types.SimpleNamespace(gated="manual"))
+    monkeypatch.setattr(huggingface_hub, "auth_check", refuse_access)
+    assert main(["train", "toy", "policy=org/gated-model", f"out={tmp_path / 'run'}"]) != 0
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
+    assert len(err) == 1 and "policy='org/gated-model': the model is gated" in err[0], err
+    assert not (tmp_path / "run").exists()  # refused before the folder, the policy or a reward was touched
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a cached model needs no network call")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", no_network)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: "/cache/model_index.json")
+    check_hub_policy("org/cached-model")  # passes: offline runs of cached models work
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(
+        ValueError, match=r"policy='org/model': HF_HUB_OFFLINE is set and the model is not in the local cache"
+    ):
+        check_hub_policy("org/model")
 
 
 def tree_digest(root) -> dict:
@@ -369,6 +411,9 @@ def finished_run(tmp_path_factory):
     assert main(["train", *overrides]) == 0  # the toy recipe with the tiny run's settings on top
     (root / "a_file.txt").write_text("not a folder\n")
     (root / "words.txt").write_text("a purple hexagon\n")
+    shutil.copytree(tiny, root / "truncated")
+    weights = root / "truncated" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return root, overrides
 
 
@@ -384,19 +429,66 @@ BAD_INPUTS = [
     (["stall_iterations=-2"], "stall_iterations"),
     (["keep_checkpoints=0"], "keep_checkpoints"),
     (["no_such_key=1"], "no_such_key"),
+    (["guidance=inf"], "guidance"),
+    (["policy={root}/truncated"], "model.safetensors"),
+    (["policy=org/model"], "the hub (huggingface.co) did not answer"),
+    (
+        [
+            "reward=remote:http://127.0.0.1:{port}",
+            'reward_options={{"remote:http://127.0.0.1:{port}": {{retries: 0}}}}',
+        ],
+        "nothing is listening there (connection refused)",
+    ),
+    *([] if torch.cuda.is_available() else [(["device=cuda"], "no CUDA device")]),
 ]
 
 
 @pytest.mark.parametrize("extra,named", BAD_INPUTS, ids=[" ".join(e) for e, _ in BAD_INPUTS])
-def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, extra, named):
+def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, monkeypatch, extra, named):
+    import huggingface_hub
+    import requests
+
+    from flowrl.cli import main
+    from flowrl.policies.toy import SHIPPED_DIR
+
+    def unreachable(repo_id, timeout):
+        raise requests.ConnectionError("no route to host")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    root, overrides = finished_run
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
+    code = main(["train", *overrides, *(e.format(root=root, port=port) for e in extra)])
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
+    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and named in err[0], err
+    assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
+
+
+@pytest.mark.parametrize(
+    "recipe,named",
+    [
+        ("method: flow_grpo\niterations: [1,\n", r"bad\.yaml, line 3: "),
+        ("lr: 1e-4\nseed: 1\nlr: 2e-4\n", r"bad\.yaml, line 3: the key 'lr' appears twice"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+    ids=["syntax error", "key twice", "not a mapping"],
+)
+def test_a_bad_recipe_file_ends_in_one_line_and_changes_nothing(finished_run, capsys, recipe, named):
+    import re
+
     from flowrl.cli import main
     from flowrl.policies.toy import SHIPPED_DIR
 
     root, overrides = finished_run
+    (root / "bad.yaml").write_text(recipe)
     before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
-    code = main(["train", *overrides, *(e.format(root=root) for e in extra)])
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
-    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and named in err[0], err
+    code = main(["train", str(root / "bad.yaml"), *overrides])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and re.search(named, err[0]), err
     assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
 
 

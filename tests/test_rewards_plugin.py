@@ -13,6 +13,7 @@ import torch
 
 from conftest import metric_records, tiny_model
 from flowrl.policies.toy import save_toy
+from flowrl.rewards import registry
 
 PLUGIN = '''
 """A plug-in reward package made by the test."""
@@ -149,3 +150,28 @@ def test_without_the_plugin_the_name_is_unknown(tmp_path):
     )
     assert done.returncode == 2
     assert "config key reward='darkness': unknown reward 'darkness'; known:" in done.stderr
+
+
+def test_a_module_in_the_current_folder_is_found_by_the_console_script(tmp_path):
+    script = Path(sys.executable).with_name("flowrl")
+    if not script.is_file():
+        pytest.skip("the flowrl console script is not installed in this environment")
+    (tmp_path / "my_reward.py").write_text("def brightness(images, prompts):\n    return images.mean(dim=(1, 2, 3))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(script), "train", "toy", "reward=my_reward:brightness", "--help-config"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "my_reward:brightness" in done.stdout
+
+
+def test_a_module_that_cannot_be_imported_says_where_it_must_be():
+    with pytest.raises(
+        ValueError, match=r"cannot import 'no_such_reward_module'.*current folder, a folder on PYTHONPATH"
+    ):
+        registry.check("no_such_reward_module:score")

@@ -58,14 +58,39 @@ def pipeline_class_name(source: str) -> str:
         ) from None
 
 
+def check_hub_policy(source: str) -> None:
+    """Refuse, before any model loads, a hub pipeline that cannot be read (hub unreachable and the
+    model not cached, gated without access, no such model); diffusers' own retries take about
+    30 s to say less. A cached model passes without a network call, so offline runs work."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .diffusers_common import MODEL_INDEX, resolve_source
+
+    if is_toy_source(source) or Path(resolve_source(source)).exists():
+        return
+    if isinstance(try_to_load_from_cache(source, MODEL_INDEX), str):
+        return
+    why = hub_problem(source)
+    if why:
+        raise ValueError(f"config key policy={source!r}: {why}")
+
+
 def hub_problem(repo_id: str) -> str | None:
     """Why a hub model cannot be read, in words: the hub unreachable (and the model not cached),
-    a gated model, or no such model; None when the hub answers and the model is there."""
+    a gated model this account has no access to, or no such model; None when it can be read."""
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    if constants.HF_HUB_OFFLINE:
+        return (
+            f"HF_HUB_OFFLINE is set and the model is not in the local cache; download it where there is a "
+            f"network (`hf download {repo_id}`) and pass its folder, or unset HF_HUB_OFFLINE"
+        )
     try:
-        huggingface_hub.model_info(repo_id, timeout=15)
+        info = huggingface_hub.model_info(repo_id, timeout=15)
+        if getattr(info, "gated", False):  # the card is public; whether this account may read the files is not
+            huggingface_hub.auth_check(repo_id)
     except GatedRepoError:
         return (
             f"the model is gated: accept its licence at https://huggingface.co/{repo_id} and log in "

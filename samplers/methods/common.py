@@ -10,6 +10,10 @@ from ..grid import GRIDS
 from ..plan import FINAL_IMAGES, StepSpec
 from ..sde import SDE_FORMS
 
+# Bounds that catch a typo before a plan of that size is built (published runs: 10-50 steps, 8-24 samples).
+MAX_STEPS = 1000
+MAX_GROUP = 4096
+
 
 def require(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition holds (config validation)."""
@@ -45,16 +49,16 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         require(
-            int(self.num_steps) == self.num_steps and self.num_steps >= 1,
-            f"num_steps must be a positive integer, got {self.num_steps!r}",
+            int(self.num_steps) == self.num_steps and 1 <= self.num_steps <= MAX_STEPS,
+            f"num_steps must be an integer in [1, {MAX_STEPS}], got {self.num_steps!r}",
         )
         require(self.shift > 0, f"shift must be positive, got {self.shift!r}")
         require(self.grid in GRIDS, f"grid must be one of {list(GRIDS)}, got {self.grid!r}")
         require(self.final in FINAL_IMAGES, f"final must be one of {FINAL_IMAGES}, got {self.final!r}")
         require(self.sde is None or self.sde in SDE_FORMS, f"sde must be one of {list(SDE_FORMS)}, got {self.sde!r}")
         require(
-            int(self.group_size) == self.group_size and self.group_size >= 1,
-            f"group_size must be a positive integer, got {self.group_size!r}",
+            int(self.group_size) == self.group_size and 1 <= self.group_size <= MAX_GROUP,
+            f"group_size must be an integer in [1, {MAX_GROUP}], got {self.group_size!r}",
         )
 
     def sigmas(self) -> torch.Tensor:
