@@ -268,10 +268,12 @@ def cmd_rewards(args: argparse.Namespace) -> int:
 
 
 def cmd_judge_protocol(args: argparse.Namespace) -> int:
-    from flowrl.rewards.judge_protocols import PRESETS, REPOSITORY, download_judge_protocol
+    from flowrl.rewards.judge_protocols import PRESETS, download_judge_protocol, repository_of
 
     path = download_judge_protocol(args.name)
-    print(f"the judge protocol {args.name} ({REPOSITORY} at {PRESETS[args.name]['commit'][:12]}) is in {path}")
+    print(
+        f"the judge protocol {args.name} ({repository_of(args.name)} at {PRESETS[args.name]['commit'][:12]}) is in {path}"
+    )
     return 0
 
 
@@ -583,9 +585,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge_protocol = sub.add_parser(
         "judge-protocol",
-        help="download a named vlm_judge protocol's template (Pref-GRPO's, pinned commit, hash-checked) into the cache",
+        help="download a named vlm_judge protocol's template (pinned commit, hash-checked) into the cache",
     )
-    judge_protocol.add_argument("name", choices=["pref_grpo", "pref_grpo_v1"])
+    judge_protocol.add_argument("name", choices=["pref_grpo", "pref_grpo_v1", "unifiedreward_think"])
     judge_protocol.set_defaults(func=cmd_judge_protocol)
 
     serve = sub.add_parser(

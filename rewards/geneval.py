@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -302,6 +303,23 @@ def _embeds(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+# GenEval's score thresholds for its Mask2Former detector (threshold, counting_threshold).
+MASK2FORMER_THRESHOLDS = {"threshold": 0.3, "counting_threshold": 0.9}
+
+
+def warn_foreign_thresholds(values: Mapping[str, float]) -> None:
+    """Warn when a threshold is GenEval's Mask2Former value: OWLv2's scores run lower, so the
+    count of found objects falls short of what is drawn."""
+    foreign = [f"{name}={value:g}" for name, value in values.items() if MASK2FORMER_THRESHOLDS.get(name) == value]
+    if foreign:
+        warnings.warn(
+            f"GenEvalReward: {', '.join(foreign)} is GenEval's value for its Mask2Former detector; OWLv2 scores "
+            "clear objects lower (two clear cats at about 0.6 to 0.75) and repeats boxes, so objects may go "
+            "uncounted. Pass thresholds (and max_overlap below 1) chosen for OWLv2: docs/rewards.md",
+            stacklevel=3,
+        )
+
+
 def _threshold(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
         raise ValueError(f"GenEvalReward: {what} must be a number in [0, 1), got {value!r}")
@@ -364,6 +382,7 @@ class GenEvalReward:
         self.jpeg_quality = jpeg_quality
         self.threshold = _threshold(threshold, "threshold")
         self.counting_threshold = _threshold(counting_threshold, "counting_threshold")
+        warn_foreign_thresholds({"threshold": self.threshold, "counting_threshold": self.counting_threshold})
         if not isinstance(max_objects, int) or isinstance(max_objects, bool) or max_objects < 1:
             raise ValueError(f"GenEvalReward: max_objects must be a positive int, got {max_objects!r}")
         self.max_objects = max_objects

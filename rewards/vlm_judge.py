@@ -232,7 +232,7 @@ class VLMJudge:
         answer as 0.5 and counts it in `failures`, "error" raises; image_format: png, jpeg or
         webp; instruction: the judging prompt, with {prompt} where the image prompt goes;
         protocol: flowrl (our prompt and lenient parsing), or a named preset (pref_grpo,
-        pref_grpo_v1: rewards.judge_protocols) that fixes the template, JPEG images, the request
+        pref_grpo_v1, unifiedreward_think: rewards.judge_protocols) that fixes the template, JPEG images, the request
         fields (model UnifiedReward, no temperature) and Pref-GRPO's answer rule."""
         self.protocol = JudgeProtocol.load(protocol) if protocol != "flowrl" else None
         if self.protocol is not None:

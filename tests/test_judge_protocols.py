@@ -4,6 +4,7 @@ model UnifiedReward, no temperature) and answers are read by its rule (first <an
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -39,13 +40,29 @@ def module(tmp_path) -> str:
 def test_the_template_is_read_from_the_syntax_tree_without_running_the_module(tmp_path):
     find = ("function", "get_unifiedreward_think_image_template")
     assert extract_template(module(tmp_path), find) == TEMPLATE and not (tmp_path / "ran").exists()
-    with pytest.raises(ValueError, match="not a string literal"):
+    with pytest.raises(ValueError, match="an f-string with a field other than"):
         extract_template(module(tmp_path), ("function", "get_other_template"))
     with pytest.raises(ValueError, match="no top-level function 'missing'"):
         extract_template(module(tmp_path), ("function", "missing"))
     with pytest.raises(ValueError, match=r"fields \['other', 'prompt'\]"):
         extract_template("template = 'a {prompt} {other}'", ("assign", "template"))
     assert extract_template("template = 'x {prompt}'", ("assign", "template")) == "x {prompt}"
+
+
+def test_an_f_string_template_keeps_its_prompt_field_and_nothing_else():
+    source = 'prompt = ""\nproblem = f"""Caption: 「{prompt}」; say {{it}} in <answer></answer>.\n    """\n'
+    template = extract_template(source, ("assign", "problem"))
+    assert template == "Caption: 「{prompt}」; say {{it}} in <answer></answer>.\n    "
+    assert template.format(prompt="a cat") == "Caption: 「a cat」; say {it} in <answer></answer>.\n    "
+    for bad, message in [
+        ('problem = f"{prompt!r}"', "field other than"),
+        ('problem = f"{prompt:>9}"', "field other than"),
+        ('problem = f"{other}"', "field other than"),
+        ('problem = f"{os.system(1)}"', "field other than"),
+        ('problem = f"no field"', "has no {prompt} field"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            extract_template(bad, ("assign", "problem"))
 
 
 def install(tmp_path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import string
+import warnings
 from pathlib import Path
 
 import pytest
@@ -670,3 +671,16 @@ def test_flow_grpo_mode_judges_the_jpeg_and_scores_each_observation(reward, mode
     assert torch.equal(jpeg_round_trip(images[:1], 75)[0], decoded.float())
     with pytest.raises(ValueError, match="jpeg_quality"):
         GenEvalReward(detector=str(model_dirs[0]), color_model=str(model_dirs[1]), jpeg_quality=0)
+
+
+def test_a_threshold_of_geneval_s_detector_is_warned_about(model_dirs):
+    owl, clip = str(model_dirs[0]), str(model_dirs[1])
+    with pytest.warns(
+        UserWarning, match=r"threshold=0\.3, counting_threshold=0\.9 is GenEval's value for its Mask2Former"
+    ):
+        GenEvalReward(detector=owl, color_model=clip)
+    with pytest.warns(UserWarning, match=r"GenEvalReward: counting_threshold=0\.9 is"):
+        GenEvalReward(detector=owl, color_model=clip, threshold=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # values chosen for OWLv2: no warning
+        GenEvalReward(detector=owl, color_model=clip, threshold=0.2, counting_threshold=0.5)
