@@ -93,6 +93,36 @@ def stack_images(top: Path, bottom: Path, labels: tuple[str, str], path: Path) -
     return path
 
 
+SERIES_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14))
+
+
+def _panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], x_max: float, lo: float, hi: float):
+    """Axes with five labelled ticks on each inside box (left, top, right, bottom); returns the
+    map from (iteration, value) to pixels."""
+    left, top, right, bottom = box
+
+    def scale(i: float, v: float) -> tuple[float, float]:
+        return left + (right - left) * i / (x_max or 1), bottom - (bottom - top) * (v - lo) / (hi - lo or 1)
+
+    draw.line([(left, bottom), (right, bottom)], fill="black")
+    draw.line([(left, top), (left, bottom)], fill="black")
+    for k in range(5):  # ticks: five levels of each axis
+        value = lo + (hi - lo) * k / 4
+        _, y = scale(0, value)
+        draw.line([(left - 4, y), (left, y)], fill="black")
+        draw.line([(left + 1, y), (right, y)], fill=(230, 230, 230))
+        draw.text((4, y - 5), f"{value:.{3 if hi - lo < 0.1 else 2}f}", fill="black")
+        iteration = round(x_max * k / 4)
+        x, _ = scale(iteration, lo)
+        draw.line([(x, bottom), (x, bottom + 4)], fill="black")
+        draw.text((x - 3 * len(str(iteration)), bottom + 6), str(iteration), fill="black")
+    return scale
+
+
+def _polyline(draw: ImageDraw.ImageDraw, scale, points: list[tuple[float, float]], colour) -> None:
+    draw.line([scale(*p) for p in points] if len(points) > 1 else [scale(*points[0])] * 2, fill=colour, width=2)
+
+
 def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_key: str = "eval/overall") -> Path:
     """A PNG of the training reward per iteration (blue line) and the evaluations (red dots), with
     labelled ticks on both axes."""
@@ -105,31 +135,41 @@ def draw_curve(records: list[dict], path: Path, key: str = "reward/mean", eval_k
     if points:
         x_max = max(1, max(i for i, _ in points + evals))
         lo, hi = min(values + [0.0]), max(values + [1.0])
-
-        def scale(i, v):
-            x = left + (width - left - right) * i / x_max
-            return x, height - bottom - (height - top - bottom) * (v - lo) / (hi - lo or 1)
-
-        draw.line([(left, height - bottom), (width - right, height - bottom)], fill="black")
-        draw.line([(left, top), (left, height - bottom)], fill="black")
-        for k in range(5):  # ticks: five levels of each axis
-            value = lo + (hi - lo) * k / 4
-            _, y = scale(0, value)
-            draw.line([(left - 4, y), (left, y)], fill="black")
-            draw.line([(left + 1, y), (width - right, y)], fill=(230, 230, 230))
-            draw.text((4, y - 5), f"{value:.2f}", fill="black")
-            iteration = round(x_max * k / 4)
-            x, _ = scale(iteration, lo)
-            draw.line([(x, height - bottom), (x, height - bottom + 4)], fill="black")
-            draw.text((x - 3 * len(str(iteration)), height - bottom + 6), str(iteration), fill="black")
+        scale = _panel(draw, (left, top, width - right, height - bottom), x_max, lo, hi)
         draw.text((width // 2 - 24, height - 14), "iteration", fill="black")
-        draw.line(
-            [scale(i, v) for i, v in points] if len(points) > 1 else [scale(*points[0])] * 2, fill="blue", width=2
-        )
+        _polyline(draw, scale, points, "blue")
         for i, v in evals:
             x, y = scale(i, v)
             draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill="red")
         draw.text((left, 8), f"{key} (blue line), {eval_key} (red dots)", fill="black")
+    image.save(path)
+    return path
+
+
+def line_chart(path: Path, title: str, *panels: dict[str, list[tuple[float, float]]]) -> Path:
+    """A PNG of one or more stacked panels sharing the iteration axis, each a line per named series
+    (the same colour for a name in every panel), with a legend and labelled ticks."""
+    width, panel_height, left, right = 640, 240, 56, 16
+    image = Image.new("RGB", (width, 36 + len(panels) * panel_height), "white")
+    draw = ImageDraw.Draw(image)
+    names = list(dict.fromkeys(name for panel in panels for name in panel))
+    colours = {name: SERIES_COLOURS[i % len(SERIES_COLOURS)] for i, name in enumerate(names)}
+    draw.text((left, 6), title, fill="black")
+    for i, name in enumerate(names):
+        draw.text((left + 110 * i, 20), f"-- {name}", fill=colours[name])
+    x_max = max([1] + [x for panel in panels for series in panel.values() for x, _ in series])
+    for index, panel in enumerate(panels):
+        values = [v for series in panel.values() for _, v in series]
+        if not values:
+            continue
+        lo, hi = min(values), max(values)
+        margin = (hi - lo) * 0.1 or 0.05
+        top = 36 + index * panel_height + 10
+        scale = _panel(draw, (left, top, width - right, top + panel_height - 46), x_max, lo - margin, hi + margin)
+        for name, series in panel.items():
+            if series:
+                _polyline(draw, scale, series, colours[name])
+    draw.text((width // 2 - 24, image.height - 14), "iteration", fill="black")
     image.save(path)
     return path
 

@@ -295,6 +295,21 @@ def test_the_reward_curve_has_labelled_ticks_on_both_axes(tmp_path):
     assert (sheet[-34:-20, 60:] < 128).any()  # x tick labels under the axis
 
 
+def test_a_line_chart_draws_each_series_in_its_colour_in_every_panel(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from flowrl.run_files import SERIES_COLOURS, line_chart
+
+    upper = {"a": [(0, 0.5), (10, 0.6)], "b": [(0, 0.5), (10, 0.4)]}
+    lower = {"a": [(0, 0.2), (10, 0.1)], "b": [(0, 0.2), (10, 0.3)]}
+    pixels = np.asarray(Image.open(line_chart(tmp_path / "chart.png", "t", upper, lower)).convert("RGB"))
+    half = pixels.shape[0] // 2 + 18  # the panels split below the 36-pixel title band
+    for colour in SERIES_COLOURS[:2]:
+        hits = (pixels == np.array(colour, dtype=np.uint8)).all(axis=2)
+        assert hits[40:half].sum() > 100 and hits[half:].sum() > 100  # a line in each panel
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
 def test_device_cuda_without_a_gpu_is_refused_by_name(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="device='cuda': no CUDA device is available here"):
