@@ -272,8 +272,9 @@ def build_config(values: dict[str, Any], overrides: list[str] = ()) -> TrainConf
         prefix, _, rest = key.partition(".")
         if prefix in PARTS and rest:
             cli_options[prefix][rest] = value
-        elif key in {f"{part}_options" for part in PARTS}:
-            cli_options[key.removesuffix("_options")].update(part_options(key.removesuffix("_options"), value))
+        elif key.endswith("_options") and key.removesuffix("_options") in PARTS:
+            part = key.removesuffix("_options")
+            cli_options[part].update(part_options(part, value))
         else:
             values[key] = value
     options = {}

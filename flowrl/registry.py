@@ -101,7 +101,8 @@ def build_options(options: type | None, values: Mapping[str, Any] | None, owner:
     }
     for key, value in values.items():
         kind = types[key].removesuffix(" | None")
-        if kind in ("int", "float") and not (value is None and types[key] != kind):
+        optional = kind != types[key]
+        if kind in ("int", "float") and not (optional and value is None):
             values[key] = number_option(value, kind == "int", f"{owner} option {key}")
     try:
         return options(**values)

@@ -87,9 +87,8 @@ class Trainer:
         self.method = None if self.text else get_method(config.method)
         self.method_config = method_config(config)
         torch.manual_seed(config.seed)
-        if (
-            not self.text
-        ):  # prompts and rewards first: a judge or reward server that is down is found before the policy loads
+        # Prompts and rewards first: a judge or reward server that is down is found before the policy loads.
+        if not self.text:
             self.prompts = PromptSource(config.prompts, config.seed)
             self.reward = RewardSet.load(
                 config.reward,

@@ -107,8 +107,11 @@ class AestheticReward:
         batch_size: int = 32,
     ) -> None:
         self.batch_size = check_batch_size(batch_size)
-        path = local_file(head, "aesthetic head") if head is not None else None
-        self.head = load_head(path or verified_download(HEAD_URL, HEAD_FILE, HEAD_SHA256, what="aesthetic head"))
+        if head is not None:
+            path = local_file(head, "aesthetic head")
+        else:
+            path = verified_download(HEAD_URL, HEAD_FILE, HEAD_SHA256, what="aesthetic head")
+        self.head = load_head(path)
         # A local file cannot say its activation; the head was trained on OpenAI CLIP (QuickGELU).
         is_file = os.path.isfile(os.path.expanduser(str(clip_pretrained)))
         quick_gelu = True if is_file else quick_gelu_for(architecture, clip_pretrained)

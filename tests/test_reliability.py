@@ -324,6 +324,16 @@ def test_a_reward_function_is_called_on_a_dummy_batch_before_any_model_loads(tin
     tiny_run(tiny_dir, tmp_path / "c", "reward=conftest:brightness_reward")  # a sound one passes
 
 
+def hub_response(status: int, url: str):
+    """The HTTP answer a huggingface_hub error carries: `status` from a GET of `url`."""
+    import requests
+
+    response = requests.Response()
+    response.status_code, response.url = status, url
+    response.request = requests.Request("GET", response.url).prepare()
+    return response
+
+
 @pytest.mark.parametrize(
     "failure,message",
     [
@@ -339,9 +349,7 @@ def test_a_hub_model_that_cannot_be_read_says_why(monkeypatch, failure, message)
 
     from flowrl.policies.loading import pipeline_class_name
 
-    response = requests.Response()
-    response.status_code, response.url = 401, "https://huggingface.co/api/models/org/model"
-    response.request = requests.Request("GET", response.url).prepare()
+    response = hub_response(401, "https://huggingface.co/api/models/org/model")
     errors = {
         "gated": GatedRepoError("gated", response=response),
         "missing": RepositoryNotFoundError("missing", response=response),
@@ -367,17 +375,15 @@ def test_a_hub_policy_is_checked_before_the_run_folder_or_any_model(monkeypatch,
     import types
 
     import huggingface_hub
-    import requests
     from huggingface_hub.errors import GatedRepoError
 
     from flowrl.cli import main
     from flowrl.policies.loading import check_hub_policy
 
     def refuse_access(repo_id):  # the card is public, the files are not
-        response = requests.Response()
-        response.status_code, response.url = 403, f"https://huggingface.co/api/models/{repo_id}/auth-check"
-        response.request = requests.Request("GET", response.url).prepare()
-        raise GatedRepoError("gated", response=response)
+        raise GatedRepoError(
+            "gated", response=hub_response(403, f"https://huggingface.co/api/models/{repo_id}/auth-check")
+        )
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo_id, filename: None)
@@ -432,6 +438,23 @@ def finished_run(tmp_path_factory):
     return root, overrides
 
 
+def refused_without_change(root, argv: list[str], capsys, notes: bool = True) -> str:
+    """Run `flowrl argv`; it must exit non-zero with one error line and no traceback, and leave
+    the run folder under `root` and the shipped model byte-identical. Returns that line. `notes`:
+    lines starting "note: " may come before it."""
+    from flowrl.cli import main
+    from flowrl.policies.toy import SHIPPED_DIR
+
+    before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    if notes:
+        err = [line for line in err if not line.startswith("note: ")]
+    assert code != 0 and len(err) == 1 and "Traceback" not in err[0], err
+    assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
+    return err[0]
+
+
 BAD_INPUTS = [
     (["lr=nan"], "lr"),
     (["iterations=-1"], "iterations"),
@@ -463,9 +486,6 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, 
     import huggingface_hub
     import requests
 
-    from flowrl.cli import main
-    from flowrl.policies.toy import SHIPPED_DIR
-
     def unreachable(repo_id, timeout):
         raise requests.ConnectionError("no route to host")
 
@@ -476,11 +496,8 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
-    code = main(["train", *overrides, *(e.format(root=root, port=port) for e in extra)])
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("note: ")]
-    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and named in err[0], err
-    assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
+    err = refused_without_change(root, ["train", *overrides, *(e.format(root=root, port=port) for e in extra)], capsys)
+    assert named in err, err
 
 
 @pytest.mark.parametrize(
@@ -495,16 +512,10 @@ def test_a_bad_input_ends_in_one_line_and_changes_nothing(finished_run, capsys, 
 def test_a_bad_recipe_file_ends_in_one_line_and_changes_nothing(finished_run, capsys, recipe, named):
     import re
 
-    from flowrl.cli import main
-    from flowrl.policies.toy import SHIPPED_DIR
-
     root, overrides = finished_run
     (root / "bad.yaml").write_text(recipe)
-    before, package = tree_digest(root / "run"), tree_digest(SHIPPED_DIR)
-    code = main(["train", str(root / "bad.yaml"), *overrides])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1 and "Traceback" not in err[0] and re.search(named, err[0]), err
-    assert tree_digest(root / "run") == before and tree_digest(SHIPPED_DIR) == package
+    err = refused_without_change(root, ["train", str(root / "bad.yaml"), *overrides], capsys, notes=False)
+    assert re.search(named, err), err
 
 
 def test_a_recipe_path_that_does_not_exist_is_named_as_a_file():
