@@ -7,6 +7,7 @@ accuracy curve that shows where supervised training levels off (the base RL star
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -49,6 +50,47 @@ def greedy_accuracy(policy, rows: list[dict], max_new_tokens: int) -> float:
     return sum(c.strip() == r["answer"] for c, r in zip(completions.texts, rows)) / len(rows)
 
 
+def supervised_lr(lr: float, progress: float, continued: bool) -> float:
+    """Cosine from lr to lr / 10 over a run, so it ends settled; a continued run goes on at the
+    rate its base ended with (a restart at lr would first undo part of the base's settling)."""
+    if continued:
+        return 0.1 * lr
+    return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+class WeightAverage:
+    """An exponential moving average of a network's parameters, short at first as is usual."""
+
+    def __init__(self, network: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema must lie in (0, 1), got {decay}")
+        self.network, self.decay = network, decay
+        self.average = [p.detach().clone() for p in network.parameters()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for mean, p in zip(self.average, self.network.parameters()):
+            mean.lerp_(p, 1 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The network holds the average inside the block and its own weights again after it."""
+        own = [p.detach().clone() for p in self.network.parameters()]
+        self.copy_to_network()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, weight in zip(self.network.parameters(), own):
+                    p.copy_(weight)
+
+    @torch.no_grad()
+    def copy_to_network(self) -> None:
+        for p, mean in zip(self.network.parameters(), self.average):
+            p.copy_(mean)
+
+
 def pretrain(
     task_name: str,
     out: str | Path,
@@ -63,10 +105,12 @@ def pretrain(
     eval_rows: int = 1000,
     start_from: str | None = None,
     teacher_error: float = 0.0,
+    ema: float = 0.0,
 ) -> dict:
     """Train from random weights for `minutes` (or, with `start_from`, continue that model on its
-    own labelled rows: the supervised control beside an RL run); returns the held-out curve and
-    writes the model to out."""
+    own labelled rows at its final learning rate: the supervised control beside an RL run); returns the held-out curve and
+    writes the model to out. With `ema` > 0 the curve and the saved model are an exponential moving
+    average of the weights, which removes the step-to-step swing of the last update."""
     task = ArithmeticTask(task_name)
     out = Path(out)
     if start_from is None:
@@ -77,26 +121,32 @@ def pretrain(
     rows = task.train(train_rows, seed=seed, teacher_error=teacher_error)
     held_out = task.held_out(eval_rows)
     optimizer = torch.optim.AdamW(policy.network.parameters(), lr=lr, weight_decay=0.01)
+    average = WeightAverage(policy.network, ema) if ema > 0 else None
     rng = random.Random(seed)
     curve, start, next_eval, steps = [], time.perf_counter(), 0.0, 0
     while True:
         elapsed = time.perf_counter() - start
         done = elapsed >= 60 * minutes
         if elapsed >= next_eval or (done and curve[-1]["steps"] != steps):  # the curve ends at the saved model
-            accuracy = greedy_accuracy(policy, held_out, task.answer_length + 1)
+            with average.swapped_in() if average else contextlib.nullcontext():
+                accuracy = greedy_accuracy(policy, held_out, task.answer_length + 1)
             curve.append({"seconds": round(elapsed, 1), "steps": steps, "held_out_greedy": accuracy})
             print(f"{elapsed:7.1f}s  step {steps:6d}  held-out greedy {accuracy:.3f}", file=sys.stderr)
             next_eval += eval_every
         if done:
             break
-        for group in optimizer.param_groups:  # cosine from lr to lr / 10 over the run: it ends settled
-            group["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(elapsed / (60 * minutes), 1.0))))
+        for group in optimizer.param_groups:
+            group["lr"] = supervised_lr(lr, elapsed / (60 * minutes), continued=start_from is not None)
         ids, attention, labels = supervised_batch(policy.tokenizer, rng.sample(rows, min(batch, len(rows))))
         loss = policy.network(input_ids=ids, attention_mask=attention, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         steps += 1
+        if average:
+            average.update(steps)
+    if average:
+        average.copy_to_network()
     policy.network.save_pretrained(out)
     policy.tokenizer.save_pretrained(out)
     report = {
@@ -108,6 +158,7 @@ def pretrain(
         "minutes": minutes,
         "seed": seed,
         "teacher_error": teacher_error,
+        "ema": ema,
         "continued_from": str(start_from) if start_from else None,
         "curve": curve,
     }
@@ -131,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="addition tasks: the labels drop the units carry with this probability (an imperfect teacher)",
     )
+    parser.add_argument(
+        "--ema", type=float, default=0.0, help="evaluate and save a moving average of the weights with this decay"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--ship", action="store_true", help="copy the result into the package as policy=llm_toy")
     parser.add_argument(
         "--continue-from",
@@ -145,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.train_rows < 1:
         parser.error("--minutes and --train-rows must be positive")
+    if not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema must lie in [0, 1), got {args.ema}")
+    if args.threads < 0:
+        parser.error(f"--threads must be 0 or more, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.continue_from:
         base = SHIPPED if args.continue_from == "llm_toy" else Path(args.continue_from)
         settings = json.loads((base / "pretraining.json").read_text())
@@ -159,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=settings["seed"],
             start_from=str(base),
             teacher_error=settings.get("teacher_error", 0.0),
+            ema=settings.get("ema", 0.0),
         )
         return 0
     report = pretrain(
@@ -171,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         args.lr,
         seed=args.seed,
         teacher_error=args.teacher_error,
+        ema=args.ema,
     )
     if args.ship:
         ship(Path(args.out), SHIPPED, report["curve"][-1]["steps"] if report["curve"] else 0)
