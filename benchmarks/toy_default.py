@@ -5,6 +5,8 @@ and every trained model on held-out ToyShapes; prints a per-category before/afte
     python benchmarks/toy_default.py --seeds 0 --skip-train --runs runs/bench   # reuse runs
     python benchmarks/toy_default.py --base runs/pretrain_toy/ema --split train --eta 0.3   # another base,
                                               # judged on the training prompts with DanceGRPO's SDE
+    python benchmarks/toy_default.py --seeds --supervised-steps 500 --supervised-split train
+                                              # RL's own effect: continued pretraining of the base
 
 Seeds change prompts, noise and shuffling, so their spread is the honest error bar of one run.
 Each run is also paired with the base image by image (same prompts and starting noise): its
@@ -25,6 +27,7 @@ from flowrl.benchmarks.toyshapes.evaluate import EvalReport
 from flowrl.benchmarks.toyshapes.prompts import SPLITS
 from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
 from flowrl.cli_args import non_negative_float
+from flowrl.toy_pretraining import non_negative_int
 
 
 def evaluate(
@@ -42,9 +45,34 @@ def evaluate(
     return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}, report
 
 
+def continue_pretraining(base: str | None, steps: int, split: str, args: argparse.Namespace) -> Path:
+    """Continue the base's flow-matching pretraining on fresh renders (RL's budget spent on
+    supervised training instead); returns the directory of its EMA weights."""
+    from flowrl.policies.toy import SHIPPED_DIR
+    from flowrl.toy_pretraining import build_parser as pretraining_parser
+    from flowrl.toy_pretraining import run_pretraining
+
+    out = Path(args.runs) / f"supervised_{split}"
+    settings = pretraining_parser().parse_args(
+        [
+            f"--init={base or SHIPPED_DIR}",
+            f"--out={out}",
+            f"--steps={steps}",
+            f"--warmup={max(1, steps // 10)}",
+            "--lr=4e-4",  # the fourth stage's (docs/results.md)
+            f"--ema={max(0.0, 1 - 5 / steps):.4f}",  # an average over about the last fifth of the run
+            f"--split={split}",
+            "--seed=41",  # renders the base's own pretraining did not draw
+            f"--threads={args.threads}",
+        ]
+    )
+    ema, _ = run_pretraining(settings)
+    return ema
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0], help="RL runs (none: controls only)")
     parser.add_argument("--per-category", type=int, default=32, help="evaluation images per category")
     parser.add_argument(
         "--base",
@@ -63,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="runs/toy_default_bench", help="where the runs go")
     parser.add_argument("--skip-train", action="store_true", help="evaluate existing runs only")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--supervised-steps",
+        type=non_negative_int,
+        default=0,
+        help="also continue the base's pretraining for this many steps (about 1.2 s each on 2 cores), as a column",
+    )
+    parser.add_argument(
+        "--supervised-split",
+        choices=("all", "train"),
+        default="all",
+        help="the continued pretraining renders the whole world, or only RL's training prompts",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the toy recipe")
     args = parser.parse_args(argv)
     if args.threads:
@@ -83,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_train:
             train(load_config(resolve_recipe("toy"), [f"out={out}", f"seed={seed}", *policy, *args.overrides]))
         results[f"seed {seed}"], reports[f"seed {seed}"] = evaluate(str(out / "final"), **judged)
+    if args.supervised_steps > 0:
+        column = f"supervised, {args.supervised_split}"
+        ema = continue_pretraining(args.base, args.supervised_steps, args.supervised_split, args)
+        results[column], reports[column] = evaluate(str(ema), **judged)
     columns = list(results)
     rows = [k for k in results[base] if k not in ("overall", "mean_score")] + ["overall"]
     print("| category | " + " | ".join(columns) + " |")

@@ -33,15 +33,16 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def training_batch(
-    step: int, batch_size: int, seed: int, resolution: int, caption_dropout: float
+    step: int, batch_size: int, seed: int, resolution: int, caption_dropout: float, split: str = "all"
 ) -> tuple[list[str], torch.Tensor]:
     """The prompts and images [B, 3, H, W] in [-1, 1] of one step, a function of (seed, step) only.
 
-    Categories are drawn uniformly, then a prompt of the category from the whole world (both
-    splits: the held-out split is for RL evaluation, not hidden from pretraining).
+    Categories are drawn uniformly, then a prompt of the category from the split: by default the
+    whole world (the held-out split is for RL evaluation, not hidden from pretraining); "train"
+    keeps to RL's training prompts, the supervised control of what those prompts can teach.
     """
     rng = random.Random(seed * 1_000_003 + step)
-    pools = {c: prompts_for("all", (c,)) for c in CATEGORIES}
+    pools = {c: prompts_for(split, (c,)) for c in CATEGORIES}
     prompts = [rng.choice(pools[rng.choice(CATEGORIES)]) for _ in range(batch_size)]
     images, _ = render_batch(prompts, resolution, seed=rng.randrange(2**31))
     texts = ["" if rng.random() < caption_dropout else p.text for p in prompts]
@@ -138,7 +139,9 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, args.lr, args.warmup, args.steps, "cosine")
-            texts, x0 = training_batch(step, args.batch, args.seed, model.config.resolution, args.caption_dropout)
+            texts, x0 = training_batch(
+                step, args.batch, args.seed, model.config.resolution, args.caption_dropout, args.split
+            )
             generator = torch.Generator().manual_seed(args.seed * 7_919 + step)
             loss = flow_matching_loss(model, texts, x0, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -208,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="start from this toy model directory (e.g. flowrl/assets/toy_t2i) instead of random "
         "weights; give a --seed other than its run's to draw fresh renders",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("all", "train"),
+        default="all",
+        help="the prompts rendered: the whole world, or only RL's training prompts (a supervised control)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

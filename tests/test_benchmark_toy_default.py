@@ -81,6 +81,27 @@ def test_benchmark_evaluates_the_base_and_the_runs_as_asked(tmp_path, capsys, mo
     assert f"seed 0: dense score {dense['difference']:+.3f} overall" in table
 
 
+def test_the_supervised_control_continues_the_base_and_is_a_column(tmp_path, capsys):
+    base = save_toy(tiny_model(0), tmp_path / "base", dtype=torch.float32)
+    runs = tmp_path / "runs"
+    args = ["--seeds", "--runs", str(runs), "--per-category", "1", "--base", str(base), "--supervised-steps", "2"]
+    assert toy_default.main([*args, "--supervised-split", "train"]) == 0
+    record = json.loads((runs / "results.json").read_text())
+    trained = runs / "supervised_train" / "ema"
+    assert json.loads((runs / "supervised_train" / "log.jsonl").read_text().splitlines()[0])["step"] == 0
+    changed = load_toy(trained).transformer.state_dict()
+    assert any(not torch.equal(v, load_toy(base).transformer.state_dict()[k]) for k, v in changed.items())
+    direct, _ = evaluate_toyshapes(
+        sampler(load_toy(trained), 20, 4.0, batch_size=128), 1, steps=20, guidance=4.0, eta=0.0
+    )
+    assert record["results"]["supervised, train"] == {
+        "overall": direct.overall,
+        **direct.accuracy,
+        "mean_score": direct.mean_score,
+    }
+    assert "| category | base | supervised, train |" in capsys.readouterr().out
+
+
 def sde_sampler(directory):
     """The sampler the benchmark judges with --eta 0.3: DanceGRPO's SDE on the 10-step grid, guidance 4."""
     return sampler(load_toy(directory), 10, 4.0, eta=0.3, batch_size=128)

@@ -90,6 +90,20 @@ def test_training_batch_is_a_function_of_seed_and_step():
     assert training_batch(6, 16, seed=1, resolution=32, caption_dropout=0.25)[0] != texts
 
 
+def test_training_batch_keeps_to_the_split():
+    from benchmarks.toyshapes.prompts import prompts_for
+
+    held_out_only = {p.text for p in prompts_for("heldout")} - {p.text for p in prompts_for("train")}
+    seen = set()
+    for step in range(40):
+        seen.update(training_batch(step, 32, seed=0, resolution=32, caption_dropout=0.0, split="train")[0])
+    assert held_out_only and not seen & held_out_only
+    everything = set()
+    for step in range(40):
+        everything.update(training_batch(step, 32, seed=0, resolution=32, caption_dropout=0.0)[0])
+    assert everything & held_out_only  # the default split does draw them, so the check above can fail
+
+
 def test_learning_rate_schedule():
     assert learning_rate(0, 1.0, 10, 100, "cosine") == pytest.approx(0.1)
     assert learning_rate(9, 1.0, 10, 100, "cosine") == pytest.approx(1.0)
