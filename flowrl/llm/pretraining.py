@@ -108,9 +108,9 @@ def pretrain(
     ema: float = 0.0,
 ) -> dict:
     """Train from random weights for `minutes` (or, with `start_from`, continue that model on its
-    own labelled rows at its final learning rate: the supervised control beside an RL run); returns the held-out curve and
-    writes the model to out. With `ema` > 0 the curve and the saved model are an exponential moving
-    average of the weights, which removes the step-to-step swing of the last update."""
+    own labelled rows at its final learning rate: the supervised control beside an RL run); returns
+    the held-out curve and writes the model to out. With `ema` > 0 the curve and the saved model
+    are a moving average of the weights, without the step-to-step swing of the last update."""
     task = ArithmeticTask(task_name)
     out = Path(out)
     if start_from is None:
