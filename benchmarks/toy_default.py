@@ -26,8 +26,8 @@ from flowrl.benchmarks.report import format_difference, format_interval, format_
 from flowrl.benchmarks.toyshapes.evaluate import EvalReport
 from flowrl.benchmarks.toyshapes.prompts import SPLITS
 from flowrl.benchmarks.toyshapes.report import paired_toyshapes, paired_toyshapes_scores
-from flowrl.cli_args import non_negative_float
-from flowrl.toy_pretraining import non_negative_int
+from flowrl.cli_args import non_negative_float, non_negative_int
+from flowrl.toy_pretraining import PRETRAINING_SPLITS
 
 
 def evaluate(
@@ -45,14 +45,14 @@ def evaluate(
     return {"overall": report.overall, **report.accuracy, "mean_score": report.mean_score}, report
 
 
-def continue_pretraining(base: str | None, steps: int, split: str, args: argparse.Namespace) -> Path:
+def continue_pretraining(base: str | None, steps: int, split: str, runs: str, threads: int) -> Path:
     """Continue the base's flow-matching pretraining on fresh renders (RL's budget spent on
     supervised training instead); returns the directory of its EMA weights."""
     from flowrl.policies.toy import SHIPPED_DIR
     from flowrl.toy_pretraining import build_parser as pretraining_parser
     from flowrl.toy_pretraining import run_pretraining
 
-    out = Path(args.runs) / f"supervised_{split}"
+    out = Path(runs) / f"supervised_{split}"
     settings = pretraining_parser().parse_args(
         [
             f"--init={base or SHIPPED_DIR}",
@@ -63,7 +63,7 @@ def continue_pretraining(base: str | None, steps: int, split: str, args: argpars
             f"--ema={max(0.0, 1 - 5 / steps):.4f}",  # an average over about the last fifth of the run
             f"--split={split}",
             "--seed=41",  # renders the base's own pretraining did not draw
-            f"--threads={args.threads}",
+            f"--threads={threads}",
         ]
     )
     ema, _ = run_pretraining(settings)
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--supervised-split",
-        choices=("all", "train"),
+        choices=PRETRAINING_SPLITS,
         default="all",
         help="the continued pretraining renders the whole world, or only RL's training prompts",
     )
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         results[f"seed {seed}"], reports[f"seed {seed}"] = evaluate(str(out / "final"), **judged)
     if args.supervised_steps > 0:
         column = f"supervised, {args.supervised_split}"
-        ema = continue_pretraining(args.base, args.supervised_steps, args.supervised_split, args)
+        ema = continue_pretraining(args.base, args.supervised_steps, args.supervised_split, args.runs, args.threads)
         results[column], reports[column] = evaluate(str(ema), **judged)
     columns = list(results)
     rows = [k for k in results[base] if k not in ("overall", "mean_score")] + ["overall"]

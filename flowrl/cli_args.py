@@ -18,6 +18,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type of an integer of at least 0 (step counts); shared with the benchmark scripts."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text}")
+    return value
+
+
 def resolve_recipe(name: str | None) -> Path | None:
     """A recipe path: an existing file, or the name of a shipped recipe (flowrl/recipes/NAME.yaml)."""
     if name is None:

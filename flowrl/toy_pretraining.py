@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from flowrl.benchmarks.toyshapes.prompts import CATEGORIES, prompts_for, vocabulary
 from flowrl.benchmarks.toyshapes.render import render_batch
 
+from .adapters import warmed_up_decay
+from .cli_args import non_negative_int
 from .interrupts import StopRequests, exit_code
 from .policies.base import TextConditioning
 from .policies.sd3_velocity import sd3_velocity
@@ -30,6 +32,7 @@ from .schedules import learning_rate
 from .shipping import ship
 
 CHECKPOINT_NAME = "checkpoint.pt"
+PRETRAINING_SPLITS = ("all", "train")  # the whole world, or only RL's training prompts
 
 
 def training_batch(
@@ -149,7 +152,7 @@ def _pretrain(args: argparse.Namespace, out: Path) -> tuple[Path, int | None]:
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             with torch.no_grad():
-                decay = min(args.ema, (1 + step) / (10 + step))  # short EMA early, as is usual
+                decay = warmed_up_decay(step, args.ema, warmup=True)  # short EMA early, as is usual
                 for p_ema, p in zip(ema.parameters(), model.parameters()):
                     p_ema.lerp_(p, 1 - decay)
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--split",
-        choices=("all", "train"),
+        choices=PRETRAINING_SPLITS,
         default="all",
         help="the prompts rendered: the whole world, or only RL's training prompts (a supervised control)",
     )
@@ -225,14 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--ship", action="store_true", help="also write the weights into the package")
     return parser
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer of at least 0, got {text}")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

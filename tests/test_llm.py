@@ -304,26 +304,6 @@ def test_supervised_learning_rate_decays_and_a_continued_run_keeps_the_end_rate(
     assert supervised_lr(2.0, 0.0, continued=True) == supervised_lr(2.0, 0.9, continued=True) == pytest.approx(0.2)
 
 
-def test_weight_average_is_the_moving_mean_and_swaps_back():
-    from flowrl.llm.pretraining import WeightAverage
-
-    network = torch.nn.Linear(2, 1, bias=False)
-    with torch.no_grad():
-        network.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    average = WeightAverage(network, decay=0.9)
-    with torch.no_grad():
-        network.weight.copy_(torch.tensor([[3.0, 6.0]]))
-    average.update(step=1000)  # past the short early window: decay 0.9 exactly
-    expected = 0.9 * torch.tensor([[1.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 6.0]])
-    with average.swapped_in():
-        assert torch.allclose(network.weight, expected)
-    assert torch.equal(network.weight, torch.tensor([[3.0, 6.0]]))
-    average.update(step=0)  # at the first step the average is short: decay 1/10
-    assert torch.allclose(average.average[0], 0.1 * expected + 0.9 * torch.tensor([[3.0, 6.0]]))
-    with pytest.raises(ValueError, match="ema must lie in"):
-        WeightAverage(network, decay=1.0)
-
-
 def test_pretraining_with_an_average_saves_the_average(tmp_path):
     from flowrl.llm.pretraining import pretrain
 
@@ -335,6 +315,9 @@ def test_pretraining_with_an_average_saves_the_average(tmp_path):
     task = ArithmeticTask("add1x1")
     saved = greedy_accuracy(load_text_policy(str(tmp_path / "base")), task.held_out(20), task.answer_length + 1)
     assert report["ema"] == 0.99 and saved == report["curve"][-1]["held_out_greedy"]  # the curve ends at the file
+    with pytest.raises(ValueError, match="ema must lie in"):
+        pretrain("add1x1", tmp_path / "bad", minutes=0.01, train_rows=50, hidden=16, layers=1, lr=1e-3, ema=1.0)
+    assert not (tmp_path / "bad").exists()  # refused before any work
 
 
 def test_dapo_s_overlong_penalty_by_hand():

@@ -780,6 +780,25 @@ def test_a_bf16_run_on_the_cpu_trains_with_on_policy_ratios(tiny_dir, tmp_path):
     assert record["ratio/mean"] == pytest.approx(1.0, abs=1e-2)
 
 
+def test_the_moving_average_is_the_closed_form_and_swaps_back():
+    from flowrl.adapters import Ema, warmed_up_decay
+
+    network = torch.nn.Linear(2, 1, bias=False)
+    params = dict(network.named_parameters())
+    with torch.no_grad():
+        network.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    average = Ema(params, decay=0.9)
+    with torch.no_grad():
+        network.weight.copy_(torch.tensor([[3.0, 6.0]]))
+    average.update(params, warmed_up_decay(1000, 0.9, warmup=True))  # past the short early window: 0.9
+    expected = 0.9 * torch.tensor([[1.0, 2.0]]) + 0.1 * torch.tensor([[3.0, 6.0]])
+    with average.swapped_in(params):
+        assert torch.allclose(network.weight, expected)
+    assert torch.equal(network.weight, torch.tensor([[3.0, 6.0]]))
+    average.update(params, warmed_up_decay(0, 0.9, warmup=True))  # at the first step the average is short: 1/10
+    assert torch.allclose(average.shadow["weight"], 0.1 * expected + 0.9 * torch.tensor([[3.0, 6.0]]))
+
+
 def test_the_ema_warm_up_is_the_papers_schedule():
     from flowrl.adapters import warmed_up_decay
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import Ema, warmed_up_decay
 from ..shipping import ship
 from .policy import SHIPPED, load_text_policy
 from .task import ArithmeticTask
@@ -58,39 +59,6 @@ def supervised_lr(lr: float, progress: float, continued: bool) -> float:
     return lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-class WeightAverage:
-    """An exponential moving average of a network's parameters, short at first as is usual."""
-
-    def __init__(self, network: torch.nn.Module, decay: float):
-        if not 0.0 < decay < 1.0:
-            raise ValueError(f"ema must lie in (0, 1), got {decay}")
-        self.network, self.decay = network, decay
-        self.average = [p.detach().clone() for p in network.parameters()]
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
-        for mean, p in zip(self.average, self.network.parameters()):
-            mean.lerp_(p, 1 - decay)
-
-    @contextlib.contextmanager
-    def swapped_in(self):
-        """The network holds the average inside the block and its own weights again after it."""
-        own = [p.detach().clone() for p in self.network.parameters()]
-        self.copy_to_network()
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, weight in zip(self.network.parameters(), own):
-                    p.copy_(weight)
-
-    @torch.no_grad()
-    def copy_to_network(self) -> None:
-        for p, mean in zip(self.network.parameters(), self.average):
-            p.copy_(mean)
-
-
 def pretrain(
     task_name: str,
     out: str | Path,
@@ -111,6 +79,8 @@ def pretrain(
     own labelled rows at its final learning rate: the supervised control beside an RL run); returns
     the held-out curve and writes the model to out. With `ema` > 0 the curve and the saved model
     are a moving average of the weights, without the step-to-step swing of the last update."""
+    if not 0.0 <= ema < 1.0:
+        raise ValueError(f"ema must lie in [0, 1), got {ema}")
     task = ArithmeticTask(task_name)
     out = Path(out)
     if start_from is None:
@@ -121,14 +91,15 @@ def pretrain(
     rows = task.train(train_rows, seed=seed, teacher_error=teacher_error)
     held_out = task.held_out(eval_rows)
     optimizer = torch.optim.AdamW(policy.network.parameters(), lr=lr, weight_decay=0.01)
-    average = WeightAverage(policy.network, ema) if ema > 0 else None
+    params = dict(policy.network.named_parameters())
+    average = Ema(params, ema) if ema > 0 else None
     rng = random.Random(seed)
     curve, start, next_eval, steps = [], time.perf_counter(), 0.0, 0
     while True:
         elapsed = time.perf_counter() - start
         done = elapsed >= 60 * minutes
         if elapsed >= next_eval or (done and curve[-1]["steps"] != steps):  # the curve ends at the saved model
-            with average.swapped_in() if average else contextlib.nullcontext():
+            with average.swapped_in(params) if average else contextlib.nullcontext():
                 accuracy = greedy_accuracy(policy, held_out, task.answer_length + 1)
             curve.append({"seconds": round(elapsed, 1), "steps": steps, "held_out_greedy": accuracy})
             print(f"{elapsed:7.1f}s  step {steps:6d}  held-out greedy {accuracy:.3f}", file=sys.stderr)
@@ -144,10 +115,9 @@ def pretrain(
         optimizer.step()
         steps += 1
         if average:
-            average.update(steps)
-    if average:
-        average.copy_to_network()
-    policy.network.save_pretrained(out)
+            average.update(params, warmed_up_decay(steps, ema, warmup=True))
+    with average.swapped_in(params) if average else contextlib.nullcontext():
+        policy.network.save_pretrained(out)
     policy.tokenizer.save_pretrained(out)
     report = {
         "task": task_name,
